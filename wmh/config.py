@@ -1,0 +1,259 @@
+"""Typed experiment configuration: frozen dataclasses, YAML files, ``--set`` overrides.
+
+An experiment YAML (``experiments/*.yaml``) overrides only what changes from the
+defaults below; ``--set section.field=value`` overrides on top of it. Unknown keys
+and values of the wrong type are errors naming the key, so a typo never silently
+runs the default.
+
+Each pipeline stage owns one section; the whole run is :class:`ExperimentConfig`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+from wmh.errors import WMHError
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    root: str = "data_cache/synth/default"  # cohort: challenge/BIDS-like folder or CSV manifest
+    cache_dir: str = "data_cache"  # where every stage caches its outputs
+    use_t1: bool = True  # FLAIR + T1 channels; False = FLAIR only
+
+
+@dataclasses.dataclass(frozen=True)
+class SynthConfig:
+    subjects: int = 40  # number of synthetic subjects in the default cohort
+    seed: int = 0  # cohort seed: same seed and version -> identical arrays
+    profile: str = "default"  # acquisition profile (see wmh.synth.PROFILES)
+    flair_only: bool = False  # write no T1
+    skull_stripped: bool = False  # write brain-only images
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessConfig:
+    inplane_spacing_mm: float = 1.0  # working-grid in-plane spacing; slices are kept
+    bias_correction: bool = True  # N4 bias-field correction
+    normalise_percentiles: tuple[float, float] = (1.0, 99.0)  # robust [0, 1] range in brain
+    atlas_deformable: bool = True  # deformable stage after the affine MNI registration
+    workers: int = 1  # subjects prepared in parallel processes
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    seed: int = 0  # seeds subject splits and voxel sampling
+    positive_fraction: float = 0.5  # share of WMH voxels sampled per subject (paper: 50%)
+    negative_ratio: float = 1.0  # negatives per positive (paper: 1, balanced)
+    hard_negative_fraction: float = 0.0  # share of negatives drawn from bright non-WMH voxels
+    validation_fraction: float = 0.1  # share of subjects for validation
+    test_fraction: float = 0.2  # share of subjects held out for testing
+    split_by_site: bool = False  # keep each site inside one split
+    train_size_fraction: float = 1.0  # use only this share of training subjects (Table 6)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    arch: Literal["ss", "msef", "msiw", "msws"] = "msws"  # architecture (paper Fig. 3)
+    loc: Literal["none", "lcl", "ffcl", "sfcl"] = "ffcl"  # layer that receives location
+    alpha: float = 1.0  # scale of the 8 location features before concatenation
+    dropout_rate: float = 0.3  # dropout on every fully connected layer (paper: 0.3)
+    width: float = 1.0  # multiplies every layer width; 1.0 = the paper's network
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10  # passes over the training samples
+    batch_size: int = 128  # mini-batch size (paper: 128)
+    learning_rate: float = 1e-4  # RMSprop learning rate
+    seed: int = 0  # weight initialisation and batch order
+    max_train_samples: int = 0  # cap on training samples per epoch; 0 = all
+    max_validation_samples: int = 0  # cap on validation samples; 0 = all
+    experiment: str = "wmh"  # MLflow experiment name
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentConfig:
+    threshold: Optional[float] = None  # None = the model's validation-optimal threshold
+    mc_samples: int = 0  # Monte Carlo dropout passes for the uncertainty map; 0 = off
+    periventricular_mm: float = 10.0  # lesion voxels within this distance are periventricular
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    name: str = "default"  # experiment name, used for run names and output folders
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    synth: SynthConfig = dataclasses.field(default_factory=SynthConfig)
+    preprocess: PreprocessConfig = dataclasses.field(default_factory=PreprocessConfig)
+    sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    segment: SegmentConfig = dataclasses.field(default_factory=SegmentConfig)
+
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Checks ``value`` against a type annotation and returns it, converted where lossless."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise WMHError(f"config key '{key}': expected a mapping, got {value!r}")
+        return _build(annotation, value, key + ".")
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in args:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except WMHError as error:
+                errors.append(str(error))
+        raise errors[0] if len(errors) == 1 else WMHError(
+            f"config key '{key}': {value!r} does not match {annotation}")
+    if origin is Literal:
+        if value not in args:
+            choices = ", ".join(repr(a) for a in args)
+            raise WMHError(f"config key '{key}': {value!r} is not one of {choices}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise WMHError(f"config key '{key}': expected {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise WMHError(f"config key '{key}': expected true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise WMHError(f"config key '{key}': expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise WMHError(f"config key '{key}': expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise WMHError(f"config key '{key}': expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config annotation {annotation!r} for '{key}'")
+
+
+def _build(cls: type, values: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise WMHError(f"unknown config key '{prefix}{unknown[0]}' "
+                       f"(known: {', '.join(sorted(names))})")
+    kwargs = {name: _coerce(value, hints[name], prefix + name) for name, value in values.items()}
+    return cls(**kwargs)
+
+
+def to_dict(config: Any) -> dict:
+    """Returns the config as plain nested dicts (tuples become lists), YAML-ready."""
+    def plain(value):
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+    return plain(dataclasses.asdict(config))
+
+
+def from_dict(values: dict, cls: type = ExperimentConfig) -> Any:
+    """Builds a config from nested dicts, filling defaults; unknown keys are errors."""
+    return _build(cls, values or {})
+
+
+def _merge(base: dict, update: dict) -> dict:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_override(text: str) -> dict:
+    """Turns ``'model.alpha=0.5'`` into ``{'model': {'alpha': 0.5}}`` (value parsed as YAML)."""
+    if "=" not in text:
+        raise WMHError(f"option --set '{text}': expected key=value, e.g. model.alpha=0.5")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise WMHError(f"option --set '{text}': empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = (),
+                ) -> ExperimentConfig:
+    """Resolves defaults <- YAML file <- ``key=value`` overrides into a frozen config.
+
+    Args:
+        path: an experiment YAML; None uses the defaults alone.
+        overrides: ``section.field=value`` strings, applied in order.
+
+    Raises:
+        WMHError: unreadable YAML, unknown key or wrong type, naming the file or key.
+    """
+    values: dict = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as error:
+            raise WMHError(f"{path}: cannot read config ({error.strerror})") from None
+        try:
+            values = yaml.safe_load(text) or {}
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise WMHError(f"{path}: invalid YAML{where}") from None
+        if not isinstance(values, dict):
+            raise WMHError(f"{path}: expected a mapping of config sections at the top level")
+        try:
+            return _apply(values, overrides)
+        except WMHError as error:
+            raise WMHError(f"{path}: {error}") from None
+    return _apply(values, overrides)
+
+
+def _apply(values: dict, overrides: typing.Sequence[str]) -> ExperimentConfig:
+    for override in overrides:
+        values = _merge(values, parse_override(override))
+    return from_dict(values)
+
+
+def replace(config: Any, **changes: Any) -> Any:
+    """``dataclasses.replace`` with dotted keys: ``replace(cfg, **{'model.alpha': 2.0})``."""
+    values = to_dict(config)
+    for key, value in changes.items():
+        node = values
+        *parents, leaf = key.split(".")
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                raise WMHError(f"unknown config key '{key}'")
+            node = node[part]
+        node[leaf] = list(value) if isinstance(value, tuple) else value
+    return from_dict(values, type(config))
+
+
+def dump_yaml(config: Any) -> str:
+    """The resolved config as YAML text (what every run records)."""
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
