@@ -1,0 +1,57 @@
+"""Shared test setup: deterministic, small, two TensorFlow threads, no GPU, no network."""
+
+import os
+import random
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "2")
+os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+_tf_configured = False
+
+
+def configure_tensorflow():
+    """Two intra-op threads (the CI machine has 2 cores) and fixed seeds, set once."""
+    global _tf_configured
+    import tensorflow as tf
+    if not _tf_configured:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(2)
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+        except RuntimeError:  # already initialised by an earlier import
+            pass
+        _tf_configured = True
+    import keras
+    keras.utils.set_random_seed(0)
+    return tf
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything(request):
+    random.seed(0)
+    np.random.seed(0)
+    import sys
+    if "tensorflow" in sys.modules:
+        configure_tensorflow()
+    yield
+
+
+@pytest.fixture
+def tf_seeded():
+    """TensorFlow with threads and seeds set; request it in tests that build models."""
+    return configure_tensorflow()
+
+
+@pytest.fixture
+def mlflow_tmp(tmp_path, monkeypatch):
+    """An MLflow tracking store private to the test."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    return uri
