@@ -1,0 +1,155 @@
+"""Voxel probabilities for slices: patch-wise (the reference) and whole-slice (fast).
+
+:func:`predict_patchwise` is the paper's sliding-window classifier: cut the three patches
+of each voxel with :func:`wmh.data.extract_patches` and run the patch model.
+:func:`predict_slices` gives the same numbers (to float rounding) for every brain voxel
+of a stack of slices with the dense twin of :mod:`wmh.models.dense`, one window per
+group of slices around the brain; MSEF, which has no dense form, is run patch-wise.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from wmh.config import ModelConfig
+from wmh.data import N_LOCATION_FEATURES, extract_patches, padded_box_means
+from wmh.errors import WMHError
+from wmh.models.dense import DEFAULT_FFT_SIZE, build_dense_model, context, used_scales
+
+
+def predict_patchwise(patch_model: keras.Model, image_slice: np.ndarray, loc_map: np.ndarray,
+                      rows: np.ndarray, cols: np.ndarray, batch_size: int = 512,
+                      training: bool = False) -> np.ndarray:
+    """P(WMH) of chosen voxels of one slice, one patch triple per voxel.
+
+    Args:
+        patch_model: a model from :func:`wmh.models.build_model`.
+        image_slice: (H, W, C) float32 slice (FLAIR first, then T1).
+        loc_map: (H, W, 8) float32 location features of the slice.
+        rows, cols: (N,) voxel coordinates.
+        batch_size: patches per forward pass.
+        training: True runs dropout (one Monte Carlo sample).
+
+    Returns:
+        (N,) float32 class-1 probabilities.
+    """
+    rows, cols = np.asarray(rows), np.asarray(cols)
+    box_means = padded_box_means(image_slice)
+    probabilities = np.empty(len(rows), np.float32)
+    for start in range(0, len(rows), batch_size):
+        chunk = slice(start, start + batch_size)
+        inputs = extract_patches(image_slice, rows[chunk], cols[chunk], box_means)
+        inputs["loc"] = np.asarray(loc_map[rows[chunk], cols[chunk]], np.float32)
+        probabilities[chunk] = keras.ops.convert_to_numpy(
+            patch_model(inputs, training=training))[:, 1]
+    return probabilities
+
+
+def is_dense_model(model: keras.Model) -> bool:
+    """True for a model from :func:`wmh.models.dense.build_dense_model`."""
+    return any(tensor.name == "image" for tensor in model.inputs)
+
+
+def predict_slices(model: keras.Model, config: ModelConfig, image_slices: np.ndarray,
+                   loc_maps: np.ndarray, brain_mask: np.ndarray, batch_size: int = 4,
+                   mc_samples: int = 0, fft_size: int = DEFAULT_FFT_SIZE,
+                   ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """P(WMH) of every brain voxel of a stack of axial slices.
+
+    Args:
+        model: a patch model (its dense twin is built here: pass the dense model from
+            :func:`build_dense_model` instead when predicting many cases) or a dense model.
+        config: the model's config.
+        image_slices: (Z, H, W, C) float32 slices.
+        loc_maps: (Z, H, W, 8) float32 location features.
+        brain_mask: (Z, H, W) bool; only these voxels are classified.
+        batch_size: slices per dense pass (memory grows with it).
+        mc_samples: 0 for a plain prediction; n > 0 runs n Monte Carlo dropout samples.
+        fft_size: tile side of the FFT first layer when the dense model is built here.
+
+    Returns:
+        (Z, H, W) float32 probabilities, 0 outside the mask; with ``mc_samples`` > 0 a
+        pair (mean, standard deviation) over the samples, each (Z, H, W) float32.
+
+    Raises:
+        WMHError: arrays of inconsistent shapes, or a negative ``mc_samples``.
+    """
+    image_slices = np.asarray(image_slices, np.float32)
+    loc_maps = np.asarray(loc_maps, np.float32)
+    brain_mask = np.asarray(brain_mask, bool)
+    _check_slices(image_slices, loc_maps, brain_mask, mc_samples)
+    n_samples = max(mc_samples, 1)
+    samples = np.zeros((n_samples,) + brain_mask.shape, np.float32)
+
+    if config.arch == "msef":  # no dense form: the sliding window is the computation
+        if is_dense_model(model):
+            raise WMHError("model.arch 'msef' needs the patch model, not a dense one")
+        for z in np.flatnonzero(brain_mask.any(axis=(1, 2))):
+            rows, cols = np.nonzero(brain_mask[z])
+            for sample in range(n_samples):
+                samples[sample, z, rows, cols] = predict_patchwise(
+                    model, image_slices[z], loc_maps[z], rows, cols,
+                    training=mc_samples > 0)
+    else:
+        dense = model if is_dense_model(model) else build_dense_model(
+            model, config, image_slices.shape[-1], fft_size)
+        _predict_dense(dense, config, image_slices, loc_maps, brain_mask, batch_size,
+                       mc_samples, samples)
+
+    samples *= brain_mask
+    if mc_samples == 0:
+        return samples[0]
+    return samples.mean(axis=0), samples.std(axis=0)
+
+
+def _check_slices(image_slices, loc_maps, brain_mask, mc_samples) -> None:
+    if image_slices.ndim != 4:
+        raise WMHError(f"image_slices: expected (Z, H, W, C), got shape {image_slices.shape}")
+    if brain_mask.shape != image_slices.shape[:3]:
+        raise WMHError(f"brain_mask: shape {brain_mask.shape} does not match the slices "
+                       f"{image_slices.shape[:3]}")
+    if loc_maps.shape != image_slices.shape[:3] + (N_LOCATION_FEATURES,):
+        raise WMHError(f"loc_maps: expected shape {image_slices.shape[:3] + (8,)}, got "
+                       f"{loc_maps.shape}")
+    if mc_samples < 0:
+        raise WMHError(f"mc_samples: {mc_samples} must be >= 0")
+
+
+def _predict_dense(dense, config, image_slices, loc_maps, brain_mask, batch_size,
+                   mc_samples, samples) -> None:
+    """Fills ``samples`` (n, Z, H, W) batch by batch of brain-containing slices."""
+    trunk, head = dense.get_layer("trunk"), dense.get_layer("head")
+    multiple, margin = max(used_scales(config)), context(config)
+    height, width = brain_mask.shape[1:]
+    slices = np.flatnonzero(brain_mask.any(axis=(1, 2)))
+    for start in range(0, len(slices), batch_size):
+        batch = slices[start:start + batch_size]
+        rows = np.flatnonzero(brain_mask[batch].any(axis=(0, 2)))
+        cols = np.flatnonzero(brain_mask[batch].any(axis=(0, 1)))
+        top, left = rows[0], cols[0]
+        # The window is rounded up to the polyphase multiple; it may run past the slice.
+        out_height = -(-(rows[-1] + 1 - top) // multiple) * multiple
+        out_width = -(-(cols[-1] + 1 - left) // multiple) * multiple
+        image = keras.ops.convert_to_tensor(_window(
+            image_slices[batch], top - margin, left - margin,
+            out_height + 2 * margin - 1, out_width + 2 * margin - 1))
+        loc = keras.ops.convert_to_tensor(_window(loc_maps[batch], top, left, out_height,
+                                                  out_width))
+        features = trunk({"image": image, "loc": loc}, training=False)
+        keep_rows, keep_cols = min(out_height, height - top), min(out_width, width - left)
+        for sample in range(max(mc_samples, 1)):
+            probabilities = head({"features": features, "loc": loc}, training=mc_samples > 0)
+            probabilities = keras.ops.convert_to_numpy(probabilities)[..., 1]
+            samples[sample, batch, top:top + keep_rows, left:left + keep_cols] = \
+                probabilities[:, :keep_rows, :keep_cols]
+
+
+def _window(volume: np.ndarray, top: int, left: int, height: int, width: int) -> np.ndarray:
+    """volume[:, top:top+height, left:left+width], zero where it runs past the slices."""
+    window = np.zeros((volume.shape[0], height, width) + volume.shape[3:], volume.dtype)
+    source_rows = slice(max(top, 0), min(top + height, volume.shape[1]))
+    source_cols = slice(max(left, 0), min(left + width, volume.shape[2]))
+    window[:, source_rows.start - top:source_rows.stop - top,
+           source_cols.start - left:source_cols.stop - left] = volume[:, source_rows, source_cols]
+    return window
