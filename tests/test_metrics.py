@@ -530,6 +530,6 @@ def test_mismatched_grid_missing_case_and_bad_labels_are_user_errors(tmp_path):
 
 
 def test_metrics_module_does_not_import_tensorflow():
-    code = ("import sys, wmh.metrics; "
+    code = ("import sys, wmh.metrics, wmh.report; "
             "sys.exit(1 if 'tensorflow' in sys.modules or 'keras' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0

@@ -842,6 +842,7 @@ class CaseArrays:
         truth: (x, y, z) uint8 labels 0, 1, 2.
         affine: (4, 4) truth voxel -> world (mm).
         brain_mask: (x, y, z) bool, or None.
+        grid: the truth's :class:`wmh.io.NativeGrid` (other files must lie on it).
     """
 
     files: CaseFiles
@@ -849,6 +850,7 @@ class CaseArrays:
     truth: np.ndarray
     affine: np.ndarray
     brain_mask: Optional[np.ndarray] = None
+    grid: object = None
 
     @property
     def is_probabilistic(self) -> bool:
@@ -874,8 +876,13 @@ def load_label_map(path: str | Path, reference=None) -> tuple[np.ndarray, object
     return grid.to_native(working), grid
 
 
-def load_case(files: CaseFiles) -> CaseArrays:
+def load_case(files: CaseFiles, prediction_is_labels: bool = False) -> CaseArrays:
     """Loads and checks one case's files.
+
+    Args:
+        files: the case's files.
+        prediction_is_labels: the prediction is a rater's label map (0, 1, 2), validated
+            like a truth (e.g. observer 2); otherwise any numeric image.
 
     Raises:
         WMHError: unreadable files, truth values outside {0, 1, 2}, a prediction or brain
@@ -884,16 +891,20 @@ def load_case(files: CaseFiles) -> CaseArrays:
     from wmh.io import NativeGrid, check_same_grid, load_nifti
 
     truth, truth_grid = load_label_map(files.truth)
-    prediction, image = load_nifti(files.prediction)
-    check_same_grid(truth_grid, NativeGrid.from_image(image, files.prediction),
-                    why=f"prediction must lie on the truth grid of {files.truth.name}")
+    if prediction_is_labels:
+        prediction, _ = load_label_map(files.prediction, truth_grid)
+    else:
+        prediction, image = load_nifti(files.prediction)
+        check_same_grid(truth_grid, NativeGrid.from_image(image, files.prediction),
+                        why=f"prediction must lie on the truth grid of {files.truth.name}")
     brain_mask = None
     if files.brain_mask is not None:
         brain_labels, _ = load_label_map(files.brain_mask, truth_grid)
         if brain_labels.max() > 1:
             raise WMHError(f"{files.brain_mask}: brain mask must be binary (0/1)")
         brain_mask = brain_labels.astype(bool)
-    return CaseArrays(files, np.asarray(prediction), truth, truth_grid.affine, brain_mask)
+    return CaseArrays(files, np.asarray(prediction), truth, truth_grid.affine, brain_mask,
+                      truth_grid)
 
 
 def iter_cases(prediction: str | Path, truth: str | Path,
