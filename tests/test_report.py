@@ -145,6 +145,19 @@ def test_training_size_and_location_layer_tables(cases, tmp_path):
     assert "training_size" in files.figures and files.figures["training_size"].exists()
 
 
+def test_validation_figures_for_training_code(cases, tmp_path):
+    truths = [case["truth"] for case in cases[:3]]
+    curve = metrics.dice_threshold_curve([case["SS"] for case in cases[:3]], truths,
+                                         np.linspace(0, 1, 201))
+    threshold, _ = metrics.best_threshold(curve)
+    figures = report.validation_figures(curve, threshold, title="ss+none (validation)")
+    assert set(figures) == {"roc", "dice_vs_threshold"}
+    for name, figure in figures.items():
+        figure.savefig(tmp_path / f"{name}.png")
+        assert (tmp_path / f"{name}.png").stat().st_size > 5000
+    assert figures["roc"].axes[0].get_title().startswith("ss+none (validation): ROC")
+
+
 def test_paper_method_names():
     assert report.paper_method_name("msws_loc") == "MSWS + Loc"
     assert report.paper_method_name("SS+Loc") == "SS + Loc"
@@ -179,11 +192,14 @@ def test_method_result_round_trips_through_mlflow(cases, tmp_path, mlflow_tmp):
         run.info.run_id, "report")}
     assert "report/report.md" in artifacts and "report/roc.png" in artifacts
     assert files.markdown.exists()
-    with mlflow.start_run() as bare:
-        mlflow.log_metric("val_az", 0.97)
-        mlflow.log_metric("test_dice", 0.61)
-    summary_only = report.method_result_from_mlflow(bare.info.run_id, name="old run")
+    with mlflow.start_run() as bare:  # what a training run logs, without evaluation
+        mlflow.log_params({"model.arch": "msws", "model.loc": "ffcl"})
+        mlflow.log_metrics({"best_val_auc": 0.95, "val_volume_auc": 0.97, "threshold": 0.4,
+                            "test_dice": 0.61})
+    summary_only = report.method_result_from_mlflow(bare.info.run_id)
+    assert summary_only.name == "MSWS + Loc"
     assert summary_only.validation_az == pytest.approx(0.97)
+    assert summary_only.threshold == pytest.approx(0.4)
     assert summary_only.dice(1) == pytest.approx(0.61) and summary_only.counts_obs1 is None
     with pytest.raises(WMHError, match="no such MLflow run"):
         report.method_result_from_mlflow("0" * 32)

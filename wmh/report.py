@@ -372,13 +372,30 @@ def collect_results(methods: Sequence[tuple[str, str | Path]],
 # ---------------------------------------------------------------------------- MLflow
 
 _RUN_METRIC_NAMES = {  # what a training run may have logged, first match wins
-    "validation_az": ("validation_az", "val_az", "validation_auc", "val_auc"),
+    # the paper's validation Az counts whole-volume voxels inside the brain
+    "validation_az": ("validation_az", "val_volume_auc", "best_val_auc", "val_auc"),
     "threshold": ("threshold", "best_threshold", "validation_threshold"),
     "dice_obs1": ("test_dice_obs1", "test_dice"),
     "dice_obs2": ("test_dice_obs2",),
     "test_az": ("test_az", "test_auc"),
     "training_size": ("training_size", "train_subjects", "num_training_images"),
 }
+
+
+def _run_method_name(run) -> str:
+    """The paper's name of a training run's model from its params, else the run name."""
+    arch = run.data.params.get("model.arch")
+    location = run.data.params.get("model.loc")
+    if arch is None:
+        return run.info.run_name or run.info.run_id
+    name = arch.upper()
+    if location in (None, "", "none"):
+        return name
+    if location == "ffcl":  # the paper's default place for the location features
+        return f"{name} + Loc"
+    if arch == "ss":  # the paper's Table 5 compares the layers on the single-scale net
+        return location.upper()
+    return f"{name} + Loc ({location.upper()})"
 
 
 def log_method_result(result: MethodResult, run_id: Optional[str] = None) -> None:
@@ -413,7 +430,8 @@ def method_result_from_mlflow(run_id: str, name: Optional[str] = None) -> Method
 
     Args:
         run_id: the MLflow run.
-        name: display name; default the stored name, else the run name.
+        name: display name; default the stored name, else the paper's name of the
+            run's ``model.arch``/``model.loc`` params ("MSWS + Loc"), else the run name.
 
     Raises:
         WMHError: unknown run.
@@ -448,16 +466,17 @@ def method_result_from_mlflow(run_id: str, name: Optional[str] = None) -> Method
                     found[field] = float(value)
                     break
         result = MethodResult(
-            name=run.info.run_name or run_id, threshold=found.get("threshold"),
+            name=_run_method_name(run), threshold=found.get("threshold"),
             validation_az=found.get("validation_az"),
             training_size=(int(found["training_size"]) if "training_size" in found else None),
             reported={key: found[key] for key in ("dice_obs1", "dice_obs2", "test_az")
                       if key in found})
-    if result.validation_az is None:
-        for candidate in _RUN_METRIC_NAMES["validation_az"]:
-            if candidate in run.data.metrics:
-                result.validation_az = float(run.data.metrics[candidate])
-                break
+    for field in ("validation_az", "threshold"):  # training logs them, evaluation not
+        if getattr(result, field) is None:
+            for candidate in _RUN_METRIC_NAMES[field]:
+                if candidate in run.data.metrics:
+                    setattr(result, field, float(run.data.metrics[candidate]))
+                    break
     result.source = f"mlflow run {run_id}"
     if name is not None:
         result.name = name
@@ -768,104 +787,172 @@ def _mlflow_run_is_active() -> bool:
 
 # --------------------------------------------------------------------------- figures
 
-def _draw_figures(results: Sequence[MethodResult], grouped: dict, output_dir: Path,
-                  data_label: str, options: ReportOptions) -> dict[str, Path]:
-    import matplotlib
+_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
+            "#7f7f7f", "#bcbd22", "#17becf")
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    figures = {}
-    with_curves = [r for r in results if r.curve is not None and not r.is_observer]
-    observers = [r for r in results if r.is_observer and r.counts_obs1 is not None]
-    suffix = f" ({data_label} data)"
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    if with_curves:
-        figure, axis = plt.subplots(figsize=(6, 5), dpi=120)
-        low_tpr = 1.0
-        for index, result in enumerate(with_curves):
-            fpr, tpr = result.curve.roc()
-            axis.plot(fpr, tpr, color=colours[index % len(colours)],
-                      label=f"{result.name} (Az {result.test_az():.4f})")
-            shown = tpr[fpr <= options.max_false_positive_rate]
-            low_tpr = min(low_tpr, float(shown.min()) if shown.size else 0.0)
-        right = options.max_false_positive_rate
-        for result in observers:
+def _data_suffix(data_label: str) -> str:
+    return f" ({data_label} data)" if data_label else ""
+
+
+def _new_figure(width: float, height: float):
+    """A matplotlib Figure outside pyplot (no global state, freed when dropped)."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=120)
+    return figure, figure.add_subplot()
+
+
+def roc_figure(results: Sequence[MethodResult], data_label: str,
+               max_false_positive_rate: float = 0.02, title: str = "Test-set ROC"):
+    """ROC curves of the methods with curves, observers as points (paper Fig. 4a).
+
+    Args:
+        results: methods (with ``curve``) and observers (with ``counts_obs1``).
+        data_label: shown in the title ("" for none).
+        max_false_positive_rate: x-axis cut (widened to show every observer).
+        title: title before the data label.
+
+    Returns:
+        A matplotlib Figure.
+    """
+    figure, axis = _new_figure(6, 5)
+    low_tpr, right = 1.0, max_false_positive_rate
+    for index, result in enumerate(r for r in results if r.curve is not None):
+        fpr, tpr = result.curve.roc()
+        axis.plot(fpr, tpr, color=_COLOURS[index % len(_COLOURS)],
+                  label=f"{result.name} (Az {result.test_az():.4f})")
+        shown = tpr[fpr <= max_false_positive_rate]
+        low_tpr = min(low_tpr, float(np.nanmin(shown)) if shown.size else 0.0)
+    for result in results:
+        if result.is_observer and result.counts_obs1 is not None:
             tp, fp, fn, tn = np.asarray(result.counts_obs1).sum(axis=0)
             observer_fpr, observer_tpr = fp / max(fp + tn, 1), tp / max(tp + fn, 1)
             axis.plot([observer_fpr], [observer_tpr], "k*", markersize=12, label=result.name)
             low_tpr = min(low_tpr, observer_tpr)
-            right = max(right, 1.1 * observer_fpr)  # never cut the observer off
-        axis.set_xlim(0, right)
-        axis.set_ylim(max(0.0, low_tpr - 0.05), 1.0)
-        axis.set_xlabel("False positive rate (voxels inside the brain mask)")
-        axis.set_ylabel("True positive rate")
-        axis.set_title("Test-set ROC, observer 1 as reference" + suffix, fontsize=10)
-        axis.grid(alpha=0.3)
-        axis.legend(loc="lower right", fontsize=8)
-        figure.tight_layout()
-        figures["roc"] = output_dir / "roc.png"
-        figure.savefig(figures["roc"])
-        plt.close(figure)
+            right = max(right, 1.1 * observer_fpr)  # never cut an observer off
+    axis.set_xlim(0, right)
+    axis.set_ylim(max(0.0, low_tpr - 0.05), 1.0)
+    axis.set_xlabel("False positive rate (voxels inside the brain mask)")
+    axis.set_ylabel("True positive rate")
+    axis.set_title(f"{title}, observer 1 as reference{_data_suffix(data_label)}", fontsize=10)
+    axis.grid(alpha=0.3)
+    axis.legend(loc="lower right", fontsize=8)
+    figure.tight_layout()
+    return figure
 
-        figure, axis = plt.subplots(figsize=(6, 5), dpi=120)
-        for index, result in enumerate(with_curves):
-            colour = colours[index % len(colours)]
-            curve = result.curve
+
+def dice_threshold_figure(results: Sequence[MethodResult], data_label: str,
+                          options: ReportOptions = ReportOptions(),
+                          title: str = "Test Dice vs threshold"):
+    """Dice against the binarisation threshold with patient-bootstrap bands (Fig. 4b).
+
+    Observers are a dashed level with their own band; a dot marks each method's
+    operating threshold.
+
+    Returns:
+        A matplotlib Figure.
+    """
+    figure, axis = _new_figure(6, 5)
+    for index, result in enumerate(r for r in results if r.curve is not None):
+        colour = _COLOURS[index % len(_COLOURS)]
+        curve = result.curve
+        if len(curve.case_ids) > 1:
             low, high = metrics.bootstrap_dice_curve_ci(curve, options.ci_resamples,
                                                         options.confidence, options.seed,
                                                         options.statistic)
             axis.fill_between(curve.thresholds, low, high, color=colour, alpha=0.2,
                               linewidth=0)
-            axis.plot(curve.thresholds, curve.dice(options.statistic), color=colour,
-                      label=result.name)
-            if result.threshold is not None:
-                axis.plot([result.threshold], [result.dice(1, options.statistic)], "o",
-                          color=colour, markersize=5)
-        for result in observers:
+        dice_curve = curve.dice(options.statistic)
+        axis.plot(curve.thresholds, dice_curve, color=colour, label=result.name)
+        if result.threshold is not None:
+            index_at = int(np.argmin(np.abs(curve.thresholds - result.threshold)))
+            axis.plot([curve.thresholds[index_at]], [dice_curve[index_at]], "o",
+                      color=colour, markersize=5)
+    for result in results:
+        if result.is_observer and result.counts_obs1 is not None:
             low, high = _dice_interval(result, options)
             axis.axhspan(low, high, color="grey", alpha=0.2, linewidth=0)
             axis.axhline(result.dice(1, options.statistic), color="black", linestyle="--",
                          label=f"{result.name} vs observer 1")
-        axis.set_xlim(0, 1)
-        axis.set_ylim(0, 1)
-        axis.set_xlabel("Binary masking threshold")
-        axis.set_ylabel(f"Test Dice ({options.statistic}, observer 1)")
-        axis.set_title(f"Dice vs threshold, {options.confidence:.0%} patient-bootstrap "
-                       "bands" + suffix, fontsize=10)
-        axis.grid(alpha=0.3)
-        axis.legend(loc="lower center", fontsize=8)
-        figure.tight_layout()
-        figures["dice_vs_threshold"] = output_dir / "dice_vs_threshold.png"
-        figure.savefig(figures["dice_vs_threshold"])
-        plt.close(figure)
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1)
+    axis.set_xlabel("Binary masking threshold")
+    axis.set_ylabel(f"Dice ({options.statistic}, observer 1 as reference)")
+    axis.set_title(f"{title}, {options.confidence:.0%} patient-bootstrap bands"
+                   f"{_data_suffix(data_label)}", fontsize=10)
+    axis.grid(alpha=0.3)
+    axis.legend(loc="lower center", fontsize=8)
+    figure.tight_layout()
+    return figure
 
+
+def training_size_figure(results: Sequence[MethodResult], data_label: str,
+                         options: ReportOptions = ReportOptions()):
+    """Test Dice by number of training images, with the paper's Table 6 (Fig. 5).
+
+    Returns:
+        A matplotlib Figure.
+    """
+    figure, axis = _new_figure(6, 4)
+    ordered = sorted((r for r in results if r.training_size), key=lambda r: r.training_size)
+    sizes = [result.training_size for result in ordered]
+    dice = np.array([result.dice(1) for result in ordered], dtype=np.float64)
+    bounds = np.array([_dice_interval(result, options) for result in ordered]).reshape(-1, 2)
+    errors = np.nan_to_num(np.abs(np.stack([dice - bounds[:, 0], bounds[:, 1] - dice])))
+    axis.errorbar(sizes, dice, yerr=errors, marker="o", capsize=3,
+                  label=f"this code ({data_label} data)")
+    paper = PAPER_RESULTS["table6"]
+    axis.plot(list(paper), list(paper.values()), "k--", marker="s", alpha=0.6,
+              label="paper, MSWS + Loc (Table 6)")
+    axis.set_xscale("log", base=2)
+    ticks = sorted(set(sizes) | set(paper))
+    axis.set_xticks(ticks, [str(tick) for tick in ticks])
+    axis.minorticks_off()
+    axis.set_xlabel("Training images")
+    axis.set_ylabel("Test Dice (observer 1)")
+    axis.set_title(f"Test Dice by training-set size{_data_suffix(data_label)}", fontsize=10)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def validation_figures(curve: metrics.DiceCurve, threshold: float,
+                       title: str = "validation") -> dict:
+    """ROC and Dice-vs-threshold figures of one model's validation cases (for training).
+
+    Args:
+        curve: the validation cases' counts over thresholds.
+        threshold: the chosen (Dice-maximising) threshold, marked on the Dice curve.
+        title: what the curves are, e.g. "msws+ffcl (validation)".
+
+    Returns:
+        {"roc": Figure, "dice_vs_threshold": Figure}, ready for ``mlflow.log_figure``.
+    """
+    result = MethodResult(name=title, case_ids=curve.case_ids, threshold=threshold,
+                          curve=curve)
+    options = ReportOptions(ci_resamples=200)
+    roc = roc_figure([result], "", max_false_positive_rate=0.05, title=f"{title}: ROC")
+    dice = dice_threshold_figure([result], "", options, title=f"{title}: Dice")
+    return {"roc": roc, "dice_vs_threshold": dice}
+
+
+def _draw_figures(results: Sequence[MethodResult], grouped: dict, output_dir: Path,
+                  data_label: str, options: ReportOptions) -> dict[str, Path]:
+    """Draws the report's figures that apply and saves them as PNGs."""
+    figures = {}
+    if any(result.curve is not None and not result.is_observer for result in results):
+        figures["roc"] = roc_figure(results, data_label, options.max_false_positive_rate)
+        figures["dice_vs_threshold"] = dice_threshold_figure(results, data_label, options)
     if grouped["table6"]:
-        figure, axis = plt.subplots(figsize=(6, 4), dpi=120)
-        sizes = [m.training_size for m in grouped["table6"]]
-        dice = [m.dice(1) for m in grouped["table6"]]
-        bounds = np.array([_dice_interval(m, options) for m in grouped["table6"]])
-        dice = np.asarray(dice, dtype=np.float64)
-        errors = np.abs(np.stack([dice - bounds[:, 0], bounds[:, 1] - dice]))
-        axis.errorbar(sizes, dice, yerr=np.nan_to_num(errors), marker="o", capsize=3,
-                      label=f"this run ({data_label})")
-        paper = PAPER_RESULTS["table6"]
-        axis.plot(list(paper), list(paper.values()), "k--", marker="s", alpha=0.6,
-                  label="paper, MSWS + Loc (Table 6)")
-        axis.set_xscale("log", base=2)
-        ticks = sorted(set(sizes) | set(paper))
-        axis.set_xticks(ticks, [str(tick) for tick in ticks])
-        axis.minorticks_off()
-        axis.set_xlabel("Training images")
-        axis.set_ylabel("Test Dice (observer 1)")
-        axis.set_title("Test Dice by training-set size" + suffix, fontsize=10)
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
-        figure.tight_layout()
-        figures["training_size"] = output_dir / "training_size.png"
-        figure.savefig(figures["training_size"])
-        plt.close(figure)
-    return figures
+        figures["training_size"] = training_size_figure(grouped["table6"], data_label,
+                                                        options)
+    paths = {}
+    for name, figure in figures.items():
+        paths[name] = output_dir / f"{name}.png"
+        figure.savefig(paths[name])
+    return paths
 
 
 # ------------------------------------------------------------------ evaluate printing
