@@ -23,20 +23,27 @@ def cli():
 
 
 def config_options(function):
-    """--config FILE and repeated --set key=value, resolved by wmh.config.load_config."""
+    """--config FILE and repeated --set key=value, resolved by :func:`resolve_config`."""
     function = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
                             help="Override a config field, e.g. --set model.alpha=0.5.")(function)
-    return click.option("--config", "config_path", type=click.Path(path_type=Path),
+    return click.option("--config", "config_path", default=None, metavar="FILE",
                         help="Experiment YAML (see experiments/).")(function)
+
+
+def resolve_config(config_path, overrides, override_list: str = ""):
+    """The config from --config (empty = defaults), --set, then --set-list overrides."""
+    from wmh.config import load_config
+
+    return load_config(config_path or None, [*overrides, *override_list.split()])
 
 
 @cli.command("config")
 @config_options
 def config_command(config_path, overrides):
     """Print the resolved configuration as YAML."""
-    from wmh.config import dump_yaml, load_config
+    from wmh.config import dump_yaml
 
-    click.echo(dump_yaml(load_config(config_path, overrides)), nl=False)
+    click.echo(dump_yaml(resolve_config(config_path, overrides)), nl=False)
 
 
 @cli.command("check")
@@ -65,9 +72,116 @@ def check_command(data, no_t1):
 
 # --- train commands ---
 
+@cli.command("train")
+@config_options
+@click.option("--set-list", "override_list", default="", metavar="'K=V K=V'",
+              help="Whitespace-separated overrides, applied last (used by MLproject).")
+def train_command(config_path, overrides, override_list):
+    """Prepare the data (cached) and train the configured model, tracked in MLflow."""
+    from wmh.pipeline import run_training
+
+    result = run_training(resolve_config(config_path, overrides, override_list))
+    click.echo(f"run {result.run_id}: best epoch {result.best_epoch}, validation AUC "
+               f"{result.validation_auc:.4f}, threshold {result.threshold:.3f}, "
+               f"validation Dice {result.validation_dice:.4f}")
+    click.echo(f"model: {result.model_dir}  (also runs:/{result.run_id}/model)")
+
 # --- segment commands ---
 
+@cli.command("segment")
+@click.option("--model", "model_source", required=True,
+              help="A model folder from `wmh train`, its model.keras, or runs:/<run id>/model.")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Output folder: <subject>/wmh_probability.nii.gz, ..., volumes.csv.")
+@click.option("--threshold", type=float, default=None,
+              help="Mask threshold (default: the model's validation-optimal threshold).")
+@click.option("--mc-samples", type=int, default=0,
+              help="Monte Carlo dropout passes for an uncertainty map (0 = off).")
+@click.option("--periventricular-mm", type=float, default=10.0, show_default=True,
+              help="Lesion voxels this close to the ventricles count as periventricular.")
+def segment_command(model_source, inputs, out_dir, threshold, mc_samples, periventricular_mm):
+    """Segment WMH in INPUTS: a subject folder, a cohort, or FLAIR [T1] files."""
+    from wmh.segment import SegmentOptions, segment
+
+    rows = segment(model_source, inputs, out_dir,
+                   SegmentOptions(threshold, mc_samples, periventricular_mm))
+    for row in rows:
+        click.echo(f"{row['subject_id']}: {row['total_ml']:.2f} mL WMH "
+                   f"({row['periventricular_ml']:.2f} periventricular, {row['deep_ml']:.2f} "
+                   f"deep), {row['lesion_count']} lesions")
+    click.echo(f"outputs in {out_dir}; volumes in {out_dir / 'volumes.csv'}")
+
 # --- evaluate commands ---
+
+@cli.command("evaluate")
+@click.option("--pred", "prediction", required=True, type=click.Path(path_type=Path),
+              help="Prediction NIfTI (probabilities or mask), or a folder: <id>.nii.gz or <id>/.")
+@click.option("--truth", required=True, type=click.Path(path_type=Path),
+              help="Truth labels (0, 1 WMH, 2 ignored): a file, or a folder matched by id.")
+@click.option("--brain-mask", type=click.Path(path_type=Path),
+              help="Brain masks (file or folder) for the paper's Dice and Az inside the brain.")
+@click.option("--threshold", type=float, default=0.5, show_default=True,
+              help="Probability maps are foreground at or above this value.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (NaN as null).")
+def evaluate_command(prediction, truth, brain_mask, threshold, as_json):
+    """Challenge metrics per case: Dice, HD95, AVD, lesion recall and F1."""
+    from wmh.metrics import evaluate_cases, to_json
+    from wmh.report import format_evaluation
+
+    evaluation = evaluate_cases(prediction, truth, brain_mask, threshold,
+                                progress=not as_json)
+    click.echo(to_json(evaluation) if as_json else format_evaluation(evaluation))
+
+
+def _named_values(values, option):
+    """'NAME=VALUE' pairs -> [(name, value)]; bad syntax is a usage error (exit 2)."""
+    pairs = []
+    for text in values:
+        name, separator, value = text.partition("=")
+        if not separator or not name.strip() or not value.strip():
+            raise click.BadParameter(f"expected NAME=VALUE, got '{text}'", param_hint=option)
+        pairs.append((name.strip(), value.strip()))
+    return pairs
+
+
+@cli.command("report")
+@click.option("--method", "methods", multiple=True, metavar="NAME=FOLDER",
+              help="A method's test-set probability maps (repeatable), e.g. 'SS + Loc=out/ssloc'.")
+@click.option("--run", "runs", multiple=True, metavar="NAME=RUN_ID",
+              help="A method from an MLflow run (repeatable).")
+@click.option("--truth", type=click.Path(path_type=Path),
+              help="Observer 1 labels (file or folder), needed with --method.")
+@click.option("--observer2", type=click.Path(path_type=Path),
+              help="Observer 2 labels: adds the human observer and Dice vs observer 2.")
+@click.option("--brain-mask", type=click.Path(path_type=Path),
+              help="Brain masks: Dice and ROC count voxels inside only (as the paper).")
+@click.option("--threshold", type=float, default=0.5, show_default=True,
+              help="Operating threshold for --method folders (choose it on validation).")
+@click.option("--out", "output_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder for report.md, CSV tables and PNG figures.")
+@click.option("--data-label", required=True,
+              help="What the data are, e.g. 'synthetic' (shown on every table and figure).")
+@click.option("--resamples", type=click.IntRange(min=10), default=1000, show_default=True,
+              help="Bootstrap resamples for confidence bands.")
+@click.option("--pvalue-resamples", type=click.IntRange(min=10), default=100,
+              show_default=True, help="Paired bootstrap resamples for p-values (paper: 100).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
+@click.option("--mlflow", "log_to_mlflow", is_flag=True,
+              help="Also log the report to MLflow (the active run, else a new one).")
+def report_command(methods, runs, truth, observer2, brain_mask, threshold, output_dir,
+                   data_label, resamples, pvalue_resamples, seed, log_to_mlflow):
+    """The paper's Tables 2-6 and Figs. 4-5 for several methods, beside its numbers."""
+    from wmh import report
+
+    results = report.collect_results(_named_values(methods, "--method"),
+                                     _named_values(runs, "--run"), truth, observer2,
+                                     brain_mask, threshold)
+    options = report.ReportOptions(ci_resamples=resamples, pvalue_resamples=pvalue_resamples,
+                                   seed=seed)
+    files = report.write_report(results, output_dir, data_label, options,
+                                log_to_mlflow=True if log_to_mlflow else None)
+    click.echo(f"wrote {files.markdown}")
 
 # --- tune commands ---
 

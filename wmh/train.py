@@ -1,0 +1,362 @@
+"""Training: fit, keep the best epoch, pick the threshold, log everything to MLflow.
+
+The paper's recipe: RMSprop, mini-batches of 128, cross-entropy, dropout 0.3; the epoch
+with the highest validation AUC is kept; the binarisation threshold is the one that
+maximises Dice on the validation subjects (voxel-wise over whole volumes, inside the brain).
+
+A run is resumable: after every epoch the model (with optimiser state) and a small state
+file are written atomically under ``<cache>/runs/<run key>/``, where the run key hashes the
+resolved config and the dataset. Started again with the same config and data, an
+unfinished run continues from its last finished epoch in the same MLflow run.
+
+The trained model is a folder (logged to MLflow as the artifact ``model``):
+
+* ``model.keras``: the best-epoch patch network (stock layers only; loads with safe_mode);
+* ``wmh_model.json``: its input contract: channels, in-plane spacing, model config, the
+  validation-optimal threshold, and the patch definition it was trained with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from wmh import __version__
+from wmh.config import ExperimentConfig, ModelConfig, dump_yaml, from_dict, to_dict
+from wmh.errors import WMHError
+
+MODEL_FILE = "model.keras"
+CONTRACT_FILE = "wmh_model.json"
+STATE_FILE = "state.json"
+VALIDATION_THRESHOLDS = np.round(np.linspace(0.0, 1.0, 201), 6)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """What a finished training run produced.
+
+    Attributes:
+        run_id: the MLflow run.
+        model_dir: folder with ``model.keras`` and ``wmh_model.json``.
+        best_epoch: 1-based epoch with the highest validation AUC.
+        validation_auc: that AUC (balanced validation samples).
+        threshold: validation-optimal threshold on whole validation volumes.
+        validation_dice: overall Dice of the validation subjects at that threshold.
+        validation_volume_auc: voxel-wise AUC inside the brain on the validation subjects.
+    """
+
+    run_id: str
+    model_dir: Path
+    best_epoch: int
+    validation_auc: float
+    threshold: float
+    validation_dice: float
+    validation_volume_auc: float
+
+
+# ---------------------------------------------------------------------- model folder
+
+@dataclasses.dataclass(frozen=True)
+class ModelContract:
+    """The input contract stored beside a trained model (``wmh_model.json``)."""
+
+    model: ModelConfig
+    channels: tuple[str, ...]
+    inplane_spacing_mm: float
+    threshold: float
+    wmh_version: str = __version__
+    patch: str = "s1/s2/s3: 32x32 windows at scales 1/2/4 pooled to 32x32 (wmh.data)"
+
+    def to_json(self) -> str:
+        values = dataclasses.asdict(self)
+        values["model"] = to_dict(self.model)
+        values["channels"] = list(self.channels)
+        return json.dumps(values, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str, source: str) -> "ModelContract":
+        try:
+            values = json.loads(text)
+            values["model"] = from_dict(values["model"], ModelConfig)
+            values["channels"] = tuple(values["channels"])
+            return cls(**values)
+        except (ValueError, KeyError, TypeError) as error:
+            raise WMHError(f"{source}: not a valid {CONTRACT_FILE} ({error})") from None
+
+
+def save_model_dir(model, contract: ModelContract, folder: Path) -> Path:
+    """Writes ``model.keras`` + ``wmh_model.json`` into ``folder`` (created)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    _atomic_keras_save(model, folder / MODEL_FILE)
+    _atomic_write_text(folder / CONTRACT_FILE, contract.to_json())
+    return folder
+
+
+def load_model_dir(source: str | Path):
+    """Loads a trained model: a folder, its ``model.keras``, or an MLflow ``runs:/`` URI.
+
+    Loading never executes code from the file (``safe_mode=True``).
+
+    Returns:
+        (keras model, ModelContract).
+    """
+    import keras
+
+    text = str(source)
+    if text.startswith(("runs:/", "models:/", "mlflow-artifacts:/")):
+        from wmh.tracking import tracking_uri
+        import mlflow
+
+        mlflow.set_tracking_uri(tracking_uri())
+        try:
+            source = Path(mlflow.artifacts.download_artifacts(text))
+        except Exception as error:  # mlflow raises several types for a bad URI
+            raise WMHError(f"--model {text}: cannot download ({str(error).splitlines()[0]})")
+    folder = Path(source)
+    if folder.is_file() and folder.name.endswith(".keras"):
+        folder = folder.parent
+    contract_path, model_path = folder / CONTRACT_FILE, folder / MODEL_FILE
+    for path in (model_path, contract_path):
+        if not path.is_file():
+            raise WMHError(f"--model {source}: missing {path.name} (expected a folder made "
+                           "by `wmh train`, or runs:/<run id>/model)")
+    contract = ModelContract.from_json(contract_path.read_text(), str(contract_path))
+    try:
+        model = keras.saving.load_model(model_path, safe_mode=True, compile=False)
+    except Exception as error:
+        raise WMHError(f"{model_path}: cannot load model ({str(error).splitlines()[0]})") \
+            from None
+    return model, contract
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(handle, "w") as stream:
+        stream.write(text)
+    os.replace(temporary, path)
+
+
+def _atomic_keras_save(model, path: Path) -> None:
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".keras",
+                                         dir=path.parent)
+    os.close(handle)
+    try:
+        model.save(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+# ------------------------------------------------------------------------- training
+
+def distribution_strategy():
+    """MirroredStrategy over all GPUs when more than one is visible, else the default."""
+    import tensorflow as tf
+
+    if len(tf.config.list_logical_devices("GPU")) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def compile_model(model, learning_rate: float):
+    """RMSprop + sparse categorical cross-entropy on the 2-way softmax (the paper)."""
+    import keras
+
+    model.compile(optimizer=keras.optimizers.RMSprop(learning_rate=learning_rate),
+                  loss=keras.losses.SparseCategoricalCrossentropy(),
+                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+    return model
+
+
+def run_key(config: ExperimentConfig, dataset_hash: str) -> str:
+    """Names a run's checkpoint folder: the same config on the same data resumes there."""
+    text = dump_yaml(config) + dataset_hash + __version__
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def predict_samples(model, dataset) -> tuple[np.ndarray, np.ndarray]:
+    """P(WMH) and labels for every sample of a finite dataset, in dataset order."""
+    scores, labels = [], []
+    for inputs, label in dataset:
+        probabilities = model(inputs, training=False)
+        scores.append(np.asarray(probabilities)[:, 1])
+        labels.append(np.asarray(label))
+    if not scores:
+        return np.zeros(0, np.float32), np.zeros(0, np.int32)
+    return np.concatenate(scores), np.concatenate(labels)
+
+
+def train(config: ExperimentConfig, samples_dir: Path, prepared_dir: Path,
+          epoch_callback: Optional[Callable[[int, float], None]] = None,
+          nested: bool = False, run_name: Optional[str] = None,
+          data_label: str = "real") -> TrainResult:
+    """Trains ``config.model`` on a sample set, tracked in MLflow, resumable.
+
+    Args:
+        config: the resolved experiment config.
+        samples_dir: output of ``wmh sample`` (splits + samples).
+        prepared_dir: the prepared subjects the samples came from (for whole-volume
+            validation: the threshold).
+        epoch_callback: called as ``epoch_callback(epoch, validation_auc)`` after each
+            epoch (1-based); may raise (e.g. ``optuna.TrialPruned``) to stop the run.
+        nested: start the MLflow run nested in the active one (Optuna trials).
+        run_name: MLflow run name; default ``<arch>+<loc>``.
+        data_label: "synthetic" or "real", recorded as a tag so every report can say so.
+
+    Returns:
+        A :class:`TrainResult`.
+    """
+    import keras
+    import mlflow
+
+    from wmh import data, metrics, tracking
+    from wmh.models import build_model
+
+    use_t1 = config.data.use_t1
+    channels = data.sample_channels(samples_dir, use_t1)
+    dataset_hash = data.dataset_hash(samples_dir)
+    key = run_key(config, dataset_hash)
+    run_dir = Path(config.data.cache_dir) / "runs" / key
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state_path = run_dir / STATE_FILE
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    if state.get("finished"):
+        state = {}  # a finished run is not resumed: this is a new run of the same config
+
+    if not nested:
+        tracking.configure_mlflow(config.train.experiment)
+    name = run_name or f"{config.model.arch}+{config.model.loc}"
+    run = mlflow.start_run(run_id=state.get("run_id"), run_name=None if state else name,
+                           nested=nested)
+    with run:
+        run_id = run.info.run_id
+        if not state:
+            tracking.log_context(config, dataset_hash)
+            mlflow.set_tags({"data_label": data_label,
+                             "channels": ",".join(channels), "run_key": key})
+            state = {"run_id": run_id, "epoch": 0, "best_auc": -1.0, "best_epoch": 0}
+        keras.utils.set_random_seed(config.train.seed + state["epoch"])
+        strategy = distribution_strategy()
+        with strategy.scope():
+            if state["epoch"] > 0 and (run_dir / "last.keras").exists():
+                model = keras.saving.load_model(run_dir / "last.keras", safe_mode=True)
+                mlflow.set_tag("resumed_from_epoch", state["epoch"])
+            else:
+                model = compile_model(build_model(config.model, len(channels)),
+                                      config.train.learning_rate)
+        train_data = data.make_dataset(samples_dir, "train", config.train.batch_size,
+                                       seed=config.train.seed + state["epoch"], shuffle=True,
+                                       use_t1=use_t1, max_samples=config.train.max_train_samples)
+        validation_data = data.make_dataset(samples_dir, "validation", 512, seed=0,
+                                            shuffle=False, use_t1=use_t1,
+                                            max_samples=config.train.max_validation_samples)
+        for epoch in range(state["epoch"] + 1, config.train.epochs + 1):
+            history = model.fit(train_data, epochs=1, verbose=0)
+            scores, labels = predict_samples(model, validation_data)
+            validation_auc = metrics.roc_auc(scores, labels)
+            validation_loss = float(np.mean(-np.log(np.clip(
+                np.where(labels == 1, scores, 1 - scores), 1e-7, 1.0))))
+            mlflow.log_metrics({"loss": float(history.history["loss"][-1]),
+                                "accuracy": float(history.history["accuracy"][-1]),
+                                "val_auc": validation_auc, "val_loss": validation_loss},
+                               step=epoch)
+            if validation_auc > state["best_auc"] or not math.isfinite(state["best_auc"]):
+                state.update(best_auc=float(validation_auc), best_epoch=epoch)
+                _atomic_keras_save(model, run_dir / "best.keras")
+            _atomic_keras_save(model, run_dir / "last.keras")
+            state["epoch"] = epoch
+            _atomic_write_text(state_path, json.dumps(state))
+            print(f"epoch {epoch}/{config.train.epochs}: loss "
+                  f"{history.history['loss'][-1]:.4f}  val_auc {validation_auc:.4f}", flush=True)
+            if epoch_callback is not None:
+                epoch_callback(epoch, float(validation_auc))
+
+        best = keras.saving.load_model(run_dir / "best.keras", safe_mode=True, compile=False)
+        threshold, validation_dice, volume_auc = choose_threshold(
+            best, config, samples_dir, prepared_dir, channels)
+        contract = ModelContract(model=config.model, channels=tuple(channels),
+                                 inplane_spacing_mm=config.preprocess.inplane_spacing_mm,
+                                 threshold=threshold)
+        model_dir = save_model_dir(best, contract, run_dir / "model")
+        mlflow.log_artifacts(str(model_dir), "model")
+        mlflow.log_metrics({"best_epoch": state["best_epoch"], "best_val_auc": state["best_auc"],
+                            "threshold": threshold, "val_volume_dice": validation_dice,
+                            "val_volume_auc": volume_auc})
+        state["finished"] = True
+        _atomic_write_text(state_path, json.dumps(state))
+    return TrainResult(run_id=run_id, model_dir=model_dir, best_epoch=state["best_epoch"],
+                       validation_auc=state["best_auc"], threshold=threshold,
+                       validation_dice=validation_dice, validation_volume_auc=volume_auc)
+
+
+def predict_volume(model, model_config: ModelConfig, images: np.ndarray, location: np.ndarray,
+                   brain_mask: np.ndarray, mc_samples: int = 0):
+    """P(WMH) over a working-grid volume, slice by slice (dense, exact to the patch net).
+
+    Args:
+        model: the patch model or its dense twin (``wmh.models.build_dense_model``).
+        model_config: the model's config.
+        images: (X, Y, Z, C) float32; location: (X, Y, Z, 8); brain_mask: (X, Y, Z) bool.
+        mc_samples: Monte Carlo dropout passes; 0 = deterministic.
+
+    Returns:
+        (X, Y, Z) float32 probabilities (0 outside the brain), or with ``mc_samples`` > 0
+        a pair (mean, standard deviation).
+    """
+    from wmh.models import predict_slices
+
+    def to_slices(volume):  # (X, Y, Z, ...) -> (Z, X, Y, ...): rows = x, columns = y
+        return np.moveaxis(np.asarray(volume), 2, 0)
+
+    result = predict_slices(model, model_config, to_slices(images), to_slices(location),
+                            to_slices(brain_mask), mc_samples=mc_samples)
+    if mc_samples:
+        return tuple(np.moveaxis(part, 0, 2) for part in result)
+    return np.moveaxis(result, 0, 2)
+
+
+def choose_threshold(model, config: ExperimentConfig, samples_dir: Path, prepared_dir: Path,
+                     channels) -> tuple[float, float, float]:
+    """Whole-volume prediction of the validation subjects; the Dice-maximising threshold.
+
+    Logs the ROC and Dice-vs-threshold figures of the validation subjects to MLflow.
+
+    Returns:
+        (threshold, overall validation Dice at it, voxel-wise AUC inside the brain).
+    """
+    import mlflow
+
+    from wmh import metrics, report, sampling
+    from wmh.models import build_dense_model
+    from wmh.preprocess import PreparedSubject
+
+    subject_ids = sampling.load_splits(samples_dir)["validation"]
+    network = model if config.model.arch == "msef" else build_dense_model(
+        model, config.model, len(channels))
+    probabilities, truths, masks = [], [], []
+    for subject_id in subject_ids:
+        prepared = PreparedSubject.load(Path(prepared_dir) / f"{subject_id}.h5")
+        images = prepared.images[..., :len(channels)]
+        probabilities.append(predict_volume(network, config.model, images, prepared.location,
+                                            prepared.brain_mask))
+        truths.append(prepared.labels)
+        masks.append(prepared.brain_mask)
+    if not subject_ids:
+        return 0.5, math.nan, math.nan
+    curve = metrics.dice_threshold_curve(probabilities, truths, VALIDATION_THRESHOLDS, masks,
+                                         subject_ids)
+    threshold, dice = metrics.best_threshold(curve)
+    figures = report.validation_figures(curve, threshold, title=f"{config.model.arch}+"
+                                        f"{config.model.loc} (validation)")
+    for name, figure in figures.items():
+        mlflow.log_figure(figure, f"figures/{name}.png")
+    return threshold, dice, curve.auc()
