@@ -527,6 +527,24 @@ def test_mismatched_grid_missing_case_and_bad_labels_are_user_errors(tmp_path):
         metrics.evaluate_cases(tmp_path / "pred" / "a.nii.gz", tmp_path / "bad.nii.gz")
     with pytest.raises(WMHError, match="--pred"):
         metrics.evaluate_cases(tmp_path / "nowhere", tmp_path / "truth")
+    with pytest.raises(WMHError, match="give a folder like --truth"):
+        metrics.evaluate_cases(tmp_path / "pred" / "a.nii.gz", tmp_path / "truth")
+
+
+def test_case_ids_from_file_and_folder_names(tmp_path):
+    _cohort(tmp_path)
+    assert list(metrics.find_cases(tmp_path / "truth" / "a" / "wmh.nii.gz", "--truth")) == ["a"]
+    assert list(metrics.find_cases(tmp_path / "pred" / "a.nii.gz", "--pred")) == ["a"]
+    assert metrics.find_cases(tmp_path / "truth", "--truth") == {
+        "a": tmp_path / "truth" / "a" / "wmh.nii.gz", "b": tmp_path / "truth" / "b" / "wmh.nii.gz"}
+    _save(tmp_path / "pred" / "c" / "x.nii.gz", np.zeros((6, 6, 3)))
+    _save(tmp_path / "pred" / "c" / "y.nii.gz", np.zeros((6, 6, 3)))
+    with pytest.raises(WMHError, match="several NIfTI files"):
+        metrics.find_cases(tmp_path / "pred", "--pred")
+    _save(tmp_path / "dup" / "a.nii.gz", np.zeros((6, 6, 3)))
+    _save(tmp_path / "dup" / "a" / "wmh.nii.gz", np.zeros((6, 6, 3)))
+    with pytest.raises(WMHError, match="found twice"):
+        metrics.find_cases(tmp_path / "dup", "--truth")
 
 
 def test_metrics_module_does_not_import_tensorflow():

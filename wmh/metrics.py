@@ -27,7 +27,11 @@ lesion_f1            0.0                   0.0                   1.0
 ===================  ====================  ====================  ==================
 
 HD95 is NaN whenever either mask is empty: there is no boundary to measure from.
-NaN values are left out of means and written as ``null`` in JSON.
+Dice inside the brain mask (``dice_brain``) follows the Dice column; Az (``auc``) is NaN
+when the counted region has no WMH voxel or no background voxel. NaN values are left
+out of means (``summary.undefined`` counts them) and written as ``null`` in JSON.
+Both-empty Dice is 1.0 so that a correctly empty case counts as perfect in a mean; the
+overall (pooled) Dice is unaffected by it.
 
 The paper's measures (Ghafoorian et al. 2017) count only voxels inside the brain mask:
 Dice, ROC and its area (Az), the threshold that maximises the overall Dice on the
@@ -739,6 +743,8 @@ def find_cases(path: str | Path, option: str) -> dict[str, Path]:
 
     A folder may hold ``<id>.nii[.gz]`` files and/or ``<id>/`` subfolders; a subfolder
     gives its only NIfTI file, or ``wmh.nii[.gz]`` among several (challenge layout).
+    A single file is one case named after the file, or after its folder for
+    ``<id>/wmh.nii.gz``.
 
     Args:
         path: a NIfTI file or a folder.
@@ -753,6 +759,8 @@ def find_cases(path: str | Path, option: str) -> dict[str, Path]:
     if path.is_file():
         if not _is_nifti(path):
             raise WMHError(f"{option} {path}: not a NIfTI file (expected .nii or .nii.gz)")
+        if _case_id(path) == TRUTH_FILE_NAME:  # challenge layout: <id>/wmh.nii.gz
+            return {path.resolve().parent.name: path}
         return {_case_id(path): path}
     cases: dict[str, Path] = {}
 
