@@ -101,3 +101,68 @@ def run_training(config: ExperimentConfig, **train_kwargs):
     return train.train(config, stages.samples, stages.prepared,
                        data_label="synthetic" if stages.synthetic else "real", **train_kwargs)
 
+
+
+SUMMARY_COLUMNS = ("subject_id", "dice", "hd95", "avd", "lesion_recall", "lesion_f1",
+                   "total_ml", "periventricular_ml", "deep_ml", "lesion_count")
+
+
+def segment_test_subjects(config: ExperimentConfig, stages: DataStages, model_dir: Path,
+                          out_dir: Path) -> list[dict]:
+    """Segments the held-out test subjects of the sample split (cached preparation)."""
+    from wmh import io, sampling
+    from wmh.segment import SegmentOptions, segment
+
+    test_ids = set(sampling.load_splits(stages.samples)["test"])
+    subjects = [s for s in io.discover(stages.cohort) if s.subject_id in test_ids]
+    if not subjects:
+        raise WMHError(f"{stages.samples}: the split has no test subjects "
+                       "(raise sampling.test_fraction or add subjects)")
+    return segment(model_dir, subjects, out_dir, SegmentOptions.from_config(config.segment),
+                   prepared_dir=stages.prepared)
+
+
+def format_table(rows: list[dict], columns=SUMMARY_COLUMNS) -> str:
+    """A fixed-width text table; floats with 3 decimals, missing values as '-'."""
+    def cell(value):
+        if value is None or (isinstance(value, float) and value != value):
+            return "-"
+        return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+    body = [[cell(row.get(column)) for column in columns] for row in rows]
+    widths = [max(len(column), *(len(line[i]) for line in body)) for i, column in
+              enumerate(columns)]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in body]
+    return "\n".join(lines)
+
+
+def demo(config: ExperimentConfig, out_dir: Path = Path("outputs/demo")) -> dict:
+    """The main job on the embedded default: synthesise, prepare, sample, train
+    MSWS+Loc, segment the test subjects, evaluate, log it all to MLflow.
+
+    Returns:
+        {"run_id", "model_dir", "rows" (per test subject), "mean" (metric means)}.
+    """
+    import mlflow
+    import numpy as np
+
+    from wmh import train as train_module
+
+    stages = ensure_data(config)
+    result = train_module.train(config, stages.samples, stages.prepared,
+                                data_label="synthetic" if stages.synthetic else "real")
+    rows = segment_test_subjects(config, stages, result.model_dir, out_dir / "segment")
+    means = {}
+    for column in SUMMARY_COLUMNS[1:]:
+        values = [row[column] for row in rows if isinstance(row.get(column), (int, float))]
+        finite = [v for v in values if v == v]
+        means[column] = float(np.mean(finite)) if finite else float("nan")
+    with mlflow.start_run(run_id=result.run_id):
+        mlflow.log_metrics({f"test_{k}": v for k, v in means.items() if v == v})
+        mlflow.log_artifact(str(out_dir / "segment" / "volumes.csv"), "test")
+        for row in rows:
+            mlflow.log_artifact(str(out_dir / "segment" / row["subject_id"] / "qc.png"),
+                                f"test/qc/{row['subject_id']}")
+    return {"run_id": result.run_id, "model_dir": result.model_dir, "rows": rows,
+            "mean": means, "synthetic": stages.synthetic, "train": result}

@@ -152,7 +152,8 @@ class SegmentOptions:
 
 
 def segment_subject(model, contract, subject: io.Subject, out_dir: Path,
-                    options: SegmentOptions, model_name: str = "", network=None) -> dict:
+                    options: SegmentOptions, model_name: str = "", network=None,
+                    prepared=None) -> dict:
     """Segments one subject; writes its outputs under ``out_dir/<subject_id>/``.
 
     Args:
@@ -162,6 +163,8 @@ def segment_subject(model, contract, subject: io.Subject, out_dir: Path,
         out_dir: cohort output folder.
         options: threshold, MC samples, periventricular distance.
         model_name: recorded in the report.
+        prepared: the subject's PreparedSubject when already prepared with the model's
+            preprocessing (e.g. from the pipeline cache); None prepares it here.
 
     Returns:
         The subject's report row (see ``REPORT_COLUMNS``).
@@ -173,9 +176,13 @@ def segment_subject(model, contract, subject: io.Subject, out_dir: Path,
     threshold = contract.threshold if options.threshold is None else options.threshold
     if not 0.0 <= threshold <= 1.0:
         raise WMHError(f"--threshold {threshold}: must lie in [0, 1]")
-    prepared = preprocess.prepare_subject(
-        subject, PreprocessConfig(inplane_spacing_mm=contract.inplane_spacing_mm),
-        use_t1=use_t1)
+    if prepared is None:
+        prepared = preprocess.prepare_subject(
+            subject, PreprocessConfig(inplane_spacing_mm=contract.inplane_spacing_mm),
+            use_t1=use_t1)
+    if tuple(prepared.channels[:len(contract.channels)]) != tuple(contract.channels):
+        raise WMHError(f"{subject.flair}: prepared channels {prepared.channels} do not match "
+                       f"the model's {contract.channels}")
     images = prepared.images[..., :len(contract.channels)]
     prediction = predict_volume(network if network is not None else model, contract.model,
                                 images, prepared.location, prepared.brain_mask,
@@ -228,12 +235,21 @@ def _json_value(value):
     return value
 
 
-def segment(model_source: str | Path, inputs: Sequence[str | Path], out_dir: str | Path,
-            options: SegmentOptions = SegmentOptions(), progress: bool = True) -> list[dict]:
+def segment(model_source: str | Path, inputs: Sequence[str | Path | io.Subject],
+            out_dir: str | Path, options: SegmentOptions = SegmentOptions(),
+            progress: bool = True, prepared_dir: Optional[Path] = None) -> list[dict]:
     """Segments every subject of ``inputs`` with the model; writes ``volumes.csv``.
 
     Every input is checked (files exist, the model's channels are available) before the
     first subject is processed, so a bad input costs no computation.
+
+    Args:
+        model_source: a model folder, its ``model.keras`` or ``runs:/<id>/model``.
+        inputs: paths as ``wmh segment`` takes them, or :class:`wmh.io.Subject` records.
+        out_dir: output folder (created).
+        options: threshold, Monte Carlo samples, periventricular distance.
+        prepared_dir: a ``wmh prepare`` folder made with the model's preprocessing; a
+            subject found there (``<id>.h5``) is not prepared again.
 
     Returns:
         The report rows, one per subject.
@@ -241,22 +257,29 @@ def segment(model_source: str | Path, inputs: Sequence[str | Path], out_dir: str
     from tqdm import tqdm
 
     from wmh.models import build_dense_model
+    from wmh.preprocess import PreparedSubject
     from wmh.train import load_model_dir
 
-    subjects = resolve_inputs(inputs)
+    if options.mc_samples < 0:
+        raise WMHError(f"--mc-samples {options.mc_samples}: must be 0 or more")
+    if inputs and all(isinstance(item, io.Subject) for item in inputs):
+        subjects = list(inputs)
+    else:
+        subjects = resolve_inputs(inputs)
     model, contract = load_model_dir(model_source)
     for subject in subjects:
         check_inputs_match(contract, subject)
-    if options.mc_samples < 0:
-        raise WMHError(f"--mc-samples {options.mc_samples}: must be 0 or more")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     network = model if contract.model.arch == "msef" else build_dense_model(
         model, contract.model, len(contract.channels))
     rows = []
     for subject in tqdm(subjects, desc="segment", unit="subject", disable=not progress):
+        cached = Path(prepared_dir) / f"{subject.subject_id}.h5" if prepared_dir else None
+        prepared = PreparedSubject.load(cached) if cached and cached.exists() else None
         rows.append(segment_subject(model, contract, subject, out_dir, options,
-                                    model_name=str(model_source), network=network))
+                                    model_name=str(model_source), network=network,
+                                    prepared=prepared))
     write_volumes_csv(rows, out_dir / "volumes.csv")
     return rows
 

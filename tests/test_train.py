@@ -1,0 +1,117 @@
+"""Training end to end on a tiny prepared cohort: learns, logs everything, resumes."""
+
+import json
+
+import mlflow
+import numpy as np
+import pytest
+
+from cohorts import write_prepared_cohort
+from wmh import config as config_module
+from wmh.errors import WMHError
+
+
+def tiny_config(tmp_path, epochs=3, **overrides):
+    values = {"data.cache_dir": str(tmp_path / "cache"), "train.epochs": epochs,
+              "train.batch_size": 64, "train.learning_rate": 1e-3, "model.width": 0.15,
+              "model.arch": "msws", "model.loc": "ffcl", "sampling.validation_fraction": 0.34,
+              "sampling.test_fraction": 0.17, "train.experiment": "tiny"}
+    values.update(overrides)
+    return config_module.load_config(None, [f"{k}={v}" for k, v in values.items()])
+
+
+@pytest.fixture(scope="module")
+def tiny_samples(tmp_path_factory):
+    from wmh import sampling
+
+    root = tmp_path_factory.mktemp("tiny")
+    prepared = write_prepared_cohort(root / "prepared", n_subjects=6)
+    cfg = tiny_config(root)
+    samples = sampling.build_samples(prepared, root / "samples", cfg.sampling)
+    return prepared, samples
+
+
+def test_training_learns_logs_and_saves_a_loadable_model(tmp_path, mlflow_tmp, tf_seeded,
+                                                         tiny_samples):
+    from wmh import train
+    from wmh.models import build_dense_model
+
+    prepared, samples = tiny_samples
+    cfg = tiny_config(tmp_path, epochs=3)
+    result = train.train(cfg, samples, prepared, data_label="synthetic")
+    assert result.validation_auc > 0.9
+    assert 0.0 < result.threshold < 1.0
+    assert result.validation_dice > 0.3
+    assert 1 <= result.best_epoch <= 3
+
+    run = mlflow.get_run(result.run_id)
+    assert run.data.params["model.arch"] == "msws"
+    assert run.data.tags["data_label"] == "synthetic"
+    assert run.data.tags["dataset_hash"] and run.data.tags["git_commit"]
+    assert run.data.metrics["threshold"] == pytest.approx(result.threshold)
+    history = mlflow.tracking.MlflowClient().get_metric_history(result.run_id, "val_auc")
+    assert [m.step for m in history] == [1, 2, 3]
+    assert max(m.value for m in history) == pytest.approx(result.validation_auc)
+    artifacts = {a.path for a in mlflow.tracking.MlflowClient().list_artifacts(result.run_id,
+                                                                               "model")}
+    assert {"model/model.keras", "model/wmh_model.json"} <= artifacts
+    figures = {a.path for a in mlflow.tracking.MlflowClient().list_artifacts(result.run_id,
+                                                                             "figures")}
+    assert {"figures/roc.png", "figures/dice_vs_threshold.png"} <= figures
+
+    # the saved model (safe_mode) is the best epoch's, and carries its input contract
+    model, contract = train.load_model_dir(f"runs:/{result.run_id}/model")
+    assert contract.channels == ("FLAIR", "T1")
+    assert contract.threshold == pytest.approx(result.threshold)
+    assert contract.model == cfg.model
+    from wmh.preprocess import PreparedSubject
+    subject = PreparedSubject.load(next(prepared.glob("*.h5")))
+    probabilities = train.predict_volume(build_dense_model(model, cfg.model, 2), cfg.model,
+                                         subject.images, subject.location, subject.brain_mask)
+    assert probabilities.shape == subject.shape
+    assert np.all(probabilities[~subject.brain_mask] == 0)
+    wmh = probabilities[subject.labels == 1].mean()
+    background = probabilities[subject.brain_mask & (subject.labels == 0)].mean()
+    assert wmh > background + 0.3
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_killed_run_resumes_from_its_last_epoch(tmp_path, mlflow_tmp, tf_seeded, tiny_samples):
+    from wmh import train
+
+    prepared, samples = tiny_samples
+    cfg = tiny_config(tmp_path, epochs=3, **{"model.arch": "ss", "model.loc": "none"})
+
+    def kill_after_first_epoch(epoch, auc):
+        if epoch == 1:
+            raise Interrupted()
+
+    with pytest.raises(Interrupted):
+        train.train(cfg, samples, prepared, epoch_callback=kill_after_first_epoch)
+    state_files = list((tmp_path / "cache" / "runs").glob("*/state.json"))
+    assert len(state_files) == 1
+    assert json.loads(state_files[0].read_text())["epoch"] == 1
+    first_run = json.loads(state_files[0].read_text())["run_id"]
+
+    seen = []
+    result = train.train(cfg, samples, prepared, epoch_callback=lambda e, a: seen.append(e))
+    assert seen == [2, 3]
+    assert result.run_id == first_run
+    client = mlflow.tracking.MlflowClient()
+    assert [m.step for m in client.get_metric_history(result.run_id, "val_auc")] == [1, 2, 3]
+    assert client.get_run(result.run_id).data.tags["resumed_from_epoch"] == "1"
+
+
+def test_model_folder_errors(tmp_path):
+    from wmh import train
+
+    with pytest.raises(WMHError, match=r"--model .*nothing: missing model\.keras"):
+        train.load_model_dir(tmp_path / "nothing")
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "model.keras").write_bytes(b"not a zip")
+    (tmp_path / "m" / "wmh_model.json").write_text("{}")
+    with pytest.raises(WMHError, match=r"wmh_model\.json: not a valid wmh_model\.json"):
+        train.load_model_dir(tmp_path / "m")
