@@ -70,6 +70,22 @@ def check_command(data, no_t1):
 
 # --- sample commands ---
 
+@cli.command("sample")
+@click.argument("prepared", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
+              help="Parent folder; the sample set goes to OUT/<key>/ (printed).")
+@config_options
+def sample_command(prepared, out_dir, config_path, overrides):
+    """Split PREPARED subjects and write their balanced voxel samples."""
+    from wmh.config import load_config
+    from wmh.sampling import build_samples, load_splits
+
+    config = load_config(config_path, overrides)
+    folder = build_samples(prepared, out_dir, config.sampling)
+    splits = load_splits(folder)
+    click.echo("  ".join(f"{name}: {len(ids)} subjects" for name, ids in splits.items()))
+    click.echo(folder)
+
 # --- train commands ---
 
 @cli.command("train")

@@ -44,6 +44,18 @@ class PreprocessConfig:
     normalise_percentiles: tuple[float, float] = (1.0, 99.0)  # robust [0, 1] range in brain
     atlas_deformable: bool = True  # deformable stage after the affine MNI registration
     workers: int = 1  # subjects prepared in parallel processes
+    threads: int = 2  # SimpleITK threads per subject (results depend on it only in rounding)
+    seed: int = 0  # seeds the registrations' random metric sampling: same seed, same result
+    atlas_spacing_mm: float = 2.0  # MNI template and registration grid resolution
+    registration_sampling: float = 0.05  # share of voxels the mutual information samples
+    registration_iterations: int = 100  # optimiser iterations per level (rigid, affine)
+    deformable_iterations: int = 40  # L-BFGS-B iterations per level (B-spline stage)
+    bspline_spacing_mm: float = 40.0  # B-spline control point spacing of the deformable stage
+    n4_iterations: int = 30  # N4 iterations per fitting level (3 levels)
+    n4_shrink_mm: float = 4.0  # N4 fits the bias field on an image shrunk to about this size
+    min_similarity: float = 0.1  # lowest accepted normalised mutual information after registration
+    brain_volume_ml: tuple[float, float] = (700.0, 2500.0)  # plausible brain volume range
+    prior_path: str = ""  # WMH prior NIfTI in MNI space; "" = the one shipped in wmh/data
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +68,8 @@ class SamplingConfig:
     test_fraction: float = 0.2  # share of subjects held out for testing
     split_by_site: bool = False  # keep each site inside one split
     train_size_fraction: float = 1.0  # use only this share of training subjects (Table 6)
+    hard_negative_percentile: float = 95.0  # 'bright' = FLAIR above this brain percentile
+    hard_negative_margin_voxels: int = 2  # in-plane ring around other pathology (label 2)
 
 
 @dataclasses.dataclass(frozen=True)

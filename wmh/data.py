@@ -19,12 +19,33 @@ filter followed by convolutions dilated by k).
 
 from __future__ import annotations
 
+import dataclasses
+import os
+from pathlib import Path
+from typing import Optional
+
 import numpy as np
 
 PATCH_SIZE = 32  # side of every network input patch, in working-grid voxels
 SCALES = (1, 2, 4)  # s1, s2, s3: 32x32, 64x64 and 128x128 windows pooled to 32x32
 SCALE_NAMES = ("s1", "s2", "s3")
 N_LOCATION_FEATURES = 8
+
+
+def _box_sum(padded: np.ndarray, k: int) -> np.ndarray:
+    """out[i, j] = sum(padded[i:i+k, j:j+k]) over the valid positions, in float32.
+
+    Separable running sums in a fixed order, so every position is summed identically
+    wherever the slice sits in its zero padding (cropped and full slices agree bit for bit).
+    """
+    height, width = padded.shape[0] - k + 1, padded.shape[1] - k + 1
+    rows = padded[0:height].copy()
+    for shift in range(1, k):
+        rows += padded[shift:shift + height]
+    total = rows[:, 0:width].copy()
+    for shift in range(1, k):
+        total += rows[:, shift:shift + width]
+    return total
 
 
 def box_mean(image: np.ndarray, k: int) -> np.ndarray:
@@ -37,16 +58,15 @@ def box_mean(image: np.ndarray, k: int) -> np.ndarray:
     Returns:
         (H, W, C) float32 array (windows running past the bottom/right edge see zeros).
     """
-    image = np.asarray(image, dtype=np.float64)
+    image = np.asarray(image, dtype=np.float32)
     if k == 1:
-        return image.astype(np.float32)
+        return image.copy()
     height, width = image.shape[:2]
-    padded = np.zeros((height + k, width + k) + image.shape[2:], dtype=np.float64)
-    padded[1:height + 1, 1:width + 1] = image
-    integral = padded.cumsum(axis=0).cumsum(axis=1)
-    total = (integral[k:k + height, k:k + width] - integral[0:height, k:k + width]
-             - integral[k:k + height, 0:width] + integral[0:height, 0:width])
-    return (total / (k * k)).astype(np.float32)
+    padded = np.zeros((height + k - 1, width + k - 1) + image.shape[2:], dtype=np.float32)
+    padded[:height, :width] = image
+    total = _box_sum(padded, k)
+    total /= k * k
+    return total
 
 
 def scale_margin(k: int) -> int:
@@ -59,12 +79,22 @@ def padded_box_means(image: np.ndarray) -> dict[int, np.ndarray]:
 
     Entry k has shape (H + 2 m_k, W + 2 m_k, C) with m_k = ``scale_margin(k)``; its
     element [r + k m, c + k n] is scale-k patch pixel (m, n) of voxel (r, c).
+    (Equal to ``box_mean(np.pad(image, m_k), k)``, without the intermediate copy.)
     """
     image = np.asarray(image, dtype=np.float32)
+    height, width = image.shape[:2]
     means = {}
     for k in SCALES:
         margin = scale_margin(k)
-        means[k] = box_mean(np.pad(image, ((margin, margin), (margin, margin), (0, 0))), k)
+        padded = np.zeros((height + 2 * margin + k - 1, width + 2 * margin + k - 1)
+                          + image.shape[2:], dtype=np.float32)
+        padded[margin:margin + height, margin:margin + width] = image
+        if k == 1:
+            means[k] = padded
+            continue
+        total = _box_sum(padded, k)
+        total /= k * k
+        means[k] = total
     return means
 
 
@@ -99,3 +129,506 @@ def extract_patches(image: np.ndarray, rows: np.ndarray, cols: np.ndarray,
         col_index = cols[:, None] + k * offsets[None, :]
         patches[name] = box_means[k][row_index[:, :, None], col_index[:, None, :]]
     return patches
+
+
+# =============================================================================
+# Streaming: sample sets (wmh.sampling) -> batches of patches -> tf.data
+# =============================================================================
+
+DEFAULT_BLOCK_SLICES = 64  # axial slices whose box means a producer holds at once
+IN_PROCESS_MAX_SAMPLES = 50_000  # smaller epochs are cut in-process (no worker start-up)
+MAX_AUTO_WORKERS = 4
+SLOTS_PER_WORKER = 6  # batches a worker may have ready ahead of the consumer
+SUBSET_SEED = 5_005  # max_samples keeps the same subset whatever the shuffle seed
+_WAIT_S = 1.0  # polling interval while waiting on a worker or the consumer
+
+
+@dataclasses.dataclass(frozen=True)
+class _Block:
+    """A group of axial slices cut together; its samples are emitted as one run.
+
+    Attributes:
+        rows: (L,) rows of the split's slice table.
+        selections: per row, the kept sample offsets within the slice (max_samples), or
+            None for all.
+        count: samples in the block.
+        shuffle_seed: seed of the within-block permutation, None for stored order.
+        first_chunk: size of the first chunk, completing the previous block's last batch.
+    """
+
+    rows: np.ndarray
+    selections: Optional[list]
+    count: int
+    shuffle_seed: Optional[tuple]
+    first_chunk: int
+
+
+def _epoch_blocks(slice_counts: np.ndarray, selections: Optional[list], epoch: int,
+                  seed: int, shuffle: bool, block_slices: int, batch_size: int,
+                  ) -> list[_Block]:
+    """Deterministic plan of one epoch: which slices form each block, in which order.
+
+    Shuffled epochs permute the slices with (seed, epoch) and each block's samples with
+    (seed, epoch, block); so every batch mixes samples of up to ``block_slices`` slices
+    drawn from the whole split, and RAM holds one block per producer.
+    """
+    counts = (slice_counts if selections is None
+              else np.array([len(s) for s in selections], np.int64))
+    rows = np.flatnonzero(counts > 0)
+    if shuffle:
+        rows = rows[np.random.default_rng([seed, epoch]).permutation(rows.size)]
+    blocks, emitted = [], 0
+    for number, first in enumerate(range(0, rows.size, block_slices)):
+        block_rows = rows[first:first + block_slices]
+        count = int(counts[block_rows].sum())
+        blocks.append(_Block(
+            rows=block_rows,
+            selections=None if selections is None else [selections[r] for r in block_rows],
+            count=count, shuffle_seed=(seed, epoch, number) if shuffle else None,
+            first_chunk=min(count, (batch_size - emitted % batch_size) % batch_size)))
+        emitted += count
+    return blocks
+
+
+def _chunk_bounds(block: _Block, batch_size: int) -> list[tuple[int, int]]:
+    """[start, stop) chunks of a block, aligned with the epoch's batch boundaries."""
+    bounds = [(0, block.first_chunk)] if block.first_chunk else []
+    bounds += [(start, min(start + batch_size, block.count))
+               for start in range(block.first_chunk, block.count, batch_size)]
+    return bounds
+
+
+def _output_arrays(size: int, channels: int, buffer=None) -> dict[str, np.ndarray]:
+    """The arrays of one chunk: s1..s3 (size, 32, 32, C), loc (size, 8), label, index;
+    views on ``buffer`` (a shared-memory slot) when given."""
+    layout = [(name, (size, PATCH_SIZE, PATCH_SIZE, channels), np.float32)
+              for name in SCALE_NAMES]
+    layout += [("loc", (size, N_LOCATION_FEATURES), np.float32), ("label", (size,), np.int32),
+               ("index", (size,), np.int64)]
+    if buffer is None:
+        return {name: np.empty(shape, dtype) for name, shape, dtype in layout}
+    arrays, offset = {}, 0
+    for name, shape, dtype in layout:
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        arrays[name] = np.frombuffer(buffer, dtype, int(np.prod(shape)), offset).reshape(shape)
+        offset += nbytes
+    return arrays
+
+
+def _chunk_nbytes(size: int, channels: int) -> int:
+    per_sample = (len(SCALES) * PATCH_SIZE * PATCH_SIZE * channels + N_LOCATION_FEATURES) * 4
+    return size * (per_sample + 4 + 8)
+
+
+class _BlockCutter:
+    """Cuts the patches of a block's samples (one per producer: its own HDF5 handle).
+
+    For each slice of the block it keeps ``padded_box_means`` split into its k x k
+    polyphase components, so that every patch at every scale is a contiguous 32 x 32
+    window, gathered for a whole chunk by one fancy-indexing call per scale.
+    """
+
+    def __init__(self, samples_path: Path, split: str, channels: int,
+                 max_slice_shape: tuple[int, int], block_slices: int):
+        import h5py
+
+        self.samples_path = Path(samples_path)
+        self.channels = channels
+        try:
+            self._file = h5py.File(self.samples_path, "r", rdcc_nbytes=16 << 20)
+            group = self._file[split]
+            self._voxel, self._label = group["voxel"], group["label"]
+            self._location = group["location"]
+            self._slices = group["slices"][()]
+        except (OSError, KeyError) as error:
+            raise self._error(error) from None
+        self._volumes: dict[int, tuple] = {}
+        height, width = max_slice_shape
+        self._phases, self._windows = {}, {}
+        for k in SCALES:
+            side_h = -(-(height + 2 * scale_margin(k)) // k)
+            side_w = -(-(width + 2 * scale_margin(k)) // k)
+            phases = np.zeros((block_slices, k, k, side_h, side_w, channels), np.float32)
+            strides = phases.strides
+            self._phases[k] = phases
+            self._windows[k] = np.lib.stride_tricks.as_strided(
+                phases, shape=(block_slices, k, k, side_h - PATCH_SIZE + 1,
+                               side_w - PATCH_SIZE + 1, PATCH_SIZE, PATCH_SIZE, channels),
+                strides=strides[:5] + strides[3:5] + strides[5:], writeable=False)
+        self._samples: dict[str, np.ndarray] = {}
+
+    def _error(self, error: BaseException) -> Exception:
+        from wmh.errors import WMHError
+
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        return WMHError(f"{self.samples_path}: corrupt or truncated sample file "
+                        f"({first_line}); delete {self.samples_path.parent} and run wmh "
+                        "sample again")
+
+    def _volume(self, subject: int):
+        if subject not in self._volumes:
+            dataset = self._file["volumes"][str(subject)]
+            self._volumes[subject] = (dataset, dataset.attrs["origin"].astype(np.int64))
+        return self._volumes[subject]
+
+    def load(self, block: _Block) -> None:
+        """Reads the block's slices and samples and prepares their box means."""
+        try:
+            self._load(block)
+        except (OSError, KeyError) as error:
+            raise self._error(error) from None
+
+    def _load(self, block: _Block) -> None:
+        parts = {name: [] for name in ("slot", "row", "col", "label", "location", "index")}
+        for slot, row in enumerate(block.rows):
+            subject, z, start, count = (int(v) for v in self._slices[row])
+            dataset, origin = self._volume(subject)
+            image = dataset[z - origin[2], :, :, :self.channels].astype(np.float32)
+            means = padded_box_means(image)
+            for k in SCALES:
+                phases = self._phases[k][slot]
+                phases[...] = 0.0
+                for p in range(k):
+                    for q in range(k):
+                        component = means[k][p::k, q::k]
+                        phases[p, q, :component.shape[0], :component.shape[1]] = component
+            voxel = self._voxel[start:start + count]
+            label = self._label[start:start + count]
+            location = self._location[start:start + count]
+            offsets = np.arange(count)
+            if block.selections is not None:
+                offsets = block.selections[slot]
+                voxel, label, location = voxel[offsets], label[offsets], location[offsets]
+            parts["slot"].append(np.full(len(offsets), slot, np.int64))
+            parts["row"].append(voxel[:, 2].astype(np.int64) - origin[0])
+            parts["col"].append(voxel[:, 3].astype(np.int64) - origin[1])
+            parts["label"].append(label.astype(np.int32))
+            parts["location"].append(location.astype(np.float32))
+            parts["index"].append(start + offsets)
+        samples = {name: np.concatenate(values) for name, values in parts.items()}
+        if block.shuffle_seed is not None:
+            order = np.random.default_rng(list(block.shuffle_seed)).permutation(block.count)
+            samples = {name: values[order] for name, values in samples.items()}
+        self._samples = samples
+
+    def cut(self, start: int, stop: int, out: dict[str, np.ndarray]) -> None:
+        """Writes samples [start, stop) of the loaded block into ``out[...][:stop-start]``."""
+        samples = {name: values[start:stop] for name, values in self._samples.items()}
+        size = stop - start
+        slot, row, col = samples["slot"], samples["row"], samples["col"]
+        for name, k in zip(SCALE_NAMES, SCALES):
+            out[name][:size] = self._windows[k][slot, row % k, col % k, row // k, col // k]
+        out["loc"][:size] = samples["location"]
+        out["label"][:size] = samples["label"]
+        out["index"][:size] = samples["index"]
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class _Assembler:
+    """Turns block-aligned chunks into batches of exactly ``batch_size`` (the last of an
+    epoch may be smaller)."""
+
+    def __init__(self, batch_size: int, channels: int):
+        self.batch_size, self.channels = batch_size, channels
+        self._carry, self._filled = None, 0
+
+    def add(self, arrays: dict[str, np.ndarray], size: int, copy: bool):
+        """Yields the batches completed by a chunk of ``size`` samples."""
+        if self._filled == 0 and size == self.batch_size:
+            yield {name: (values[:size].copy() if copy else values[:size])
+                   for name, values in arrays.items()}
+            return
+        if self._carry is None:
+            self._carry = _output_arrays(self.batch_size, self.channels)
+        for name, values in arrays.items():
+            self._carry[name][self._filled:self._filled + size] = values[:size]
+        self._filled += size
+        if self._filled == self.batch_size:
+            yield self._carry
+            self._carry, self._filled = None, 0
+
+    def finish(self):
+        """Yields the last, partial batch of the epoch, if any."""
+        if self._filled:
+            yield {name: values[:self._filled] for name, values in self._carry.items()}
+        self._carry, self._filled = None, 0
+
+
+def _worker_main(samples_path, split, channels, max_slice_shape, block_slices, batch_size,
+                 blocks, buffer, free_slots, results, parent_pid) -> None:
+    """A producer process: cuts its blocks' chunks into shared-memory slots, in order."""
+    import queue
+
+    slot_bytes = _chunk_nbytes(batch_size, channels)
+    slots = [_output_arrays(batch_size, channels,
+                            memoryview(buffer).cast("B")[i * slot_bytes:(i + 1) * slot_bytes])
+             for i in range(SLOTS_PER_WORKER)]
+    try:
+        cutter = _BlockCutter(samples_path, split, channels, max_slice_shape, block_slices)
+        for block in blocks:
+            cutter.load(block)
+            for start, stop in _chunk_bounds(block, batch_size):
+                while True:
+                    try:
+                        slot = free_slots.get(timeout=_WAIT_S)
+                        break
+                    except queue.Empty:
+                        if os.getppid() != parent_pid:
+                            return  # the consumer is gone
+                cutter.cut(start, stop, slots[slot])
+                results.put(("chunk", slot, stop - start))
+            results.put(("end",))
+        cutter.close()
+    except BaseException as error:  # reported to the consumer, which raises it
+        message = str(error) if str(error) else type(error).__name__
+        results.put(("error", f"{type(error).__name__}: {message}"))
+
+
+class SampleStream:
+    """Batches of one split of a sample set, as numpy arrays (no TensorFlow).
+
+    Args:
+        samples_dir: the folder :func:`wmh.sampling.build_samples` returned.
+        split: 'train' or 'validation'.
+        batch_size: samples per batch (the last batch of an epoch may be smaller).
+        seed: shuffle seed; epoch e's order depends only on (seed, e).
+        shuffle: False streams samples in stored order (subject, z, x, y).
+        use_t1: False keeps FLAIR only (C = 1).
+        max_samples: > 0 keeps a fixed random subset of this many samples (the same for
+            every seed: comparable runs).
+        workers: producer processes; 0 cuts in the calling thread; None = automatic (0 for
+            epochs of at most ``IN_PROCESS_MAX_SAMPLES``, else up to ``MAX_AUTO_WORKERS``
+            and the CPU count).
+        block_slices: slices per block (RAM per producer ~ block_slices x 2.7 MB at C=2
+            and 256 x 256 slices).
+
+    Raises:
+        WMHError: bad sample set (naming the file), unknown split or bad option.
+    """
+
+    def __init__(self, samples_dir, split: str, batch_size: int = 128, seed: int = 0,
+                 shuffle: bool = True, use_t1: bool = True, max_samples: int = 0,
+                 workers: Optional[int] = None, block_slices: int = DEFAULT_BLOCK_SLICES):
+        import h5py
+
+        from wmh.errors import WMHError
+        from wmh.sampling import SAMPLED_SPLITS, open_samples
+
+        if split not in SAMPLED_SPLITS:
+            raise WMHError(f"split '{split}': only {', '.join(SAMPLED_SPLITS)} are sampled "
+                           "(test subjects are segmented whole)")
+        for name, value, lowest in (("batch_size", batch_size, 1), ("block_slices",
+                                    block_slices, 1), ("max_samples", max_samples, 0)):
+            if value < lowest:
+                raise WMHError(f"option {name}: must be >= {lowest}, got {value}")
+        self.info = open_samples(samples_dir)
+        self.split, self.batch_size, self.seed = split, batch_size, seed
+        self.shuffle, self.block_slices = shuffle, block_slices
+        self.channels = 1 if not use_t1 else len(self.info.channels)
+        try:
+            with h5py.File(self.info.samples_path, "r") as file:
+                table = file[split]["slices"][()]
+        except (OSError, KeyError) as error:
+            raise WMHError(f"{self.info.samples_path}: corrupt sample file ({error})") from None
+        self._slice_counts = table[:, 3].astype(np.int64)
+        total = int(self._slice_counts.sum())
+        self._selections = None
+        if 0 < max_samples < total:
+            chosen = np.sort(np.random.default_rng(SUBSET_SEED).choice(
+                total, max_samples, replace=False))
+            starts = np.concatenate([[0], np.cumsum(self._slice_counts)])
+            edges = np.searchsorted(chosen, starts)
+            self._selections = [chosen[edges[i]:edges[i + 1]] - starts[i]
+                                for i in range(len(table))]
+            total = max_samples
+        self.size = total
+        if workers is None:
+            workers = (0 if total <= IN_PROCESS_MAX_SAMPLES
+                       else max(1, min(MAX_AUTO_WORKERS, os.cpu_count() or 1)))
+        self.workers = workers
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+        return -(-self.size // self.batch_size)
+
+    def blocks(self, epoch: int) -> list[_Block]:
+        """The plan of one epoch."""
+        return _epoch_blocks(self._slice_counts, self._selections, epoch, self.seed,
+                             self.shuffle, self.block_slices, self.batch_size)
+
+    def epoch(self, epoch: int):
+        """Yields the batches of one epoch: dicts of s1, s2, s3 (B, 32, 32, C) float32,
+        loc (B, 8) float32, label (B,) int32 and index (B,) int64 (row in the split)."""
+        blocks = self.blocks(epoch)
+        if self.workers <= 0:
+            yield from self._epoch_in_process(blocks)
+        else:
+            yield from self._epoch_with_workers(blocks)
+
+    def _cutter(self) -> _BlockCutter:
+        return _BlockCutter(self.info.samples_path, self.split, self.channels,
+                            self.info.max_slice_shape, self.block_slices)
+
+    def _epoch_in_process(self, blocks):
+        cutter = self._cutter()
+        assembler = _Assembler(self.batch_size, self.channels)
+        try:
+            for block in blocks:
+                cutter.load(block)
+                for start, stop in _chunk_bounds(block, self.batch_size):
+                    chunk = _output_arrays(stop - start, self.channels)
+                    cutter.cut(start, stop, chunk)
+                    yield from assembler.add(chunk, stop - start, copy=False)
+            yield from assembler.finish()
+        finally:
+            cutter.close()
+
+    def _epoch_with_workers(self, blocks):
+        import multiprocessing
+        import queue
+
+        from wmh.errors import WMHError
+
+        context = multiprocessing.get_context("spawn")  # never fork a TensorFlow process
+        count = min(self.workers, max(1, len(blocks)))
+        slot_bytes = _chunk_nbytes(self.batch_size, self.channels)
+        buffers, free_queues, result_queues, processes = [], [], [], []
+        assembler = _Assembler(self.batch_size, self.channels)
+        try:
+            for worker in range(count):
+                buffer = context.RawArray("b", slot_bytes * SLOTS_PER_WORKER)
+                free, results = context.Queue(), context.Queue()
+                for slot in range(SLOTS_PER_WORKER):
+                    free.put(slot)
+                process = context.Process(
+                    target=_worker_main, daemon=True, name=f"wmh-data-{worker}",
+                    args=(self.info.samples_path, self.split, self.channels,
+                          self.info.max_slice_shape, self.block_slices, self.batch_size,
+                          blocks[worker::count], buffer, free, results, os.getpid()))
+                process.start()
+                buffers.append([_output_arrays(
+                    self.batch_size, self.channels,
+                    memoryview(buffer).cast("B")[i * slot_bytes:(i + 1) * slot_bytes])
+                    for i in range(SLOTS_PER_WORKER)])
+                free_queues.append(free)
+                result_queues.append(results)
+                processes.append(process)
+            for number in range(len(blocks)):
+                worker = number % count
+                while True:
+                    try:
+                        message = result_queues[worker].get(timeout=_WAIT_S)
+                    except queue.Empty:
+                        if not processes[worker].is_alive():
+                            raise WMHError(
+                                f"{self.info.samples_path}: a data worker died (exit code "
+                                f"{processes[worker].exitcode}); a script that streams with "
+                                "workers needs an `if __name__ == '__main__':` guard, or pass "
+                                "workers=0") from None
+                        continue
+                    if message[0] == "end":
+                        break
+                    if message[0] == "error":
+                        raise WMHError(message[1].split(": ", 1)[1]
+                                       if message[1].startswith("WMHError") else message[1])
+                    _, slot, size = message
+                    batches = list(assembler.add(buffers[worker][slot], size, copy=True))
+                    free_queues[worker].put(slot)
+                    yield from batches
+            yield from assembler.finish()
+        finally:
+            for process in processes:
+                if process.is_alive():
+                    process.terminate()
+            for process in processes:
+                process.join(timeout=5)
+            for channel in free_queues + result_queues:
+                channel.close()
+                channel.cancel_join_thread()
+
+
+def sample_channels(samples_dir, use_t1: bool = True) -> tuple[str, ...]:
+    """Channel names the batches of a sample set carry: ("FLAIR", "T1") or ("FLAIR",)."""
+    from wmh.sampling import open_samples
+
+    channels = open_samples(samples_dir).channels
+    return channels if use_t1 else channels[:1]
+
+
+def count_samples(samples_dir, split: str) -> int:
+    """Samples stored for a split ('train' or 'validation')."""
+    from wmh.errors import WMHError
+    from wmh.sampling import open_samples
+
+    counts = open_samples(samples_dir).counts
+    if split not in counts:
+        raise WMHError(f"split '{split}': only {', '.join(counts)} are sampled")
+    return counts[split]
+
+
+def dataset_hash(samples_dir) -> str:
+    """The sample set's key: a hash of the prepared cohort, the sampling config and the
+    format version (what MLflow records as the dataset hash)."""
+    from wmh.sampling import open_samples
+
+    return open_samples(samples_dir).key
+
+
+def make_dataset(samples_dir, split: str, batch_size: int = 128, seed: int = 0,
+                 shuffle: bool = True, use_t1: bool = True, max_samples: int = 0,
+                 repeat: bool = False, *, workers: Optional[int] = None,
+                 block_slices: int = DEFAULT_BLOCK_SLICES, include_index: bool = False):
+    """A tf.data pipeline of one split: ``({"s1", "s2", "s3", "loc"}, label)`` batches.
+
+    Each iteration over the dataset is a new epoch with a new order, deterministic given
+    ``seed`` and the epoch number (the first iteration is epoch 0, and two datasets made
+    with the same arguments give the same sequence). Patches are cut on the fly from the
+    stored volumes by :class:`SampleStream` (producer processes for large epochs), then
+    prefetched.
+
+    Args:
+        samples_dir: the folder :func:`wmh.sampling.build_samples` returned.
+        split: 'train' or 'validation'.
+        batch_size: samples per batch (paper: 128); the epoch's last batch may be smaller.
+        seed: shuffle seed.
+        shuffle: False streams in stored order (validation).
+        use_t1: False gives C = 1 (FLAIR) even when T1 is stored.
+        max_samples: > 0 caps the epoch at a fixed random subset of this many samples.
+        repeat: repeat epochs forever (each with a new order).
+        workers, block_slices: see :class:`SampleStream`.
+        include_index: add ``"index"`` (B,) int64, the sample's row in the split.
+
+    Returns:
+        A ``tf.data.Dataset`` of ({"s1", "s2", "s3": (B, 32, 32, C) float32,
+        "loc": (B, 8) float32}, label (B,) int32).
+
+    Raises:
+        WMHError: a missing, corrupt or truncated sample set (naming the file), an
+            unknown split or a bad option. Errors met while streaming (e.g. a corrupted
+            chunk) surface as TensorFlow errors whose message names the file.
+    """
+    import itertools
+
+    import tensorflow as tf
+
+    stream = SampleStream(samples_dir, split, batch_size, seed, shuffle, use_t1, max_samples,
+                          workers, block_slices)
+    names = SCALE_NAMES + ("loc",) + (("index",) if include_index else ())
+    patch_spec = tf.TensorSpec((None, PATCH_SIZE, PATCH_SIZE, stream.channels), tf.float32)
+    features = {name: patch_spec for name in SCALE_NAMES}
+    features["loc"] = tf.TensorSpec((None, N_LOCATION_FEATURES), tf.float32)
+    if include_index:
+        features["index"] = tf.TensorSpec((None,), tf.int64)
+    signature = (features, tf.TensorSpec((None,), tf.int32))
+    epochs = itertools.count()
+
+    def generate():
+        for batch in stream.epoch(next(epochs)):
+            yield {name: batch[name] for name in names}, batch["label"]
+
+    dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
+    if repeat:
+        dataset = dataset.repeat()
+    return dataset.prefetch(tf.data.AUTOTUNE)

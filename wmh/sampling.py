@@ -1,0 +1,736 @@
+"""Subject splits and balanced voxel samples (pure numpy: no TensorFlow here).
+
+Splits (:func:`make_splits`), seeded and saved once per sample set as ``splits.json``:
+
+* A subject whose prepared file carries a ``split`` (from a CSV manifest) keeps it.
+* The other labelled subjects are shuffled with ``SamplingConfig.seed`` and dealt out:
+  ``test_fraction`` and ``validation_fraction`` of them (rounded, at least one each when
+  the fraction is positive), the rest train. With ``split_by_site`` whole sites are dealt
+  out instead, so no site of a non-fixed subject straddles two splits.
+* Unlabelled subjects cannot be sampled: they are listed as ``unlabelled`` (or stay in a
+  fixed ``test`` split); a fixed ``train``/``validation`` split without labels is an error.
+* ``train_size_fraction`` (paper, Table 6) keeps the first share of a seeded order of the
+  training subjects, so the 50% subset is inside the 100% set; the rest is listed as
+  ``train_unused``. Validation and test do not depend on it.
+
+Voxel samples (:func:`sample_subject`), per training and validation subject, seeded by
+(seed, subject id) so a subject's samples do not depend on which other subjects exist:
+a random ``positive_fraction`` (paper: 50%) of its WMH voxels (label 1) and
+``negative_ratio`` (paper: 1) times as many negatives from label-0 voxels inside the
+brain mask; label 2 (other pathology) is never sampled. ``hard_negative_fraction`` of
+the negatives come from *hard* voxels: label-0 brain voxels brighter on FLAIR than the
+``hard_negative_percentile`` of the brain, or within ``hard_negative_margin_voxels``
+in-plane of other pathology (e.g. around lacunes, the paper's false positives). Test
+subjects are not sampled: they are segmented whole.
+
+The sample set (:func:`build_samples`) is the folder ``<out_dir>/<key>/`` where key
+hashes the prepared cohort (``manifest.json`` and each subject's cache key), the sampling
+config and the format version: a rerun with the same inputs returns the existing folder
+without work; a different cohort or config builds a new keyed folder beside it, never
+mixing the two. It is written under a temporary name and renamed when complete, so an
+interrupted build leaves nothing that :func:`open_samples` trusts. Files:
+
+* ``splits.json``: the splits, the key and the hashes it came from.
+* ``samples.h5``: for each sampled subject its images, cropped to the bounding box of
+  brain and non-zero voxels, as ``volumes/<index>`` (Z', X', Y', C) float16, one axial
+  slice per chunk; per split ``<split>/voxel`` (N, 4) int16 = subject index, slice z,
+  row x, col y on the working grid; ``<split>/label`` (N,) uint8 (0/1);
+  ``<split>/location`` (N, 8) float32; ``<split>/slices`` (M, 4) int64 = subject index,
+  z, first sample, sample count, one row per sampled slice (samples are stored sorted by
+  subject, z, x, y). Every dataset carries a Fletcher-32 checksum per chunk.
+
+Why volumes and not patches (measured by ``benchmarks/bench_pipeline.py``, figures in
+``BENCHMARKS.md``): stored patches cost 3 scales x C x 32 x 32 values per sample,
+12 KiB in float16 for FLAIR + T1, so 3.88 M paper-scale samples need about 48 GB (over
+the 25 GB budget) and a reshuffle reads them all at random. Cropped float16 volumes plus
+a 41-byte index entry per sample need about 1.3 GB at paper scale, and patches are cut
+on the fly by :mod:`wmh.data` faster than training consumes them. float16 keeps 11
+significant bits: images in [0, 1] are stored within 2.5e-4 of the prepared values
+(well below MRI noise); patches are computed in float32 from the stored values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from tqdm import tqdm
+
+from wmh import __version__
+from wmh.config import SamplingConfig
+from wmh.errors import WMHError
+from wmh.tracking import hash_files
+
+FORMAT_VERSION = 1
+SAMPLES_FILE = "samples.h5"
+SPLITS_FILE = "splits.json"
+MANIFEST_FILE = "manifest.json"
+SPLITS = ("train", "validation", "test")
+SAMPLED_SPLITS = ("train", "validation")  # test subjects are segmented whole, not sampled
+SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validation",
+                 "val": "validation", "valid": "validation", "test": "test",
+                 "testing": "test"}
+INDEX_CHUNK = 4096  # samples per chunk of the per-split index datasets (small: read by slice)
+WMH_LABEL = 1
+OTHER_PATHOLOGY_LABEL = 2
+
+
+# ----------------------------------------------------------------------------- records
+
+@dataclasses.dataclass(frozen=True)
+class PreparedRecord:
+    """What the split needs to know about one prepared subject file (attributes only).
+
+    Attributes:
+        path: the subject's HDF5 file.
+        subject_id: unique id within the cohort.
+        site: scanner/site, or None.
+        split: 'train' / 'validation' / 'test' fixed by the manifest, or None.
+        labelled: whether the file holds manual labels.
+        cache_key: the prepare stage's key for the file ('' when absent).
+    """
+
+    path: Path
+    subject_id: str
+    site: Optional[str]
+    split: Optional[str]
+    labelled: bool
+    cache_key: str
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleIndex:
+    """Voxel samples of one split: sample i is voxel (row[i], col[i]) of axial slice
+    slice[i] of subject ``subject_ids[subject[i]]``, on the working grid.
+
+    Attributes:
+        subject_ids: ids of the subjects the indices refer to.
+        subject: (N,) int32 index into ``subject_ids``.
+        slice: (N,) int32 axial slice z.
+        row: (N,) int32 x.
+        col: (N,) int32 y.
+        label: (N,) uint8, 1 WMH and 0 normal.
+    """
+
+    subject_ids: tuple[str, ...]
+    subject: np.ndarray
+    slice: np.ndarray
+    row: np.ndarray
+    col: np.ndarray
+    label: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.label.shape[0])
+
+
+def _text_attr(attrs, name: str) -> Optional[str]:
+    value = attrs.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode()
+    value = str(value)
+    return value if value and value != "None" else None
+
+
+def read_prepared_cohort(prepared_dir: str | Path) -> list[PreparedRecord]:
+    """The prepared subjects in a folder (``*.h5`` written by ``wmh prepare``), by id.
+
+    Raises:
+        WMHError: missing folder, no subjects, an unreadable file, an unknown split
+            name or a duplicated subject id (each naming the file).
+    """
+    import h5py
+
+    prepared_dir = Path(prepared_dir)
+    if not prepared_dir.is_dir():
+        raise WMHError(f"{prepared_dir}: prepared folder not found (run wmh prepare)")
+    paths = sorted(p for p in prepared_dir.glob("*.h5") if not p.name.startswith("."))
+    if not paths:
+        raise WMHError(f"{prepared_dir}: no prepared subject files (*.h5)")
+    records, seen = [], {}
+    for path in paths:
+        try:
+            with h5py.File(path, "r") as file:
+                attrs = file.attrs
+                subject_id = _text_attr(attrs, "subject_id") or path.stem
+                split = _text_attr(attrs, "split")
+                record = PreparedRecord(path=path, subject_id=subject_id,
+                                        site=_text_attr(attrs, "site"), split=None,
+                                        labelled="labels" in file,
+                                        cache_key=_text_attr(attrs, "cache_key") or "")
+                if "images" not in file or "brain_mask" not in file or "location" not in file:
+                    raise WMHError(f"{path}: prepared subject file lacks images, brain_mask "
+                                   "or location")
+        except OSError as error:
+            first_line = str(error).splitlines()[0] if str(error) else "unreadable"
+            raise WMHError(f"{path}: corrupt prepared subject file ({first_line})") from None
+        if split is not None:
+            if split.lower() not in SPLIT_ALIASES:
+                raise WMHError(f"{path}: unknown split '{split}' (expected train, "
+                               "validation or test)")
+            record = dataclasses.replace(record, split=SPLIT_ALIASES[split.lower()])
+        if subject_id in seen:
+            raise WMHError(f"{path}: subject id '{subject_id}' also in {seen[subject_id]}")
+        seen[subject_id] = path
+        records.append(record)
+    return sorted(records, key=lambda record: record.subject_id)
+
+
+def cohort_hash(prepared_dir: str | Path, records: list[PreparedRecord]) -> str:
+    """Hash of the prepared cohort: ``manifest.json`` and each subject's cache key
+    (a subject file without a cache key is hashed byte for byte)."""
+    prepared_dir = Path(prepared_dir)
+    manifest = prepared_dir / MANIFEST_FILE
+    keyed = [(r.path.name, r.subject_id, r.cache_key) for r in records if r.cache_key]
+    unkeyed = [r.path for r in records if not r.cache_key]
+    files = ([manifest] if manifest.is_file() else []) + unkeyed
+    return hash_files(files, extra=json.dumps(keyed))
+
+
+def config_hash(config: SamplingConfig) -> str:
+    """Hash of the sampling config and the sample format/code version (16 hex digits)."""
+    text = json.dumps(dataclasses.asdict(config), sort_keys=True)
+    return hashlib.sha256(f"{text}|{FORMAT_VERSION}|{__version__}".encode()).hexdigest()[:16]
+
+
+def samples_key(cohort: str, config: str) -> str:
+    """The sample-set key: one hash of the cohort hash and the config hash."""
+    return hashlib.sha256(f"{cohort}|{config}".encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------ splits
+
+def _check_fraction(name: str, value: float, upper_inclusive: bool = False) -> None:
+    ok = 0.0 <= value <= 1.0 if upper_inclusive else 0.0 <= value < 1.0
+    if not ok:
+        raise WMHError(f"option sampling.{name}: must be in [0, 1{']' if upper_inclusive else ')'}"
+                       f", got {value}")
+
+
+def _share(fraction: float, total: int) -> int:
+    """round(fraction x total), at least 1 when the fraction is positive and total > 0."""
+    if fraction <= 0 or total == 0:
+        return 0
+    return max(1, int(round(fraction * total)))
+
+
+def make_splits(records: list[PreparedRecord], config: SamplingConfig) -> dict[str, list[str]]:
+    """Subject-level train/validation/test split (see the module docstring).
+
+    Args:
+        records: the cohort (:func:`read_prepared_cohort`).
+        config: seed, fractions, ``split_by_site``, ``train_size_fraction``.
+
+    Returns:
+        ``{"train", "train_unused", "validation", "test", "unlabelled"}`` -> sorted
+        subject ids; ``train`` holds the ``train_size_fraction`` subset actually used.
+
+    Raises:
+        WMHError: bad fractions, too few subjects or sites, or a fixed train/validation
+            split on a subject without labels (naming its file).
+    """
+    _check_fraction("test_fraction", config.test_fraction)
+    _check_fraction("validation_fraction", config.validation_fraction)
+    if not 0.0 < config.train_size_fraction <= 1.0:
+        raise WMHError("option sampling.train_size_fraction: must be in (0, 1], got "
+                       f"{config.train_size_fraction}")
+    splits: dict[str, list[str]] = {name: [] for name in SPLITS}
+    splits["unlabelled"] = []
+    free = []
+    for record in records:
+        if record.split is not None:
+            if not record.labelled and record.split != "test":
+                raise WMHError(f"{record.path}: split '{record.split}' fixed by the manifest "
+                               "but the subject has no labels to sample")
+            splits[record.split].append(record.subject_id)
+        elif record.labelled:
+            free.append(record)
+        else:
+            splits["unlabelled"].append(record.subject_id)
+    rng = np.random.default_rng([config.seed, 0])
+    total = len(free)
+    n_test = _share(config.test_fraction, total)
+    n_validation = _share(config.validation_fraction, total)
+    if total and n_test + n_validation >= total:
+        raise WMHError(f"options sampling.test_fraction and validation_fraction leave no "
+                       f"training subject among {total} unfixed labelled subjects")
+    if config.split_by_site:
+        by_site: dict[str, list[str]] = {}
+        for record in free:
+            by_site.setdefault(record.site or "", []).append(record.subject_id)
+        sites = sorted(by_site)
+        needed = 1 + (n_test > 0) + (n_validation > 0)
+        if total and len(sites) < needed:
+            raise WMHError(f"option sampling.split_by_site: needs at least {needed} sites, "
+                           f"found {len(sites)}")
+        order = [sites[i] for i in rng.permutation(len(sites))]
+        # Deal whole sites, test first, then validation, while each is short of its share,
+        # always keeping a site for each split still to be served.
+        dealt: dict[str, list[str]] = {name: [] for name in SPLITS}
+        for position, site in enumerate(order):
+            sites_left = len(order) - position
+            validation_waiting = 1 if n_validation and not dealt["validation"] else 0
+            if len(dealt["test"]) < n_test and sites_left > 1 + validation_waiting:
+                target = "test"
+            elif len(dealt["validation"]) < n_validation and sites_left > 1:
+                target = "validation"
+            else:
+                target = "train"
+            dealt[target].extend(by_site[site])
+        for name in SPLITS:
+            splits[name].extend(dealt[name])
+    else:
+        ids = [free[i].subject_id for i in rng.permutation(total)]
+        splits["test"].extend(ids[:n_test])
+        splits["validation"].extend(ids[n_test:n_test + n_validation])
+        splits["train"].extend(ids[n_test + n_validation:])
+    used = training_subset(splits["train"], config.train_size_fraction, config.seed)
+    splits["train_unused"] = sorted(set(splits["train"]) - set(used))
+    splits["train"] = sorted(used)
+    for name in ("validation", "test", "unlabelled"):
+        splits[name] = sorted(splits[name])
+    return splits
+
+
+def training_subset(train_ids: list[str], fraction: float, seed: int) -> list[str]:
+    """The first ``ceil(fraction x n)`` (at least 1) of a seeded order of the training
+    subjects: nested, so a smaller fraction's subjects are inside a larger one's."""
+    ids = sorted(train_ids)
+    if not ids or fraction >= 1.0:
+        return ids
+    order = np.random.default_rng([seed, 1]).permutation(len(ids))
+    keep = max(1, int(np.ceil(fraction * len(ids) - 1e-9)))
+    return [ids[i] for i in order[:keep]]
+
+
+# ------------------------------------------------------------------------- voxel sampling
+
+def subject_seed(seed: int, subject_id: str) -> list[int]:
+    """Seed sequence of one subject's samples: (config seed, stable hash of the id)."""
+    digest = hashlib.sha256(subject_id.encode()).digest()
+    return [int(seed), int.from_bytes(digest[:8], "little")]
+
+
+def hard_negative_mask(labels: np.ndarray, brain_mask: np.ndarray, flair: np.ndarray,
+                       config: SamplingConfig) -> np.ndarray:
+    """Label-0 brain voxels that look like lesions: bright on FLAIR or next to other
+    pathology.
+
+    Args:
+        labels: (X, Y, Z) uint8, 0/1/2.
+        brain_mask: (X, Y, Z) bool.
+        flair: (X, Y, Z) float FLAIR intensities.
+        config: ``hard_negative_percentile`` and ``hard_negative_margin_voxels``.
+
+    Returns:
+        (X, Y, Z) bool.
+    """
+    from scipy import ndimage
+
+    normal = brain_mask & (labels == 0)
+    hard = np.zeros_like(normal)
+    if normal.any():
+        threshold = np.percentile(flair[brain_mask], config.hard_negative_percentile)
+        hard |= normal & (flair > threshold)
+    other = labels == OTHER_PATHOLOGY_LABEL
+    if config.hard_negative_margin_voxels > 0 and other.any():
+        in_plane = np.zeros((3, 3, 3), bool)
+        in_plane[:, :, 1] = ndimage.generate_binary_structure(2, 1)
+        ring = ndimage.binary_dilation(other, in_plane,
+                                       iterations=config.hard_negative_margin_voxels)
+        hard |= normal & ring
+    return hard
+
+
+def sample_subject(labels: np.ndarray, brain_mask: np.ndarray, config: SamplingConfig,
+                   rng: np.random.Generator, flair: Optional[np.ndarray] = None,
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Balanced voxel samples of one subject (see the module docstring).
+
+    Args:
+        labels: (X, Y, Z) uint8 manual labels, 0 normal, 1 WMH, 2 other pathology.
+        brain_mask: (X, Y, Z) bool.
+        config: ``positive_fraction``, ``negative_ratio``, ``hard_negative_*``.
+        rng: the subject's generator (``np.random.default_rng(subject_seed(...))``).
+        flair: (X, Y, Z) FLAIR, needed when ``hard_negative_fraction`` > 0.
+
+    Returns:
+        (N, 3) int64 voxel coordinates (x, y, z) sorted by z, x, y, and (N,) uint8
+        labels (1 WMH, 0 normal).
+    """
+    _check_fraction("positive_fraction", config.positive_fraction, upper_inclusive=True)
+    _check_fraction("hard_negative_fraction", config.hard_negative_fraction,
+                    upper_inclusive=True)
+    if config.negative_ratio < 0:
+        raise WMHError(f"option sampling.negative_ratio: must be >= 0, got "
+                       f"{config.negative_ratio}")
+    labels = np.asarray(labels)
+    brain = np.asarray(brain_mask, dtype=bool)
+    if labels.shape != brain.shape:
+        raise ValueError(f"labels {labels.shape} and brain mask {brain.shape} differ")
+    positives = np.flatnonzero(labels.ravel() == WMH_LABEL)
+    n_positive = _share(config.positive_fraction, positives.size)
+    chosen_positive = rng.choice(positives, n_positive, replace=False)
+    normal = brain.ravel() & (labels.ravel() == 0)
+    n_negative = min(int(round(config.negative_ratio * n_positive)), int(normal.sum()))
+    chosen_hard = np.zeros(0, np.int64)
+    if config.hard_negative_fraction > 0 and n_negative:
+        if flair is None:
+            raise ValueError("sample_subject: hard negatives need the FLAIR image")
+        hard = np.flatnonzero(hard_negative_mask(labels, brain, np.asarray(flair),
+                                                 config).ravel())
+        n_hard = min(int(round(config.hard_negative_fraction * n_negative)), hard.size)
+        chosen_hard = rng.choice(hard, n_hard, replace=False)
+        normal[chosen_hard] = False
+    rest = rng.choice(np.flatnonzero(normal), n_negative - chosen_hard.size, replace=False)
+    flat = np.concatenate([chosen_positive, chosen_hard, rest]).astype(np.int64)
+    sample_labels = np.concatenate([np.ones(chosen_positive.size, np.uint8),
+                                    np.zeros(chosen_hard.size + rest.size, np.uint8)])
+    coordinates = np.stack(np.unravel_index(flat, labels.shape), axis=1)
+    order = np.lexsort((coordinates[:, 1], coordinates[:, 0], coordinates[:, 2]))
+    return coordinates[order], sample_labels[order]
+
+
+# ------------------------------------------------------------------------- the sample set
+
+def crop_box(images: np.ndarray, brain_mask: np.ndarray) -> tuple[slice, slice, slice]:
+    """Bounding box of brain or non-zero voxels: outside it the images are 0, so cutting
+    patches from the crop (zero-padded) gives exactly the patches of the full grid."""
+    occupied = brain_mask | np.any(images != 0, axis=-1)
+    if not occupied.any():
+        return slice(0, 1), slice(0, 1), slice(0, 1)
+    box = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        present = np.flatnonzero(occupied.any(axis=other))
+        box.append(slice(int(present[0]), int(present[-1]) + 1))
+    return tuple(box)
+
+
+class SampleWriter:
+    """Writes ``samples.h5``: subjects' cropped volumes and per-split sample indices.
+
+    Use as a context manager; :meth:`add_subject` appends one subject's samples to a
+    split, :meth:`close` records the keys last (a file without them is not trusted).
+    """
+
+    def __init__(self, path: str | Path, channels: tuple[str, ...], attrs: dict):
+        import h5py
+
+        self.path = Path(path)
+        self._file = h5py.File(self.path, "w")
+        self._attrs = dict(attrs, channels=json.dumps(list(channels)))
+        self.channels = tuple(channels)
+        self.subject_ids: list[str] = []
+        self._max_slice_shape = [1, 1]
+        self._counts = {split: 0 for split in SAMPLED_SPLITS}
+        self._slices = {split: [] for split in SAMPLED_SPLITS}
+        for split in SAMPLED_SPLITS:
+            group = self._file.create_group(split)
+            for name, width, dtype in (("voxel", 4, np.int16), ("label", 0, np.uint8),
+                                       ("location", 8, np.float32)):
+                shape = (0, width) if width else (0,)
+                group.create_dataset(name, shape=shape, maxshape=(None,) + shape[1:],
+                                     dtype=dtype, chunks=(INDEX_CHUNK,) + shape[1:],
+                                     fletcher32=True)
+        self._file.create_group("volumes")
+
+    def __enter__(self) -> "SampleWriter":
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self._file.close()
+
+    def add_subject(self, split: str, subject_id: str, images: np.ndarray,
+                    brain_mask: np.ndarray, coordinates: np.ndarray, labels: np.ndarray,
+                    location: np.ndarray) -> None:
+        """Appends one subject.
+
+        Args:
+            split: 'train' or 'validation'.
+            subject_id: the subject's id.
+            images: (X, Y, Z, C) float32 working-grid images.
+            brain_mask: (X, Y, Z) bool.
+            coordinates: (N, 3) voxel (x, y, z), sorted by z, x, y.
+            labels: (N,) uint8 sample labels.
+            location: (N, 8) float32 location features of the samples.
+        """
+        if len(coordinates) == 0:
+            return
+        if max(images.shape[:3]) > np.iinfo(np.int16).max:
+            raise WMHError(f"subject {subject_id}: working grid {images.shape[:3]} too large")
+        index = len(self.subject_ids)
+        self.subject_ids.append(subject_id)
+        box = crop_box(images, brain_mask)
+        cropped = np.ascontiguousarray(
+            np.moveaxis(images[box[0], box[1], box[2]], 2, 0).astype(np.float16))
+        dataset = self._file["volumes"].create_dataset(
+            str(index), data=cropped, chunks=(1,) + cropped.shape[1:], fletcher32=True)
+        dataset.attrs["origin"] = np.array([b.start for b in box], np.int64)  # x0, y0, z0
+        self._max_slice_shape = [max(self._max_slice_shape[0], cropped.shape[1]),
+                                 max(self._max_slice_shape[1], cropped.shape[2])]
+        count = len(coordinates)
+        start = self._counts[split]
+        group = self._file[split]
+        voxel = np.empty((count, 4), np.int16)
+        voxel[:, 0] = index
+        voxel[:, 1] = coordinates[:, 2]
+        voxel[:, 2:] = coordinates[:, :2]
+        for name, values in (("voxel", voxel), ("label", labels), ("location", location)):
+            group[name].resize(start + count, axis=0)
+            group[name][start:start + count] = values
+        z_values, first, counts = np.unique(coordinates[:, 2], return_index=True,
+                                            return_counts=True)
+        for z, offset, n in zip(z_values, first, counts):
+            self._slices[split].append((index, int(z), start + int(offset), int(n)))
+        self._counts[split] = start + count
+
+    def close(self) -> None:
+        """Writes the subject table, slice tables and attributes; closes the file."""
+        import h5py
+
+        file = self._file
+        file.create_dataset("subject_ids", data=np.array(self.subject_ids, dtype=object),
+                            dtype=h5py.string_dtype())
+        for split in SAMPLED_SPLITS:
+            table = np.array(self._slices[split], np.int64).reshape(-1, 4)
+            file[split].create_dataset("slices", data=table, fletcher32=True,
+                                       chunks=(max(1, min(len(table), 65536)), 4))
+            file[split].attrs["count"] = self._counts[split]
+        for name, value in self._attrs.items():
+            file.attrs[name] = value
+        file.attrs["max_slice_shape"] = np.array(self._max_slice_shape, np.int64)
+        file.attrs["format_version"] = FORMAT_VERSION
+        file.attrs["complete"] = True
+        file.close()
+
+
+def _clean_stale_builds(out_dir: Path, key: str) -> None:
+    """Removes temporary folders of killed builds of this key (their process is gone)."""
+    for stale in out_dir.glob(f".{key}.tmp-*"):
+        try:
+            pid = int(stale.name.rsplit("-", 2)[-2])
+            os.kill(pid, 0)
+            continue  # a build in progress
+        except (ValueError, IndexError, ProcessLookupError):
+            pass
+        except PermissionError:
+            continue
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def build_samples(prepared_dir: str | Path, out_dir: str | Path,
+                  config: SamplingConfig) -> Path:
+    """Splits the prepared cohort and writes its balanced sample set.
+
+    Args:
+        prepared_dir: folder of ``wmh prepare`` (``<subject_id>.h5`` + ``manifest.json``).
+        out_dir: parent folder; the set goes to ``<out_dir>/<key>/`` (module docstring).
+        config: the sampling config.
+
+    Returns:
+        The sample-set folder (``splits.json`` + ``samples.h5``), for
+        :func:`wmh.data.make_dataset`.
+
+    Raises:
+        WMHError: unreadable prepared files, bad options, or an existing folder of this
+            key that is corrupt (naming the file).
+    """
+    from wmh.preprocess import PreparedSubject
+
+    records = read_prepared_cohort(prepared_dir)
+    cohort = cohort_hash(prepared_dir, records)
+    configuration = config_hash(config)
+    key = samples_key(cohort, configuration)
+    out_dir = Path(out_dir)
+    final = out_dir / key
+    if final.exists():
+        open_samples(final)  # raises, naming the file, if it is not a complete set
+        return final
+    splits = make_splits(records, config)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _clean_stale_builds(out_dir, key)
+    temporary = out_dir / f".{key}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    temporary.mkdir()
+    writer = None
+    try:
+        by_id = {record.subject_id: record for record in records}
+        work = [(split, subject_id) for split in SAMPLED_SPLITS for subject_id in splits[split]]
+        attrs = {"key": key, "cohort_hash": cohort, "config_hash": configuration,
+                 "config": json.dumps(dataclasses.asdict(config), sort_keys=True),
+                 "prepared_dir": str(Path(prepared_dir).resolve()), "wmh_version": __version__}
+        channels = None
+        counts = {split: {"positive": 0, "negative": 0} for split in SAMPLED_SPLITS}
+        for split, subject_id in tqdm(work, desc="sampling subjects", unit="subject",
+                                      disable=None):
+            prepared = PreparedSubject.load(by_id[subject_id].path)
+            if channels is None:
+                channels = tuple(prepared.channels)
+                writer = SampleWriter(temporary / SAMPLES_FILE, channels, attrs)
+            elif tuple(prepared.channels) != channels:
+                raise WMHError(f"{by_id[subject_id].path}: channels {prepared.channels} differ "
+                               f"from the cohort's {channels}")
+            rng = np.random.default_rng(subject_seed(config.seed, subject_id))
+            coordinates, labels = sample_subject(prepared.labels, prepared.brain_mask, config,
+                                                 rng, prepared.images[..., 0])
+            x, y, z = coordinates.T
+            writer.add_subject(split, subject_id, prepared.images, prepared.brain_mask,
+                               coordinates, labels,
+                               prepared.location[x, y, z].astype(np.float32))
+            counts[split]["positive"] += int(labels.sum())
+            counts[split]["negative"] += int(labels.size - labels.sum())
+        if writer is None:
+            raise WMHError(f"{prepared_dir}: no labelled training or validation subject "
+                           "to sample")
+        writer.close()
+        document = dict(splits, key=key, cohort_hash=cohort, config_hash=configuration,
+                        prepared_dir=attrs["prepared_dir"], samples=counts,
+                        seed=config.seed)
+        (temporary / SPLITS_FILE).write_text(json.dumps(document, indent=1) + "\n")
+        try:
+            os.rename(temporary, final)
+        except OSError:
+            if not final.exists():
+                raise
+            shutil.rmtree(temporary, ignore_errors=True)  # a concurrent build finished first
+    except BaseException:
+        if writer is not None:
+            try:
+                writer._file.close()
+            except Exception:
+                pass
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    return final
+
+
+# ------------------------------------------------------------------------- reading a set
+
+@dataclasses.dataclass(frozen=True)
+class SamplesInfo:
+    """A verified sample set (:func:`open_samples`).
+
+    Attributes:
+        folder: the sample-set folder.
+        samples_path: its ``samples.h5``.
+        key: the sample-set key (dataset hash).
+        channels: stored channel names (FLAIR first).
+        counts: samples per split.
+        max_slice_shape: largest cropped (X', Y') over the stored volumes.
+    """
+
+    folder: Path
+    samples_path: Path
+    key: str
+    channels: tuple[str, ...]
+    counts: dict[str, int]
+    max_slice_shape: tuple[int, int]
+
+
+def _corrupt(path: Path, why: str) -> WMHError:
+    return WMHError(f"{path}: {why}; delete {path.parent} and run wmh sample again")
+
+
+def load_splits(out_dir: str | Path) -> dict[str, list[str]]:
+    """The subject ids of each split of a sample set.
+
+    Args:
+        out_dir: the folder :func:`build_samples` returned.
+
+    Returns:
+        ``{"train", "validation", "test"}`` -> subject ids (train: the subjects sampled,
+        i.e. the ``train_size_fraction`` subset).
+
+    Raises:
+        WMHError: missing or unreadable ``splits.json`` (naming it).
+    """
+    document = _read_splits_document(Path(out_dir))
+    return {name: list(document[name]) for name in SPLITS}
+
+
+def _read_splits_document(folder: Path) -> dict:
+    path = folder / SPLITS_FILE
+    if not path.is_file():
+        raise WMHError(f"{path}: not found (pass the folder that wmh sample printed)")
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise _corrupt(path, f"unreadable splits file ({error})") from None
+    if not isinstance(document, dict) or not all(
+            isinstance(document.get(name), list) for name in SPLITS) or "key" not in document:
+        raise _corrupt(path, "splits file lacks train/validation/test lists or its key")
+    return document
+
+
+def open_samples(samples_dir: str | Path) -> SamplesInfo:
+    """Checks a sample set and returns what streaming needs to know about it.
+
+    Raises:
+        WMHError: a missing, truncated or corrupt file, an incomplete build, a format
+            from another version, or files from two different builds (naming the file).
+    """
+    import h5py
+
+    folder = Path(samples_dir)
+    document = _read_splits_document(folder)
+    path = folder / SAMPLES_FILE
+    if not path.is_file():
+        raise WMHError(f"{path}: not found (pass the folder that wmh sample printed)")
+    try:
+        with h5py.File(path, "r") as file:
+            attrs = file.attrs
+            if not attrs.get("complete", False):
+                raise _corrupt(path, "incomplete sample file (interrupted build)")
+            if int(attrs.get("format_version", -1)) != FORMAT_VERSION:
+                raise _corrupt(path, f"sample format {attrs.get('format_version')}, expected "
+                                     f"{FORMAT_VERSION}")
+            key = _text_attr(attrs, "key")
+            if key != document["key"]:
+                raise WMHError(f"{path}: built from a different prepared cohort or sampling "
+                               f"config (key {key}) than {folder / SPLITS_FILE} "
+                               f"({document['key']}); delete {folder} and run wmh sample again")
+            counts = {split: int(file[split].attrs["count"]) for split in SAMPLED_SPLITS}
+            for split in SAMPLED_SPLITS:
+                if file[split]["voxel"].shape[0] != counts[split]:
+                    raise _corrupt(path, f"split {split} holds {file[split]['voxel'].shape[0]} "
+                                         f"samples, expected {counts[split]}")
+            return SamplesInfo(folder=folder, samples_path=path, key=key,
+                               channels=tuple(json.loads(attrs["channels"])), counts=counts,
+                               max_slice_shape=tuple(int(n) for n in attrs["max_slice_shape"]))
+    except WMHError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError) as error:
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise _corrupt(path, f"corrupt or truncated sample file ({first_line})") from None
+
+
+def load_index(samples_dir: str | Path, split: str) -> SampleIndex:
+    """The whole sample index of a split (for analysis and tests; streaming reads it in
+    slices instead).
+
+    Raises:
+        WMHError: unknown split or a bad sample set.
+    """
+    import h5py
+
+    if split not in SAMPLED_SPLITS:
+        raise WMHError(f"split '{split}': only {', '.join(SAMPLED_SPLITS)} are sampled")
+    info = open_samples(samples_dir)
+    with h5py.File(info.samples_path, "r") as file:
+        voxel = file[split]["voxel"][()].astype(np.int32)
+        labels = file[split]["label"][()]
+        ids = tuple(name.decode() if isinstance(name, bytes) else str(name)
+                    for name in file["subject_ids"][()])
+    return SampleIndex(subject_ids=ids, subject=voxel[:, 0], slice=voxel[:, 1],
+                       row=voxel[:, 2], col=voxel[:, 3], label=labels)
