@@ -537,6 +537,15 @@ def test_case_ids_from_file_and_folder_names(tmp_path):
     assert list(metrics.find_cases(tmp_path / "pred" / "a.nii.gz", "--pred")) == ["a"]
     assert metrics.find_cases(tmp_path / "truth", "--truth") == {
         "a": tmp_path / "truth" / "a" / "wmh.nii.gz", "b": tmp_path / "truth" / "b" / "wmh.nii.gz"}
+    segment = tmp_path / "segment"  # `wmh segment` output folders
+    for name in ("wmh_probability", "wmh_mask", "wmh_uncertainty"):
+        _save(segment / "a" / f"{name}.nii.gz", np.zeros((6, 6, 3)))
+    (segment / ".b.staging").mkdir()  # an interrupted run's leftovers are skipped
+    _save(segment / ".b.staging" / "wmh_mask.nii.gz", np.zeros((6, 6, 3)))
+    assert metrics.find_cases(segment, "--pred", metrics.MASK_FILE_NAMES) == {
+        "a": segment / "a" / "wmh_mask.nii.gz"}
+    assert metrics.find_cases(segment, "--pred", metrics.PROBABILITY_FILE_NAMES) == {
+        "a": segment / "a" / "wmh_probability.nii.gz"}
     _save(tmp_path / "pred" / "c" / "x.nii.gz", np.zeros((6, 6, 3)))
     _save(tmp_path / "pred" / "c" / "y.nii.gz", np.zeros((6, 6, 3)))
     with pytest.raises(WMHError, match="several NIfTI files"):

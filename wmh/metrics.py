@@ -56,7 +56,14 @@ from wmh.errors import WMHError
 CHALLENGE_METRICS = ("dice", "hd95", "avd", "lesion_recall", "lesion_f1")
 DEFAULT_THRESHOLDS = np.linspace(0.0, 1.0, 101)  # probability thresholds for curves
 STATISTICS = ("pooled", "mean")  # bootstrap statistic: overall Dice or mean per-case Dice
-TRUTH_FILE_NAME = "wmh"  # challenge layout: <id>/wmh.nii.gz holds the truth
+# Per-case file names inside <id>/ folders, most wanted first, for each kind of input:
+# the challenge layout (<id>/wmh.nii.gz, <id>/wmh_observer2.nii.gz) and `wmh segment`
+# outputs (<id>/wmh_mask.nii.gz, <id>/wmh_probability.nii.gz).
+TRUTH_FILE_NAMES = ("wmh",)
+OBSERVER2_FILE_NAMES = ("wmh_observer2",)
+MASK_FILE_NAMES = ("wmh_mask", "wmh_probability")  # evaluate: the model's own threshold
+PROBABILITY_FILE_NAMES = ("wmh_probability", "wmh_mask")  # curves need probabilities
+_PER_CASE_FILE_NAMES = TRUTH_FILE_NAMES + OBSERVER2_FILE_NAMES + PROBABILITY_FILE_NAMES
 _CHUNK_VOXELS = 1 << 22  # bounded temporary memory when histogramming huge volumes
 
 
@@ -738,17 +745,20 @@ def _case_id(path: Path) -> str:
     return strip_nifti_suffix(path.name)
 
 
-def find_cases(path: str | Path, option: str) -> dict[str, Path]:
+def find_cases(path: str | Path, option: str,
+               file_names: Sequence[str] = TRUTH_FILE_NAMES) -> dict[str, Path]:
     """Case id -> NIfTI file, for a file or a folder.
 
     A folder may hold ``<id>.nii[.gz]`` files and/or ``<id>/`` subfolders; a subfolder
-    gives its only NIfTI file, or ``wmh.nii[.gz]`` among several (challenge layout).
-    A single file is one case named after the file, or after its folder for
-    ``<id>/wmh.nii.gz``.
+    gives its only NIfTI file or, among several, the first of ``file_names`` present
+    (``<id>/wmh.nii.gz`` for truths, ``<id>/wmh_mask.nii.gz`` for ``wmh segment``
+    outputs). A single file is one case named after the file, or after its folder when
+    it has a per-case name (``<id>/wmh.nii.gz``). Hidden entries are skipped.
 
     Args:
         path: a NIfTI file or a folder.
         option: the command-line option it came from, for messages (e.g. "--pred").
+        file_names: preferred file names (without suffix) inside case subfolders.
 
     Raises:
         WMHError: missing path, no NIfTI files, ambiguous subfolders, duplicate ids.
@@ -759,7 +769,7 @@ def find_cases(path: str | Path, option: str) -> dict[str, Path]:
     if path.is_file():
         if not _is_nifti(path):
             raise WMHError(f"{option} {path}: not a NIfTI file (expected .nii or .nii.gz)")
-        if _case_id(path) == TRUTH_FILE_NAME:  # challenge layout: <id>/wmh.nii.gz
+        if _case_id(path) in _PER_CASE_FILE_NAMES:  # e.g. <id>/wmh.nii.gz
             return {path.resolve().parent.name: path}
         return {_case_id(path): path}
     cases: dict[str, Path] = {}
@@ -771,17 +781,20 @@ def find_cases(path: str | Path, option: str) -> dict[str, Path]:
         cases[case_id] = file
 
     for entry in sorted(path.iterdir()):
+        if entry.name.startswith("."):  # e.g. an interrupted run's staging folder
+            continue
         if _is_nifti(entry):
             add(_case_id(entry), entry)
         elif entry.is_dir():
             files = sorted(f for f in entry.iterdir() if _is_nifti(f))
             if len(files) > 1:
-                named = [f for f in files if _case_id(f) == TRUTH_FILE_NAME]
-                if len(named) != 1:
+                by_name = {_case_id(f): f for f in files}
+                preferred = [by_name[name] for name in file_names if name in by_name]
+                if not preferred:
                     raise WMHError(f"{option} {entry}: several NIfTI files "
-                                   f"({', '.join(f.name for f in files[:4])}) and no "
-                                   f"{TRUTH_FILE_NAME}.nii.gz; keep one per case folder")
-                files = named
+                                   f"({', '.join(f.name for f in files[:4])}) and none named "
+                                   f"{' or '.join(n + '.nii.gz' for n in file_names)}")
+                files = preferred[:1]
             if files:
                 add(entry.name, files[0])
     if not cases:
@@ -800,10 +813,16 @@ class CaseFiles:
 
 
 def match_cases(prediction: str | Path, truth: str | Path,
-                brain_mask: str | Path | None = None) -> tuple[list[CaseFiles], list[str]]:
+                brain_mask: str | Path | None = None,
+                prediction_names: Sequence[str] = MASK_FILE_NAMES,
+                ) -> tuple[list[CaseFiles], list[str]]:
     """Pairs predictions with truths (and brain masks) by case id.
 
     Two single files form one case, whatever their names.
+
+    Args:
+        prediction, truth, brain_mask: files or folders (see :func:`find_cases`).
+        prediction_names: preferred prediction file names inside ``<id>/`` folders.
 
     Returns:
         (cases in truth order, ids of predictions without a truth).
@@ -813,7 +832,7 @@ def match_cases(prediction: str | Path, truth: str | Path,
     """
     prediction, truth = Path(prediction), Path(truth)
     truth_cases = find_cases(truth, "--truth")
-    predicted_cases = find_cases(prediction, "--pred")
+    predicted_cases = find_cases(prediction, "--pred", prediction_names)
     masks = find_cases(brain_mask, "--brain-mask") if brain_mask is not None else None
     if truth.is_file() != prediction.is_file():
         raise WMHError(f"--pred {prediction}: give a {'file' if truth.is_file() else 'folder'}"

@@ -271,7 +271,8 @@ def _observer2_cases(observer2: str | Path, truth: str | Path,
                      brain_mask: str | Path | None) -> list[metrics.CaseFiles]:
     """Observer 2 files paired with the truths of the cases both raters labelled."""
     truths = metrics.find_cases(truth, "--truth")
-    observers = metrics.find_cases(observer2, "--observer2")
+    observers = metrics.find_cases(observer2, "--observer2",
+                                   metrics.OBSERVER2_FILE_NAMES + metrics.TRUTH_FILE_NAMES)
     masks = metrics.find_cases(brain_mask, "--brain-mask") if brain_mask is not None else {}
     if Path(truth).is_file():  # two single files form one case, whatever their names
         observers = {case_id: next(iter(observers.values())) for case_id in truths}
@@ -303,7 +304,8 @@ def method_result_from_predictions(name: str, prediction: str | Path, truth: str
         threshold: operating threshold, chosen on the validation set.
         validation_az, training_size: as :func:`method_result_from_arrays`.
     """
-    cases, _ = metrics.match_cases(prediction, truth, brain_mask)
+    cases, _ = metrics.match_cases(prediction, truth, brain_mask,
+                                   metrics.PROBABILITY_FILE_NAMES)
     loaded = [metrics.load_case(files) for files in cases]
     case_ids = [case.files.case_id for case in loaded]
     observer2_labels = {}
