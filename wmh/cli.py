@@ -66,6 +66,30 @@ def check_command(data, no_t1):
 
 # --- synth commands ---
 
+@cli.command("synth")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--subjects", type=int, default=40, show_default=True,
+              help="Number of synthetic subjects.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Cohort seed: same seed and version give identical images.")
+@click.option("--profile", default="default", show_default=True,
+              help="Acquisition profile (default, clinical-thick, research-3t, oblique, "
+                   "flair-3d, test) or 'mixed' to draw one per subject.")
+@click.option("--flair-only", is_flag=True, help="Write no T1 images.")
+@click.option("--skull-stripped", is_flag=True, help="Zero everything outside the brain.")
+@click.option("--preview", is_flag=True, help="Write a PNG montage per subject.")
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="Subjects generated in parallel processes.")
+def synth_command(out, subjects, seed, profile, flair_only, skull_stripped, preview, workers):
+    """Write a synthetic cohort (MICCAI WMH 2017 layout + cohort.json) to OUT."""
+    from wmh.synth import synthesize_cohort
+
+    synthesize_cohort(out, subjects=subjects, seed=seed, profile=profile,
+                      flair_only=flair_only, skull_stripped=skull_stripped, preview=preview,
+                      workers=workers, progress=True)
+    click.echo(f"synthetic cohort of {subjects} subjects in {out} (see {out / 'cohort.json'})")
+
+
 # --- prepare commands ---
 
 # --- sample commands ---
