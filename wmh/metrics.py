@@ -47,7 +47,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -491,11 +491,6 @@ class DiceCurve:
         tpr = np.concatenate([tpr, [1.0]])
         return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2.0))
 
-    def at_threshold(self, threshold: float) -> np.ndarray:
-        """(n_cases, 4) counts at the grid threshold nearest to ``threshold``."""
-        index = int(np.argmin(np.abs(self.thresholds - threshold)))
-        return self.counts[:, index, :]
-
     def subset(self, case_ids: Sequence[str]) -> "DiceCurve":
         """The curve of some cases, in the given order."""
         position = {case_id: index for index, case_id in enumerate(self.case_ids)}
@@ -932,14 +927,6 @@ def load_case(files: CaseFiles, prediction_is_labels: bool = False) -> CaseArray
         brain_mask = brain_labels.astype(bool)
     return CaseArrays(files, np.asarray(prediction), truth, truth_grid.affine, brain_mask,
                       truth_grid)
-
-
-def iter_cases(prediction: str | Path, truth: str | Path,
-               brain_mask: str | Path | None = None) -> Iterator[CaseArrays]:
-    """Loads matched cases one at a time (see :func:`match_cases`)."""
-    cases, _ = match_cases(prediction, truth, brain_mask)
-    for files in cases:
-        yield load_case(files)
 
 
 def evaluate_arrays(case: CaseArrays, threshold: float = 0.5) -> dict:
