@@ -24,11 +24,11 @@ def tiny_prepared_subject(subject_id: str, shape=(40, 40, 5), seed: int = 0, wit
     ventricles[(np.abs(x - cx - 4) < 2) & (np.abs(y - cy) < 6)] = 2
     ventricles &= brain.astype(np.uint8) * 3
     labels = np.zeros(shape, np.uint8)
-    for _ in range(3 + seed % 3):
+    for _ in range(6 + seed % 3):
         px = int(cx + rng.choice([-7, 7]) + rng.integers(-1, 2))
         py = int(cy + rng.integers(-6, 7))
         pz = int(rng.integers(0, shape[2]))
-        ball = (x - px) ** 2 + (y - py) ** 2 + ((z - pz) * 2) ** 2 <= rng.uniform(2, 6)
+        ball = (x - px) ** 2 + (y - py) ** 2 + ((z - pz) * 2) ** 2 <= rng.uniform(4, 10)
         labels[ball & brain & (ventricles == 0)] = 1
     flair = np.where(brain, 0.45, 0.0).astype(np.float32)
     flair[ventricles > 0] = 0.1

@@ -13,9 +13,9 @@ from wmh.errors import WMHError
 
 def tiny_config(tmp_path, epochs=3, **overrides):
     values = {"data.cache_dir": str(tmp_path / "cache"), "train.epochs": epochs,
-              "train.batch_size": 64, "train.learning_rate": 1e-3, "model.width": 0.15,
-              "model.arch": "msws", "model.loc": "ffcl", "sampling.validation_fraction": 0.34,
-              "sampling.test_fraction": 0.17, "train.experiment": "tiny"}
+              "train.batch_size": 32, "train.learning_rate": 1e-3, "model.width": 0.15,
+              "model.arch": "msws", "model.loc": "ffcl", "sampling.validation_fraction": 0.25,
+              "sampling.test_fraction": 0.125, "train.experiment": "tiny"}
     values.update(overrides)
     return config_module.load_config(None, [f"{k}={v}" for k, v in values.items()])
 
@@ -25,7 +25,7 @@ def tiny_samples(tmp_path_factory):
     from wmh import sampling
 
     root = tmp_path_factory.mktemp("tiny")
-    prepared = write_prepared_cohort(root / "prepared", n_subjects=6)
+    prepared = write_prepared_cohort(root / "prepared", n_subjects=8)
     cfg = tiny_config(root)
     samples = sampling.build_samples(prepared, root / "samples", cfg.sampling)
     return prepared, samples

@@ -260,7 +260,7 @@ def train(config: ExperimentConfig, samples_dir: Path, prepared_dir: Path,
                                             shuffle=False, use_t1=use_t1,
                                             max_samples=config.train.max_validation_samples)
         for epoch in range(state["epoch"] + 1, config.train.epochs + 1):
-            history = model.fit(train_data, epochs=1, verbose=0)
+            history = model.fit(train_data, epochs=1, verbose=0, shuffle=False)
             scores, labels = predict_samples(model, validation_data)
             validation_auc = metrics.roc_auc(scores, labels)
             validation_loss = float(np.mean(-np.log(np.clip(

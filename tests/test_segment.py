@@ -1,0 +1,114 @@
+"""Segmentation outputs: native grid, mask at the threshold, volumes, errors."""
+
+import csv
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from cohorts import tiny_prepared_subject
+from wmh import io
+from wmh.cli import main
+from wmh.config import ModelConfig
+from wmh.errors import WMHError
+from wmh.segment import SegmentOptions, lesion_volumes, segment
+
+
+def test_lesion_volumes_hand_computed():
+    mask = np.zeros((20, 20, 5), bool)
+    mask[2:4, 2:4, 1] = True        # 4 voxels, far from the ventricle
+    mask[10, 10:12, 2] = True       # 2 voxels next to it
+    mask[12, 13, 3] = True          # touches the previous one diagonally? no: separate
+    ventricles = np.zeros_like(mask, dtype=np.uint8)
+    ventricles[9, 10, 2] = 1
+    spacing = np.array([1.0, 1.0, 5.0])
+    volumes = lesion_volumes(mask, ventricles, spacing, periventricular_mm=3.0)
+    assert volumes["total_ml"] == pytest.approx(7 * 5 / 1000)
+    # (10,10,2), (10,11,2) are 1 and 1.41 mm away; (12,13,3) is sqrt(9+9+25) > 3 mm
+    assert volumes["periventricular_ml"] == pytest.approx(2 * 5 / 1000)
+    assert volumes["deep_ml"] == pytest.approx(5 * 5 / 1000)
+    assert volumes["lesion_count"] == 3
+
+
+@pytest.fixture
+def model_and_subject(tmp_path, tf_seeded):
+    from wmh import train
+    from wmh.models import build_model
+
+    config = ModelConfig(arch="msws", loc="ffcl", width=0.1)
+    model = build_model(config, 2)
+    contract = train.ModelContract(model=config, channels=("FLAIR", "T1"),
+                                   inplane_spacing_mm=1.0, threshold=0.5)
+    model_dir = train.save_model_dir(model, contract, tmp_path / "model")
+    prepared = tiny_prepared_subject("case1", shape=(36, 36, 4), seed=3)
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    folder = tmp_path / "cohort" / "site" / "case1"
+    (folder / "pre").mkdir(parents=True)
+    nib.save(nib.Nifti1Image(prepared.images[..., 0], affine), folder / "pre" / "FLAIR.nii.gz")
+    nib.save(nib.Nifti1Image(prepared.images[..., 1], affine), folder / "pre" / "T1.nii.gz")
+    nib.save(nib.Nifti1Image(prepared.labels, affine), folder / "wmh.nii.gz")
+    (tmp_path / "prepared").mkdir()
+    prepared.save(tmp_path / "prepared" / "case1.h5")
+    return model_dir, tmp_path / "cohort", tmp_path / "prepared", prepared
+
+
+def test_segment_writes_native_outputs_and_report(tmp_path, model_and_subject):
+    from wmh import train
+
+    model_dir, cohort, prepared_dir, prepared = model_and_subject
+    threshold = 0.45
+    rows = segment(model_dir, [cohort], tmp_path / "out", SegmentOptions(threshold=threshold),
+                   progress=False, prepared_dir=prepared_dir)
+    assert len(rows) == 1
+    folder = tmp_path / "out" / "case1"
+    probability = nib.load(folder / "wmh_probability.nii.gz")
+    mask = nib.load(folder / "wmh_mask.nii.gz")
+    flair = nib.load(cohort / "site" / "case1" / "pre" / "FLAIR.nii.gz")
+    np.testing.assert_allclose(probability.affine, flair.affine)
+    assert probability.shape == flair.shape == mask.shape
+    model, contract = train.load_model_dir(model_dir)
+    expected = train.predict_volume(model, contract.model, prepared.images, prepared.location,
+                                    prepared.brain_mask)
+    np.testing.assert_allclose(probability.get_fdata(), expected, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(mask.dataobj), expected >= threshold)
+    report = json.loads((folder / "report.json").read_text())
+    assert report["total_ml"] == pytest.approx((expected >= threshold).sum() / 1000)
+    assert report["threshold"] == threshold
+    assert 0.0 <= report["dice"] <= 1.0
+    assert (folder / "qc.png").stat().st_size > 1000
+    with open(tmp_path / "out" / "volumes.csv") as handle:
+        table = list(csv.DictReader(handle))
+    assert table[0]["subject_id"] == "case1"
+    assert float(table[0]["total_ml"]) == pytest.approx(report["total_ml"])
+
+
+def test_segment_mc_dropout_writes_uncertainty(tmp_path, model_and_subject):
+    model_dir, cohort, prepared_dir, prepared = model_and_subject
+    segment(model_dir, [cohort], tmp_path / "out", SegmentOptions(mc_samples=3),
+            progress=False, prepared_dir=prepared_dir)
+    uncertainty = nib.load(tmp_path / "out" / "case1" / "wmh_uncertainty.nii.gz").get_fdata()
+    assert uncertainty[prepared.brain_mask].max() > 0
+    assert np.all(uncertainty[~prepared.brain_mask] == 0)
+
+
+def test_model_needing_t1_on_flair_only_input(tmp_path, model_and_subject, capsys):
+    model_dir, cohort, _, _ = model_and_subject
+    flair = cohort / "site" / "case1" / "pre" / "FLAIR.nii.gz"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["segment", "--model", str(model_dir), str(flair), "--out", str(tmp_path / "o")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "FLAIR.nii.gz: the model needs FLAIR and T1" in err and "has no T1" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_segment_inputs(tmp_path, model_and_subject):
+    model_dir, cohort, prepared_dir, _ = model_and_subject
+    with pytest.raises(WMHError, match=r"--threshold 1\.5: must lie in \[0, 1\]"):
+        segment(model_dir, [cohort], tmp_path / "o", SegmentOptions(threshold=1.5),
+                progress=False, prepared_dir=prepared_dir)
+    with pytest.raises(WMHError, match=r"missing\.nii\.gz: file not found"):
+        segment(model_dir, [tmp_path / "missing.nii.gz"], tmp_path / "o", progress=False)
+    with pytest.raises(WMHError, match=r"--model .*nowhere: missing model\.keras"):
+        segment(tmp_path / "nowhere", [cohort], tmp_path / "o", progress=False)
