@@ -118,38 +118,45 @@ def _check_slices(image_slices, loc_maps, brain_mask, mc_samples) -> None:
 
 def _predict_dense(dense, config, image_slices, loc_maps, brain_mask, batch_size,
                    mc_samples, samples) -> None:
-    """Fills ``samples`` (n, Z, H, W) batch by batch of brain-containing slices."""
+    """Fills ``samples`` (n, Z, H, W), a batch of similar-sized brain windows at a time."""
     trunk, head = dense.get_layer("trunk"), dense.get_layer("head")
     multiple, margin = max(used_scales(config)), context(config)
-    height, width = brain_mask.shape[1:]
-    slices = np.flatnonzero(brain_mask.any(axis=(1, 2)))
-    for start in range(0, len(slices), batch_size):
-        batch = slices[start:start + batch_size]
-        rows = np.flatnonzero(brain_mask[batch].any(axis=(0, 2)))
-        cols = np.flatnonzero(brain_mask[batch].any(axis=(0, 1)))
-        top, left = rows[0], cols[0]
-        # The window is rounded up to the polyphase multiple; it may run past the slice.
-        out_height = -(-(rows[-1] + 1 - top) // multiple) * multiple
-        out_width = -(-(cols[-1] + 1 - left) // multiple) * multiple
-        image = keras.ops.convert_to_tensor(_window(
-            image_slices[batch], top - margin, left - margin,
-            out_height + 2 * margin - 1, out_width + 2 * margin - 1))
-        loc = keras.ops.convert_to_tensor(_window(loc_maps[batch], top, left, out_height,
-                                                  out_width))
+    boxes = {}  # slice -> (top, left, rows, cols) of its brain's bounding box
+    for z in np.flatnonzero(brain_mask.any(axis=(1, 2))):
+        rows = np.flatnonzero(brain_mask[z].any(axis=1))
+        cols = np.flatnonzero(brain_mask[z].any(axis=0))
+        boxes[z] = (rows[0], cols[0], rows[-1] + 1 - rows[0], cols[-1] + 1 - cols[0])
+    # Slices of similar box size share a window size, so little is computed in vain.
+    order = sorted(boxes, key=lambda z: boxes[z][2] * boxes[z][3])
+    for start in range(0, len(order), batch_size):
+        batch = order[start:start + batch_size]
+        out_height = _round_up(max(boxes[z][2] for z in batch), multiple)
+        out_width = _round_up(max(boxes[z][3] for z in batch), multiple)
+        image = np.stack([_window(image_slices[z], boxes[z][0] - margin, boxes[z][1] - margin,
+                                  out_height + 2 * margin - 1, out_width + 2 * margin - 1)
+                          for z in batch])
+        loc = np.stack([_window(loc_maps[z], boxes[z][0], boxes[z][1], out_height, out_width)
+                        for z in batch])
+        image, loc = keras.ops.convert_to_tensor(image), keras.ops.convert_to_tensor(loc)
         features = trunk({"image": image, "loc": loc}, training=False)
-        keep_rows, keep_cols = min(out_height, height - top), min(out_width, width - left)
         for sample in range(max(mc_samples, 1)):
             probabilities = head({"features": features, "loc": loc}, training=mc_samples > 0)
             probabilities = keras.ops.convert_to_numpy(probabilities)[..., 1]
-            samples[sample, batch, top:top + keep_rows, left:left + keep_cols] = \
-                probabilities[:, :keep_rows, :keep_cols]
+            for index, z in enumerate(batch):
+                top, left, rows, cols = boxes[z]
+                samples[sample, z, top:top + rows, left:left + cols] = \
+                    probabilities[index, :rows, :cols]
 
 
-def _window(volume: np.ndarray, top: int, left: int, height: int, width: int) -> np.ndarray:
-    """volume[:, top:top+height, left:left+width], zero where it runs past the slices."""
-    window = np.zeros((volume.shape[0], height, width) + volume.shape[3:], volume.dtype)
-    source_rows = slice(max(top, 0), min(top + height, volume.shape[1]))
-    source_cols = slice(max(left, 0), min(left + width, volume.shape[2]))
-    window[:, source_rows.start - top:source_rows.stop - top,
-           source_cols.start - left:source_cols.stop - left] = volume[:, source_rows, source_cols]
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def _window(image: np.ndarray, top: int, left: int, height: int, width: int) -> np.ndarray:
+    """image[top:top+height, left:left+width] of an (H, W, ...) slice, zero outside it."""
+    window = np.zeros((height, width) + image.shape[2:], image.dtype)
+    rows = slice(max(top, 0), min(top + height, image.shape[0]))
+    cols = slice(max(left, 0), min(left + width, image.shape[1]))
+    window[rows.start - top:rows.stop - top, cols.start - left:cols.stop - left] = \
+        image[rows, cols]
     return window
