@@ -80,25 +80,36 @@ class Interrupted(Exception):
 
 
 def test_killed_run_resumes_from_its_last_epoch(tmp_path, mlflow_tmp, tf_seeded, tiny_samples):
+    import keras
+
     from wmh import train
 
     prepared, samples = tiny_samples
     cfg = tiny_config(tmp_path, epochs=3, **{"model.arch": "ss", "model.loc": "none"})
 
-    def kill_after_first_epoch(epoch, auc):
-        if epoch == 1:
+    class KillAfterFirstEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            assert 0.0 <= logs["val_auc"] <= 1.0  # the tracker ran before this callback
             raise Interrupted()
 
+    class Record(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.epochs = []
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.epochs.append(epoch + 1)
+
     with pytest.raises(Interrupted):
-        train.train(cfg, samples, prepared, epoch_callback=kill_after_first_epoch)
+        train.train(cfg, samples, prepared, callbacks=[KillAfterFirstEpoch()])
     state_files = list((tmp_path / "cache" / "runs").glob("*/state.json"))
     assert len(state_files) == 1
     assert json.loads(state_files[0].read_text())["epoch"] == 1
     first_run = json.loads(state_files[0].read_text())["run_id"]
 
-    seen = []
-    result = train.train(cfg, samples, prepared, epoch_callback=lambda e, a: seen.append(e))
-    assert seen == [2, 3]
+    record = Record()
+    result = train.train(cfg, samples, prepared, callbacks=[record])
+    assert record.epochs == [2, 3]
     assert result.run_id == first_run
     client = mlflow.tracking.MlflowClient()
     assert [m.step for m in client.get_metric_history(result.run_id, "val_auc")] == [1, 2, 3]

@@ -25,8 +25,9 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional, Sequence
 
+import keras
 import numpy as np
 
 from wmh import __version__
@@ -108,8 +109,6 @@ def load_model_dir(source: str | Path):
     Returns:
         (keras model, ModelContract).
     """
-    import keras
-
     text = str(source)
     if text.startswith(("runs:/", "models:/", "mlflow-artifacts:/")):
         from wmh.tracking import tracking_uri
@@ -169,8 +168,6 @@ def distribution_strategy():
 
 def compile_model(model, learning_rate: float):
     """RMSprop + sparse categorical cross-entropy on the 2-way softmax (the paper)."""
-    import keras
-
     model.compile(optimizer=keras.optimizers.RMSprop(learning_rate=learning_rate),
                   loss=keras.losses.SparseCategoricalCrossentropy(),
                   metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
@@ -195,8 +192,48 @@ def predict_samples(model, dataset) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(scores), np.concatenate(labels)
 
 
+class EpochTracker(keras.callbacks.Callback):
+    """After each epoch: validation AUC (into ``logs["val_auc"]``), MLflow metrics,
+    best/last checkpoints and the resumable state file; stops on a NaN loss."""
+
+    def __init__(self, validation_data, run_dir: Path, state: dict, epochs: int):
+        super().__init__()
+        self.validation_data = validation_data
+        self.run_dir = run_dir
+        self.state = state
+        self.epochs = epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        import mlflow
+
+        from wmh import metrics
+
+        logs = logs if logs is not None else {}
+        epoch = epoch + 1  # Keras counts from 0; runs, MLflow steps and checkpoints from 1
+        loss = float(logs.get("loss", math.nan))
+        if not math.isfinite(loss):
+            raise WMHError(f"training diverged: loss is {loss} at epoch {epoch} "
+                           "(lower train.learning_rate)")
+        scores, labels = predict_samples(self.model, self.validation_data)
+        validation_auc = metrics.roc_auc(scores, labels)
+        logs["val_auc"] = validation_auc
+        validation_loss = float(np.mean(-np.log(np.clip(
+            np.where(labels == 1, scores, 1 - scores), 1e-7, 1.0))))
+        mlflow.log_metrics({"loss": loss, "accuracy": float(logs.get("accuracy", math.nan)),
+                            "val_auc": validation_auc, "val_loss": validation_loss}, step=epoch)
+        state = self.state
+        if validation_auc > state["best_auc"]:
+            state.update(best_auc=float(validation_auc), best_epoch=epoch)
+            _atomic_keras_save(self.model, self.run_dir / "best.keras")
+        _atomic_keras_save(self.model, self.run_dir / "last.keras")
+        state["epoch"] = epoch
+        _atomic_write_text(self.run_dir / STATE_FILE, json.dumps(state))
+        print(f"epoch {epoch}/{self.epochs}: loss {loss:.4f}  val_auc {validation_auc:.4f}",
+              flush=True)
+
+
 def train(config: ExperimentConfig, samples_dir: Path, prepared_dir: Path,
-          epoch_callback: Optional[Callable[[int, float], None]] = None,
+          callbacks: Sequence = (),
           nested: bool = False, run_name: Optional[str] = None,
           data_label: str = "real") -> TrainResult:
     """Trains ``config.model`` on a sample set, tracked in MLflow, resumable.
@@ -206,8 +243,9 @@ def train(config: ExperimentConfig, samples_dir: Path, prepared_dir: Path,
         samples_dir: output of ``wmh sample`` (splits + samples).
         prepared_dir: the prepared subjects the samples came from (for whole-volume
             validation: the threshold).
-        epoch_callback: called as ``epoch_callback(epoch, validation_auc)`` after each
-            epoch (1-based); may raise (e.g. ``optuna.TrialPruned``) to stop the run.
+        callbacks: extra Keras callbacks; they run after the epoch tracker, so
+            ``logs["val_auc"]`` is set in their ``on_epoch_end`` (e.g. Optuna pruning,
+            which may raise ``optuna.TrialPruned`` to stop the run).
         nested: start the MLflow run nested in the active one (Optuna trials).
         run_name: MLflow run name; default ``<arch>+<loc>``.
         data_label: "synthetic" or "real", recorded as a tag so every report can say so.
@@ -215,10 +253,9 @@ def train(config: ExperimentConfig, samples_dir: Path, prepared_dir: Path,
     Returns:
         A :class:`TrainResult`.
     """
-    import keras
     import mlflow
 
-    from wmh import data, metrics, tracking
+    from wmh import data, tracking
     from wmh.models import build_model
 
     use_t1 = config.data.use_t1
@@ -259,26 +296,10 @@ def train(config: ExperimentConfig, samples_dir: Path, prepared_dir: Path,
         validation_data = data.make_dataset(samples_dir, "validation", 512, seed=0,
                                             shuffle=False, use_t1=use_t1,
                                             max_samples=config.train.max_validation_samples)
-        for epoch in range(state["epoch"] + 1, config.train.epochs + 1):
-            history = model.fit(train_data, epochs=1, verbose=0, shuffle=False)
-            scores, labels = predict_samples(model, validation_data)
-            validation_auc = metrics.roc_auc(scores, labels)
-            validation_loss = float(np.mean(-np.log(np.clip(
-                np.where(labels == 1, scores, 1 - scores), 1e-7, 1.0))))
-            mlflow.log_metrics({"loss": float(history.history["loss"][-1]),
-                                "accuracy": float(history.history["accuracy"][-1]),
-                                "val_auc": validation_auc, "val_loss": validation_loss},
-                               step=epoch)
-            if validation_auc > state["best_auc"] or not math.isfinite(state["best_auc"]):
-                state.update(best_auc=float(validation_auc), best_epoch=epoch)
-                _atomic_keras_save(model, run_dir / "best.keras")
-            _atomic_keras_save(model, run_dir / "last.keras")
-            state["epoch"] = epoch
-            _atomic_write_text(state_path, json.dumps(state))
-            print(f"epoch {epoch}/{config.train.epochs}: loss "
-                  f"{history.history['loss'][-1]:.4f}  val_auc {validation_auc:.4f}", flush=True)
-            if epoch_callback is not None:
-                epoch_callback(epoch, float(validation_auc))
+        tracker = EpochTracker(validation_data, run_dir, state, config.train.epochs)
+        if state["epoch"] < config.train.epochs:
+            model.fit(train_data, epochs=config.train.epochs, initial_epoch=state["epoch"],
+                      verbose=0, shuffle=False, callbacks=[tracker, *callbacks])
 
         best = keras.saving.load_model(run_dir / "best.keras", safe_mode=True, compile=False)
         threshold, validation_dice, volume_auc = choose_threshold(
