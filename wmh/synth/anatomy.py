@@ -290,7 +290,9 @@ def _wmh_prior(ventricles, d_ventricles, d_cortex, lesion_region, wm, y, z) -> n
 # ------------------------------------------------------------------------ caching
 
 def _cache_path(cache_dir: Path) -> Path:
-    key = hashlib.sha1(f"{_nilearn_version()}-{ANATOMY_VERSION}".encode()).hexdigest()[:12]
+    """Keyed by the nilearn version and this module's source (the derivation code)."""
+    source = Path(__file__).read_bytes()
+    key = hashlib.sha1(f"{_nilearn_version()}-{ANATOMY_VERSION}-".encode() + source).hexdigest()[:12]
     return Path(cache_dir) / "synth_anatomy" / f"anatomy-{key}.npz"
 
 

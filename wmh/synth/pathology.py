@@ -233,8 +233,8 @@ def place_hard_negatives(rng: np.random.Generator, anatomy: Anatomy, overlay: Ov
     # 3. lacunes: CSF-like holes with a bright gliosis rim
     lacunes = int(min(rng.poisson(1.0 + load_ml / 5), 15))
     for centre in _choose_voxels(rng, anatomy.lacune_sites, lacunes):
-        core_radius = float(rng.uniform(1.5, 4.0))
-        rim = float(rng.uniform(1.3, 2.6))
+        core_radius = float(rng.uniform(2.0, 5.0))  # lacunes are 3-15 mm across
+        rim = float(rng.uniform(1.2, 2.2))
         box, soft_outer, distance = _blob(rng, centre.astype(np.float32), core_radius + rim,
                                           shape, roughness=0.15)
         scale = core_radius + rim

@@ -14,7 +14,11 @@ def _slices(observer1: np.ndarray, count: int = 5) -> list[int]:
     z = np.flatnonzero((observer1 == 1).any(axis=(0, 1)))
     n = observer1.shape[2]
     lo, hi = (int(z.min()), int(z.max())) if z.size else (int(0.35 * n), int(0.75 * n))
-    return sorted(set(int(round(v)) for v in np.linspace(lo, hi, count)))
+    chosen = set(int(round(v)) for v in np.linspace(lo, hi, count))
+    other = (observer1 == 2).sum(axis=(0, 1))
+    if other.any():  # show the other pathology (infarct) where it is largest
+        chosen.add(int(np.argmax(other)))
+    return sorted(chosen)
 
 
 def montage(flair: np.ndarray, t1: np.ndarray | None, observer1: np.ndarray,

@@ -299,9 +299,11 @@ def generate_subject(subject_id: str, seed: int, profile: AcquisitionProfile,
     scale = float(np.clip(rng.normal(1.0, 0.05), 0.9, 1.1)) * rng.uniform(0.97, 1.03, size=3)
     translation = rng.uniform(-10, 10, size=3)
     flair_pose = pose_matrix(rotation, scale, translation)
+    # the head moves rigidly in the scanner between the FLAIR and the T1
+    head_world = flair_pose[:3, :3] @ ANATOMY_CENTRE_MM + flair_pose[:3, 3]
     motion = pose_matrix(rng.uniform(-3, 3, size=3), np.ones(3),
-                         ANATOMY_CENTRE_MM + rng.uniform(-4, 4, size=3))
-    t1_pose = flair_pose @ motion
+                         head_world + rng.uniform(-4, 4, size=3), centre_mm=head_world)
+    t1_pose = motion @ flair_pose
     enlargement = float(np.clip(0.05 + 0.07 * np.log(load_ml / 2.0) + rng.normal(0, 0.04),
                                 0.0, 0.33))
     warp = random_warp(rng, anatomy, enlargement)
