@@ -74,7 +74,7 @@ class SamplingConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    arch: Literal["ss", "msef", "msiw", "msws"] = "msws"  # architecture (paper Fig. 3)
+    arch: Literal["ss", "msef", "msiw", "msws", "rf"] = "msws"  # paper Fig. 3; rf: wmh.baseline
     loc: Literal["none", "lcl", "ffcl", "sfcl"] = "ffcl"  # layer that receives location
     alpha: float = 1.0  # scale of the 8 location features before concatenation
     dropout_rate: float = 0.3  # dropout on every fully connected layer (paper: 0.3)
@@ -93,6 +93,14 @@ class TrainConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class BaselineConfig:  # the random forest of model.arch=rf (wmh.baseline); model.loc is unused
+    n_trees: int = 50  # trees in the forest (paper: 50)
+    max_depth: int = 0  # deepest split level; 0 = grow until min_samples_leaf stops a branch
+    min_samples_leaf: int = 5  # fewest training samples per leaf (smoother probabilities)
+    n_jobs: int = -1  # parallel threads for fitting and prediction; -1 = all cores
+
+
+@dataclasses.dataclass(frozen=True)
 class SegmentConfig:
     threshold: Optional[float] = None  # None = the model's validation-optimal threshold
     mc_samples: int = 0  # Monte Carlo dropout passes for the uncertainty map; 0 = off
@@ -108,6 +116,7 @@ class ExperimentConfig:
     sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    baseline: BaselineConfig = dataclasses.field(default_factory=BaselineConfig)
     segment: SegmentConfig = dataclasses.field(default_factory=SegmentConfig)
 
 

@@ -98,8 +98,14 @@ def run_training(config: ExperimentConfig, **train_kwargs):
     from wmh import train
 
     stages = ensure_data(config)
-    return train.train(config, stages.samples, stages.prepared,
-                       data_label="synthetic" if stages.synthetic else "real", **train_kwargs)
+    data_label = "synthetic" if stages.synthetic else "real"
+    if config.model.arch == "rf":  # the conventional baseline: hand-crafted features + forest
+        from wmh.baseline import train_baseline
+
+        return train_baseline(config, stages.samples, stages.prepared, data_label=data_label,
+                              **train_kwargs)
+    return train.train(config, stages.samples, stages.prepared, data_label=data_label,
+                       **train_kwargs)
 
 
 

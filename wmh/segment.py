@@ -186,7 +186,7 @@ def segment_subject(model, contract, subject: io.Subject, out_dir: Path,
     images = prepared.images[..., :len(contract.channels)]
     prediction = predict_volume(network if network is not None else model, contract.model,
                                 images, prepared.location, prepared.brain_mask,
-                                mc_samples=options.mc_samples)
+                                mc_samples=options.mc_samples, spacing=prepared.spacing)
     probability, uncertainty = prediction if options.mc_samples else (prediction, None)
 
     grid = prepared.native_grid()
@@ -271,7 +271,7 @@ def segment(model_source: str | Path, inputs: Sequence[str | Path | io.Subject],
         check_inputs_match(contract, subject)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    network = model if contract.model.arch == "msef" else build_dense_model(
+    network = model if contract.model.arch in ("msef", "rf") else build_dense_model(
         model, contract.model, len(contract.channels))
     rows = []
     for subject in tqdm(subjects, desc="segment", unit="subject", disable=not progress):

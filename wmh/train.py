@@ -104,10 +104,11 @@ def save_model_dir(model, contract: ModelContract, folder: Path) -> Path:
 def load_model_dir(source: str | Path):
     """Loads a trained model: a folder, its ``model.keras``, or an MLflow ``runs:/`` URI.
 
-    Loading never executes code from the file (``safe_mode=True``).
+    Loading never executes code from the file (``safe_mode=True``; a random forest
+    folder, ``model.arch=rf``, is read with skops by :func:`wmh.baseline.load_model_dir`).
 
     Returns:
-        (keras model, ModelContract).
+        (keras model, or :class:`wmh.baseline.RandomForestBaseline`, ModelContract).
     """
     text = str(source)
     if text.startswith(("runs:/", "models:/", "mlflow-artifacts:/")):
@@ -120,8 +121,12 @@ def load_model_dir(source: str | Path):
         except Exception as error:  # mlflow raises several types for a bad URI
             raise WMHError(f"--model {text}: cannot download ({str(error).splitlines()[0]})")
     folder = Path(source)
-    if folder.is_file() and folder.name.endswith(".keras"):
+    if folder.is_file() and folder.name.endswith((".keras", ".skops")):
         folder = folder.parent
+    from wmh import baseline
+
+    if (folder / baseline.FOREST_FILE).is_file():  # model.arch=rf: a random forest folder
+        return baseline.load_model_dir(folder)
     contract_path, model_path = folder / CONTRACT_FILE, folder / MODEL_FILE
     for path in (model_path, contract_path):
         if not path.is_file():
@@ -320,19 +325,27 @@ def train(config: ExperimentConfig, samples_dir: Path, prepared_dir: Path,
 
 
 def predict_volume(model, model_config: ModelConfig, images: np.ndarray, location: np.ndarray,
-                   brain_mask: np.ndarray, mc_samples: int = 0):
+                   brain_mask: np.ndarray, mc_samples: int = 0, spacing=None):
     """P(WMH) over a working-grid volume, slice by slice (dense, exact to the patch net).
 
     Args:
-        model: the patch model or its dense twin (``wmh.models.build_dense_model``).
+        model: the patch model or its dense twin (``wmh.models.build_dense_model``), or
+            for ``model_config.arch == "rf"`` a :class:`wmh.baseline.RandomForestBaseline`.
         model_config: the model's config.
         images: (X, Y, Z, C) float32; location: (X, Y, Z, 8); brain_mask: (X, Y, Z) bool.
-        mc_samples: Monte Carlo dropout passes; 0 = deterministic.
+        mc_samples: Monte Carlo dropout passes; 0 = deterministic (a random forest gives
+            the spread of its trees instead).
+        spacing: (3,) voxel size in mm; needed by the random forest's features only.
 
     Returns:
         (X, Y, Z) float32 probabilities (0 outside the brain), or with ``mc_samples`` > 0
         a pair (mean, standard deviation).
     """
+    if model_config.arch == "rf":
+        if spacing is None:
+            raise ValueError("predict_volume: a random forest needs the voxel spacing")
+        return model.predict_volume(images, location, brain_mask, spacing,
+                                    mc_samples=mc_samples)
     from wmh.models import predict_slices
 
     def to_slices(volume):  # (X, Y, Z, ...) -> (Z, X, Y, ...): rows = x, columns = y
