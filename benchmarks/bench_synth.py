@@ -8,6 +8,8 @@ folder (or ``--out``) and measures, on the files written (all figures are on
 
 * ``seconds_per_subject``: cohort wall time / subjects with ``--workers`` processes
   (the anatomy cache is warmed first and timed apart as ``anatomy_seconds``);
+  ``cpu_seconds_per_subject``: CPU time (all processes) / subjects, which does not
+  depend on what else the machine runs (``load_average_1min`` says how busy it was);
   ``single_process_seconds_per_subject``: median over 3 subjects generated one by one;
 * ``observer2_dice``: mean per-subject Dice of observer 2 against observer 1;
 * ``periventricular_fraction``: share of WMH voxels within 10 mm of a lateral ventricle;
@@ -43,6 +45,14 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished worker processes."""
+    import resource
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subjects", type=int, default=40)
@@ -74,10 +84,12 @@ def main() -> None:
             single.append(time.perf_counter() - start)
 
         out = args.out or Path(scratch) / "cohort"
+        cpu_before = _cpu_seconds()
         start = time.perf_counter()
         synthesize_cohort(out, subjects=args.subjects, seed=args.seed, profile=args.profile,
                           workers=args.workers, cache_dir=args.cache_dir)
         cohort_seconds = time.perf_counter() - start
+        cohort_cpu_seconds = _cpu_seconds() - cpu_before
 
         start = time.perf_counter()
         folders = [subject.flair.parent.parent for subject in discover(out)]
@@ -94,7 +106,9 @@ def main() -> None:
         "workers": args.workers,
         "seconds_per_subject": round(cohort_seconds / args.subjects, 3),
         "single_process_seconds_per_subject": round(float(np.median(single)), 3),
+        "cpu_seconds_per_subject": round(cohort_cpu_seconds / args.subjects, 3),
         "cohort_seconds": round(cohort_seconds, 2),
+        "load_average_1min": round(os.getloadavg()[0], 2),
         "anatomy_seconds": round(anatomy_seconds, 2),
         "measure_seconds": round(measure_seconds, 2),
         "megabytes_per_subject": round(bytes_written / args.subjects / 1e6, 2),

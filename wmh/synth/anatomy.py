@@ -30,10 +30,10 @@ import numpy as np
 from scipy import ndimage as ndi
 
 ANATOMY_VERSION = 3  # bump when a derivation below changes
-HEAD_MARGIN_MM = 15  # head shells reach 13 mm beyond the brain
+HEAD_MARGIN_MM = 18  # head shells reach 13 mm (up to ~17 mm stretched) beyond the brain
 # Head shells as distance (mm) outside the brain: (class, inner edge, outer edge).
-HEAD_SHELLS = (("csf", 0.0, 2.0), ("bone", 2.0, 3.5), ("marrow", 3.5, 6.0),
-               ("bone", 6.0, 7.5), ("fat", 7.5, 11.5), ("skin", 11.5, 13.0))
+HEAD_SHELLS = (("csf", 0.0, 2.0), ("bone", 2.0, 3.2), ("marrow", 3.2, 6.4),
+               ("bone", 6.4, 7.4), ("fat", 7.4, 11.5), ("skin", 11.5, 13.0))
 HEAD_CLASSES = ("bone", "marrow", "fat", "skin")
 
 _FLOAT_FIELDS = ("t1", "gm", "wm", "csf", "d_out", "d_ventricles", "d_cortex", "prior")
@@ -50,7 +50,8 @@ class Anatomy:
         crop_offset: voxel offset of this grid inside the template grid.
         t1: template T1 intensity in [0, 1] (0 outside the brain).
         gm, wm, csf: tissue fractions inside the brain (sum 1 there, 0 outside).
-        d_out: distance outside the brain mask, mm (0 inside).
+        d_out: distance outside the brain mask, mm (0 inside), locally stretched so that
+            the head shells vary in thickness.
         d_ventricles: distance to the nearest lateral ventricle, mm.
         d_cortex: distance to cortex, mm.
         prior: WMH prior probability in [0, 1].
@@ -114,7 +115,7 @@ class Anatomy:
         """Lateral cortex in the middle cerebral artery territory, per side (-1 left)."""
         x, y, z = self.axes_mm()
         lateral = self.cortex & (y > -50) & (y < 30) & (z > 0) & (z < 50)
-        return {side: lateral & (x * side > 40) for side in (-1, 1)}
+        return {side: lateral & (x * side > 48) for side in (-1, 1)}
 
     @functools.cached_property
     def head(self) -> dict[str, np.ndarray]:
@@ -232,7 +233,12 @@ def derive_anatomy() -> Anatomy:
     cortex = (gm > 0.4) & (d_outer_csf <= 3) & brain & (depth < 30)
     d_cortex = ndi.distance_transform_edt(~cortex).astype(np.float32)
     d_ventricles = ndi.distance_transform_edt(ventricles == 0).astype(np.float32)
-    d_out = ndi.distance_transform_edt(~brain).astype(np.float32)
+    # distance outside the brain, locally stretched by up to ~25 % so that skull and scalp
+    # thickness vary around the head (a fixed field: part of the reference anatomy)
+    stretch = ndi.gaussian_filter(np.random.default_rng(0).standard_normal(brain.shape)
+                                  .astype(np.float32), 10.0)
+    stretch /= stretch.std()
+    d_out = (ndi.distance_transform_edt(~brain) * np.exp(-0.12 * stretch)).astype(np.float32)
 
     supratentorial = (z > -12) & ~((y < -45) & (z < 8))
     lesion_region = ((wm > 0.35) & brain & supratentorial & (ventricles == 0)

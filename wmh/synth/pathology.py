@@ -240,10 +240,10 @@ def place_hard_negatives(rng: np.random.Generator, anatomy: Anatomy, overlay: Ov
         scale = core_radius + rim
         soft_core = np.clip((core_radius / scale - distance) * scale + 0.5, 0, 1)
         soft_outer *= anatomy.brain[box]
-        wins = overlay.paint(box, soft_outer, bright(), 0.85)
+        flair_level, t1_level = _cored(soft_core, (bright(), 0.85),
+                                       (contrast.csf_flair, contrast.csf_t1))
+        wins = overlay.paint(box, soft_outer, flair_level, t1_level)
         overlay.hard_negative[box] |= wins & (soft_outer > 0.5) & (soft_core < 0.5)
-        overlay.paint(box, soft_core.astype(np.float32), contrast.csf_flair, contrast.csf_t1)
-        overlay.hard_negative[box] &= ~(soft_core >= 0.5)
 
     # 4. corticospinal tract (posterior limb of the internal capsule): bilateral, faint
     tract = False
@@ -272,16 +272,26 @@ def place_infarct(rng: np.random.Generator, anatomy: Anatomy, overlay: Overlay,
     side = int(rng.choice([-1, 1]))
     centre = _choose_voxels(rng, anatomy.infarct_sites[side], 1)[0].astype(np.float32)
     radius = float(rng.uniform(9, 17))
-    centre[0] -= side * radius * 0.4  # reach inwards from the cortex
+    centre[0] -= side * radius * 0.15  # a cortical-subcortical dome
     box, soft, distance = _blob(rng, centre, radius, anatomy.shape, roughness=0.3)
     soft *= anatomy.brain[box] & ((anatomy.gm[box] + anatomy.wm[box]) > 0.3)
-    core = np.clip((0.75 - distance) * radius + 0.5, 0, 1) * (soft > 0)
-    overlay.paint(box, soft, contrast.wmh_flair * rng.uniform(0.85, 1.05), 0.75)
-    overlay.paint(box, core.astype(np.float32), contrast.csf_flair * 1.3, contrast.csf_t1 * 1.2)
+    rim_mm = float(rng.uniform(2.0, 3.5))
+    core = np.clip((1 - rim_mm / radius - distance) * radius + 0.5, 0, 1) * (soft > 0)
+    flair_level, t1_level = _cored(core, (contrast.wmh_flair * rng.uniform(0.85, 1.05), 0.75),
+                                   (contrast.csf_flair * 1.3, contrast.csf_t1 * 1.2))
+    overlay.paint(box, soft, flair_level, t1_level)
     overlay.infarct[box] |= soft > 0.5
     overlay.wmh[box] *= soft < 0.5
     return {"infarct": True, "infarct_side": "left" if side < 0 else "right",
             "infarct_radius_mm": round(radius, 2)}
+
+
+def _cored(core: np.ndarray, rim_levels: tuple, core_levels: tuple) -> tuple:
+    """(FLAIR, T1) level arrays of a lesion whose core (fraction ``core``) is CSF-like
+    tissue and whose rim is gliosis."""
+    core = core.astype(np.float32)
+    return tuple((rim + core * (inner - rim)).astype(np.float32)
+                 for rim, inner in zip(rim_levels, core_levels))
 
 
 # ------------------------------------------------------------------- observers

@@ -45,7 +45,7 @@ class AcquisitionProfile:
     oblique_degrees: float = 0.0
     three_d: bool = False
     t1_mm: float = 1.0
-    t1_matrix: tuple[int, int, int] = (176, 216, 180)
+    t1_matrix: tuple[int, int, int] = (184, 220, 180)
     t1_orientation: str = "RAS"
     snr: tuple[float, float] = (14.0, 26.0)
 

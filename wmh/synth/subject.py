@@ -219,7 +219,7 @@ class TissueContrast:
 def draw_contrast(rng: np.random.Generator) -> TissueContrast:
     csf_flair = float(rng.uniform(0.12, 0.28))
     flair = {"wm": 1.0, "gm": float(rng.uniform(1.12, 1.28)), "csf": csf_flair,
-             "bone": 0.05, "marrow": float(rng.uniform(0.45, 0.75)),
+             "bone": 0.05, "marrow": float(rng.uniform(0.3, 0.6)),
              "fat": float(rng.uniform(0.75, 1.05)), "skin": float(rng.uniform(0.45, 0.65))}
     gamma = float(rng.uniform(0.85, 1.2))
     t1_csf = float((0.30 / 0.86) ** gamma)
@@ -231,12 +231,22 @@ def draw_contrast(rng: np.random.Generator) -> TissueContrast:
 
 
 def compose_mni_images(anatomy: Anatomy, overlay: Overlay, contrast: TissueContrast,
-                       skull_stripped: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Noise-free FLAIR and T1 on the MNI grid (white matter = 1)."""
+                       skull_stripped: bool, sulcal_widening: float = 1.0,
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Noise-free FLAIR and T1 on the MNI grid (white matter = 1).
+
+    ``sulcal_widening`` >= 1 multiplies the CSF fraction in the brain (atrophy widens the
+    sulci; the template, an average of 152 brains, has them blurred and narrow).
+    """
     head = {} if skull_stripped else anatomy.head
-    flair = (contrast.flair["gm"] * anatomy.gm + contrast.flair["wm"] * anatomy.wm
-             + contrast.flair["csf"] * anatomy.csf)
+    csf = np.minimum(anatomy.csf * np.float32(sulcal_widening), 1)
+    tissue_scale = (1 - csf) / np.maximum(1 - anatomy.csf, np.float32(1e-3))
+    flair = (contrast.flair["gm"] * anatomy.gm + contrast.flair["wm"] * anatomy.wm) * tissue_scale
+    flair += contrast.flair["csf"] * csf
     t1 = np.power(anatomy.t1 / np.float32(0.86), np.float32(contrast.t1_gamma))
+    # the added CSF replaces tissue of the template's own mixture in each voxel
+    gained = (csf - anatomy.csf) / np.maximum(1 - anatomy.csf, np.float32(1e-3))
+    t1 += gained * (np.float32(contrast.t1["csf"]) - t1)
     for name, fraction in head.items():
         flair += contrast.flair[name] * fraction
         t1 += contrast.t1[name] * fraction
@@ -308,7 +318,8 @@ def generate_subject(subject_id: str, seed: int, profile: AcquisitionProfile,
                                 0.0, 0.33))
     warp = random_warp(rng, anatomy, enlargement)
 
-    flair_mni, t1_mni = compose_mni_images(anatomy, overlay, contrast, skull_stripped)
+    flair_mni, t1_mni = compose_mni_images(anatomy, overlay, contrast, skull_stripped,
+                                           sulcal_widening=1.2 + 2.0 * enlargement)
     codes = code_map(anatomy, overlay)
     wmh_mni = overlay.wmh
     del overlay
@@ -340,6 +351,10 @@ def generate_subject(subject_id: str, seed: int, profile: AcquisitionProfile,
     mni_mm = np.round(np.moveaxis(mni_mm, 0, -1) / COORDINATE_STEP_MM) * COORDINATE_STEP_MM
     del coordinates
 
+    # fine tissue heterogeneity (a few per cent, ~1.5 mm grain, independent per slice)
+    texture = ndi.gaussian_filter(rng.standard_normal(flair_signal.shape, dtype=np.float32),
+                                  (1.5 / profile.flair_spacing[0], 1.5 / profile.flair_spacing[1], 0))
+    flair_signal *= 1 + np.float32(0.03 / max(float(texture.std()), 1e-6)) * texture
     flair_gain = float(rng.uniform(250, 700))
     snr = float(rng.uniform(*profile.snr))
     flair = acquire(rng, flair_signal, flair_gain, snr, bias_amplitude=0.12)
