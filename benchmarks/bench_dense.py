@@ -60,10 +60,11 @@ def main() -> None:
     dense = model if args.arch == "msef" else build_dense_model(model, config, 2,
                                                                 args.fft_size)
     build_seconds = time.perf_counter() - start
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     probabilities = predict_slices(dense, config, images, loc_maps, brain,
                                    batch_size=args.batch_size)
     dense_seconds = time.perf_counter() - start
+    dense_cpu_seconds = time.process_time() - start_cpu
 
     voxels = np.argwhere(brain)
     chosen = voxels[rng.choice(len(voxels), min(args.patch_voxels, len(voxels)),
@@ -86,6 +87,8 @@ def main() -> None:
         "brain_mask": "ellipsoid, semi-axes 85 x 70 voxels in plane, 22 slices",
         "dense_build_seconds": round(build_seconds, 2),
         "dense_seconds": round(dense_seconds, 2),
+        "dense_cpu_seconds": round(dense_cpu_seconds, 2),
+        "load_average_1min": round(os.getloadavg()[0], 2),
         "patchwise_seconds": round(patch_seconds, 1),
         "patchwise_seconds_note": f"measured on {len(chosen)} random brain voxels, "
                                   "extrapolated linearly to all brain voxels",

@@ -129,30 +129,56 @@ def kernel_spectrum(kernel: np.ndarray, fft_size: int) -> np.ndarray:
         fft_size: tile side N >= K.
 
     Returns:
-        (N * (N//2 + 1), C, 2U) float32: [real | imaginary] parts of conj(rfft2(kernel
-        zero-padded to N x N)), frequency-major, computed in float64.
+        (2, N * (N//2 + 1), C, U) float32: real and imaginary parts of conj(rfft2(kernel
+        zero-padded to N x N)), row-major over the (N, N//2 + 1) frequencies; computed in
+        float64.
     """
     size, _, channels, units = kernel.shape
     bins = fft_size * (fft_size // 2 + 1)
-    spectrum = np.empty((bins, channels, 2 * units), np.float32)
+    spectrum = np.empty((2, bins, channels, units), np.float32)
     for start in range(0, units, 16):  # chunks keep the float64 transient small
         chunk = kernel[..., start:start + 16].astype(np.float64)
         padded = np.zeros((fft_size, fft_size) + chunk.shape[2:])
         padded[:size, :size] = chunk
         transformed = np.conj(np.fft.rfft2(padded, axes=(0, 1))).reshape(bins, channels, -1)
-        stop = start + transformed.shape[-1]
-        spectrum[:, :, start:stop] = transformed.real
-        spectrum[:, :, units + start:units + stop] = transformed.imag
+        spectrum[0, :, :, start:start + transformed.shape[-1]] = transformed.real
+        spectrum[1, :, :, start:start + transformed.shape[-1]] = transformed.imag
     return spectrum
+
+
+def _inverse_dft_matrices(fft_size: int, outputs: int) -> tuple[np.ndarray, np.ndarray]:
+    """Real matrices that take the four real products of a half spectrum to the first
+    ``outputs`` x ``outputs`` values of its inverse 2-D real DFT (see FFTConv2D.call)."""
+    size, half = fft_size, fft_size // 2 + 1
+    rows = np.exp(2j * np.pi * np.outer(np.arange(outputs), np.arange(size)) / size) / size
+    real, imaginary = rows.real, rows.imag
+    # Y = (XrKr - XiKi) + i (XrKi + XiKr); Z = rows @ Y, laid out (output row, Re/Im).
+    # Products are indexed [kernel part b][input part a]: 0 = real, 1 = imaginary.
+    row_matrix = np.zeros((outputs, 2, 2, 2, size))
+    row_matrix[:, 0, 0, 0], row_matrix[:, 0, 1, 1] = real, -real  # Re Z from XrKr, XiKi
+    row_matrix[:, 0, 1, 0], row_matrix[:, 0, 0, 1] = -imaginary, -imaginary  # XrKi, XiKr
+    row_matrix[:, 1, 1, 0], row_matrix[:, 1, 0, 1] = real, real  # Im Z from XrKi, XiKr
+    row_matrix[:, 1, 0, 0], row_matrix[:, 1, 1, 1] = imaginary, -imaginary  # XrKr, XiKi
+    # Columns: a real result from the half spectrum (Hermitian symmetry doubles the inner
+    # frequencies).
+    weights = np.where((np.arange(half) == 0) | (np.arange(half) == size // 2), 1.0, 2.0)
+    columns = np.exp(2j * np.pi * np.outer(np.arange(outputs), np.arange(half)) / size) \
+        * weights / size
+    column_matrix = np.concatenate([columns.real, -columns.imag], axis=1)  # (out, Re|Im)
+    return (row_matrix.reshape(2 * outputs, 4 * size).astype(np.float32),
+            column_matrix[None].astype(np.float32))
 
 
 @keras.saving.register_keras_serializable(package="wmh")
 class FFTConv2D(keras.layers.Layer):
     """Valid K x K cross-correlation by overlap-save FFT on N x N tiles, plus bias.
 
-    Equals ``Conv2D(filters, K, padding="valid")`` up to float rounding; per output
-    voxel it costs ~4 N^2/(N-K+1)^2 * C * filters real multiply-adds instead of
-    K^2 * C * filters. Weights: ``spectrum`` (see :func:`kernel_spectrum`) and ``bias``.
+    Equals ``Conv2D(filters, K, padding="valid")`` up to float rounding. Per N x N tile
+    (S x S outputs, S = N-K+1) it costs one real FFT per input channel, then per
+    frequency a (tiles x C) x (C x filters) product for each of the four real/imaginary
+    pairs, then an inverse DFT done as two real matrix products that also combine the
+    pairs and keep only the S x S valid outputs. Weights: ``spectrum`` (see
+    :func:`kernel_spectrum`) and ``bias``, both non-trainable (inference only).
 
     Input (B, H, W, C) -> output (B, H-K+1, W-K+1, filters).
     """
@@ -162,14 +188,15 @@ class FFTConv2D(keras.layers.Layer):
         super().__init__(**kwargs)
         if fft_size < kernel_size:
             raise ValueError(f"fft_size {fft_size} is smaller than kernel_size {kernel_size}")
-        self.filters, self.kernel_size, self.fft_size = int(filters), int(kernel_size), \
-            int(fft_size)
+        self.filters, self.kernel_size, self.fft_size = (int(filters), int(kernel_size),
+                                                         int(fft_size))
+        self.step = self.fft_size - self.kernel_size + 1
+        self._row_matrix, self._column_matrix = _inverse_dft_matrices(self.fft_size, self.step)
 
     def build(self, input_shape):
         bins = self.fft_size * (self.fft_size // 2 + 1)
-        self.spectrum = self.add_weight(
-            shape=(bins, input_shape[-1], 2 * self.filters), initializer="zeros",
-            trainable=False, name="spectrum")
+        self.spectrum = self.add_weight(shape=(2, bins, input_shape[-1], self.filters),
+                                        initializer="zeros", trainable=False, name="spectrum")
         self.bias = self.add_weight(shape=(self.filters,), initializer="zeros",
                                     trainable=False, name="bias")
 
@@ -179,31 +206,36 @@ class FFTConv2D(keras.layers.Layer):
         self.bias.assign(bias)
 
     def call(self, inputs):
-        size, step, units = self.fft_size, self.fft_size - self.kernel_size + 1, self.filters
+        size, step, units = self.fft_size, self.step, self.filters
+        half = size // 2 + 1
         shape = tf.shape(inputs)
         batch, height, width, channels = shape[0], shape[1], shape[2], inputs.shape[-1]
         out_height, out_width = height - self.kernel_size + 1, width - self.kernel_size + 1
-        tiles_down, tiles_across = -(-out_height // step), -(-out_width // step)
-        padded = tf.pad(inputs, [[0, 0], [0, tiles_down * step + size - step - height],
-                                 [0, tiles_across * step + size - step - width], [0, 0]])
-        # Overlapping N x N tiles at stride N-K+1: (B, down, N, across, N, C).
-        tiles = tf.signal.frame(tf.signal.frame(padded, size, step, axis=1), size, step, axis=3)
-        tiles = tf.transpose(tiles, (0, 1, 3, 5, 2, 4))  # (B, down, across, C, N, N)
-        n_tiles = batch * tiles_down * tiles_across
-        bins = size * (size // 2 + 1)
-        spectra = tf.reshape(tf.signal.rfft2d(tiles), (n_tiles, channels, bins))
-        spectra = tf.transpose(spectra, (2, 0, 1))  # (bins, tiles, C)
-        # One real matrix product per frequency gives all four real/imaginary cross terms.
-        products = tf.matmul(tf.concat([tf.math.real(spectra), tf.math.imag(spectra)], 1),
-                             self.spectrum)  # (bins, 2 tiles, 2 units)
-        real = products[:, :n_tiles, :units] - products[:, n_tiles:, units:]
-        imaginary = products[:, :n_tiles, units:] + products[:, n_tiles:, :units]
-        result = tf.transpose(tf.complex(real, imaginary), (1, 2, 0))  # (tiles, units, bins)
-        result = tf.reshape(result, (n_tiles, units, size, size // 2 + 1))
-        result = tf.signal.irfft2d(result, fft_length=[size, size])[:, :, :step, :step]
-        result = tf.reshape(result, (batch, tiles_down, tiles_across, units, step, step))
-        result = tf.transpose(result, (0, 1, 4, 2, 5, 3))
-        result = tf.reshape(result, (batch, tiles_down * step, tiles_across * step, units))
+        down, across = -(-out_height // step), -(-out_width // step)
+        padded_width = across * step + size - step
+        padded = tf.pad(inputs, [[0, 0], [0, down * step + size - step - height],
+                                 [0, padded_width - width], [0, 0]])
+        # Overlapping N x N tiles at stride S, gathered as (tiles, C, N, N).
+        tile_rows = tf.range(down)[:, None] * step + tf.range(size)[None, :]
+        tile_cols = tf.range(across)[:, None] * step + tf.range(size)[None, :]
+        index = tile_rows[:, None, :, None] * padded_width + tile_cols[None, :, None, :]
+        tiles = tf.gather(tf.reshape(padded, (batch, -1, channels)), index, axis=1)
+        n_tiles = batch * down * across
+        tiles = tf.transpose(tf.reshape(tiles, (n_tiles, size * size, channels)), (0, 2, 1))
+        spectra = tf.signal.rfft2d(tf.reshape(tiles, (n_tiles, channels, size, size)))
+        # Frequency-major real and imaginary planes: (1, 2, bins, tiles, C).
+        spectra = tf.transpose(tf.reshape(spectra, (n_tiles * channels, size * half)))
+        planes = tf.transpose(tf.reshape(tf.bitcast(spectra, tf.float32), (-1, 2)))
+        planes = tf.reshape(planes, (1, 2, size * half, n_tiles, channels))
+        # Per frequency, the four real products [kernel part][input part]: (2, 2, bins, T, U).
+        products = tf.matmul(planes, self.spectrum[:, None])
+        # Inverse DFT over frequency rows, combining the four products: (S, Re|Im, half, T U).
+        rows = tf.matmul(self._row_matrix, tf.reshape(products, (4 * size, -1)))
+        # Inverse real DFT over frequency columns: (S rows, S cols, tiles * units).
+        result = tf.matmul(self._column_matrix, tf.reshape(rows, (step, 2 * half, -1)))
+        result = tf.reshape(result, (step, step, batch, down, across, units))
+        result = tf.transpose(result, (2, 3, 0, 4, 1, 5))
+        result = tf.reshape(result, (batch, down * step, across * step, units))
         return result[:, :out_height, :out_width, :] + self.bias
 
     def compute_output_shape(self, input_shape):
