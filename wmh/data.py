@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -198,26 +199,29 @@ def _chunk_bounds(block: _Block, batch_size: int) -> list[tuple[int, int]]:
     return bounds
 
 
-def _output_arrays(size: int, channels: int, buffer=None) -> dict[str, np.ndarray]:
-    """The arrays of one chunk: s1..s3 (size, 32, 32, C), loc (size, 8), label, index;
-    views on ``buffer`` (a shared-memory slot) when given."""
-    layout = [(name, (size, PATCH_SIZE, PATCH_SIZE, channels), np.float32)
+def _batch_layout(size: int, channels: int) -> list[tuple[str, tuple, np.dtype]]:
+    """Fields of a batch buffer, in order: s1..s3 (size, 32, 32, C) float32, loc (size, 8)
+    float32, label (size,) int32, index (size,) int64."""
+    layout = [(name, (size, PATCH_SIZE, PATCH_SIZE, channels), np.dtype(np.float32))
               for name in SCALE_NAMES]
-    layout += [("loc", (size, N_LOCATION_FEATURES), np.float32), ("label", (size,), np.int32),
-               ("index", (size,), np.int64)]
-    if buffer is None:
-        return {name: np.empty(shape, dtype) for name, shape, dtype in layout}
-    arrays, offset = {}, 0
-    for name, shape, dtype in layout:
-        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        arrays[name] = np.frombuffer(buffer, dtype, int(np.prod(shape)), offset).reshape(shape)
-        offset += nbytes
-    return arrays
+    return layout + [("loc", (size, N_LOCATION_FEATURES), np.dtype(np.float32)),
+                     ("label", (size,), np.dtype(np.int32)),
+                     ("index", (size,), np.dtype(np.int64))]
 
 
-def _chunk_nbytes(size: int, channels: int) -> int:
-    per_sample = (len(SCALES) * PATCH_SIZE * PATCH_SIZE * channels + N_LOCATION_FEATURES) * 4
-    return size * (per_sample + 4 + 8)
+def _batch_nbytes(size: int, channels: int) -> int:
+    return sum(int(np.prod(shape)) * dtype.itemsize
+               for _, shape, dtype in _batch_layout(size, channels))
+
+
+def _batch_views(buffer, size: int, channels: int) -> dict[str, np.ndarray]:
+    """Named array views on a batch buffer of ``size`` samples (any writable buffer)."""
+    views, offset = {}, 0
+    for name, shape, dtype in _batch_layout(size, channels):
+        count = int(np.prod(shape))
+        views[name] = np.frombuffer(buffer, dtype, count, offset).reshape(shape)
+        offset += count * dtype.itemsize
+    return views
 
 
 class _BlockCutter:
@@ -237,8 +241,7 @@ class _BlockCutter:
         try:
             self._file = h5py.File(self.samples_path, "r", rdcc_nbytes=16 << 20)
             group = self._file[split]
-            self._voxel, self._label = group["voxel"], group["label"]
-            self._location = group["location"]
+            self._table = group["samples"]
             self._slices = group["slices"][()]
         except (OSError, KeyError) as error:
             raise self._error(error) from None
@@ -246,8 +249,8 @@ class _BlockCutter:
         height, width = max_slice_shape
         self._phases, self._windows = {}, {}
         for k in SCALES:
-            side_h = -(-(height + 2 * scale_margin(k)) // k)
-            side_w = -(-(width + 2 * scale_margin(k)) // k)
+            side_h = (-(-height // 4) * 4 + 2 * scale_margin(k)) // k  # canvas: see _load
+            side_w = (-(-width // 4) * 4 + 2 * scale_margin(k)) // k
             phases = np.zeros((block_slices, k, k, side_h, side_w, channels), np.float32)
             strides = phases.strides
             self._phases[k] = phases
@@ -283,27 +286,31 @@ class _BlockCutter:
         for slot, row in enumerate(block.rows):
             subject, z, start, count = (int(v) for v in self._slices[row])
             dataset, origin = self._volume(subject)
-            image = dataset[z - origin[2], :, :, :self.channels].astype(np.float32)
-            means = padded_box_means(image)
+            image = dataset[z - origin[2], :, :, :self.channels]
+            # A canvas of a multiple of 4 (zeros beyond the crop are zeros of the grid), so
+            # each scale's box means split into k x k phases by one reshape.
+            height, width = image.shape[:2]
+            canvas = np.zeros((-(-height // 4) * 4, -(-width // 4) * 4, self.channels),
+                              np.float32)
+            canvas[:height, :width] = image
+            means = padded_box_means(canvas)
             for k in SCALES:
+                rows, cols = means[k].shape[0] // k, means[k].shape[1] // k
                 phases = self._phases[k][slot]
-                phases[...] = 0.0
-                for p in range(k):
-                    for q in range(k):
-                        component = means[k][p::k, q::k]
-                        phases[p, q, :component.shape[0], :component.shape[1]] = component
-            voxel = self._voxel[start:start + count]
-            label = self._label[start:start + count]
-            location = self._location[start:start + count]
+                phases[:, :, :rows, :cols] = means[k].reshape(
+                    rows, k, cols, k, self.channels).transpose(1, 3, 0, 2, 4)
+                phases[:, :, rows:] = 0.0
+                phases[:, :, :rows, cols:] = 0.0
+            table = self._table[start:start + count]
             offsets = np.arange(count)
             if block.selections is not None:
                 offsets = block.selections[slot]
-                voxel, label, location = voxel[offsets], label[offsets], location[offsets]
+                table = table[offsets]
             parts["slot"].append(np.full(len(offsets), slot, np.int64))
-            parts["row"].append(voxel[:, 2].astype(np.int64) - origin[0])
-            parts["col"].append(voxel[:, 3].astype(np.int64) - origin[1])
-            parts["label"].append(label.astype(np.int32))
-            parts["location"].append(location.astype(np.float32))
+            parts["row"].append(table["row"].astype(np.int64) - origin[0])
+            parts["col"].append(table["col"].astype(np.int64) - origin[1])
+            parts["label"].append(table["label"].astype(np.int32))
+            parts["location"].append(table["location"])
             parts["index"].append(start + offsets)
         samples = {name: np.concatenate(values) for name, values in parts.items()}
         if block.shuffle_seed is not None:
@@ -326,34 +333,66 @@ class _BlockCutter:
         self._file.close()
 
 
+class _BufferPool:
+    """Batch buffers reused once nothing else references them: a fresh multi-megabyte
+    allocation per batch costs more in page faults than cutting the batch. A buffer still
+    referenced (by a consumer's arrays, or by TensorFlow were it ever to alias it) is never
+    reused."""
+
+    MAX_BUFFERS = 8
+
+    def __init__(self, nbytes: int):
+        self.nbytes = nbytes
+        self._buffers: list[np.ndarray] = []
+
+    def take(self) -> np.ndarray:
+        for buffer in self._buffers:
+            if sys.getrefcount(buffer) <= 3:  # the list, this loop variable, the argument
+                return buffer
+        buffer = np.empty(self.nbytes, np.uint8)
+        if len(self._buffers) < self.MAX_BUFFERS:
+            self._buffers.append(buffer)
+        return buffer
+
+
 class _Assembler:
-    """Turns block-aligned chunks into batches of exactly ``batch_size`` (the last of an
-    epoch may be smaller)."""
+    """Turns block-aligned chunks into batch buffers of exactly ``batch_size`` samples (the
+    last of an epoch may hold fewer). A batch travels as one uint8 buffer laid out by
+    :func:`_batch_layout` for ``batch_size`` samples, plus its sample count: one copy
+    and one conversion per batch on the consumer side."""
 
     def __init__(self, batch_size: int, channels: int):
         self.batch_size, self.channels = batch_size, channels
-        self._carry, self._filled = None, 0
+        self.pool = _BufferPool(_batch_nbytes(batch_size, channels))
+        self._carry, self._views, self._filled = None, None, 0
 
-    def add(self, arrays: dict[str, np.ndarray], size: int, copy: bool):
-        """Yields the batches completed by a chunk of ``size`` samples."""
+    def add(self, buffer: np.ndarray, size: int, copy: bool):
+        """Yields the (buffer, count) batches completed by a chunk of ``size`` samples;
+        ``copy`` when ``buffer`` is about to be overwritten (a shared-memory slot)."""
         if self._filled == 0 and size == self.batch_size:
-            yield {name: (values[:size].copy() if copy else values[:size])
-                   for name, values in arrays.items()}
+            if copy:
+                target = self.pool.take()
+                np.copyto(target, buffer)
+                buffer = target
+            yield buffer, size
             return
         if self._carry is None:
-            self._carry = _output_arrays(self.batch_size, self.channels)
-        for name, values in arrays.items():
-            self._carry[name][self._filled:self._filled + size] = values[:size]
+            self._carry = self.pool.take()
+            self._views = _batch_views(self._carry, self.batch_size, self.channels)
+        chunk = _batch_views(buffer, self.batch_size, self.channels)
+        for name, values in self._views.items():
+            values[self._filled:self._filled + size] = chunk[name][:size]
         self._filled += size
         if self._filled == self.batch_size:
-            yield self._carry
-            self._carry, self._filled = None, 0
+            carry, self._carry, self._views, self._filled = self._carry, None, None, 0
+            yield carry, self.batch_size
 
     def finish(self):
         """Yields the last, partial batch of the epoch, if any."""
         if self._filled:
-            yield {name: values[:self._filled] for name, values in self._carry.items()}
-        self._carry, self._filled = None, 0
+            carry, filled = self._carry, self._filled
+            self._carry, self._views, self._filled = None, None, 0
+            yield carry, filled
 
 
 def _worker_main(samples_path, split, channels, max_slice_shape, block_slices, batch_size,
@@ -361,9 +400,9 @@ def _worker_main(samples_path, split, channels, max_slice_shape, block_slices, b
     """A producer process: cuts its blocks' chunks into shared-memory slots, in order."""
     import queue
 
-    slot_bytes = _chunk_nbytes(batch_size, channels)
-    slots = [_output_arrays(batch_size, channels,
-                            memoryview(buffer).cast("B")[i * slot_bytes:(i + 1) * slot_bytes])
+    slot_bytes = _batch_nbytes(batch_size, channels)
+    memory = np.frombuffer(buffer, np.uint8)
+    slots = [_batch_views(memory[i * slot_bytes:(i + 1) * slot_bytes], batch_size, channels)
              for i in range(SLOTS_PER_WORKER)]
     try:
         cutter = _BlockCutter(samples_path, split, channels, max_slice_shape, block_slices)
@@ -461,6 +500,13 @@ class SampleStream:
     def epoch(self, epoch: int):
         """Yields the batches of one epoch: dicts of s1, s2, s3 (B, 32, 32, C) float32,
         loc (B, 8) float32, label (B,) int32 and index (B,) int64 (row in the split)."""
+        for buffer, size in self.raw_epoch(epoch):
+            views = _batch_views(buffer, self.batch_size, self.channels)
+            yield {name: values[:size] for name, values in views.items()}
+
+    def raw_epoch(self, epoch: int):
+        """Yields the batches of one epoch as (uint8 buffer, sample count); the buffer is
+        laid out by ``_batch_layout(batch_size, channels)`` and owned by the caller."""
         blocks = self.blocks(epoch)
         if self.workers <= 0:
             yield from self._epoch_in_process(blocks)
@@ -478,9 +524,10 @@ class SampleStream:
             for block in blocks:
                 cutter.load(block)
                 for start, stop in _chunk_bounds(block, self.batch_size):
-                    chunk = _output_arrays(stop - start, self.channels)
-                    cutter.cut(start, stop, chunk)
+                    chunk = assembler.pool.take()
+                    cutter.cut(start, stop, _batch_views(chunk, self.batch_size, self.channels))
                     yield from assembler.add(chunk, stop - start, copy=False)
+                    del chunk
             yield from assembler.finish()
         finally:
             cutter.close()
@@ -493,12 +540,12 @@ class SampleStream:
 
         context = multiprocessing.get_context("spawn")  # never fork a TensorFlow process
         count = min(self.workers, max(1, len(blocks)))
-        slot_bytes = _chunk_nbytes(self.batch_size, self.channels)
+        slot_bytes = _batch_nbytes(self.batch_size, self.channels)
         buffers, free_queues, result_queues, processes = [], [], [], []
         assembler = _Assembler(self.batch_size, self.channels)
         try:
             for worker in range(count):
-                buffer = context.RawArray("b", slot_bytes * SLOTS_PER_WORKER)
+                buffer = context.RawArray("B", slot_bytes * SLOTS_PER_WORKER)
                 free, results = context.Queue(), context.Queue()
                 for slot in range(SLOTS_PER_WORKER):
                     free.put(slot)
@@ -508,10 +555,9 @@ class SampleStream:
                           self.info.max_slice_shape, self.block_slices, self.batch_size,
                           blocks[worker::count], buffer, free, results, os.getpid()))
                 process.start()
-                buffers.append([_output_arrays(
-                    self.batch_size, self.channels,
-                    memoryview(buffer).cast("B")[i * slot_bytes:(i + 1) * slot_bytes])
-                    for i in range(SLOTS_PER_WORKER)])
+                memory = np.frombuffer(buffer, np.uint8)
+                buffers.append([memory[i * slot_bytes:(i + 1) * slot_bytes]
+                                for i in range(SLOTS_PER_WORKER)])
                 free_queues.append(free)
                 result_queues.append(results)
                 processes.append(process)
@@ -616,19 +662,26 @@ def make_dataset(samples_dir, split: str, batch_size: int = 128, seed: int = 0,
     stream = SampleStream(samples_dir, split, batch_size, seed, shuffle, use_t1, max_samples,
                           workers, block_slices)
     names = SCALE_NAMES + ("loc",) + (("index",) if include_index else ())
-    patch_spec = tf.TensorSpec((None, PATCH_SIZE, PATCH_SIZE, stream.channels), tf.float32)
-    features = {name: patch_spec for name in SCALE_NAMES}
-    features["loc"] = tf.TensorSpec((None, N_LOCATION_FEATURES), tf.float32)
-    if include_index:
-        features["index"] = tf.TensorSpec((None,), tf.int64)
-    signature = (features, tf.TensorSpec((None,), tf.int32))
     epochs = itertools.count()
+    layout = _batch_layout(batch_size, stream.channels)
 
     def generate():
-        for batch in stream.epoch(next(epochs)):
-            yield {name: batch[name] for name in names}, batch["label"]
+        yield from stream.raw_epoch(next(epochs))
 
-    dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
+    def split(buffer, size):
+        # The batch buffer -> named tensors, in TensorFlow's threads (no Python, no GIL).
+        fields, offset = {}, 0
+        for name, shape, dtype in layout:
+            nbytes = int(np.prod(shape)) * dtype.itemsize
+            part = tf.reshape(buffer[offset:offset + nbytes], (-1, dtype.itemsize))
+            fields[name] = tf.reshape(tf.bitcast(part, tf.as_dtype(dtype)), shape)[:size]
+            offset += nbytes
+        return {name: fields[name] for name in names}, fields["label"]
+
+    raw_signature = (tf.TensorSpec((_batch_nbytes(batch_size, stream.channels),), tf.uint8),
+                     tf.TensorSpec((), tf.int64))
+    dataset = tf.data.Dataset.from_generator(generate, output_signature=raw_signature)
     if repeat:
         dataset = dataset.repeat()
+    dataset = dataset.map(split, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)

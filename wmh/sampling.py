@@ -33,9 +33,9 @@ interrupted build leaves nothing that :func:`open_samples` trusts. Files:
 * ``splits.json``: the splits, the key and the hashes it came from.
 * ``samples.h5``: for each sampled subject its images, cropped to the bounding box of
   brain and non-zero voxels, as ``volumes/<index>`` (Z', X', Y', C) float16, one axial
-  slice per chunk; per split ``<split>/voxel`` (N, 4) int16 = subject index, slice z,
-  row x, col y on the working grid; ``<split>/label`` (N,) uint8 (0/1);
-  ``<split>/location`` (N, 8) float32; ``<split>/slices`` (M, 4) int64 = subject index,
+  slice per chunk; per split ``<split>/samples`` (N,) records of ``SAMPLE_DTYPE``
+  (subject index, slice z, row x, col y on the working grid, label 0/1, the 8 location
+  features; 41 bytes); ``<split>/slices`` (M, 4) int64 = subject index,
   z, first sample, sample count, one row per sampled slice (samples are stored sorted by
   subject, z, x, y). Every dataset carries a Fletcher-32 checksum per chunk.
 
@@ -77,7 +77,10 @@ SAMPLED_SPLITS = ("train", "validation")  # test subjects are segmented whole, n
 SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validation",
                  "val": "validation", "valid": "validation", "test": "test",
                  "testing": "test"}
-INDEX_CHUNK = 4096  # samples per chunk of the per-split index datasets (small: read by slice)
+INDEX_CHUNK = 1024  # samples per chunk of the per-split sample table (small: read by slice)
+SAMPLE_DTYPE = np.dtype([("subject", np.int16), ("slice", np.int16), ("row", np.int16),
+                         ("col", np.int16), ("label", np.uint8),
+                         ("location", np.float32, (8,))])  # one stored sample, 41 bytes
 WMH_LABEL = 1
 OTHER_PATHOLOGY_LABEL = 2
 
@@ -435,12 +438,8 @@ class SampleWriter:
         self._slices = {split: [] for split in SAMPLED_SPLITS}
         for split in SAMPLED_SPLITS:
             group = self._file.create_group(split)
-            for name, width, dtype in (("voxel", 4, np.int16), ("label", 0, np.uint8),
-                                       ("location", 8, np.float32)):
-                shape = (0, width) if width else (0,)
-                group.create_dataset(name, shape=shape, maxshape=(None,) + shape[1:],
-                                     dtype=dtype, chunks=(INDEX_CHUNK,) + shape[1:],
-                                     fletcher32=True)
+            group.create_dataset("samples", shape=(0,), maxshape=(None,), dtype=SAMPLE_DTYPE,
+                                 chunks=(INDEX_CHUNK,), fletcher32=True)
         self._file.create_group("volumes")
 
     def __enter__(self) -> "SampleWriter":
@@ -483,13 +482,15 @@ class SampleWriter:
         count = len(coordinates)
         start = self._counts[split]
         group = self._file[split]
-        voxel = np.empty((count, 4), np.int16)
-        voxel[:, 0] = index
-        voxel[:, 1] = coordinates[:, 2]
-        voxel[:, 2:] = coordinates[:, :2]
-        for name, values in (("voxel", voxel), ("label", labels), ("location", location)):
-            group[name].resize(start + count, axis=0)
-            group[name][start:start + count] = values
+        table = np.empty(count, SAMPLE_DTYPE)
+        table["subject"] = index
+        table["slice"] = coordinates[:, 2]
+        table["row"] = coordinates[:, 0]
+        table["col"] = coordinates[:, 1]
+        table["label"] = labels
+        table["location"] = location
+        group["samples"].resize(start + count, axis=0)
+        group["samples"][start:start + count] = table
         z_values, first, counts = np.unique(coordinates[:, 2], return_index=True,
                                             return_counts=True)
         for z, offset, n in zip(z_values, first, counts):
@@ -505,8 +506,9 @@ class SampleWriter:
                             dtype=h5py.string_dtype())
         for split in SAMPLED_SPLITS:
             table = np.array(self._slices[split], np.int64).reshape(-1, 4)
-            file[split].create_dataset("slices", data=table, fletcher32=True,
-                                       chunks=(max(1, min(len(table), 65536)), 4))
+            file[split].create_dataset("slices", data=table, maxshape=(None, 4),
+                                       chunks=(max(1, min(len(table), 65536)), 4),
+                                       fletcher32=True)
             file[split].attrs["count"] = self._counts[split]
         for name, value in self._attrs.items():
             file.attrs[name] = value
@@ -702,9 +704,9 @@ def open_samples(samples_dir: str | Path) -> SamplesInfo:
                                f"({document['key']}); delete {folder} and run wmh sample again")
             counts = {split: int(file[split].attrs["count"]) for split in SAMPLED_SPLITS}
             for split in SAMPLED_SPLITS:
-                if file[split]["voxel"].shape[0] != counts[split]:
-                    raise _corrupt(path, f"split {split} holds {file[split]['voxel'].shape[0]} "
-                                         f"samples, expected {counts[split]}")
+                if file[split]["samples"].shape[0] != counts[split]:
+                    raise _corrupt(path, f"split {split} holds {file[split]['samples'].shape[0]}"
+                                         f" samples, expected {counts[split]}")
             return SamplesInfo(folder=folder, samples_path=path, key=key,
                                channels=tuple(json.loads(attrs["channels"])), counts=counts,
                                max_slice_shape=tuple(int(n) for n in attrs["max_slice_shape"]))
@@ -728,9 +730,10 @@ def load_index(samples_dir: str | Path, split: str) -> SampleIndex:
         raise WMHError(f"split '{split}': only {', '.join(SAMPLED_SPLITS)} are sampled")
     info = open_samples(samples_dir)
     with h5py.File(info.samples_path, "r") as file:
-        voxel = file[split]["voxel"][()].astype(np.int32)
-        labels = file[split]["label"][()]
+        table = file[split]["samples"][()]
         ids = tuple(name.decode() if isinstance(name, bytes) else str(name)
                     for name in file["subject_ids"][()])
-    return SampleIndex(subject_ids=ids, subject=voxel[:, 0], slice=voxel[:, 1],
-                       row=voxel[:, 2], col=voxel[:, 3], label=labels)
+    return SampleIndex(subject_ids=ids, subject=table["subject"].astype(np.int32),
+                       slice=table["slice"].astype(np.int32),
+                       row=table["row"].astype(np.int32), col=table["col"].astype(np.int32),
+                       label=table["label"])
