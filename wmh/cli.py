@@ -225,6 +225,59 @@ def report_command(methods, runs, truth, observer2, brain_mask, threshold, outpu
 
 # --- tune commands ---
 
+@cli.command("tune")
+@config_options
+@click.option("--set-list", "override_list", default="", metavar="'K=V K=V'",
+              help="Whitespace-separated overrides, applied last (used by MLproject).")
+@click.option("--storage", default="", metavar="URL",
+              help="postgresql://user:password@host:port/db to share the study between "
+                   "processes and machines (default: tune.storage; empty = journal file "
+                   "under data_cache/optuna/).")
+@click.option("--study", default="", help="Study name (default: tune.study). Workers started "
+                                          "with one storage and study share it; an existing "
+                                          "study is resumed.")
+@click.option("--n-trials", type=click.IntRange(min=0), default=0,
+              help="Total trials the study should hold, over all workers and calls "
+                   "(default: tune.n_trials; 0 = that).")
+@click.option("--timeout", type=click.FloatRange(min=0), default=None,
+              help="Seconds after which this worker starts no new trial (default: "
+                   "tune.timeout).")
+@click.option("--objective", default="", help="val_auc or val_dice (default: tune.objective).")
+@click.option("--samples", "samples_dir", type=click.Path(path_type=Path), default=None,
+              help="Tune on this sample set (from `wmh sample`) instead of running the data "
+                   "stages of the config; needs --prepared.")
+@click.option("--prepared", "prepared_dir", type=click.Path(path_type=Path), default=None,
+              help="The prepared subjects the --samples came from.")
+@click.option("--data-label", type=click.Choice(["real", "synthetic"]), default="real",
+              show_default=True, help="What the --samples are (recorded on every run).")
+def tune_command(config_path, overrides, override_list, storage, study, n_trials, timeout,
+                 objective, samples_dir, prepared_dir, data_label):
+    """Optuna search over alpha, injection layer, architecture, learning rate and dropout."""
+    from wmh.config import replace
+    from wmh.tune import format_summary, tune
+
+    config = resolve_config(config_path, overrides, override_list)
+    options = {"tune.storage": storage, "tune.study": study, "tune.n_trials": n_trials,
+               "tune.objective": objective}
+    options = {key: value for key, value in options.items() if value}
+    if timeout is not None:
+        options["tune.timeout"] = timeout
+    config = replace(config, **options)
+    stages = None
+    if (samples_dir is None) != (prepared_dir is None):
+        raise WMHError("--samples and --prepared go together (a sample set and the prepared "
+                       "subjects it was drawn from)")
+    if samples_dir is not None:
+        from wmh.pipeline import DataStages
+
+        for option, folder in (("--samples", samples_dir), ("--prepared", prepared_dir)):
+            if not folder.is_dir():
+                raise WMHError(f"{option} {folder}: no such folder")
+        stages = DataStages(cohort=prepared_dir, synthetic=data_label == "synthetic",
+                            prepared=prepared_dir, samples=samples_dir)
+    summary = tune(config, stages, progress=click.echo)
+    click.echo(format_summary(summary))
+
 # --- pipeline commands ---
 
 @cli.command("demo")

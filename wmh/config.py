@@ -108,6 +108,29 @@ class SegmentConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class TuneConfig:
+    study: str = "wmh-tune"  # Optuna study name; workers on one storage and name share it
+    storage: str = ""  # "" = journal file <cache>/optuna/journal.log; or postgresql://, sqlite:///
+    n_trials: int = 20  # total trials the study should hold (every state), not per call
+    timeout: float = 0.0  # seconds after which this worker starts no new trial; 0 = no limit
+    objective: Literal["val_auc", "val_dice"] = "val_auc"  # maximised: sample AUC or volume Dice
+    archs: str = "ss,msef,msiw,msws"  # comma-separated architectures to search
+    injections: str = "lcl,ffcl,sfcl"  # comma-separated location injection layers to search
+    alpha_low: float = 0.1  # smallest location scale alpha (searched log-uniformly)
+    alpha_high: float = 10.0  # largest location scale alpha
+    learning_rate_low: float = 1e-5  # smallest RMSprop learning rate (log-uniform)
+    learning_rate_high: float = 1e-3  # largest RMSprop learning rate
+    dropout_low: float = 0.0  # smallest dropout rate (uniform)
+    dropout_high: float = 0.5  # largest dropout rate
+    seed: int = 0  # TPE sampler seed (combined with the trial number: reproducible, no twins)
+    startup_trials: int = 5  # random trials before TPE models the results
+    pruner: Literal["median", "none"] = "median"  # prune on per-epoch validation AUC or never
+    pruner_startup_trials: int = 3  # trials that finish before any pruning
+    pruner_warmup_epochs: int = 1  # epochs every trial trains before it can be pruned
+    heartbeat_seconds: int = 60  # RDB storages: a trial silent for 2x this is marked failed
+
+
+@dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
     name: str = "default"  # experiment name, used for run names and output folders
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
@@ -118,6 +141,7 @@ class ExperimentConfig:
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     baseline: BaselineConfig = dataclasses.field(default_factory=BaselineConfig)
     segment: SegmentConfig = dataclasses.field(default_factory=SegmentConfig)
+    tune: TuneConfig = dataclasses.field(default_factory=TuneConfig)
 
 
 
