@@ -348,18 +348,31 @@ def test_wmh_segment_with_a_forest_model(trained, tmp_path):
             "qc.png", "report.json"} <= outputs
 
 
-def test_flair_only_forest_has_21_features(trained, tmp_path, monkeypatch):
-    from wmh import baseline as module
-    from wmh import train
+def test_mlproject_command_with_arch_rf_trains_a_flair_only_forest(trained, tmp_path,
+                                                                  monkeypatch, capsys):
+    from wmh import pipeline, train
+    from wmh.cli import main
 
+    # the MLproject main entry: wmh train --config "" --set model.arch={arch} ... --set-list
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    config = rf_config(tmp_path, **{"data.use_t1": False, "baseline.n_trees": 3,
-                                    "train.max_train_samples": 300})
-    result = module.train_baseline(config, trained["samples"], trained["prepared"])
-    model, contract = train.load_model_dir(result.model_dir)
+    monkeypatch.setattr(pipeline, "ensure_data", lambda _: pipeline.DataStages(
+        tmp_path / "cohort", False, trained["prepared"], trained["samples"]))
+    overrides = (f"data.cache_dir={tmp_path / 'cache'} data.use_t1=false "
+                 "baseline.n_trees=3 train.max_train_samples=300 "
+                 "sampling.validation_fraction=0.25 sampling.test_fraction=0.125")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--config", "", "--set", "model.arch=rf", "--set", "model.loc=ffcl",
+              "--set", "model.alpha=1.0", "--set-list", overrides])
+    assert exit_info.value.code == 0
+    output = capsys.readouterr().out
+    assert "best epoch 1, validation AUC" in output
+    run_id = output.split("runs:/")[1].split("/model")[0]
+    run = mlflow.get_run(run_id)
+    assert run.data.tags["data_label"] == "real" and run.data.tags["channels"] == "FLAIR"
+    assert run.data.metrics["train_samples"] == 300
+    model, contract = train.load_model_dir(f"runs:/{run_id}/model")
     assert contract.channels == ("FLAIR",)
     assert model.forest.n_features_in_ == 21 and model.forest.n_estimators == 3
-    assert mlflow.get_run(result.run_id).data.metrics["train_samples"] == 300
     with pytest.raises(WMHError, match="callbacks"):
-        module.train_baseline(config, trained["samples"], trained["prepared"],
-                              callbacks=[object()])
+        baseline.train_baseline(rf_config(tmp_path), trained["samples"], trained["prepared"],
+                                callbacks=[object()])
