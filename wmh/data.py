@@ -15,6 +15,23 @@ reproduces it exactly):
 Equivalently, scale-k pixel (m, n) = B_k[r - 16k + k m, c - 16k + k n] where B_k is the
 k x k box mean of the zero-padded slice; dense inference uses this identity (a box
 filter followed by convolutions dilated by k).
+
+Streaming (:func:`make_dataset`, :class:`SampleStream`): patches are cut on the fly from
+the cropped float16 volumes of a sample set (:mod:`wmh.sampling` explains why volumes are
+stored rather than patches: 1.9 GB instead of 48 GB at the paper's scale).
+
+* An epoch is planned up front from (seed, epoch): the split's sampled axial slices are
+  permuted and dealt into blocks of ``block_slices`` slices; each block's samples are
+  permuted and cut into batches, so a batch mixes up to 64 slices of ~64 subjects, and a
+  producer holds one block (~150 MB) whatever the dataset size.
+* Per slice, ``padded_box_means`` is computed once and split into its k x k polyphase
+  components, so every patch of every scale is a contiguous 32 x 32 window; a chunk of a
+  batch is one fancy-indexing gather per scale.
+* Producers are worker processes (spawned, each with its own h5py handle: h5py
+  serialises reads within a process), writing batches into shared-memory slots; the
+  consumer takes blocks in plan order, so the output does not depend on the number of
+  workers or their timing. Each batch enters TensorFlow as one byte buffer, split into
+  tensors by a ``map`` outside the GIL, then prefetched. Small epochs are cut in-process.
 """
 
 from __future__ import annotations
@@ -577,8 +594,10 @@ class SampleStream:
                     if message[0] == "end":
                         break
                     if message[0] == "error":
-                        raise WMHError(message[1].split(": ", 1)[1]
-                                       if message[1].startswith("WMHError") else message[1])
+                        kind, text = message[1].split(": ", 1)
+                        if kind == "WMHError":
+                            raise WMHError(text)
+                        raise RuntimeError(f"data worker failed: {message[1]}")
                     _, slot, size = message
                     batches = list(assembler.add(buffers[worker][slot], size, copy=True))
                     free_queues[worker].put(slot)
@@ -681,6 +700,9 @@ def make_dataset(samples_dir, split: str, batch_size: int = 128, seed: int = 0,
     raw_signature = (tf.TensorSpec((_batch_nbytes(batch_size, stream.channels),), tf.uint8),
                      tf.TensorSpec((), tf.int64))
     dataset = tf.data.Dataset.from_generator(generate, output_signature=raw_signature)
+    # A known length lets Keras show progress and end epochs without an "ran out of data"
+    # warning; the plan guarantees exactly len(stream) batches.
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(len(stream)))
     if repeat:
         dataset = dataset.repeat()
     dataset = dataset.map(split, num_parallel_calls=tf.data.AUTOTUNE)

@@ -39,14 +39,17 @@ interrupted build leaves nothing that :func:`open_samples` trusts. Files:
   z, first sample, sample count, one row per sampled slice (samples are stored sorted by
   subject, z, x, y). Every dataset carries a Fletcher-32 checksum per chunk.
 
-Why volumes and not patches (measured by ``benchmarks/bench_pipeline.py``, figures in
-``BENCHMARKS.md``): stored patches cost 3 scales x C x 32 x 32 values per sample,
-12 KiB in float16 for FLAIR + T1, so 3.88 M paper-scale samples need about 48 GB (over
-the 25 GB budget) and a reshuffle reads them all at random. Cropped float16 volumes plus
-a 41-byte index entry per sample need about 1.3 GB at paper scale, and patches are cut
-on the fly by :mod:`wmh.data` faster than training consumes them. float16 keeps 11
-significant bits: images in [0, 1] are stored within 2.5e-4 of the prepared values
-(well below MRI noise); patches are computed in float32 from the stored values.
+Why volumes and not patches (measured by ``benchmarks/bench_pipeline.py`` on a
+simulated paper-scale set, figures in ``BENCHMARKS.md``): stored patches cost
+3 scales x C x 32 x 32 values per sample, 12.3 kB in float16 for FLAIR + T1, so the
+paper's 3.88 M training samples need 48 GB uncompressed or 36 GB with lzf (over the
+25 GB budget), and reshuffling reads them at random. Cropped float16 volumes plus a
+41-byte record per sample take 1.9 GB for 378 + 42 subjects and 4.3 M samples, and
+:mod:`wmh.data` cuts patches on the fly far faster than training consumes them.
+float16 keeps 11 significant bits: images in [0, 1] are stored within 2.5e-4 of the
+prepared values (well below MRI noise); patches are computed in float32 from the stored
+values, so training and the value tests see exactly ``extract_patches`` of the stored
+volume.
 """
 
 from __future__ import annotations
