@@ -12,10 +12,10 @@ probabilities up to float rounding:
   connected layer run undilated, and :class:`BatchToSpace` interleaves the results back.
 * The tower's valid convolutions are unchanged (same layers, bigger input).
 * The first fully connected layer reads the 18x18 tower output of a patch: densely it is
-  an 18x18 valid convolution with 110 -> 300 channels, ~10.7 M multiply-adds per voxel,
-  ~100x the whole tower. :class:`FFTConv2D` does it by overlap-save FFT on 64x64 tiles
-  (47x47 outputs each), where each frequency is a 110 x 300 matrix product: ~0.1 M
-  real multiply-adds per voxel.
+  an 18x18 valid convolution with 110 -> 300 channels (3 x 100 for MSIW/MSWS), ~10.7 M
+  multiply-adds per voxel, ~80x a tower. :class:`FFTConv2D` does it by overlap-save FFT
+  on 64x64 tiles (47x47 outputs each), where each frequency is a 110 x 300 matrix
+  product: ~0.13 M real multiply-adds per voxel.
 * Location features enter per voxel: for ``lcl`` as a bias map added to the first layer
   before its ReLU, for ``ffcl``/``sfcl`` by concatenation as in the patch model.
 * Later fully connected layers are ``Dense`` layers on (batch, H, W, units) maps, i.e.
@@ -25,14 +25,12 @@ Geometry. The dense model takes a window of slices with context: ``"image"``
 (batch, h + 2c - 1, w + 2c - 1, C) where c = :func:`context` (16 for SS, 64 for the
 multi-scale models), zero outside the slice, and ``"loc"`` (batch, h, w, 8); it returns
 (batch, h, w, 2) softmax for the h x w voxels in the middle. h and w must be multiples of
-the largest scale (4). Output row i is voxel row i of the window: the window's first
-image row is voxel row -c.
+the largest scale (4). Output (i, j) is the voxel at image-window (i + c, j + c).
 
-MSEF has no such form: early fusion sums scales of different strides in its first
-convolution, so neighbouring voxels share no tower work (paper: "the related patch
-voxels of different scales do not have a meaningful correspondence");
-:func:`build_dense_model` refuses it and :func:`wmh.models.inference.predict_slices`
-runs it patch-wise.
+MSEF has no such form: early fusion sums, in its first convolution, patch pixels that
+sit k voxels apart at scale k, so no grid of first-layer responses is shared between
+neighbouring voxels and every voxel needs its own tower. :func:`build_dense_model`
+refuses it and :func:`wmh.models.inference.predict_slices` runs it patch-wise.
 
 The model is split into a deterministic ``trunk`` (up to the first fully connected
 layer's ReLU, >99% of the cost) and a cheap ``head`` holding every dropout, so Monte
