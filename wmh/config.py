@@ -49,11 +49,11 @@ class PreprocessConfig:
     atlas_spacing_mm: float = 2.0  # MNI template and registration grid resolution
     registration_sampling: float = 0.05  # share of voxels the mutual information samples
     registration_iterations: int = 100  # optimiser iterations per level (rigid, affine)
-    deformable_iterations: int = 40  # L-BFGS-B iterations per level (B-spline stage)
-    bspline_spacing_mm: float = 40.0  # B-spline control point spacing of the deformable stage
+    deformable_iterations: int = 30  # demons iterations of the deformable atlas stage
+    deformable_smoothing_mm: float = 2.0  # Gaussian smoothing of the demons displacement field
     n4_iterations: int = 30  # N4 iterations per fitting level (3 levels)
     n4_shrink_mm: float = 4.0  # N4 fits the bias field on an image shrunk to about this size
-    min_similarity: float = 0.1  # lowest accepted normalised mutual information after registration
+    min_similarity: float = 0.02  # lowest accepted normalised mutual information after registration
     brain_volume_ml: tuple[float, float] = (700.0, 2500.0)  # plausible brain volume range
     prior_path: str = ""  # WMH prior NIfTI in MNI space; "" = the one shipped in wmh/data
 
