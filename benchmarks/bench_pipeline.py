@@ -154,12 +154,32 @@ def stream_child(folder: str, workers: int, seconds: float, use_tf: bool) -> dic
     for _ in range(20):
         take()
     first_batches_s = time.perf_counter() - started
+    cpu_start = cpu_seconds()
     samples, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         samples += take()
     elapsed = time.perf_counter() - start
+    cpu_main, cpu_workers = (end - begin for end, begin in zip(cpu_seconds(), cpu_start))
     return {"samples_per_s": samples / elapsed, "samples": samples,
-            "warmup_20_batches_s": first_batches_s}
+            "warmup_20_batches_s": first_batches_s,
+            "cpu_us_per_sample_consumer": 1e6 * cpu_main / samples,
+            "cpu_us_per_sample_workers": 1e6 * cpu_workers / samples}
+
+
+def cpu_seconds() -> tuple[float, float]:
+    """CPU seconds (user + system) of this process and of its live children."""
+    import psutil
+
+    me = psutil.Process()
+    times = me.cpu_times()
+    children = 0.0
+    for process in me.children(recursive=True):
+        try:
+            child_times = process.cpu_times()
+            children += child_times.user + child_times.system
+        except psutil.Error:
+            pass
+    return times.user + times.system, children
 
 
 def train_child(folder: str, arch: str) -> dict:
@@ -327,6 +347,10 @@ def main() -> None:
         report["peak_ram_gb"] = runs["tf_workers_2"]["peak_ram_gb"]
         report["best_samples_per_s"] = best["samples_per_s"]
         report["streaming"] = runs
+        cpu = (runs["tf_workers_2"]["cpu_us_per_sample_consumer"]
+               + runs["tf_workers_2"]["cpu_us_per_sample_workers"])
+        report["cpu_us_per_sample"] = cpu
+        report["samples_per_s_upper_bound_2_idle_cores"] = 2e6 / cpu
 
         # 4. training consumption
         for arch in ("ss", "msws"):

@@ -525,6 +525,8 @@ class SampleStream:
         """Yields the batches of one epoch as (uint8 buffer, sample count); the buffer is
         laid out by ``_batch_layout(batch_size, channels)`` and owned by the caller."""
         blocks = self.blocks(epoch)
+        if not blocks:
+            return
         if self.workers <= 0:
             yield from self._epoch_in_process(blocks)
         else:

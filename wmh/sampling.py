@@ -452,7 +452,14 @@ class SampleWriter:
         if kind is None:
             self.close()
         else:
+            self.abort()
+
+    def abort(self) -> None:
+        """Closes the file without marking it complete (it will not be trusted)."""
+        try:
             self._file.close()
+        except Exception:  # already closed, or the HDF5 library is shutting down
+            pass
 
     def add_subject(self, split: str, subject_id: str, images: np.ndarray,
                     brain_mask: np.ndarray, coordinates: np.ndarray, labels: np.ndarray,
@@ -611,10 +618,7 @@ def build_samples(prepared_dir: str | Path, out_dir: str | Path,
             shutil.rmtree(temporary, ignore_errors=True)  # a concurrent build finished first
     except BaseException:
         if writer is not None:
-            try:
-                writer._file.close()
-            except Exception:
-                pass
+            writer.abort()
         shutil.rmtree(temporary, ignore_errors=True)
         raise
     return final
