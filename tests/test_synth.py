@@ -177,6 +177,31 @@ def test_rerun_on_complete_cohort_is_a_noop(tmp_path):
     assert (flair.stat().st_mtime_ns, (out / "cohort.json").stat().st_mtime_ns) == stamp
 
 
+def test_preview_montage_is_written_and_added_on_rerun(tmp_path):
+    out = tmp_path / "c"
+    synthesize_cohort(out, subjects=1, seed=6, profile="test", preview=True, cache_dir=CACHE)
+    png = out / "synth-test" / "s000" / "preview.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    png.unlink()
+    synthesize_cohort(out, subjects=1, seed=6, profile="test", preview=True, cache_dir=CACHE)
+    assert png.stat().st_size > 10_000
+
+
+def test_templates_load_without_network(monkeypatch):
+    import socket
+
+    from wmh.synth.anatomy import load_templates
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    t1, gm, wm, affine = load_templates()
+    assert t1.shape == gm.shape == wm.shape == (197, 233, 189)
+    np.testing.assert_allclose(np.diag(affine)[:3], [1, 1, 1])
+
+
 def test_interrupted_run_of_same_arguments_resumes(tmp_path):
     out = tmp_path / "c"
     synthesize_cohort(out, subjects=1, seed=5, profile="test", cache_dir=CACHE)
@@ -306,3 +331,15 @@ def test_realism_on_twelve_default_subjects(tmp_path, anatomy):
     loads = [r["lesion_volume_ml"] for r in cohort["subjects"]]
     enlargement = [r["transforms"]["warp"]["ventricle_enlargement"] for r in cohort["subjects"]]
     assert np.corrcoef(np.argsort(np.argsort(loads)), np.argsort(np.argsort(enlargement)))[0, 1] > 0.3
+
+
+@pytest.mark.slow
+def test_cold_and_warm_anatomy_cache_give_identical_subjects(anatomy):
+    from wmh.synth.anatomy import _quantised, derive_anatomy
+
+    cold = _quantised(derive_anatomy())
+    for name in ("t1", "gm", "prior", "d_out"):
+        np.testing.assert_array_equal(getattr(cold, name), getattr(anatomy, name))
+    first = generate_subject("s000", 3, PROFILES["test"], cold)
+    second = generate_subject("s000", 3, PROFILES["test"], anatomy)
+    np.testing.assert_array_equal(first.flair, second.flair)

@@ -328,19 +328,27 @@ def _load(path: Path) -> Anatomy:
                        ventricle_centroids=data["ventricle_centroids"], **values)
 
 
+def _quantised(anatomy: Anatomy) -> Anatomy:
+    """The anatomy with its float maps rounded through float16, exactly as the disk cache
+    stores them, so that generated arrays never depend on whether the cache was warm."""
+    return dataclasses.replace(anatomy, **{
+        name: getattr(anatomy, name).astype(np.float16).astype(np.float32)
+        for name in _FLOAT_FIELDS})
+
+
 @functools.lru_cache(maxsize=2)
 def get_anatomy(cache_dir: str | None = "data_cache") -> Anatomy:
     """The reference anatomy: memoised per process, cached on disk under ``cache_dir``
     (None: no disk cache). A corrupt cache file is recomputed."""
     if cache_dir is None:
-        return derive_anatomy()
+        return _quantised(derive_anatomy())
     path = _cache_path(Path(cache_dir))
     if path.exists():
         try:
             return _load(path)
         except (OSError, ValueError, KeyError, EOFError):
             pass
-    anatomy = derive_anatomy()
+    anatomy = _quantised(derive_anatomy())
     try:
         _save(anatomy, path)
     except OSError:

@@ -32,7 +32,7 @@ from wmh.synth.anatomy import ANATOMY_VERSION, get_anatomy
 from wmh.synth.profiles import (MIXED, PROFILE_NAMES, PROFILES, draw_profile,
                                 profile_as_dict)
 
-SYNTH_VERSION = 1  # bump when generated arrays change for the same seed
+SYNTH_VERSION = 2  # bump when generated arrays change for the same seed
 COHORT_FILE = "cohort.json"
 PROGRESS_FILE = ".synth-in-progress.json"  # arguments of a run that has not finished
 
@@ -197,8 +197,10 @@ def synthesize_cohort(out: Path, subjects: int, seed: int, profile: str = "defau
     _write_json({"arguments": arguments}, out / PROGRESS_FILE)
     anatomy = get_anatomy(cache_dir)  # derive (and cache on disk) before workers start
     prior_path = out / "prior_mni.nii.gz"
-    atomic_save(nib.Nifti1Image(anatomy.full_grid(anatomy.prior), anatomy.full_affine),
-                prior_path)
+    prior = nib.Nifti1Image(anatomy.full_grid(anatomy.prior), anatomy.full_affine)
+    prior.header.set_sform(anatomy.full_affine, code="mni")
+    prior.header.set_qform(anatomy.full_affine, code="mni")
+    atomic_save(prior, prior_path)
 
     jobs = [(out, index, seed, profile, flair_only, skull_stripped, preview, cache_dir)
             for index in range(subjects)]

@@ -23,9 +23,9 @@ from scipy import ndimage as ndi
 from wmh.synth.anatomy import Anatomy
 
 LOAD_MEDIAN_ML = 5.0  # median WMH load of the lognormal
-LOAD_LOG_SD = 1.05  # heavy tail: 5th-95th percentile about 0.9 to 28 mL
+LOAD_LOG_SD = 1.15  # heavy tail: 5th-95th percentile about 0.75 to 33 mL
 LOAD_RANGE_ML = (0.5, 80.0)
-INFARCT_PROBABILITY = 0.2
+INFARCT_PROBABILITY = 0.15  # territorial infarcts in about one SVD patient in seven
 
 
 @dataclasses.dataclass
