@@ -17,7 +17,10 @@ voxels per case; paper scale is about 10,000 per training image) and timed on an
   filters, then the brain voxels gathered), median over all cases;
 * ``predict_seconds_per_case``: the forest's P(WMH) for those voxels, median of
   ``--repeats`` runs;
-* ``segment_seconds_per_case``: both, as ``RandomForestBaseline.predict_volume``.
+* ``segment_seconds_per_case``: both, as ``RandomForestBaseline.predict_volume``;
+* ``*_cpu_seconds_per_case``: the process's CPU time for the same work (all threads:
+  features use one core, the forest all of them), a check on wall times taken while
+  other work shares the machine (``load_average_1min_before_after``).
 """
 
 from __future__ import annotations
@@ -121,14 +124,15 @@ def main() -> None:
     from wmh.config import BaselineConfig
 
     load_before = os.getloadavg()
-    feature_seconds, features, labels = [], [], []
+    feature_seconds, feature_cpu_seconds, features, labels = [], [], [], []
     rng = np.random.default_rng(0)
     for seed in range(args.train_cases):
         images, location, brain, truth, spacing = make_case(seed, tuple(args.shape))
         voxels = np.nonzero(brain)
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         case_features = baseline.features_at(images, location, spacing, voxels)
         feature_seconds.append(time.perf_counter() - start)
+        feature_cpu_seconds.append(time.process_time() - start_cpu)
         case_labels = truth[voxels]
         positives = np.flatnonzero(case_labels == 1)
         negatives = rng.choice(np.flatnonzero(case_labels == 0), len(positives),
@@ -145,14 +149,16 @@ def main() -> None:
 
     images, location, brain, truth, spacing = make_case(1000, tuple(args.shape))
     voxels = np.nonzero(brain)
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     test_features = baseline.features_at(images, location, spacing, voxels)
     feature_seconds.append(time.perf_counter() - start)
-    predict_seconds, segment_seconds = [], []
+    feature_cpu_seconds.append(time.process_time() - start_cpu)
+    predict_seconds, predict_cpu_seconds, segment_seconds = [], [], []
     for _ in range(args.repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         scores = model.predict_features(test_features)
         predict_seconds.append(time.perf_counter() - start)
+        predict_cpu_seconds.append(time.process_time() - start_cpu)
     for _ in range(args.repeats):
         start = time.perf_counter()
         probability = model.predict_volume(images, location, brain, spacing)
@@ -164,6 +170,8 @@ def main() -> None:
         "feature_seconds_per_case": round(statistics.median(feature_seconds), 2),
         "predict_seconds_per_case": round(statistics.median(predict_seconds), 2),
         "segment_seconds_per_case": round(statistics.median(segment_seconds), 2),
+        "feature_cpu_seconds_per_case": round(statistics.median(feature_cpu_seconds), 2),
+        "predict_cpu_seconds_per_case": round(statistics.median(predict_cpu_seconds), 2),
         "feature_seconds_all": [round(s, 2) for s in feature_seconds],
         "predict_seconds_all": [round(s, 2) for s in predict_seconds],
         "fit_seconds": round(fit_seconds, 2),

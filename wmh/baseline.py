@@ -52,6 +52,13 @@ detector) with a flat-topped, sharp-edged one that matches lesions with plateaus
 Derivative-based and annular features use FLAIR (the modality that defines WMH); the T1
 contributes its intensity, as in the paper's count of 22.
 
+Training (:func:`train_baseline`) reads the sample coordinates of the split
+(:func:`wmh.sampling.load_index`), computes each subject's features once from its
+prepared file (float32, the same values whole-volume prediction sees) and gathers the
+samples' rows; ``train.max_train_samples`` caps them with a seeded subset. Validation
+predicts the validation subjects whole: the sample AUC reads those maps at the validation
+samples, and the threshold maximises the overall Dice inside the brain, as for the CNNs.
+
 The model folder holds ``forest.skops`` (the fitted scikit-learn forest, written with
 skops, so loading never executes code from the file: only an allowlist of types is
 accepted and no pickle is involved) and ``wmh_model.json`` (:class:`wmh.train.ModelContract`
