@@ -57,12 +57,14 @@ def write_cohort(folder: Path, count: int = 10, seed: int = 0, sites: int = 0,
     """Writes ``count`` fake subjects and a manifest.json into ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    manifest = {}
+    entries = []
     for number in range(count):
         subject_id = f"sub-{number:02d}"
         site = f"site{number % sites}" if sites else None
         subject = fake_subject(subject_id, seed * 1000 + number, site=site, **kwargs)
         subject.save(folder / f"{subject_id}.h5")
-        manifest[subject_id] = subject.cache_key
-    (folder / "manifest.json").write_text(json.dumps({"subjects": manifest}))
+        entries.append({"subject_id": subject_id, "file": f"{subject_id}.h5",
+                        "cache_key": subject.cache_key, "site": site, "split": None})
+    # The layout of wmh.preprocess.write_manifest.
+    (folder / "manifest.json").write_text(json.dumps({"subjects": entries, "failed": {}}))
     return folder

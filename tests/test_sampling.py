@@ -14,7 +14,8 @@ from fake_prepared import fake_subject, write_cohort
 from wmh.config import SamplingConfig
 from wmh.errors import WMHError
 from wmh.sampling import (PreparedRecord, build_samples, hard_negative_mask, load_index,
-                          load_splits, make_splits, sample_subject, subject_seed)
+                          load_splits, make_splits, read_prepared_cohort, sample_subject,
+                          subject_seed)
 
 
 def records(count=40, sites=0, fixed=None, unlabelled=()):
@@ -147,6 +148,19 @@ def test_build_writes_splits_and_nested_identical_subject_samples(tmp_path):
     sampled = {index_full.subject_ids[i] for i in np.unique(index_full.subject)}
     assert sampled == set(splits["train"])
     assert index_full.label.mean() == 0.5
+
+
+def test_the_manifest_defines_the_cohort(tmp_path):
+    prepared = write_cohort(tmp_path / "prepared", count=3)
+    fake_subject("sub-old", seed=5).save(prepared / "sub-old.h5")  # left the cohort
+    assert [r.subject_id for r in read_prepared_cohort(prepared)] == ["sub-00", "sub-01",
+                                                                      "sub-02"]
+    (prepared / "sub-01.h5").unlink()
+    with pytest.raises(WMHError, match=r"sub-01\.h5: listed in .*manifest\.json but missing"):
+        read_prepared_cohort(prepared)
+    (prepared / "manifest.json").write_text("{")
+    with pytest.raises(WMHError, match=r"manifest\.json: unreadable prepared-cohort manifest"):
+        read_prepared_cohort(prepared)
 
 
 def test_sampling_module_never_imports_tensorflow(tmp_path):

@@ -158,7 +158,9 @@ def read_prepared_cohort(prepared_dir: str | Path) -> list[PreparedRecord]:
     prepared_dir = Path(prepared_dir)
     if not prepared_dir.is_dir():
         raise WMHError(f"{prepared_dir}: prepared folder not found (run wmh prepare)")
-    paths = sorted(p for p in prepared_dir.glob("*.h5") if not p.name.startswith("."))
+    paths = _manifest_files(prepared_dir)
+    if paths is None:  # no manifest: every subject file in the folder
+        paths = sorted(p for p in prepared_dir.glob("*.h5") if not p.name.startswith("."))
     if not paths:
         raise WMHError(f"{prepared_dir}: no prepared subject files (*.h5)")
     records, seen = [], {}
@@ -188,6 +190,28 @@ def read_prepared_cohort(prepared_dir: str | Path) -> list[PreparedRecord]:
         seen[subject_id] = path
         records.append(record)
     return sorted(records, key=lambda record: record.subject_id)
+
+
+def _manifest_files(prepared_dir: Path) -> Optional[list[Path]]:
+    """The subject files ``manifest.json`` lists (stale files of subjects that left the
+    cohort are ignored), or None without a manifest."""
+    path = prepared_dir / MANIFEST_FILE
+    if not path.is_file():
+        return None
+    try:
+        entries = json.loads(path.read_text()).get("subjects", [])
+        if isinstance(entries, dict):  # {subject_id: cache_key}
+            names = [f"{subject_id}.h5" for subject_id in entries]
+        else:  # wmh.preprocess.write_manifest: [{"subject_id", "file", ...}]
+            names = [entry.get("file") or f"{entry['subject_id']}.h5" for entry in entries]
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        raise WMHError(f"{path}: unreadable prepared-cohort manifest (run wmh prepare "
+                       "again)") from None
+    files = sorted(prepared_dir / name for name in names)
+    for file in files:
+        if not file.is_file():
+            raise WMHError(f"{file}: listed in {path} but missing (run wmh prepare again)")
+    return files
 
 
 def cohort_hash(prepared_dir: str | Path, records: list[PreparedRecord]) -> str:
