@@ -15,7 +15,8 @@ name              definition (L = G_s * FLAIR, a Gaussian of standard deviation 
 ================  ====================================================================
 flair, t1         the prepared intensities ([0, 1] inside the brain, 0 outside)
 log_{s}mm         s^2 (L_xx + L_yy), s = 1, 2, 4: scale-normalised Laplacian of Gaussian,
-                  most negative at the centre of a bright blob of radius about s sqrt(2)
+                  most negative at the centre of a bright Gaussian blob of standard
+                  deviation s (a bright disk of radius about s sqrt(2))
 doh_{s}mm         s^4 (L_xx L_yy - L_xy^2), s = 1, 2, 4: scale-normalised determinant of
                   the Hessian, positive on blobs, negative on saddles and beside ridges
 vesselness_1mm    Frangi et al. (MICCAI 1998) in 2D at s = 1 mm on the scale-normalised
@@ -33,8 +34,8 @@ Scales are in mm and converted to voxels per axis (s / spacing_x, s / spacing_y)
 anisotropic in-plane voxels are respected. Every filter is 2D, per axial slice, and is
 never applied across slices: the working grid keeps the native slices, which are thick
 (paper: 5 mm + 1 mm gap, i.e. 6 mm apart); a 1-4 mm Gaussian spans 0.17-0.67 of such a
-slice step, so its through-plane second derivative is not sampled (the discrete kernel
-degenerates into a scaled identity), and, as the paper argues for its 2D patches,
+slice step, so a through-plane second derivative would be a finite difference over 12 mm
+that cannot resolve 1-4 mm structure, and, as the paper argues for its 2D patches,
 consecutive thick slices "do not highly correspond". In-plane filters also keep the
 baseline comparable with the 2D CNNs and mean the same on any slice thickness. Derivatives
 are taken per mm and scale-normalised (times s^2 per order pair), so responses are
@@ -44,10 +45,10 @@ the value of background after normalisation (as for the CNN patches, :mod:`wmh.d
 The annular filter. The paper names "a multi-scale annular filter (t = 1, 2, 4 mm)"
 without a formula. We implement the bi-level centre-surround filter of CenSurE (Agrawal,
 Konolige and Blas, ECCV 2008) with a circular centre: +1/|disk| on the disk of radius t
-and -1/|ring| on the ring out to 2t (equal areas up to voxelisation), so a uniform region
-gives 0, a bright disk of radius t gives its contrast over the surround, and a bright ring
-around a darker centre gives a negative response. It complements the LoG (a smooth blob
-detector) with a flat-topped, sharp-edged one that matches lesions with plateaus.
+and -1/|ring| on the ring out to 2t (each region averaged, so the kernel sums to 0 and a
+uniform region gives 0), so a bright disk of radius t gives its contrast over the
+surround and a bright ring around a darker centre gives a negative response. It
+complements the LoG (a smooth blob detector) with a flat-topped, sharp-edged one.
 
 Derivative-based and annular features use FLAIR (the modality that defines WMH); the T1
 contributes its intensity, as in the paper's count of 22.
@@ -88,6 +89,7 @@ VESSELNESS_BETA = 0.5  # Frangi's blob-vs-line sensitivity (his recommended 0.5)
 VESSELNESS_C = 0.05  # structure-strength scale for [0, 1] images and scale-normalised
 #   Hessians: a ridge of contrast 0.4 and 1-2 mm width reaches about 0.14, noise of
 #   standard deviation 0.04 about 0.01
+N_LOCATION_FEATURES = 8  # the location maps of a prepared subject (wmh.location)
 NEIGHBOURHOOD_MM = 16.0  # side of the in-plane window of the FLAIR mean and std (paper)
 TRUSTED_TYPES = ("sklearn.tree._tree.Tree",)  # skops types beyond its defaults we accept
 
@@ -125,9 +127,10 @@ def _check_inputs(images: np.ndarray, location: np.ndarray, spacing, use_t1: boo
         raise WMHError("the random forest needs FLAIR and T1 but the subject has only "
                        "FLAIR (use a FLAIR-only model: data.use_t1=false)")
     location = np.asarray(location)
-    if location.shape[:3] != images.shape[:3] or location.ndim != 4:
-        raise ValueError(f"location shape {location.shape} does not match images "
-                         f"{images.shape}")
+    if location.ndim != 4 or location.shape[:3] != images.shape[:3] or \
+            location.shape[3] != N_LOCATION_FEATURES:
+        raise ValueError(f"location must be (X, Y, Z, {N_LOCATION_FEATURES}) on the images' "
+                         f"grid {images.shape[:3]}, got {location.shape}")
     spacing = np.asarray(spacing, dtype=np.float64).ravel()
     if spacing.shape != (3,) or not np.all(spacing > 0):
         raise ValueError(f"spacing must be 3 positive voxel sizes in mm, got {spacing}")
@@ -330,12 +333,8 @@ def features_at(images: np.ndarray, location: np.ndarray, spacing, voxels,
     flat = np.ravel_multi_index(tuple(np.asarray(axis) for axis in voxels), shape)
     n_features = len(feature_names(use_t1))
     features = np.empty((flat.shape[0], n_features), np.float32)
-    column = -1
     for column, volume in enumerate(feature_maps(images, location, spacing, use_t1)):
         np.take(np.reshape(volume, -1), flat, out=features[:, column])
-    if column + 1 != n_features:
-        raise ValueError(f"{column + 1} feature maps for {n_features} names "
-                         f"(location has {np.shape(location)[-1]} channels, expected 8)")
     return features
 
 
