@@ -79,7 +79,7 @@ def test_train_size_fraction_gives_nested_subsets_and_fixed_evaluation_splits():
 
 @pytest.fixture(scope="module")
 def subject():
-    return fake_subject("sub-x", seed=7, shape=(48, 52, 6), lesions=8)
+    return fake_subject("sub-x", seed=7, shape=(48, 52, 6))
 
 
 def test_positives_are_half_the_wmh_and_negatives_balance_them_inside_the_brain(subject):
