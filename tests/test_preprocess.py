@@ -126,3 +126,170 @@ def test_corrupt_prepared_file_names_it(tmp_path):
         PreparedSubject.load(path)
     with pytest.raises(WMHError, match="missing.h5"):
         PreparedSubject.load(tmp_path / "missing.h5")
+
+
+# --------------------------------------------------------------------------- pipeline
+# One tiny synthetic subject (the 'test' profile: 2 mm in plane, 6 mm slices) is
+# prepared once per module with a fast configuration and checked against its truth.
+
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+
+import SimpleITK as sitk  # noqa: E402
+
+from wmh.cli import main as cli_main  # noqa: E402
+from wmh.config import PreprocessConfig  # noqa: E402
+from wmh.io import discover, load_labels  # noqa: E402
+from wmh.preprocess import (PreparationFailed, _check_brain_mask, cache_key,  # noqa: E402
+                            from_sitk, load_atlas, mni_coordinate_map, prepare_cohort,
+                            register_atlas_affine, skull_stripped_mask)
+
+FAST = PreprocessConfig(inplane_spacing_mm=2.0, registration_iterations=60,
+                        deformable_iterations=15, n4_iterations=10)
+
+
+def dice(first: np.ndarray, second: np.ndarray) -> float:
+    return 2.0 * np.logical_and(first, second).sum() / (first.sum() + second.sum())
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    """A synthetic subject and a corrupt one, prepared once: (root, out, report)."""
+    from wmh.synth import synthesize_cohort
+
+    root = tmp_path_factory.mktemp("cohort")
+    synthesize_cohort(root / "synth", 1, seed=3, profile="test", cache_dir=None)
+    good = root / "synth" / "synth-test" / "s000"
+    broken = root / "synth" / "synth-test" / "s999"
+    (broken / "orig").mkdir(parents=True)
+    data = (good / "orig" / "FLAIR.nii.gz").read_bytes()
+    (broken / "orig" / "FLAIR.nii.gz").write_bytes(data[: len(data) // 3])  # truncated
+    out = root / "prepared"
+    report = prepare_cohort(root / "synth", out, FAST, progress=False)
+    return good, out, report
+
+
+def truth_on_working(prepared: PreparedSubject, subject_folder, name, order=0):
+    _, grid = load_image(subject_folder / "orig" / "FLAIR.nii.gz")
+    data = np.asarray(nib.load(subject_folder / "truth" / f"{name}.nii.gz").dataobj)
+    return to_working_grid(grid.to_working(data), grid, prepared.shape, prepared.affine, order)
+
+
+def test_prepared_subject_matches_synthetic_truth(cohort):
+    folder, out, report = cohort
+    assert set(report.prepared) == {"s000"}
+    prepared = PreparedSubject.load(out / "s000.h5")
+    assert prepared.channels == ("FLAIR", "T1") and prepared.site == "synth-test"
+    np.testing.assert_allclose(prepared.spacing, [2.0, 2.0, 6.0], atol=1e-6)
+    assert prepared.images.dtype == np.float32 and prepared.images.shape[-1] == 2
+    assert prepared.images.min() >= 0 and prepared.images.max() <= 1
+    assert np.all(prepared.images[~prepared.brain_mask] == 0)
+    assert prepared.location.shape == prepared.shape + (8,)
+    assert prepared.location.min() >= 0 and prepared.location.max() <= 1
+
+    brain = truth_on_working(prepared, folder, "brainmask") > 0
+    assert dice(brain, prepared.brain_mask) >= 0.95
+    mni = truth_on_working(prepared, folder, "mni_coordinates", order=1)
+    error = np.linalg.norm(mni - prepared.mni_coordinates, axis=-1)[brain]
+    assert np.median(error) <= 2.5  # mm (fast test settings; the benchmark uses defaults)
+    ventricles = truth_on_working(prepared, folder, "ventricles")
+    for side in (1, 2):
+        assert dice(ventricles == side, prepared.ventricles == side) >= 0.6
+    # left is left: the left ventricle lies at negative MNI x
+    assert prepared.mni_coordinates[prepared.ventricles == 1][:, 0].mean() < 0
+
+
+def test_labels_round_trip_exactly_to_the_flair_file(cohort, tmp_path):
+    folder, out, _ = cohort
+    prepared = PreparedSubject.load(out / "s000.h5")
+    assert prepared.is_identity_mapping()  # 2 mm in plane = the working spacing
+    source = np.asarray(nib.load(folder / "wmh.nii.gz").dataobj)
+    np.testing.assert_array_equal(prepared.to_native(prepared.labels, order=0), source)
+    written = save_like(prepared.to_native_working(prepared.labels, order=0),
+                        prepared.native_grid(), tmp_path / "labels.nii.gz", np.uint8)
+    reread, _ = load_labels(written, reference=load_image(folder / "wmh.nii.gz")[1])
+    assert reread.shape == prepared.shape
+
+
+def test_failed_subject_is_reported_and_leaves_nothing(cohort):
+    _, out, report = cohort
+    assert set(report.failed) == {"s999"}
+    assert "s999" in report.failed["s999"] and "FLAIR.nii.gz" in report.failed["s999"]
+    assert "FAILED s999" in report.summary()
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "s000.h5"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [entry["subject_id"] for entry in manifest["subjects"]] == ["s000"]
+    assert manifest["subjects"][0]["cache_key"] == PreparedSubject.load(out / "s000.h5").cache_key
+    assert "s999" in manifest["failed"] and len(manifest["cohort_hash"]) == 16
+
+
+def test_rerun_skips_up_to_date_and_cli_exit_code(cohort, tmp_path):
+    folder, out, _ = cohort
+    before = (out / "s000.h5").stat().st_mtime_ns
+    report = prepare_cohort(folder.parent.parent, out, FAST, progress=False)
+    assert set(report.skipped) == {"s000"} and not report.prepared
+    assert (out / "s000.h5").stat().st_mtime_ns == before
+    # the CLI lists the failure and exits 1 (the good subject is skipped again)
+    config = tmp_path / "fast.yaml"
+    config.write_text(json.dumps({"preprocess": {
+        "inplane_spacing_mm": 2.0, "registration_iterations": 60,
+        "deformable_iterations": 15, "n4_iterations": 10}}))
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["prepare", str(folder.parent.parent), "--out", str(out),
+                  "--config", str(config)])
+    assert exit_info.value.code == 1
+    assert (out / "s000.h5").stat().st_mtime_ns == before
+
+
+def test_cache_key_follows_inputs_and_config(cohort):
+    folder, _, _ = cohort
+    subject = discover(folder)[0]
+    key = cache_key(subject, FAST, True)
+    assert cache_key(subject, dataclasses.replace(FAST, workers=4, threads=1), True) == key
+    assert cache_key(subject, dataclasses.replace(FAST, n4_iterations=11), True) != key
+    assert cache_key(subject, FAST, False) != key
+
+
+def test_atlas_registration_recovers_a_known_affine():
+    """The MNI template under a known affine: the registration must find it again."""
+    atlas = load_atlas(2.0)
+    rotation = sitk.Euler3DTransform((0.0, 0.0, 0.0), 0.12, -0.08, 0.1, (6.0, -9.0, 5.0))
+    known = sitk.AffineTransform(3)
+    known.SetMatrix(rotation.GetMatrix())
+    known.SetTranslation(rotation.GetTranslation())
+    known.Scale((1.06, 0.95, 1.02))  # subject -> MNI, in world (LPS) coordinates
+    template = atlas.image("t1")
+    subject = sitk.Resample(template, template, known, sitk.sitkLinear, 0.0)
+    found = register_atlas_affine(subject, np.array(subject.TransformContinuousIndexToPhysicalPoint(
+        [s / 2 for s in subject.GetSize()])), atlas, FAST).GetInverse()
+    brain = from_sitk(sitk.Resample(atlas.image("brain"), template, known)) > 0.5
+    truth = mni_coordinate_map(known, template)
+    estimate = mni_coordinate_map(found, template)
+    error = np.linalg.norm(truth - estimate, axis=-1)[brain]
+    assert np.median(error) < 1.5  # mm
+
+
+def test_skull_stripped_input_detected():
+    spacing = np.array([1.0, 1.0, 3.0])
+    image = np.zeros((120, 140, 40), dtype=np.float32)
+    xx, yy, zz = np.indices(image.shape)
+    ellipsoid = ((xx - 60) / 55) ** 2 + ((yy - 70) / 65) ** 2 + ((zz - 20) / 18) ** 2 < 1
+    image[ellipsoid] = 1.0
+    image[50:70, 60:80, 18:22] = 0.0  # dark ventricles inside stay in the mask
+    mask = skull_stripped_mask(image, spacing)
+    assert mask is not None and mask[60, 70, 20] and mask.sum() == ellipsoid.sum()
+    with_skull = image + 0.2 * (((xx - 60) / 59) ** 2 + ((yy - 70) / 69) ** 2 < 1)
+    with_skull[:, :, :] += 0.01
+    assert skull_stripped_mask(with_skull, spacing) is None
+
+
+def test_implausible_brain_mask_fails_with_reason():
+    spacing = np.array([1.0, 1.0, 1.0])
+    tiny = np.zeros((50, 50, 50), dtype=bool)
+    tiny[20:30, 20:30, 20:30] = True
+    with pytest.raises(PreparationFailed, match="implausible brain volume"):
+        _check_brain_mask(tiny, spacing, FAST, "x.nii.gz", {})
+    full = np.ones((120, 120, 120), dtype=bool)
+    with pytest.raises(PreparationFailed, match="field of view"):
+        _check_brain_mask(full, spacing, dataclasses.replace(FAST, brain_volume_ml=(0.0, 1e9)),
+                          "x.nii.gz", {})

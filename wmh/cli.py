@@ -92,6 +92,64 @@ def synth_command(out, subjects, seed, profile, flair_only, skull_stripped, prev
 
 # --- prepare commands ---
 
+@cli.command("prepare")
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="Output folder [default: <data.cache_dir>/prepared].")
+@click.option("--workers", type=int, default=None,
+              help="Subjects prepared in parallel processes [default: preprocess.workers].")
+@click.option("--no-t1", is_flag=True, help="FLAIR only, even where a T1 exists.")
+@config_options
+def prepare_command(data, out_dir, workers, no_t1, config_path, overrides):
+    """Preprocess every subject of DATA into OUT/<subject_id>.h5.
+
+    Up-to-date subjects are skipped. A subject that fails is listed with its reason
+    and the others go on; the exit code is then 1 (2 for bad input or options).
+    """
+    from wmh.preprocess import prepare_cohort
+
+    config = resolve_config(config_path, overrides)
+    out_dir = out_dir or Path(config.data.cache_dir) / "prepared"
+    report = prepare_cohort(data, out_dir, config.preprocess,
+                            use_t1=config.data.use_t1 and not no_t1,
+                            workers=config.preprocess.workers if workers is None else workers)
+    click.echo(report.summary())
+    click.echo(out_dir)
+    return 0 if report.ok else 1
+
+
+@cli.group("prior")
+def prior_group():
+    """The WMH prior probability map in MNI space (location feature 8)."""
+
+
+@prior_group.command("build")
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--out", "out_path", type=click.Path(path_type=Path), required=True,
+              help="Prior NIfTI to write, e.g. wmh_prior_mni.nii.gz.")
+@click.option("--spacing-mm", type=float, default=4.0, show_default=True,
+              help="Voxel size of the prior grid.")
+@click.option("--smoothing-mm", type=float, default=4.0, show_default=True,
+              help="Gaussian smoothing sigma.")
+@click.option("--workers", type=int, default=None,
+              help="Subjects prepared in parallel when DATA is a raw cohort.")
+@config_options
+def prior_build_command(data, out_path, spacing_mm, smoothing_mm, workers, config_path,
+                        overrides):
+    """Build the WMH prior from a labelled cohort.
+
+    DATA is a folder of prepared subjects (*.h5), or a cohort that is prepared first
+    into <data.cache_dir>/prepared. Use it with --set preprocess.prior_path=OUT.
+    """
+    from wmh.location import build_prior_from_cohort
+
+    config = resolve_config(config_path, overrides)
+    prior, used = build_prior_from_cohort(data, config, spacing_mm, smoothing_mm,
+                                          workers=workers)
+    prior.save(out_path)
+    click.echo(f"prior from {used} labelled subjects -> {out_path}")
+
+
 # --- sample commands ---
 
 @cli.command("sample")

@@ -309,3 +309,33 @@ def build_prior_from_files(paths: Iterable[str | Path], spacing_mm: float = 4.0,
                 yield prepared.mni_coordinates, prepared.labels, prepared.brain_mask
 
     return build_prior(labelled(), spacing_mm, smoothing_mm)
+
+
+def build_prior_from_cohort(data: str | Path, config, spacing_mm: float = 4.0,
+                            smoothing_mm: float = 4.0, workers: Optional[int] = None,
+                            ) -> tuple[Prior, int]:
+    """The prior of a prepared folder (``*.h5``) or of a raw cohort, prepared first into
+    ``<config.data.cache_dir>/prepared``.
+
+    Args:
+        data: prepared folder, cohort folder or CSV manifest.
+        config: the experiment config (data and preprocess sections are used).
+        workers: parallel subjects when preparing; None = ``preprocess.workers``.
+
+    Returns:
+        The prior and the number of prepared files it was built from.
+
+    Raises:
+        WMHError: nothing usable in ``data`` (named).
+    """
+    from wmh.preprocess import prepare_cohort
+
+    data = Path(data)
+    files = sorted(data.glob("*.h5")) if data.is_dir() else []
+    if not files:
+        out = Path(config.data.cache_dir) / "prepared"
+        report = prepare_cohort(data, out, config.preprocess, use_t1=config.data.use_t1,
+                                workers=config.preprocess.workers if workers is None
+                                else workers)
+        files = sorted({**report.skipped, **report.prepared}.values())
+    return build_prior_from_files(files, spacing_mm, smoothing_mm), len(files)
