@@ -210,14 +210,16 @@ class FFTConv2D(keras.layers.Layer):
         batch, height, width, channels = shape[0], shape[1], shape[2], inputs.shape[-1]
         out_height, out_width = height - self.kernel_size + 1, width - self.kernel_size + 1
         down, across = -(-out_height // step), -(-out_width // step)
-        padded_width = across * step + size - step
-        padded = tf.pad(inputs, [[0, 0], [0, down * step + size - step - height],
-                                 [0, padded_width - width], [0, 0]])
-        # Overlapping N x N tiles at stride S, gathered as (tiles, C, N, N).
-        tile_rows = tf.range(down)[:, None] * step + tf.range(size)[None, :]
-        tile_cols = tf.range(across)[:, None] * step + tf.range(size)[None, :]
-        index = tile_rows[:, None, :, None] * padded_width + tile_cols[None, :, None, :]
-        tiles = tf.gather(tf.reshape(padded, (batch, -1, channels)), index, axis=1)
+        # Overlapping N x N tiles at stride S, gathered as (tiles, C, N, N). Tiles of the
+        # last row/column reach past the input: clipping the index repeats edge values
+        # there, which only reach outputs past the valid ones (cropped below), since no
+        # valid output wraps around its tile.
+        tile_rows = tf.minimum(tf.range(down)[:, None] * step + tf.range(size)[None, :],
+                               height - 1)
+        tile_cols = tf.minimum(tf.range(across)[:, None] * step + tf.range(size)[None, :],
+                               width - 1)
+        index = tile_rows[:, None, :, None] * width + tile_cols[None, :, None, :]
+        tiles = tf.gather(tf.reshape(inputs, (batch, -1, channels)), index, axis=1)
         n_tiles = batch * down * across
         tiles = tf.transpose(tf.reshape(tiles, (n_tiles, size * size, channels)), (0, 2, 1))
         spectra = tf.signal.rfft2d(tf.reshape(tiles, (n_tiles, channels, size, size)))
