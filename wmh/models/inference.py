@@ -79,28 +79,30 @@ def predict_slices(model: keras.Model, config: ModelConfig, image_slices: np.nda
     loc_maps = np.asarray(loc_maps, np.float32)
     brain_mask = np.asarray(brain_mask, bool)
     _check_slices(image_slices, loc_maps, brain_mask, mc_samples)
-    n_samples = max(mc_samples, 1)
-    samples = np.zeros((n_samples,) + brain_mask.shape, np.float32)
+    # Running sums over Monte Carlo samples (one plain sample when mc_samples == 0).
+    sums = np.zeros((2,) + brain_mask.shape, np.float64)
 
     if config.arch == "msef":  # no dense form: the sliding window is the computation
         if is_dense_model(model):
             raise WMHError("model.arch 'msef' needs the patch model, not a dense one")
         for z in np.flatnonzero(brain_mask.any(axis=(1, 2))):
             rows, cols = np.nonzero(brain_mask[z])
-            for sample in range(n_samples):
-                samples[sample, z, rows, cols] = predict_patchwise(
-                    model, image_slices[z], loc_maps[z], rows, cols,
-                    training=mc_samples > 0)
+            for _ in range(max(mc_samples, 1)):
+                probabilities = predict_patchwise(model, image_slices[z], loc_maps[z], rows,
+                                                  cols, training=mc_samples > 0)
+                sums[0, z, rows, cols] += probabilities
+                sums[1, z, rows, cols] += np.square(probabilities, dtype=np.float64)
     else:
         dense = model if is_dense_model(model) else build_dense_model(
             model, config, image_slices.shape[-1], fft_size)
         _predict_dense(dense, config, image_slices, loc_maps, brain_mask, batch_size,
-                       mc_samples, samples)
+                       mc_samples, sums)
 
-    samples *= brain_mask
+    mean = sums[0] / max(mc_samples, 1) * brain_mask
     if mc_samples == 0:
-        return samples[0]
-    return samples.mean(axis=0), samples.std(axis=0)
+        return mean.astype(np.float32)
+    variance = np.maximum(sums[1] / mc_samples - mean ** 2, 0.0) * brain_mask
+    return mean.astype(np.float32), np.sqrt(variance).astype(np.float32)
 
 
 def _check_slices(image_slices, loc_maps, brain_mask, mc_samples) -> None:
@@ -117,8 +119,9 @@ def _check_slices(image_slices, loc_maps, brain_mask, mc_samples) -> None:
 
 
 def _predict_dense(dense, config, image_slices, loc_maps, brain_mask, batch_size,
-                   mc_samples, samples) -> None:
-    """Fills ``samples`` (n, Z, H, W), a batch of similar-sized brain windows at a time."""
+                   mc_samples, sums) -> None:
+    """Adds each sample's probabilities and their squares to ``sums`` (2, Z, H, W), a
+    batch of similar-sized brain windows at a time."""
     trunk, head = dense.get_layer("trunk"), dense.get_layer("head")
     multiple, margin = max(used_scales(config)), context(config)
     boxes = {}  # slice -> (top, left, rows, cols) of its brain's bounding box
@@ -139,13 +142,14 @@ def _predict_dense(dense, config, image_slices, loc_maps, brain_mask, batch_size
                         for z in batch])
         image, loc = keras.ops.convert_to_tensor(image), keras.ops.convert_to_tensor(loc)
         features = trunk({"image": image, "loc": loc}, training=False)
-        for sample in range(max(mc_samples, 1)):
+        for _ in range(max(mc_samples, 1)):
             probabilities = head({"features": features, "loc": loc}, training=mc_samples > 0)
             probabilities = keras.ops.convert_to_numpy(probabilities)[..., 1]
             for index, z in enumerate(batch):
                 top, left, rows, cols = boxes[z]
-                samples[sample, z, top:top + rows, left:left + cols] = \
-                    probabilities[index, :rows, :cols]
+                window = probabilities[index, :rows, :cols].astype(np.float64)
+                sums[0, z, top:top + rows, left:left + cols] += window
+                sums[1, z, top:top + rows, left:left + cols] += window ** 2
 
 
 def _round_up(value: int, multiple: int) -> int:
