@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from wmh.config import ModelConfig
 from wmh.data import N_LOCATION_FEATURES, extract_patches, padded_box_means
@@ -140,16 +141,22 @@ def _predict_dense(dense, config, image_slices, loc_maps, brain_mask, batch_size
                           for z in batch])
         loc = np.stack([_window(loc_maps[z], boxes[z][0], boxes[z][1], out_height, out_width)
                         for z in batch])
-        image, loc = keras.ops.convert_to_tensor(image), keras.ops.convert_to_tensor(loc)
-        features = trunk({"image": image, "loc": loc}, training=False)
+        inside = np.stack([_window(brain_mask[z], boxes[z][0], boxes[z][1], out_height,
+                                   out_width) for z in batch])
+        features = trunk({"image": keras.ops.convert_to_tensor(image),
+                          "loc": keras.ops.convert_to_tensor(loc)}, training=False)
+        # The head is per voxel: run it on the brain voxels only, as a (1, n, 1, .) map.
+        positions = np.argwhere(inside)  # (n, 3): window index, row, column
+        features = tf.reshape(tf.gather_nd(features, positions), (1, -1, 1, features.shape[-1]))
+        loc = keras.ops.convert_to_tensor(loc[inside].reshape(1, -1, 1, N_LOCATION_FEATURES))
+        slices = np.asarray(batch)[positions[:, 0]]
+        rows = positions[:, 1] + np.asarray([boxes[z][0] for z in batch])[positions[:, 0]]
+        cols = positions[:, 2] + np.asarray([boxes[z][1] for z in batch])[positions[:, 0]]
         for _ in range(max(mc_samples, 1)):
             probabilities = head({"features": features, "loc": loc}, training=mc_samples > 0)
-            probabilities = keras.ops.convert_to_numpy(probabilities)[..., 1]
-            for index, z in enumerate(batch):
-                top, left, rows, cols = boxes[z]
-                window = probabilities[index, :rows, :cols].astype(np.float64)
-                sums[0, z, top:top + rows, left:left + cols] += window
-                sums[1, z, top:top + rows, left:left + cols] += window ** 2
+            probabilities = keras.ops.convert_to_numpy(probabilities)[0, :, 0, 1]
+            sums[0, slices, rows, cols] += probabilities
+            sums[1, slices, rows, cols] += np.square(probabilities, dtype=np.float64)
 
 
 def _round_up(value: int, multiple: int) -> int:
