@@ -44,6 +44,8 @@ from typing import Optional
 
 import numpy as np
 
+from wmh.errors import WMHError
+
 PATCH_SIZE = 32  # side of every network input patch, in working-grid voxels
 SCALES = (1, 2, 4)  # s1, s2, s3: 32x32, 64x64 and 128x128 windows pooled to 32x32
 SCALE_NAMES = ("s1", "s2", "s3")
@@ -278,8 +280,6 @@ class _BlockCutter:
         self._samples: dict[str, np.ndarray] = {}
 
     def _error(self, error: BaseException) -> Exception:
-        from wmh.errors import WMHError
-
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
         return WMHError(f"{self.samples_path}: corrupt or truncated sample file "
                         f"({first_line}); delete {self.samples_path.parent} and run wmh "
@@ -460,6 +460,9 @@ class SampleStream:
         block_slices: slices per block (RAM per producer ~ block_slices x 2.7 MB at C=2
             and 256 x 256 slices).
 
+    Worker processes are spawned, so a script that streams with workers needs the usual
+    ``if __name__ == "__main__":`` guard (notebooks, pytest and the CLI need nothing).
+
     Raises:
         WMHError: bad sample set (naming the file), unknown split or bad option.
     """
@@ -469,7 +472,6 @@ class SampleStream:
                  workers: Optional[int] = None, block_slices: int = DEFAULT_BLOCK_SLICES):
         import h5py
 
-        from wmh.errors import WMHError
         from wmh.sampling import SAMPLED_SPLITS, open_samples
 
         if split not in SAMPLED_SPLITS:
@@ -555,8 +557,6 @@ class SampleStream:
         import multiprocessing
         import queue
 
-        from wmh.errors import WMHError
-
         context = multiprocessing.get_context("spawn")  # never fork a TensorFlow process
         count = min(self.workers, max(1, len(blocks)))
         slot_bytes = _batch_nbytes(self.batch_size, self.channels)
@@ -626,7 +626,6 @@ def sample_channels(samples_dir, use_t1: bool = True) -> tuple[str, ...]:
 
 def count_samples(samples_dir, split: str) -> int:
     """Samples stored for a split ('train' or 'validation')."""
-    from wmh.errors import WMHError
     from wmh.sampling import open_samples
 
     counts = open_samples(samples_dir).counts
