@@ -194,6 +194,7 @@ class PreparedSubject:
         try:
             with h5py.File(temporary, "w") as file:
                 self._write(file)
+            _readable_like_a_new_file(temporary)
             os.replace(temporary, path)
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
@@ -286,6 +287,13 @@ def read_cache_key(path: str | Path) -> Optional[str]:
             return str(file.attrs["cache_key"])
     except (OSError, KeyError, ValueError):
         return None
+
+
+def _readable_like_a_new_file(path: str | Path) -> None:
+    """mkstemp creates files 0600; give them the permissions open() would (umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 class _BytesReader:
@@ -556,6 +564,22 @@ def downsample(image: sitk.Image, spacing_mm: float) -> sitk.Image:
     origin = np.array(image.GetOrigin()) + direction @ ((new_spacing - spacing) / 2.0)
     reference.SetOrigin([float(v) for v in origin])
     return resample(smooth, reference)
+
+
+class _StageClock:
+    """Records wall-clock seconds per preprocessing stage into ``quality['seconds']``."""
+
+    def __init__(self, quality: dict):
+        import time
+
+        self._time = time.perf_counter
+        self._last = self._time()
+        self._seconds = quality.setdefault("seconds", {})
+
+    def lap(self, stage: str) -> None:
+        now = self._time()
+        self._seconds[stage] = round(now - self._last, 2)
+        self._last = now
 
 
 def _smoothed_for(image: sitk.Image, target_spacing) -> sitk.Image:
@@ -847,6 +871,8 @@ def prepare_subject(subject: Subject, config: PreprocessConfig, use_t1: bool = T
 
 
 def _prepare(subject: Subject, config: PreprocessConfig, use_t1: bool) -> PreparedSubject:
+    quality: dict = {}  # provenance: methods used, similarity, volumes, stage seconds
+    clock = _StageClock(quality)
     loaded = load_subject(subject, use_t1=use_t1)
     grid = loaded.flair_grid
     shape, affine = working_grid(grid, config.inplane_spacing_mm)
@@ -854,12 +880,12 @@ def _prepare(subject: Subject, config: PreprocessConfig, use_t1: bool) -> Prepar
     working = reference_image(shape, affine)
     flair_native = to_sitk(loaded.flair, grid.working_affine)
     flair = to_working_grid(loaded.flair, grid, shape, affine, order=1)
-    quality: dict[str, float | str] = {}
     name = subject.flair
 
     # Registration grid: the FLAIR's field of view at atlas resolution.
     registration_grid = downsample(flair_native, config.atlas_spacing_mm)
 
+    clock.lap("load")
     # 1. T1 -> FLAIR
     t1 = None
     flair_to_t1: sitk.Transform = sitk.Transform()
@@ -877,6 +903,7 @@ def _prepare(subject: Subject, config: PreprocessConfig, use_t1: bool) -> Prepar
         # smoothing to the working voxel size mimics the FLAIR's thick-slice partial volume
         t1 = from_sitk(resample(_smoothed_for(t1_native, spacing), working, flair_to_t1))
 
+    clock.lap("t1_registration")
     # 2a. brain mask known up front: user-supplied, or skull-stripped input
     brain_mask = None
     if loaded.brain_mask is not None:
@@ -916,6 +943,7 @@ def _prepare(subject: Subject, config: PreprocessConfig, use_t1: bool) -> Prepar
             f"{name}: atlas registration failed (normalised mutual information "
             f"{quality['atlas_similarity']:.3f} < {config.min_similarity})")
 
+    clock.lap("atlas_registration")
     # MNI coordinates of every working voxel; atlas labels pulled through them.
     mni_coordinates = mni_coordinate_map(mni_from_subject, working)
     atlas = load_atlas(1.0)
@@ -930,6 +958,7 @@ def _prepare(subject: Subject, config: PreprocessConfig, use_t1: bool) -> Prepar
         atlas_ventricles[inside & brain_mask] = label
     _check_brain_mask(brain_mask, spacing, config, name, quality)
 
+    clock.lap("masks")
     # 3-4. bias field and intensities
     channels = [("FLAIR", flair)] + ([("T1", t1)] if t1 is not None else [])
     images = []
@@ -945,6 +974,7 @@ def _prepare(subject: Subject, config: PreprocessConfig, use_t1: bool) -> Prepar
                 f"{subject.t1}: T1 to FLAIR registration failed (normalised mutual "
                 f"information {quality['t1_similarity']:.3f} < {config.min_similarity})")
 
+    clock.lap("bias_and_normalisation")
     ventricles = refine_ventricles(atlas_ventricles, np.stack(images, axis=-1), brain_mask,
                                    mni_coordinates[..., 0], spacing)
 
@@ -952,6 +982,7 @@ def _prepare(subject: Subject, config: PreprocessConfig, use_t1: bool) -> Prepar
     prior = load_prior(config.prior_path or None)
     location = location_features(mni_coordinates, ventricles, brain_mask, spacing, prior)
 
+    clock.lap("ventricles_and_location")
     def labels_on_working(labels):
         if labels is None:
             return None
@@ -1285,5 +1316,6 @@ def write_manifest(out: Path, subjects: list[Subject], keys: dict[str, str],
     handle, temporary = tempfile.mkstemp(prefix=f".{MANIFEST_NAME}.", dir=out)
     with os.fdopen(handle, "w") as file:
         json.dump(manifest, file, indent=1)
+    _readable_like_a_new_file(temporary)
     os.replace(temporary, out / MANIFEST_NAME)
     return out / MANIFEST_NAME
