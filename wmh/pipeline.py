@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import sys
 from pathlib import Path
 
 from wmh.config import ExperimentConfig, SynthConfig, dump_yaml
@@ -23,9 +24,12 @@ def _key(*parts: str) -> str:
 
 def synthetic_root(config: ExperimentConfig) -> Path:
     """Where the synthetic cohort described by ``config.synth`` lives in the cache."""
+    from wmh.synth import SYNTH_VERSION
+
     synth = config.synth
+    key = _key(dump_yaml(synth), f"synth_version={SYNTH_VERSION}")
     return (Path(config.data.cache_dir) / "synth"
-            / f"{synth.profile}-n{synth.subjects}-seed{synth.seed}-{_key(dump_yaml(synth))}")
+            / f"{synth.profile}-n{synth.subjects}-seed{synth.seed}-{key}")
 
 
 def ensure_cohort(config: ExperimentConfig) -> tuple[Path, bool]:
@@ -52,8 +56,8 @@ def ensure_cohort(config: ExperimentConfig) -> tuple[Path, bool]:
 
 
 def ensure_prepared(config: ExperimentConfig, cohort: Path) -> Path:
-    """Prepared subjects of ``cohort`` under ``<cache>/prepared/<key>``; raises when a
-    subject failed (named with its reason)."""
+    """Prepared subjects of ``cohort`` under ``<cache>/prepared/<key>``. Subjects that fail
+    are listed with their reason on stderr and left out; raises when all fail."""
     from wmh import preprocess
 
     key = _key(str(cohort.resolve()), dump_yaml(config.preprocess), str(config.data.use_t1))
@@ -61,10 +65,13 @@ def ensure_prepared(config: ExperimentConfig, cohort: Path) -> Path:
     report = preprocess.prepare_cohort(cohort, out, config.preprocess,
                                        use_t1=config.data.use_t1,
                                        workers=config.preprocess.workers)
-    if report.failures:
-        subject_id, reason = next(iter(report.failures.items()))
-        raise WMHError(f"{cohort}: {len(report.failures)} subject(s) failed preparation, "
-                       f"first {subject_id}: {reason}")
+    if report.failed:
+        # The other subjects go on (as in `wmh prepare`); the failures are reported.
+        print(report.summary(), file=sys.stderr)
+        if not report.prepared and not report.skipped:
+            subject_id, reason = next(iter(sorted(report.failed.items())))
+            raise WMHError(f"{cohort}: every subject failed preparation, first {subject_id}: "
+                           f"{reason}")
     return out
 
 
@@ -93,20 +100,24 @@ def ensure_data(config: ExperimentConfig) -> DataStages:
     return DataStages(cohort, synthetic, prepared, samples)
 
 
-def run_training(config: ExperimentConfig, **train_kwargs):
-    """Data stages, then training (``wmh train`` and the MLproject ``main`` entry)."""
-    from wmh import train
-
-    stages = ensure_data(config)
+def train_model(config: ExperimentConfig, stages: DataStages, **train_kwargs):
+    """Trains ``config.model`` on prepared data stages: a CNN, or the random forest
+    baseline for ``model.arch == "rf"``; both return a :class:`wmh.train.TrainResult`."""
     data_label = "synthetic" if stages.synthetic else "real"
     if config.model.arch == "rf":  # the conventional baseline: hand-crafted features + forest
         from wmh.baseline import train_baseline
 
         return train_baseline(config, stages.samples, stages.prepared, data_label=data_label,
                               **train_kwargs)
+    from wmh import train
+
     return train.train(config, stages.samples, stages.prepared, data_label=data_label,
                        **train_kwargs)
 
+
+def run_training(config: ExperimentConfig, **train_kwargs):
+    """Data stages, then training (``wmh train`` and the MLproject ``main`` entry)."""
+    return train_model(config, ensure_data(config), **train_kwargs)
 
 
 SUMMARY_COLUMNS = ("subject_id", "dice", "hd95", "avd", "lesion_recall", "lesion_f1",
@@ -153,11 +164,8 @@ def demo(config: ExperimentConfig, out_dir: Path = Path("outputs/demo")) -> dict
     import mlflow
     import numpy as np
 
-    from wmh import train as train_module
-
     stages = ensure_data(config)
-    result = train_module.train(config, stages.samples, stages.prepared,
-                                data_label="synthetic" if stages.synthetic else "real")
+    result = train_model(config, stages)
     rows = segment_test_subjects(config, stages, result.model_dir, out_dir / "segment")
     means = {}
     for column in SUMMARY_COLUMNS[1:]:

@@ -390,6 +390,8 @@ def _run_method_name(run) -> str:
     location = run.data.params.get("model.loc")
     if arch is None:
         return run.info.run_name or run.info.run_id
+    if arch == "rf":  # the forest always uses the location features; model.loc is unused
+        return "Conventional"
     name = arch.upper()
     if location in (None, "", "none"):
         return name

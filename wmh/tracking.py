@@ -23,7 +23,7 @@ from wmh.config import dump_yaml, to_dict
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 LIBRARIES = ("tensorflow-cpu", "tensorflow", "keras", "mlflow", "optuna", "numpy", "scipy",
-             "h5py", "nibabel", "SimpleITK", "nilearn", "scikit-learn", "scikit-image")
+             "h5py", "nibabel", "SimpleITK", "nilearn", "scikit-learn", "scikit-image", "skops")
 
 
 def tracking_uri() -> str:
