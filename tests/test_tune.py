@@ -336,3 +336,29 @@ def test_unreachable_database_is_a_user_error(tmp_path):
                                        r"optuna: cannot open") as error:
         tune.open_storage(settings, tmp_path)
     assert "secret" not in str(error.value)
+
+
+def test_mlproject_tune_entry_runs_wmh_tune(tmp_path, stages, tracking_uri, monkeypatch,
+                                            capsys):
+    import shlex
+    from pathlib import Path
+
+    from mlflow.projects import _project_spec
+
+    from wmh import pipeline, train
+    from wmh.cli import main
+
+    monkeypatch.setattr(train, "train", FakeTraining())
+    monkeypatch.setattr(pipeline, "ensure_data", lambda config: stages)
+    entry = _project_spec.load_project(str(Path(__file__).parents[1])).get_entry_point("tune")
+    command = entry.compute_command(
+        {"study": "from-mlproject", "n_trials": "2",
+         "set": f"data.cache_dir={tmp_path} train.experiment=tune-mlproject"}, None)
+    arguments = shlex.split(command)
+    assert arguments[:2] == ["wmh", "tune"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(arguments[1:])
+    assert exit_info.value.code == 0
+    output = capsys.readouterr().out
+    assert "study from-mlproject (journal-file: " in output and "2 trials (2 complete)" in output
+    assert "reproduce: wmh train --set model.arch=" in output

@@ -5,15 +5,11 @@ The search space is static, so every trial suggests every parameter (alpha too, 
 where the injection layer would make it moot) and Optuna's samplers and importance
 analysis see one fixed space. Parameters are named by the config key they set:
 
-=====================  ===============================================  ==============
-parameter              range (``tune.*``)                                distribution
-=====================  ===============================================  ==============
-``model.arch``         ``archs``                                        categorical
-``model.loc``          ``injections``                                   categorical
-``model.alpha``        ``alpha_low`` .. ``alpha_high``                  log-uniform
-``train.learning_rate````learning_rate_low`` .. ``learning_rate_high``  log-uniform
-``model.dropout_rate`` ``dropout_low`` .. ``dropout_high``              uniform
-=====================  ===============================================  ==============
+* ``model.arch``: categorical over ``tune.archs``;
+* ``model.loc``: categorical over ``tune.injections``;
+* ``model.alpha``: log-uniform in [``tune.alpha_low``, ``tune.alpha_high``];
+* ``train.learning_rate``: log-uniform in [``tune.learning_rate_low``, ``..._high``];
+* ``model.dropout_rate``: uniform in [``tune.dropout_low``, ``tune.dropout_high``];
 
 so the best trial is reproduced with ``wmh train --set model.alpha=... --set ...``.
 
@@ -213,14 +209,14 @@ class FileClaimLock(ClaimLock):
 
 
 class PostgresClaimLock(ClaimLock):
-    """A PostgreSQL session advisory lock keyed by the study name (released by the server
-    if the worker's connection dies)."""
+    """A PostgreSQL session advisory lock keyed by a name, e.g. the study's (released by
+    the server if the worker's connection dies)."""
 
-    def __init__(self, url: str, study: str):
+    def __init__(self, url: str, name: str):
         import sqlalchemy
         from sqlalchemy.pool import NullPool
 
-        self.key = int.from_bytes(hashlib.sha256(f"wmh-tune:{study}".encode()).digest()[:8],
+        self.key = int.from_bytes(hashlib.sha256(f"wmh-tune:{name}".encode()).digest()[:8],
                                   "big", signed=True)
         # autocommit: the lock belongs to the session, no transaction stays open
         self.engine = sqlalchemy.create_engine(url, poolclass=NullPool,
@@ -290,23 +286,48 @@ def open_storage(settings: TuneConfig, cache_dir: str | Path) -> StudyStorage:
                        "sqlite:///file.db, or leave it empty for the journal file under "
                        f"{Path(cache_dir) / 'optuna'})")
     heartbeat = settings.heartbeat_seconds
+    engine_url = _with_installed_driver(url)
+    lock = None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = optuna.storages.RDBStorage(
-                url, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=heartbeat,
-                grace_period=2 * heartbeat)
-    except Exception as error:  # SQLAlchemy/driver errors: unreachable, bad credentials
+        if scheme == "sqlite":
+            database = Path(url.split(":///", 1)[1]) if ":///" in url else Path("optuna.db")
+            lock = schema_lock = FileClaimLock(database.with_name(database.name
+                                                                  + ".claim.lock"))
+            kind = "sqlite"
+        else:
+            lock = PostgresClaimLock(engine_url, f"study:{settings.study}")
+            schema_lock = PostgresClaimLock(engine_url, "schema")
+            kind = "postgresql"
+        # Workers started together on a fresh database would race to create Optuna's
+        # tables (a unique violation in PostgreSQL's catalogue): one at a time.
+        schema_lock.acquire()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                storage = optuna.storages.RDBStorage(
+                    engine_url, engine_kwargs={"pool_pre_ping": True},
+                    heartbeat_interval=heartbeat, grace_period=2 * heartbeat)
+        finally:
+            if schema_lock is lock:
+                lock.release()
+            else:
+                schema_lock.close()
+    except Exception as error:  # SQLAlchemy/driver errors: bad URL, unreachable, password
+        if lock is not None:
+            lock.close()
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise WMHError(f"--storage {redact(url)}: cannot open ({first_line})") from None
-    if scheme == "sqlite":
-        database = Path(url.split(":///", 1)[1]) if ":///" in url else Path("optuna.db")
-        lock = FileClaimLock(database.with_name(database.name + ".claim.lock"))
-        kind = "sqlite"
-    else:
-        lock = PostgresClaimLock(url, settings.study)
-        kind = "postgresql"
     return StudyStorage(storage, kind, redact(url), lock, heartbeat=True)
+
+
+def _with_installed_driver(url: str) -> str:
+    """``postgresql://`` with the psycopg2 driver when psycopg 3 (SQLAlchemy 2.1's default
+    for that scheme) is not installed; the project pins psycopg2-binary."""
+    import importlib.util
+
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None:
+        return "postgresql+psycopg2://" + url[len("postgresql://"):]
+    return url
 
 
 def _fail_orphaned_trials(study, storage: StudyStorage) -> None:
@@ -325,12 +346,12 @@ def _fail_orphaned_trials(study, storage: StudyStorage) -> None:
         worker_host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
         if worker_host != host or not pid.isdigit() or _process_alive(int(pid)):
             continue
-        try:
+        try:  # Optuna has no public call that sets another process's trial attribute
             study._storage.set_trial_user_attr(trial._trial_id, "fail_reason",
                                                f"worker {host}:{pid} is gone")
-            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
+        study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
 
 
 def _process_alive(pid: int) -> bool:
@@ -562,10 +583,10 @@ def _run_trials(study, storage: StudyStorage, config: ExperimentConfig, space: d
     trials_run: list[int] = []
 
     def objective(trial):
+        trial.set_user_attr("worker", worker)  # before anything can kill it unnamed
+        trial.set_user_attr("mlflow_parent_run_id", parent_run_id)
         storage.claim_lock.release()  # the trial exists now: let the next worker claim
         trials_run.append(trial.number)
-        trial.set_user_attr("worker", worker)
-        trial.set_user_attr("mlflow_parent_run_id", parent_run_id)
         return _train_trial(trial, config, space, stages, data_label)
 
     def report(study, trial):
@@ -611,7 +632,7 @@ def _train_trial(trial, config: ExperimentConfig, space: dict, stages,
     except optuna.TrialPruned:
         _tag_run(recorder.run_id, "PRUNED", status="KILLED")  # stopped early, not broken
         raise
-    except Exception as error:
+    except (Exception, KeyboardInterrupt) as error:  # interrupted: recorded, then re-raised
         reason = " ".join(str(error).split()) or type(error).__name__
         trial.set_user_attr("fail_reason", f"{type(error).__name__}: {reason}"[:500])
         _tag_run(recorder.run_id, "FAIL")
