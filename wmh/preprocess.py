@@ -566,22 +566,6 @@ def downsample(image: sitk.Image, spacing_mm: float) -> sitk.Image:
     return resample(smooth, reference)
 
 
-class _StageClock:
-    """Records wall-clock seconds per preprocessing stage into ``quality['seconds']``."""
-
-    def __init__(self, quality: dict):
-        import time
-
-        self._time = time.perf_counter
-        self._last = self._time()
-        self._seconds = quality.setdefault("seconds", {})
-
-    def lap(self, stage: str) -> None:
-        now = self._time()
-        self._seconds[stage] = round(now - self._last, 2)
-        self._last = now
-
-
 def _smoothed_for(image: sitk.Image, target_spacing) -> sitk.Image:
     """Anti-aliasing before resampling ``image`` onto a grid of ``target_spacing`` (mm),
     per axis (nothing where the image is already as coarse)."""
@@ -880,124 +864,163 @@ def _prepare(subject: Subject, config: PreprocessConfig, use_t1: bool) -> Prepar
     working = reference_image(shape, affine)
     flair_native = to_sitk(loaded.flair, grid.working_affine)
     flair = to_working_grid(loaded.flair, grid, shape, affine, order=1)
-    name = subject.flair
-
-    # Registration grid: the FLAIR's field of view at atlas resolution.
-    registration_grid = downsample(flair_native, config.atlas_spacing_mm)
-
     clock.lap("load")
+
     # 1. T1 -> FLAIR
-    t1 = None
-    flair_to_t1: sitk.Transform = sitk.Transform()
+    t1_native, flair_to_t1, t1 = None, sitk.Transform(), None
     if loaded.t1 is not None:
         t1_native = to_sitk(loaded.t1, loaded.t1_grid.working_affine)
-        same_grid = (loaded.t1_grid.shape == grid.shape
-                     and np.allclose(loaded.t1_grid.affine, grid.affine, atol=1e-3))
-        if not (subject.coregistered or same_grid):
-            t1_coarse = downsample(t1_native, config.atlas_spacing_mm)
-            t1_to_flair = register_rigid(t1_coarse, flair_native, config)
-            flair_to_t1 = t1_to_flair.GetInverse()
-            quality["t1_registration"] = "rigid"
-        else:
-            quality["t1_registration"] = "skipped (co-registered)"
+        flair_to_t1 = _t1_registration(loaded, t1_native, flair_native, config, quality)
         # smoothing to the working voxel size mimics the FLAIR's thick-slice partial volume
         t1 = from_sitk(resample(_smoothed_for(t1_native, spacing), working, flair_to_t1))
-
     clock.lap("t1_registration")
-    # 2a. brain mask known up front: user-supplied, or skull-stripped input
-    brain_mask = None
-    if loaded.brain_mask is not None:
-        brain_mask = to_working_grid(loaded.brain_mask.astype(np.uint8), grid, shape, affine,
-                                     order=0) > 0
-        quality["brain_mask"] = "supplied"
-    else:
-        stripped = skull_stripped_mask(loaded.flair, grid.working_spacing)
-        if stripped is not None:
-            brain_mask = to_working_grid(stripped.astype(np.uint8), grid, shape, affine,
-                                         order=0) > 0
-            quality["brain_mask"] = "skull-stripped input"
 
-    # 6. atlas registration on the registration grid
-    if t1 is not None:
-        subject_image = resample(_smoothed_for(t1_native, config.atlas_spacing_mm),
-                                 registration_grid, flair_to_t1)
-    else:
-        subject_image = sitk.Cast(registration_grid, sitk.sitkFloat32)
-    known_mask = None
-    if brain_mask is not None:
-        known_mask = resample(to_sitk(brain_mask.astype(np.uint8), affine), registration_grid,
-                              linear=False)
-        subject_image = sitk.Mask(subject_image, known_mask)
-    coarse_atlas = load_atlas(config.atlas_spacing_mm)
-    centre = (_centroid(known_mask) if known_mask is not None
-              else _head_centre(subject_image, stripped=False))
-    subject_from_mni = register_atlas_affine(subject_image, centre, coarse_atlas, config)
-    mni_from_subject: sitk.Transform = subject_from_mni.GetInverse()
-    if config.atlas_deformable:
-        mni_from_subject = register_atlas_deformable(subject_image, mni_from_subject,
-                                                     coarse_atlas, config)
-    quality["atlas_similarity"] = _atlas_similarity(subject_image, mni_from_subject,
-                                                    coarse_atlas)
-    if quality["atlas_similarity"] < config.min_similarity:
-        raise PreparationFailed(
-            f"{name}: atlas registration failed (normalised mutual information "
-            f"{quality['atlas_similarity']:.3f} < {config.min_similarity})")
-
+    # 2a. a brain mask known up front; 6. atlas registration
+    brain_mask = _known_brain_mask(loaded, shape, affine, quality)
+    mni_from_subject = _atlas_registration(flair_native, t1_native, flair_to_t1, brain_mask,
+                                           affine, config, quality, subject.flair)
     clock.lap("atlas_registration")
-    # MNI coordinates of every working voxel; atlas labels pulled through them.
+
+    # MNI coordinates of every working voxel; atlas labels pulled through them. 2b.
     mni_coordinates = mni_coordinate_map(mni_from_subject, working)
     atlas = load_atlas(1.0)
     if brain_mask is None:
         brain_mask = sample_atlas(atlas.brain, atlas.affine, mni_coordinates) > 0.5
         brain_mask = _largest_component(brain_mask)
         quality["brain_mask"] = "atlas"
+    _check_brain_mask(brain_mask, spacing, config, subject.flair, quality)
     atlas_ventricles = np.zeros(shape, dtype=np.uint8)
     for label in (1, 2):
         inside = sample_atlas((atlas.ventricles == label).astype(np.float32), atlas.affine,
                               mni_coordinates) > 0.5
         atlas_ventricles[inside & brain_mask] = label
-    _check_brain_mask(brain_mask, spacing, config, name, quality)
-
     clock.lap("masks")
+
     # 3-4. bias field and intensities
     channels = [("FLAIR", flair)] + ([("T1", t1)] if t1 is not None else [])
     images = []
-    for channel, image in channels:
+    for _, image in channels:
         if config.bias_correction:
             image = bias_correct(image, brain_mask, affine, config)
         images.append(normalise_intensities(image, brain_mask, config.normalise_percentiles))
+    images = np.stack(images, axis=-1)
     if t1 is not None:
         quality["t1_similarity"] = normalised_mutual_information(
-            images[0][brain_mask], images[1][brain_mask])
+            images[..., 0][brain_mask], images[..., 1][brain_mask])
         if quality["t1_similarity"] < config.min_similarity:
             raise PreparationFailed(
                 f"{subject.t1}: T1 to FLAIR registration failed (normalised mutual "
                 f"information {quality['t1_similarity']:.3f} < {config.min_similarity})")
-
     clock.lap("bias_and_normalisation")
-    ventricles = refine_ventricles(atlas_ventricles, np.stack(images, axis=-1), brain_mask,
-                                   mni_coordinates[..., 0], spacing)
 
-    # 7. location features
+    # 7. ventricles and location features
+    ventricles = refine_ventricles(atlas_ventricles, images, brain_mask,
+                                   mni_coordinates[..., 0], spacing)
     prior = load_prior(config.prior_path or None)
     location = location_features(mni_coordinates, ventricles, brain_mask, spacing, prior)
-
     clock.lap("ventricles_and_location")
-    def labels_on_working(labels):
+
+    def on_working_grid(labels):
         if labels is None:
             return None
         return to_working_grid(labels, grid, shape, affine, order=0).astype(np.uint8)
 
     return PreparedSubject(
         subject_id=subject.subject_id, site=subject.site, split=subject.split,
-        images=np.stack(images, axis=-1), channels=tuple(c for c, _ in channels),
-        brain_mask=brain_mask, labels=labels_on_working(loaded.labels),
-        labels_observer2=labels_on_working(loaded.labels_observer2), location=location,
+        images=images, channels=tuple(name for name, _ in channels),
+        brain_mask=brain_mask, labels=on_working_grid(loaded.labels),
+        labels_observer2=on_working_grid(loaded.labels_observer2), location=location,
         ventricles=ventricles, spacing=spacing, affine=affine, native_shape=grid.shape,
         native_affine=grid.affine, native_header=bytes(grid.header.binaryblock),
         cache_key=cache_key(subject, config, use_t1),
         provenance=provenance(subject, config, use_t1, quality, prior.source),
         mni_coordinates=mni_coordinates.astype(np.float32))
+
+
+class _StageClock:
+    """Records wall-clock seconds per preprocessing stage into ``quality['seconds']``."""
+
+    def __init__(self, quality: dict):
+        import time
+
+        self._time = time.perf_counter
+        self._last = self._time()
+        self._seconds = quality.setdefault("seconds", {})
+
+    def lap(self, stage: str) -> None:
+        now = self._time()
+        self._seconds[stage] = round(now - self._last, 2)
+        self._last = now
+
+
+def _t1_registration(loaded, t1_native: sitk.Image, flair_native: sitk.Image, config,
+                     quality: dict) -> sitk.Transform:
+    """FLAIR world -> T1 world transform: identity when the layout promises
+    co-registration or the T1 lies on exactly the FLAIR grid, else rigid by MI."""
+    grid, t1_grid = loaded.flair_grid, loaded.t1_grid
+    same_grid = (t1_grid.shape == grid.shape
+                 and np.allclose(t1_grid.affine, grid.affine, atol=1e-3))
+    if loaded.subject.coregistered or same_grid:
+        quality["t1_registration"] = "skipped (co-registered)"
+        return sitk.Transform()
+    quality["t1_registration"] = "rigid"
+    t1_coarse = downsample(t1_native, config.atlas_spacing_mm)
+    return register_rigid(t1_coarse, flair_native, config).GetInverse()
+
+
+def _known_brain_mask(loaded, shape, affine, quality: dict) -> Optional[np.ndarray]:
+    """The working-grid brain mask when it is known before registration: supplied by
+    the user, or the foreground of skull-stripped input; else None."""
+    grid = loaded.flair_grid
+    if loaded.brain_mask is not None:
+        quality["brain_mask"] = "supplied"
+        mask = loaded.brain_mask
+    else:
+        mask = skull_stripped_mask(loaded.flair, grid.working_spacing)
+        if mask is None:
+            return None
+        quality["brain_mask"] = "skull-stripped input"
+    return to_working_grid(mask.astype(np.uint8), grid, shape, affine, order=0) > 0
+
+
+def _atlas_registration(flair_native: sitk.Image, t1_native: Optional[sitk.Image],
+                        flair_to_t1: sitk.Transform, brain_mask: Optional[np.ndarray],
+                        affine: np.ndarray, config, quality: dict, name) -> sitk.Transform:
+    """MNI152 -> subject, affine then demons, on the FLAIR's field of view at atlas
+    resolution; the T1 (better contrast, finer slices) is the subject image when there
+    is one, and a known brain mask removes the skull first.
+
+    Returns:
+        The transform mapping FLAIR world points to MNI world points (LPS).
+
+    Raises:
+        PreparationFailed: the registered template does not resemble the subject.
+    """
+    registration_grid = downsample(flair_native, config.atlas_spacing_mm)
+    if t1_native is not None:
+        subject_image = resample(_smoothed_for(t1_native, config.atlas_spacing_mm),
+                                 registration_grid, flair_to_t1)
+    else:
+        subject_image = registration_grid
+    atlas = load_atlas(config.atlas_spacing_mm)
+    if brain_mask is not None:
+        known_mask = resample(to_sitk(brain_mask.astype(np.uint8), affine), registration_grid,
+                              linear=False)
+        subject_image = sitk.Mask(subject_image, known_mask)
+        centre = _centroid(known_mask)
+    else:
+        centre = _head_centre(subject_image, stripped=False)
+    mni_from_subject = register_atlas_affine(subject_image, centre, atlas,
+                                             config).GetInverse()
+    if config.atlas_deformable:
+        mni_from_subject = register_atlas_deformable(subject_image, mni_from_subject, atlas,
+                                                     config)
+    similarity = _atlas_similarity(subject_image, mni_from_subject, atlas)
+    quality["atlas_similarity"] = similarity
+    if similarity < config.min_similarity:
+        raise PreparationFailed(f"{name}: atlas registration failed (normalised mutual "
+                                f"information {similarity:.3f} < {config.min_similarity})")
+    return mni_from_subject
 
 
 def _atlas_similarity(subject_image: sitk.Image, mni_from_subject: sitk.Transform,
