@@ -297,6 +297,7 @@ def test_parallel_workers_share_one_study_without_losing_or_duplicating_trials(
         assert run.data.tags["optuna.study"] == STUDY
         assert float(run.data.params["model.alpha"]) == pytest.approx(
             trial.params["model.alpha"])
+        assert PASSWORD not in str(run.data.params)
         parent_id = run.data.tags["mlflow.parentRunId"]
         assert parent_id == trial.user_attrs["mlflow_parent_run_id"]
         parents.setdefault(parent_id, client.get_run(parent_id))
@@ -305,6 +306,9 @@ def test_parallel_workers_share_one_study_without_losing_or_duplicating_trials(
         assert parent.data.tags["optuna.study"] == STUDY
         assert parent.data.tags["optuna.storage"] == "postgresql"
         assert PASSWORD not in parent.data.tags["optuna.storage_location"]
+        assert parent.data.params["tune.storage"].startswith("postgresql://wmh:***@")
+        recorded = client.download_artifacts(parent.info.run_id, "config.yaml", str(tmp_path))
+        assert PASSWORD not in Path(recorded).read_text()
     experiment = client.get_experiment_by_name(EXPERIMENT)
     finished_children = client.search_runs(
         [experiment.experiment_id],

@@ -523,6 +523,8 @@ def tune(config: ExperimentConfig, stages=None, data_label: Optional[str] = None
     settings = config.tune
     space = search_space(settings)
     storage = open_storage(settings, config.data.cache_dir)
+    # every run records its config: never the database password
+    config = replace(config, **{"tune.storage": redact(settings.storage)})
     try:
         if stages is None:
             stages = pipeline.ensure_data(config)
