@@ -266,6 +266,24 @@ def test_trials_of_a_killed_worker_are_failed_and_finished_ones_kept(tmp_path, s
     assert summary.trials_run == (2,)
 
 
+def test_timeout_stops_starting_new_trials(tmp_path, stages, tracking_uri, monkeypatch):
+    import time
+
+    from wmh import train, tune
+
+    fake = FakeTraining()
+
+    def slow_training(*args, **kwargs):
+        time.sleep(1.5)
+        return fake(*args, **kwargs)
+
+    monkeypatch.setattr(train, "train", slow_training)
+    config = tune_config(tmp_path, "tune-timeout", **{"tune.n_trials": 10,
+                                                      "tune.timeout": 1.0})
+    summary = tune.tune(config, stages, progress=lambda line: None)
+    assert summary.trials_run == (0,) and summary.n_trials == 1  # the started one finished
+
+
 class FakeTrial:
     def __init__(self, prune_at_step):
         self.prune_at_step = prune_at_step
