@@ -6,7 +6,6 @@ data_cache/ like every other stage's cache.
 """
 
 import json
-import os
 from pathlib import Path
 
 import nibabel as nib

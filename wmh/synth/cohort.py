@@ -32,7 +32,7 @@ from wmh.synth.anatomy import ANATOMY_VERSION, get_anatomy
 from wmh.synth.profiles import (MIXED, PROFILE_NAMES, PROFILES, draw_profile,
                                 profile_as_dict)
 
-SYNTH_VERSION = 2  # bump when generated arrays change for the same seed
+SYNTH_VERSION = 3  # bump when generated arrays change for the same seed
 COHORT_FILE = "cohort.json"
 PROGRESS_FILE = ".synth-in-progress.json"  # arguments of a run that has not finished
 

@@ -199,23 +199,40 @@ def _bounding_box(mask: np.ndarray, margin: int = 2) -> tuple:
 
 def place_hard_negatives(rng: np.random.Generator, anatomy: Anatomy, overlay: Overlay,
                          load_ml: float, contrast: Contrast) -> dict:
-    """WMH look-alikes (label 0), more of them with a heavier load (lacunes come with
-    small vessel disease). Returns counts for cohort.json."""
+    """WMH look-alikes (label 0). Their volume follows a budget that grows with the WMH
+    load (lacunes and gliosis come with small vessel disease): 1 mL + 30-50 % of the
+    load, filled with lacunes and cortical spots after the septum and corticospinal
+    tract. Returns counts for cohort.json."""
     shape = anatomy.shape
 
     def bright() -> float:  # as bright as WMH: intensity alone cannot tell them apart
         return contrast.wmh_flair * rng.uniform(0.85, 1.15)
 
-    # 1. cortical and juxtacortical hyperintense spots
-    spots = int(min(rng.poisson(5 + load_ml / 6), 25))
-    for centre in _choose_voxels(rng, anatomy.spot_sites, spots):
-        radius = float(rng.uniform(1.5, 3.5))
-        box, soft, _ = _blob(rng, centre.astype(np.float32), radius, shape)
-        soft *= anatomy.brain[box]
-        wins = overlay.paint(box, soft, bright(), contrast.wmh_t1 * 1.05)
-        overlay.hard_negative[box] |= wins & (soft > 0.5)
+    def mark(box, wins, inside) -> float:
+        new = wins & inside & ~overlay.hard_negative[box]
+        overlay.hard_negative[box] |= new
+        return float(new.sum()) / 1000
 
-    # 2. septum pellucidum / fornix: a bright stretch of the midline band
+    def spot(centre) -> float:  # cortical or juxtacortical hyperintensity
+        box, soft, _ = _blob(rng, centre.astype(np.float32), float(rng.uniform(1.5, 3.5)), shape)
+        soft *= anatomy.brain[box]
+        return mark(box, overlay.paint(box, soft, bright(), contrast.wmh_t1 * 1.05), soft > 0.5)
+
+    def lacune(centre) -> float:  # CSF-like hole (3-15 mm) with a bright gliosis rim
+        core_radius = float(rng.uniform(2.0, 5.0))
+        scale = core_radius + float(rng.uniform(1.2, 2.2))
+        box, soft_outer, distance = _blob(rng, centre.astype(np.float32), scale, shape,
+                                          roughness=0.15)
+        soft_core = np.clip((core_radius / scale - distance) * scale + 0.5, 0, 1)
+        soft_outer *= anatomy.brain[box]
+        flair_level, t1_level = _cored(soft_core, (bright(), 0.85),
+                                       (contrast.csf_flair, contrast.csf_t1))
+        wins = overlay.paint(box, soft_outer, flair_level, t1_level)
+        return mark(box, wins, (soft_outer > 0.5) & (soft_core < 0.5))
+
+    budget_ml = 1.0 + float(rng.uniform(0.3, 0.5)) * load_ml
+    placed_ml = 0.0
+    # septum pellucidum / fornix: a bright stretch of the midline band
     septum_ml = 0.0
     if rng.random() < 0.8 and anatomy.septum.any():
         y = np.argwhere(anatomy.septum)[:, 1]
@@ -226,41 +243,37 @@ def place_hard_negatives(rng: np.random.Generator, anatomy: Anatomy, overlay: Ov
         band[:, int(start + length) + 1:] = False
         box = _bounding_box(band, 2)
         soft = np.clip(ndi.gaussian_filter(band[box].astype(np.float32), 0.7) * 1.6, 0, 1)
-        wins = overlay.paint(box, soft, bright(), 0.9)
-        overlay.hard_negative[box] |= wins & (soft > 0.5)
-        septum_ml = float((soft > 0.5).sum()) / 1000
-
-    # 3. lacunes: CSF-like holes with a bright gliosis rim
-    lacunes = int(min(rng.poisson(1.0 + load_ml / 5), 15))
-    for centre in _choose_voxels(rng, anatomy.lacune_sites, lacunes):
-        core_radius = float(rng.uniform(2.0, 5.0))  # lacunes are 3-15 mm across
-        rim = float(rng.uniform(1.2, 2.2))
-        box, soft_outer, distance = _blob(rng, centre.astype(np.float32), core_radius + rim,
-                                          shape, roughness=0.15)
-        scale = core_radius + rim
-        soft_core = np.clip((core_radius / scale - distance) * scale + 0.5, 0, 1)
-        soft_outer *= anatomy.brain[box]
-        flair_level, t1_level = _cored(soft_core, (bright(), 0.85),
-                                       (contrast.csf_flair, contrast.csf_t1))
-        wins = overlay.paint(box, soft_outer, flair_level, t1_level)
-        overlay.hard_negative[box] |= wins & (soft_outer > 0.5) & (soft_core < 0.5)
-
-    # 4. corticospinal tract (posterior limb of the internal capsule): bilateral, faint
-    tract = False
-    if rng.random() < 0.35:
-        tract = True
+        septum_ml = mark(box, overlay.paint(box, soft, bright(), 0.9), soft > 0.5)
+        placed_ml += septum_ml
+    # corticospinal tract (posterior limb of the internal capsule): bilateral, fainter
+    tract = bool(rng.random() < 0.35)
+    if tract:
         sigma = np.array([3.0, 4.0, 9.0])
+        level = 1 + (contrast.wmh_flair - 1) * rng.uniform(0.6, 0.9)
         for side in (-1, 1):
             centre = anatomy.voxel_of([side * 22.0, -16.0, 8.0])
             box, offsets = _ball_box(centre, float(sigma.max() * 1.6), shape)
             weight = np.exp(-0.5 * sum((offsets[i] / sigma[i]) ** 2 for i in range(3)))
-            soft = np.clip((weight - 0.3) * 4, 0, 1) * (anatomy.wm[box] > 0.5)
-            level = 1 + (contrast.wmh_flair - 1) * rng.uniform(0.6, 0.9)
-            wins = overlay.paint(box, soft.astype(np.float32), level, 1.0)
-            overlay.hard_negative[box] |= wins & (soft > 0.5)
+            soft = (np.clip((weight - 0.3) * 4, 0, 1) * (anatomy.wm[box] > 0.5)).astype(np.float32)
+            placed_ml += mark(box, overlay.paint(box, soft, level, 1.0), soft > 0.5)
+    # a few of each whatever the load, then fill the budget
+    spots = lacunes = 0
+    for centre in _choose_voxels(rng, anatomy.spot_sites, int(rng.poisson(3))):
+        placed_ml += spot(centre)
+        spots += 1
+    for centre in _choose_voxels(rng, anatomy.lacune_sites, int(rng.poisson(0.7))):
+        placed_ml += lacune(centre)
+        lacunes += 1
+    while placed_ml < budget_ml and spots + lacunes < 60:
+        if rng.random() < 0.6:
+            placed_ml += lacune(_choose_voxels(rng, anatomy.lacune_sites, 1)[0])
+            lacunes += 1
+        else:
+            placed_ml += spot(_choose_voxels(rng, anatomy.spot_sites, 1)[0])
+            spots += 1
     overlay.hard_negative &= overlay.wmh < 0.5
-    return {"cortical_spots": spots, "lacunes": lacunes, "septum_ml": round(septum_ml, 3),
-            "corticospinal": tract}
+    return {"budget_ml": round(budget_ml, 3), "cortical_spots": spots, "lacunes": lacunes,
+            "septum_ml": round(septum_ml, 3), "corticospinal": tract}
 
 
 def place_infarct(rng: np.random.Generator, anatomy: Anatomy, overlay: Overlay,
@@ -296,15 +309,14 @@ def _cored(core: np.ndarray, rim_levels: tuple, core_levels: tuple) -> tuple:
 
 # ------------------------------------------------------------------- observers
 
-def observer_two(rng: np.random.Generator, wmh_fraction: np.ndarray, observer1: np.ndarray,
-                 spacing: np.ndarray, threshold_observer1: float) -> np.ndarray:
+def observer_two(rng: np.random.Generator, wmh_fraction: np.ndarray, spacing: np.ndarray,
+                 threshold_observer1: float) -> np.ndarray:
     """A second rater on the FLAIR grid: a smoothly varying boundary criterion (draws
     lesions a little larger or smaller, region by region), a per-rater bias, and small
     lesions missed in some slices (raters work slice by slice).
 
     Args:
         wmh_fraction: (x, y, z) WMH partial-volume fraction seen in each FLAIR voxel.
-        observer1: observer 1's WMH mask (bool).
         spacing: (3,) voxel size in mm.
         threshold_observer1: observer 1's fraction threshold.
 

@@ -352,8 +352,9 @@ def generate_subject(subject_id: str, seed: int, profile: AcquisitionProfile,
     del coordinates
 
     # fine tissue heterogeneity (a few per cent, ~1.5 mm grain, independent per slice)
+    grain = (1.5 / profile.flair_spacing[0], 1.5 / profile.flair_spacing[1], 0)
     texture = ndi.gaussian_filter(rng.standard_normal(flair_signal.shape, dtype=np.float32),
-                                  (1.5 / profile.flair_spacing[0], 1.5 / profile.flair_spacing[1], 0))
+                                  grain)
     flair_signal *= 1 + np.float32(0.03 / max(float(texture.std()), 1e-6)) * texture
     flair_gain = float(rng.uniform(250, 700))
     snr = float(rng.uniform(*profile.snr))
@@ -363,7 +364,7 @@ def generate_subject(subject_id: str, seed: int, profile: AcquisitionProfile,
         flair *= brainmask
     infarct_mask = (code & CODE_INFARCT) > 0
     observer1 = (wmh_fraction >= OBSERVER1_THRESHOLD) & ~infarct_mask
-    observer2 = observer_two(rng, wmh_fraction, observer1, profile.flair_spacing,
+    observer2 = observer_two(rng, wmh_fraction, profile.flair_spacing,
                              OBSERVER1_THRESHOLD) & ~infarct_mask
     labels1 = observer1.astype(np.uint8) + 2 * infarct_mask.astype(np.uint8)
     labels2 = observer2.astype(np.uint8) + 2 * infarct_mask.astype(np.uint8)
