@@ -42,7 +42,12 @@ def main() -> None:
     keras.utils.set_random_seed(0)
 
     from wmh.config import ModelConfig
-    from wmh.models import build_dense_model, build_model, predict_patchwise, predict_slices
+    from wmh.models import (
+        build_dense_model,
+        build_model,
+        predict_patchwise,
+        predict_slices,
+    )
 
     height, width, depth = args.shape
     rng = np.random.default_rng(0)

@@ -8,7 +8,11 @@
 from wmh.models.dense import build_dense_model
 from wmh.models.inference import predict_patchwise, predict_slices
 from wmh.models.patch import (
-    ARCHITECTURES, LOCATION_INJECTIONS, build_model, model_input_names, used_input_names,
+    ARCHITECTURES,
+    LOCATION_INJECTIONS,
+    build_model,
+    model_input_names,
+    used_input_names,
 )
 
 __all__ = [

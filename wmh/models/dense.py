@@ -47,7 +47,11 @@ from wmh.config import ModelConfig
 from wmh.data import N_LOCATION_FEATURES, SCALE_NAMES, SCALES
 from wmh.errors import WMHError
 from wmh.models.patch import (
-    FC_UNITS, N_CLASSES, TOWER_OUTPUT_SIDE, build_tower, scaled_width,
+    FC_UNITS,
+    N_CLASSES,
+    TOWER_OUTPUT_SIDE,
+    build_tower,
+    scaled_width,
     validate_config,
 )
 

@@ -65,7 +65,7 @@ TOWER_OUTPUT_SIDE = PATCH_SIZE - sum(size - 1 for size in CONV_KERNEL_SIZES)  # 
 
 def scaled_width(units: int, width: float) -> int:
     """A layer width multiplied by ``config.width``, rounded, at least 1."""
-    return max(1, int(round(units * width)))
+    return max(1, round(units * width))
 
 
 def validate_config(config: ModelConfig, n_channels: int) -> None:
