@@ -1,6 +1,5 @@
 """NIfTI I/O: orientation round trips never misplace a voxel; bad files fail clearly."""
 
-import gzip
 import math
 
 import nibabel as nib

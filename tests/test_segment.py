@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from cohorts import tiny_prepared_subject
-from wmh import io
 from wmh.cli import main
 from wmh.config import ModelConfig
 from wmh.errors import WMHError

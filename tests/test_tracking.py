@@ -1,7 +1,6 @@
 """Every run records its resolved config, dataset hash, git commit and library versions."""
 
 import mlflow
-import pytest
 
 from wmh import config, tracking
 

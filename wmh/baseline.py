@@ -69,8 +69,6 @@ with ``model.arch = "rf"``; its ``patch`` field names the features, checked on l
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
@@ -79,6 +77,7 @@ import numpy as np
 from scipy import fft, ndimage
 
 from wmh.errors import WMHError
+from wmh.io import atomic_output
 
 FOREST_FILE = "forest.skops"
 FEATURES_VERSION = 1  # bump when a feature definition changes: old models then refuse to load
@@ -450,14 +449,8 @@ def make_forest(config, seed: int):
 # ----------------------------------------------------------------------- model folder
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as temporary:
+        temporary.write_bytes(data)
 
 
 def save_model_dir(model: RandomForestBaseline, contract, folder: Path) -> Path:

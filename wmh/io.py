@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import gzip
@@ -232,18 +233,39 @@ def save_like(working: np.ndarray, grid: NativeGrid, path: str | Path,
 
 def atomic_save(image: nib.Nifti1Image, path: str | Path) -> Path:
     """nibabel save to a temporary name in the same folder, then rename into place."""
+    with atomic_output(path) as temporary:
+        nib.save(image, temporary)
+    return Path(path)
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | Path):
+    """Yields a temporary path beside ``path`` (same extension) to write to; on success it
+    is renamed onto ``path`` (readable as a file made by open() would be), on any error
+    it is removed. So a killed run never leaves a half-written file under the final name.
+    The folder is created.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(handle)
     try:
-        nib.save(image, temporary)
+        yield Path(temporary)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp made it 0600
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Writes a text file atomically (see :func:`atomic_output`)."""
+    with atomic_output(path) as temporary:
+        temporary.write_text(text)
+    return Path(path)
 
 
 # ------------------------------------------------------------------------- discovery

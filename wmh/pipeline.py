@@ -92,8 +92,20 @@ class DataStages:
     samples: Path
 
 
+def is_prepared_dir(path: Path) -> bool:
+    """A ``wmh prepare`` output folder (PreparedSubject ``.h5`` files), not a cohort."""
+    return path.is_dir() and any(path.glob("*.h5"))
+
+
 def ensure_data(config: ExperimentConfig) -> DataStages:
-    """Runs (or reuses) every data stage for ``config``."""
+    """Runs (or reuses) every data stage for ``config``.
+
+    ``data.root`` may also be a ``wmh prepare`` folder: preparation is then skipped.
+    """
+    root = Path(config.data.root)
+    if is_prepared_dir(root):
+        cohort_file = root / "cohort.json"
+        return DataStages(root, cohort_file.exists(), root, ensure_samples(config, root))
     cohort, synthetic = ensure_cohort(config)
     prepared = ensure_prepared(config, cohort)
     samples = ensure_samples(config, prepared)

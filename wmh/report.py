@@ -655,7 +655,7 @@ def write_report(results: Sequence[MethodResult], output_dir: str | Path, data_l
     synthetic = "synth" in data_label.lower()
     grouped = _table_methods(results)
     tables: dict = {}
-    sections = [f"# WMH segmentation: comparison with Ghafoorian et al. 2017",
+    sections = ["# WMH segmentation: comparison with Ghafoorian et al. 2017",
                 "", f"Data: **{data_label}**."]
     if synthetic:
         sections.append("**Synthetic data**: these numbers measure the code on synthetic "

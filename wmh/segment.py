@@ -286,12 +286,10 @@ def segment(model_source: str | Path, inputs: Sequence[str | Path | io.Subject],
 
 def write_volumes_csv(rows: list[dict], path: Path) -> Path:
     """One row per subject, the columns of ``REPORT_COLUMNS`` (empty where not known)."""
-    handle, temporary = tempfile.mkstemp(prefix=".volumes.", suffix=".csv", dir=path.parent)
-    with os.fdopen(handle, "w", newline="") as stream:
+    with io.atomic_output(path) as temporary, open(temporary, "w", newline="") as stream:
         writer = csv.DictWriter(stream, fieldnames=REPORT_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
             writer.writerow({key: ("" if _json_value(row.get(key)) is None
                                    else _json_value(row.get(key))) for key in REPORT_COLUMNS})
-    os.replace(temporary, path)
     return path

@@ -37,6 +37,9 @@ def configure_mlflow(experiment: str):
 
     mlflow.set_tracking_uri(tracking_uri())
     mlflow.set_experiment(experiment)
+    # When two processes create the experiment at once, the loser's set_experiment can
+    # return without activating it (its runs would land in "Default"): set it again.
+    mlflow.set_experiment(experiment)
     return mlflow
 
 

@@ -22,8 +22,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -33,6 +31,7 @@ import numpy as np
 from wmh import __version__
 from wmh.config import ExperimentConfig, ModelConfig, dump_yaml, from_dict, to_dict
 from wmh.errors import WMHError
+from wmh.io import atomic_output, atomic_write_text
 
 MODEL_FILE = "model.keras"
 CONTRACT_FILE = "wmh_model.json"
@@ -97,7 +96,7 @@ def save_model_dir(model, contract: ModelContract, folder: Path) -> Path:
     """Writes ``model.keras`` + ``wmh_model.json`` into ``folder`` (created)."""
     folder.mkdir(parents=True, exist_ok=True)
     _atomic_keras_save(model, folder / MODEL_FILE)
-    _atomic_write_text(folder / CONTRACT_FILE, contract.to_json())
+    atomic_write_text(folder / CONTRACT_FILE, contract.to_json())
     return folder
 
 
@@ -141,23 +140,9 @@ def load_model_dir(source: str | Path):
     return model, contract
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(handle, "w") as stream:
-        stream.write(text)
-    os.replace(temporary, path)
-
-
 def _atomic_keras_save(model, path: Path) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".keras",
-                                         dir=path.parent)
-    os.close(handle)
-    try:
+    with atomic_output(path) as temporary:
         model.save(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 # ------------------------------------------------------------------------- training
@@ -232,7 +217,7 @@ class EpochTracker(keras.callbacks.Callback):
             _atomic_keras_save(self.model, self.run_dir / "best.keras")
         _atomic_keras_save(self.model, self.run_dir / "last.keras")
         state["epoch"] = epoch
-        _atomic_write_text(self.run_dir / STATE_FILE, json.dumps(state))
+        atomic_write_text(self.run_dir / STATE_FILE, json.dumps(state))
         print(f"epoch {epoch}/{self.epochs}: loss {loss:.4f}  val_auc {validation_auc:.4f}",
               flush=True)
 
@@ -318,7 +303,7 @@ def train(config: ExperimentConfig, samples_dir: Path, prepared_dir: Path,
                             "threshold": threshold, "val_volume_dice": validation_dice,
                             "val_volume_auc": volume_auc})
         state["finished"] = True
-        _atomic_write_text(state_path, json.dumps(state))
+        atomic_write_text(state_path, json.dumps(state))
     return TrainResult(run_id=run_id, model_dir=model_dir, best_epoch=state["best_epoch"],
                        validation_auc=state["best_auc"], threshold=threshold,
                        validation_dice=validation_dice, validation_volume_auc=volume_auc)

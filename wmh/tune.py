@@ -537,9 +537,6 @@ def tune(config: ExperimentConfig, stages=None, data_label: Optional[str] = None
         _check_study(study, space, settings.objective, storage)
         worker = f"{socket.gethostname()}:{os.getpid()}"
         tracking.configure_mlflow(config.train.experiment)
-        # Again: when two workers create the experiment at once, MLflow's losing
-        # set_experiment returns without activating it (runs would land in Default).
-        tracking.configure_mlflow(config.train.experiment)
         with _terminate_as_interrupt(), mlflow.start_run(
                 run_name=f"study-{settings.study}",
                 tags={"optuna.study": settings.study, "optuna.storage": storage.kind,

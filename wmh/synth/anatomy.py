@@ -22,11 +22,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from wmh.io import atomic_output
 from scipy import ndimage as ndi
 
 ANATOMY_VERSION = 3  # bump when a derivation below changes
@@ -309,14 +309,8 @@ def _save(anatomy: Anatomy, path: Path) -> None:
     arrays.update(affine=anatomy.affine, full_shape=np.array(anatomy.full_shape),
                   crop_offset=np.array(anatomy.crop_offset),
                   ventricle_centroids=anatomy.ventricle_centroids)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
-    os.close(handle)
-    try:
+    with atomic_output(path) as temporary:
         np.savez(temporary, **arrays)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def _load(path: Path) -> Anatomy:

@@ -15,8 +15,6 @@ Layout written under ``out``::
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Iterable, Optional
@@ -26,7 +24,7 @@ import numpy as np
 
 from wmh import __version__
 from wmh.errors import WMHError
-from wmh.io import atomic_save
+from wmh.io import atomic_save, atomic_write_text
 from wmh.synth import pathology, subject as subject_module
 from wmh.synth.anatomy import ANATOMY_VERSION, get_anatomy
 from wmh.synth.profiles import (MIXED, PROFILE_NAMES, PROFILES, draw_profile,
@@ -74,15 +72,7 @@ def _read_json(path: Path) -> Optional[dict]:
 
 
 def _write_json(data: dict, path: Path) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(data, stream, indent=1)
-            stream.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
 
 
 def _state(out: Path, arguments: dict) -> str:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from wmh.io import atomic_output
 
 
 def _slices(observer1: np.ndarray, count: int = 5) -> list[int]:
@@ -68,15 +68,11 @@ def montage(flair: np.ndarray, t1: np.ndarray | None, observer1: np.ndarray,
     fig.suptitle(title, color="white")
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(handle)
     try:
-        fig.savefig(temporary, dpi=80, facecolor="black")
-        os.replace(temporary, path)
+        with atomic_output(path) as temporary:
+            fig.savefig(temporary, dpi=80, facecolor="black")
     finally:
         plt.close(fig)
-        Path(temporary).unlink(missing_ok=True)
     return path
 
 
