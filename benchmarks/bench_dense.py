@@ -7,7 +7,9 @@ mask (semi-axes 85 x 70 voxels in plane, 22 slices); the network has random Glor
 weights (speed and exactness do not depend on training). Dense seconds are measured on
 the whole case; patch-wise seconds are measured on ``--patch-voxels`` random brain voxels
 and extrapolated linearly to all brain voxels (said so in the JSON). ``max_abs_diff`` is
-the largest |dense - patch-wise| probability over those voxels.
+the largest |dense - patch-wise| probability over those voxels. ``dense_cpu_seconds``
+(process CPU time, all threads) and ``load_average_1min`` help read the wall time on a
+shared machine: with both cores free, wall is about half the CPU time.
 """
 
 from __future__ import annotations
