@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import sys
 from pathlib import Path
 
+from wmh import io
 from wmh.config import ExperimentConfig, SynthConfig, dump_yaml
 from wmh.errors import WMHError
 
@@ -100,16 +102,31 @@ def is_prepared_dir(path: Path) -> bool:
 def ensure_data(config: ExperimentConfig) -> DataStages:
     """Runs (or reuses) every data stage for ``config``.
 
-    ``data.root`` may also be a ``wmh prepare`` folder: preparation is then skipped.
+    ``data.root`` may also be a ``wmh prepare`` folder: preparation is then skipped (and
+    the data counts as synthetic only when the folder records a synthetic origin).
     """
     root = Path(config.data.root)
     if is_prepared_dir(root):
-        cohort_file = root / "cohort.json"
-        return DataStages(root, cohort_file.exists(), root, ensure_samples(config, root))
+        origin = _read_origin(root)
+        cohort = Path(origin.get("cohort", root))
+        return DataStages(cohort, bool(origin.get("synthetic", False)), root,
+                          ensure_samples(config, root))
     cohort, synthetic = ensure_cohort(config)
     prepared = ensure_prepared(config, cohort)
+    io.atomic_write_text(prepared / ORIGIN_FILE, json.dumps(
+        {"cohort": str(cohort.resolve()), "synthetic": synthetic}))
     samples = ensure_samples(config, prepared)
     return DataStages(cohort, synthetic, prepared, samples)
+
+
+ORIGIN_FILE = "origin.json"  # in a prepared folder: the cohort it came from, synthetic or not
+
+
+def _read_origin(prepared: Path) -> dict:
+    try:
+        return json.loads((prepared / ORIGIN_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def train_model(config: ExperimentConfig, stages: DataStages, **train_kwargs):

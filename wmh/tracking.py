@@ -32,10 +32,17 @@ def tracking_uri() -> str:
 
 
 def configure_mlflow(experiment: str):
-    """Points MLflow at :func:`tracking_uri` and selects ``experiment``; returns mlflow."""
+    """Points MLflow at :func:`tracking_uri` and selects ``experiment``; returns mlflow.
+
+    Under ``mlflow run`` (``MLFLOW_RUN_ID`` set) the run already exists in the experiment
+    chosen on that command line, so ``experiment`` is not selected: the next
+    ``mlflow.start_run()`` continues that run.
+    """
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri())
+    if os.environ.get("MLFLOW_RUN_ID"):
+        return mlflow
     mlflow.set_experiment(experiment)
     # When two processes create the experiment at once, the loser's set_experiment can
     # return without activating it (its runs would land in "Default"): set it again.

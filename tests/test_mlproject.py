@@ -1,0 +1,40 @@
+"""`mlflow run . --env-manager local -P arch=msiw` trains through `wmh train` for real."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+
+from cohorts import write_prepared_cohort
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_mlflow_run_main_entry_point_trains_msiw(tmp_path):
+    prepared = write_prepared_cohort(tmp_path / "prepared", n_subjects=6)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    environment = dict(os.environ, MLFLOW_TRACKING_URI=uri,
+                       PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    overrides = (f"data.root={prepared} data.cache_dir={tmp_path / 'cache'} train.epochs=1 "
+                 "model.width=0.1 sampling.validation_fraction=0.34 sampling.test_fraction=0.17")
+    completed = subprocess.run(
+        [sys.executable, "-m", "mlflow", "run", str(ROOT), "--env-manager", "local",
+         "--experiment-name", "mlproject-test", "-P", "arch=msiw", "-P", "alpha=0.5",
+         "-P", f"set={overrides}"],
+        cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["mlproject-test"], output_format="list")
+    assert len(runs) == 1  # wmh train logged into the run `mlflow run` created
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model.arch"] == "msiw"
+    assert run.data.params["model.alpha"] == "0.5"
+    assert run.data.params["train.epochs"] == "1"
+    assert run.data.tags["data_label"] == "real"  # a prepared folder of unknown origin
+    assert 0.0 <= run.data.metrics["threshold"] <= 1.0
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "model")}
+    assert "model/model.keras" in artifacts
