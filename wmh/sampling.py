@@ -42,7 +42,7 @@ interrupted build leaves nothing that :func:`open_samples` trusts. Files:
 Why volumes and not patches (measured by ``benchmarks/bench_pipeline.py`` on a
 simulated paper-scale set, figures in ``BENCHMARKS.md``): stored patches cost
 3 scales x C x 32 x 32 values per sample, 12.3 kB in float16 for FLAIR + T1, so the
-paper's 3.88 M training samples need 48 GB uncompressed or 36 GB with lzf (over the
+paper's 3.88 M training samples need 48 GB uncompressed or 39 GB with lzf (over the
 25 GB budget), and reshuffling reads them at random. Cropped float16 volumes plus a
 41-byte record per sample take 1.9 GB for 378 + 42 subjects and 4.3 M samples, and
 :mod:`wmh.data` cuts patches on the fly far faster than training consumes them.
