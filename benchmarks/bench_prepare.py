@@ -15,7 +15,9 @@ threads, one subject at a time). All figures are on **synthetic** data:
   inside the true brain, of |estimated - true MNI coordinate| (mm) per working voxel;
 * ``brain_mask_dice``, ``ventricle_dice`` (mean of left and right): mean Dice against
   the true masks on the working grid, default profile with T1;
-* ``profiles``: the same figures per profile and channel set.
+* ``profiles``: the same figures per profile and channel set, including ``mixed`` (a
+  scanner profile drawn per subject) as a robustness check; ``failures`` counts the
+  subjects the pipeline rejected (their reasons are listed).
 """
 
 from __future__ import annotations
@@ -86,8 +88,10 @@ def evaluate(subject, use_t1: bool, config) -> dict:
             "brain_mask_method": prepared.provenance["quality"].get("brain_mask")}
 
 
-def summarise(rows: list[dict]) -> dict:
-    return {"subjects": len(rows),
+def summarise(rows: list[dict], failures: list[str]) -> dict:
+    if not rows:
+        return {"subjects": 0, "failures": len(failures), "failure_reasons": failures}
+    return {"subjects": len(rows), "failures": len(failures), "failure_reasons": failures,
             "seconds_per_subject": round(float(np.median([r["seconds"] for r in rows])), 1),
             "cpu_seconds_per_subject": round(float(np.median([r["cpu_seconds"] for r in rows])), 1),
             "registration_error_mm_median": round(float(np.median(
@@ -102,10 +106,12 @@ def main() -> None:
     parser.add_argument("--subjects", type=int, default=3, help="default-profile subjects")
     parser.add_argument("--seed", type=int, default=100, help="cohort seed")
     parser.add_argument("--out", type=Path, default=None, help="keep the cohorts here")
+    parser.add_argument("--mixed", type=int, default=6, help="mixed-profile subjects")
     parser.add_argument("--quick", action="store_true", help="default profile only")
     arguments = parser.parse_args()
 
     from wmh.config import PreprocessConfig
+    from wmh.errors import WMHError
     from wmh.io import discover
     from wmh.preprocess import load_atlas
     from wmh.synth import synthesize_cohort
@@ -118,7 +124,8 @@ def main() -> None:
         cases += [("clinical-thick skull-stripped FLAIR-only",
                    dict(profile="clinical-thick", flair_only=True, skull_stripped=True),
                    False, 1),
-                  ("flair-3d", dict(profile="flair-3d"), True, 1)]
+                  ("flair-3d", dict(profile="flair-3d"), True, 1),
+                  ("mixed", dict(profile="mixed"), True, arguments.mixed)]
     start = time.perf_counter()
     load_atlas(1.0), load_atlas(config.atlas_spacing_mm)
     atlas_seconds = time.perf_counter() - start
@@ -129,8 +136,13 @@ def main() -> None:
         if not (folder / "cohort.json").exists():
             synthesize_cohort(folder, count, arguments.seed, cache_dir=str(work / "cache"),
                               **options)
-        rows = [evaluate(subject, use_t1, config) for subject in discover(folder)[:count]]
-        profiles[name] = summarise(rows)
+        rows, failures = [], []
+        for subject in discover(folder)[:count]:
+            try:
+                rows.append(evaluate(subject, use_t1, config))
+            except WMHError as error:
+                failures.append(str(error))
+        profiles[name] = summarise(rows, failures)
     main_case = profiles["default"]
     result = {
         "benchmark": "prepare", "data": "synthetic",

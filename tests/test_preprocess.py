@@ -134,6 +134,7 @@ def test_corrupt_prepared_file_names_it(tmp_path):
 
 import dataclasses  # noqa: E402
 import json  # noqa: E402
+import shutil  # noqa: E402
 
 import SimpleITK as sitk  # noqa: E402
 
@@ -142,7 +143,8 @@ from wmh.config import PreprocessConfig  # noqa: E402
 from wmh.io import discover, load_labels  # noqa: E402
 from wmh.preprocess import (PreparationFailed, _check_brain_mask, cache_key,  # noqa: E402
                             from_sitk, load_atlas, mni_coordinate_map, prepare_cohort,
-                            register_atlas_affine, skull_stripped_mask)
+                            prepare_subject, register_atlas_affine, skull_stripped_mask,
+                            to_sitk)
 
 FAST = PreprocessConfig(inplane_spacing_mm=2.0, registration_iterations=60,
                         deformable_iterations=15, n4_iterations=10)
@@ -293,3 +295,52 @@ def test_implausible_brain_mask_fails_with_reason():
     with pytest.raises(PreparationFailed, match="field of view"):
         _check_brain_mask(full, spacing, dataclasses.replace(FAST, brain_volume_ml=(0.0, 1e9)),
                           "x.nii.gz", {})
+
+
+def coregistered_copy(folder, destination):
+    """The subject in the challenge pre/ layout: T1 resampled onto the FLAIR grid (by
+    rigid registration) and the true brain mask supplied as pre/brainmask.nii.gz."""
+    from wmh.preprocess import downsample, register_rigid, resample
+
+    (destination / "pre").mkdir(parents=True)
+    flair, flair_grid = load_image(folder / "orig" / "FLAIR.nii.gz")
+    t1, t1_grid = load_image(folder / "orig" / "T1.nii.gz")
+    flair_image = to_sitk(flair, flair_grid.working_affine)
+    t1_image = to_sitk(t1, t1_grid.working_affine)
+    flair_to_t1 = register_rigid(downsample(t1_image, 2.0), flair_image, FAST).GetInverse()
+    save_like(from_sitk(resample(t1_image, flair_image, flair_to_t1)), flair_grid,
+              destination / "pre" / "T1.nii.gz")
+    shutil.copy(folder / "orig" / "FLAIR.nii.gz", destination / "pre" / "FLAIR.nii.gz")
+    shutil.copy(folder / "truth" / "brainmask.nii.gz", destination / "pre" / "brainmask.nii.gz")
+    shutil.copy(folder / "wmh.nii.gz", destination / "wmh.nii.gz")
+
+
+def test_coregistered_layout_with_supplied_mask(cohort, tmp_path):
+    folder, _, _ = cohort
+    coregistered_copy(folder, tmp_path / "site" / "c000")
+    subject = discover(tmp_path / "site")[0]
+    assert subject.coregistered and subject.brain_mask is not None
+    prepared = prepare_subject(subject, FAST, use_t1=True)
+    quality = prepared.provenance["quality"]
+    assert quality["t1_registration"] == "skipped (co-registered)"
+    assert quality["brain_mask"] == "supplied"
+    truth = truth_on_working(prepared, folder, "brainmask") > 0
+    np.testing.assert_array_equal(prepared.brain_mask, truth)
+    assert prepared.channels == ("FLAIR", "T1")
+
+
+@pytest.mark.slow
+def test_parallel_workers_match_serial(tmp_path):
+    from wmh.synth import synthesize_cohort
+
+    synthesize_cohort(tmp_path / "synth", 2, seed=4, profile="test", cache_dir=None)
+    serial = prepare_cohort(tmp_path / "synth", tmp_path / "serial", FAST, progress=False)
+    parallel = prepare_cohort(tmp_path / "synth", tmp_path / "parallel", FAST, workers=2,
+                              progress=False)
+    assert set(serial.prepared) == set(parallel.prepared) == {"s000", "s001"}
+    for subject_id in ("s000", "s001"):
+        first = PreparedSubject.load(serial.prepared[subject_id])
+        second = PreparedSubject.load(parallel.prepared[subject_id])
+        assert first.cache_key == second.cache_key
+        np.testing.assert_array_equal(first.brain_mask, second.brain_mask)
+        np.testing.assert_allclose(first.images, second.images, atol=1e-5)

@@ -625,10 +625,17 @@ def _centroid(mask: sitk.Image) -> np.ndarray:
     return np.array(statistics.GetCentroid(1))
 
 
+ATLAS_START_SCALES = (0.88, 1.0, 1.12)  # head sizes the affine search starts from
+
+
 def register_atlas_affine(subject: sitk.Image, subject_brain_centre: np.ndarray,
                           atlas: Atlas, config) -> sitk.AffineTransform:
     """Affine registration of the subject to the MNI template (template = fixed, its
     dilated brain mask restricts the metric so the subject's skull matters little).
+
+    Mutual information has a local optimum that stretches the template brain over the
+    whole head; starting from several scales (``ATLAS_START_SCALES``) and keeping the
+    best final metric avoids it.
 
     Returns:
         The transform mapping MNI world points to subject world points (LPS mm).
@@ -637,14 +644,26 @@ def register_atlas_affine(subject: sitk.Image, subject_brain_centre: np.ndarray,
     brain = atlas.image("brain") > 0.5
     template_mask = sitk.BinaryDilate(brain, [3, 3, 3])
     template_centre = _centroid(brain)
-    transform = sitk.AffineTransform(3)
-    transform.SetCenter([float(v) for v in template_centre])
-    transform.SetTranslation([float(v) for v in subject_brain_centre - template_centre])
-    method = _mutual_information(config, config.registration_iterations)
-    method.SetMetricFixedMask(template_mask)
-    method.SetInitialTransform(transform, inPlace=True)
-    method.Execute(template, sitk.Cast(subject, sitk.sitkFloat32))
-    return transform
+    moving = sitk.Cast(subject, sitk.sitkFloat32)
+    judge = sitk.ImageRegistrationMethod()  # one metric, all voxels, to compare the starts
+    judge.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+    judge.SetMetricFixedMask(template_mask)
+    judge.SetInterpolator(sitk.sitkLinear)
+    best, best_value = None, np.inf
+    for scale in ATLAS_START_SCALES:
+        transform = sitk.AffineTransform(3)
+        transform.SetCenter([float(v) for v in template_centre])
+        transform.SetMatrix([float(v) for v in (scale * np.eye(3)).ravel()])
+        transform.SetTranslation([float(v) for v in subject_brain_centre - template_centre])
+        method = _mutual_information(config, config.registration_iterations)
+        method.SetMetricFixedMask(template_mask)
+        method.SetInitialTransform(transform, inPlace=True)
+        method.Execute(template, moving)
+        judge.SetInitialTransform(transform)
+        value = judge.MetricEvaluate(template, moving)
+        if value < best_value:
+            best, best_value = transform, value
+    return best
 
 
 def register_atlas_deformable(subject: sitk.Image, mni_from_subject_affine: sitk.Transform,
