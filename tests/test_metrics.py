@@ -560,3 +560,21 @@ def test_metrics_module_does_not_import_tensorflow():
     code = ("import sys, wmh.metrics, wmh.report; "
             "sys.exit(1 if 'tensorflow' in sys.modules or 'keras' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+
+
+def test_a_challenge_cohort_as_truth_evaluates_the_segmented_cases(tmp_path):
+    truth = np.zeros((6, 6, 3), np.uint8)
+    truth[1:3, 1:3, 1] = 1
+    prediction = np.zeros_like(truth)
+    prediction[1:3, 1:2, 1] = 1  # half of the lesion: Dice 2*2/(4+2) = 2/3
+    for subject_id in ("7", "9"):
+        folder = tmp_path / "cohort" / "SiteA" / subject_id
+        (folder / "pre").mkdir(parents=True)
+        flair = np.random.default_rng(0).random(truth.shape).astype(np.float32)
+        nib.save(nib.Nifti1Image(flair, np.eye(4)), folder / "pre" / "FLAIR.nii.gz")
+        nib.save(nib.Nifti1Image(truth, np.eye(4)), folder / "wmh.nii.gz")
+    (tmp_path / "pred" / "9").mkdir(parents=True)
+    nib.save(nib.Nifti1Image(prediction, np.eye(4)), tmp_path / "pred" / "9" / "wmh_mask.nii.gz")
+    result = metrics.evaluate_cases(tmp_path / "pred", tmp_path / "cohort")
+    assert [case["id"] for case in result["cases"]] == ["9"]
+    assert result["cases"][0]["dice"] == pytest.approx(2 / 3)

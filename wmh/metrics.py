@@ -761,6 +761,9 @@ def find_cases(path: str | Path, option: str,
     path = Path(path)
     if not path.exists():
         raise WMHError(f"{option} {path}: no such file or folder")
+    cohort = _cohort_label_files(path, file_names)
+    if cohort:
+        return cohort
     if path.is_file():
         if not _is_nifti(path):
             raise WMHError(f"{option} {path}: not a NIfTI file (expected .nii or .nii.gz)")
@@ -797,6 +800,22 @@ def find_cases(path: str | Path, option: str,
     return cases
 
 
+def _cohort_label_files(path: Path, file_names: Sequence[str]) -> dict[str, Path]:
+    """Label files of a whole cohort (challenge tree, BIDS-like folder or CSV manifest,
+    as :func:`wmh.io.discover` finds them), when ``file_names`` asks for labels."""
+    from wmh.io import discover
+
+    wanted = {"wmh": "labels", "wmh_observer2": "labels_observer2"}.get(file_names[0])
+    if wanted is None or not (path.is_dir() or path.suffix.lower() == ".csv"):
+        return {}
+    try:
+        subjects = discover(path)
+    except WMHError:
+        return {}
+    files = {s.subject_id: getattr(s, wanted) for s in subjects}
+    return {key: value for key, value in files.items() if value is not None}
+
+
 @dataclasses.dataclass(frozen=True)
 class CaseFiles:
     """The files of one evaluated case (brain_mask and observer2 may be None)."""
@@ -813,7 +832,9 @@ def match_cases(prediction: str | Path, truth: str | Path,
                 ) -> tuple[list[CaseFiles], list[str]]:
     """Pairs predictions with truths (and brain masks) by case id.
 
-    Two single files form one case, whatever their names.
+    Two single files form one case, whatever their names. When ``truth`` is a cohort
+    (challenge tree, BIDS-like folder, CSV manifest), only its cases that have a
+    prediction are evaluated.
 
     Args:
         prediction, truth, brain_mask: files or folders (see :func:`find_cases`).
@@ -838,6 +859,10 @@ def match_cases(prediction: str | Path, truth: str | Path,
     if truth.is_file():
         mask_file = next(iter(masks.values())) if masks is not None else None
         return [CaseFiles(next(iter(truth_cases)), prediction, truth, mask_file)], []
+    if _cohort_label_files(truth, TRUTH_FILE_NAMES):
+        # A whole cohort as truth (e.g. the challenge tree): evaluate the cases that were
+        # segmented (usually the test split); a prediction without truth is still listed.
+        truth_cases = {k: v for k, v in truth_cases.items() if k in predicted_cases}
     missing = [case_id for case_id in truth_cases if case_id not in predicted_cases]
     if missing:
         raise WMHError(f"--pred {prediction}: no prediction for {len(missing)} truth "
