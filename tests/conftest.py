@@ -42,6 +42,23 @@ def _seed_everything(request):
     yield
 
 
+@pytest.fixture(autouse=True)
+def _isolate_mlflow():
+    """mlflow.set_experiment leaves MLFLOW_EXPERIMENT_ID in os.environ and a module
+    global; clear both (and any run left active) so one test's store never leaks into
+    the next."""
+    yield
+    import sys
+    for name in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
+        os.environ.pop(name, None)
+    if "mlflow" in sys.modules:
+        import mlflow
+        from mlflow.tracking import fluent
+        while mlflow.active_run() is not None:
+            mlflow.end_run()
+        fluent._active_experiment_id = None
+
+
 @pytest.fixture
 def tf_seeded():
     """TensorFlow with threads and seeds set; request it in tests that build models."""

@@ -56,7 +56,7 @@ orientations = st.tuples(
 )
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, derandomize=True)
 @given(orientations)
 def test_working_round_trip_lands_on_input_grid(tmp_path_factory, case):
     permutation, flips, spacing, angles, shape = case
@@ -73,8 +73,9 @@ def test_working_round_trip_lands_on_input_grid(tmp_path_factory, case):
     # Every working voxel maps to the same world point as its native twin.
     index = tuple(int(s) - 1 for s in working.shape)
     world_working = grid.working_affine @ np.array([*index, 1.0])
-    native_index = np.linalg.solve(affine, world_working)[:3]
-    assert np.allclose(native_index, np.round(native_index), atol=1e-6)
+    stored_affine = nib.load(path).affine  # the file holds the affine in float32
+    native_index = np.linalg.solve(stored_affine, world_working)[:3]
+    assert np.allclose(native_index, np.round(native_index), atol=1e-5)
     assert working[index] == native[tuple(np.round(native_index).astype(int))]
 
     # A mask made in working space lands voxel for voxel on the input grid.

@@ -15,7 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_mlflow_run_main_entry_point_trains_msiw(tmp_path):
     prepared = write_prepared_cohort(tmp_path / "prepared", n_subjects=6)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    environment = dict(os.environ, MLFLOW_TRACKING_URI=uri,
+    environment = {key: value for key, value in os.environ.items()
+                   if not key.startswith("MLFLOW_")}  # no run/experiment from other tests
+    environment.update(MLFLOW_TRACKING_URI=uri,
                        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     overrides = (f"data.root={prepared} data.cache_dir={tmp_path / 'cache'} train.epochs=1 "
                  "model.width=0.1 sampling.validation_fraction=0.34 sampling.test_fraction=0.17")

@@ -81,9 +81,9 @@ def ensure_samples(config: ExperimentConfig, prepared: Path) -> Path:
     """Balanced samples and splits of the prepared cohort, under ``<cache>/samples/``."""
     from wmh import sampling
 
-    key = _key(str(prepared.resolve()), dump_yaml(config.sampling))
-    out = Path(config.data.cache_dir) / "samples" / f"{prepared.name}-{key}"
-    return sampling.build_samples(prepared, out, config.sampling)
+    # build_samples keys its own folder by the prepared cohort and the sampling config.
+    return sampling.build_samples(prepared, Path(config.data.cache_dir) / "samples",
+                                  config.sampling)
 
 
 @dataclasses.dataclass(frozen=True)
