@@ -139,3 +139,31 @@ def test_analytic_prior_is_periventricular():
     prior = analytic_prior()
     near, far = prior.sample(np.array([[-13.0, -15.0, 15.0 + 14.0], [-60.0, -15.0, 15.0]]))
     assert near > 0.1 > far
+
+
+def test_prior_build_command_from_prepared_files(tmp_path, capsys):
+    from wmh.cli import main as cli_main
+    from wmh.preprocess import PreparedSubject
+
+    mni, ventricles, brain = phantom()
+    shape = brain.shape
+    labels = np.zeros(shape, np.uint8)
+    labels[(np.abs(mni[..., 0] - 12) < 4) & (np.abs(mni[..., 1]) < 4)] = 1
+    header = nib.Nifti1Header()
+    for number in range(2):
+        PreparedSubject(
+            subject_id=f"p{number}", site=None, split=None,
+            images=np.zeros(shape + (1,), np.float32), channels=("FLAIR",),
+            brain_mask=brain, labels=labels, labels_observer2=None,
+            location=np.zeros(shape + (8,), np.float32), ventricles=ventricles,
+            spacing=SPACING, affine=np.diag(list(SPACING) + [1.0]), native_shape=shape,
+            native_affine=np.diag(list(SPACING) + [1.0]), native_header=header.binaryblock,
+            mni_coordinates=mni).save(tmp_path / "prepared" / f"p{number}.h5")
+    out = tmp_path / "prior.nii.gz"
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["prior", "build", str(tmp_path / "prepared"), "--out", str(out)])
+    assert exit_info.value.code == 0
+    assert "2 labelled subjects" in capsys.readouterr().out
+    prior = load_prior(out)
+    lesion, elsewhere = prior.sample(np.array([[12.0, 0.0, 0.0], [-12.0, 0.0, 0.0]]))
+    assert lesion > 5 * elsewhere

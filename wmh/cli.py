@@ -144,10 +144,9 @@ def prior_build_command(data, out_path, spacing_mm, smoothing_mm, workers, confi
     from wmh.location import build_prior_from_cohort
 
     config = resolve_config(config_path, overrides)
-    prior, used = build_prior_from_cohort(data, config, spacing_mm, smoothing_mm,
-                                          workers=workers)
+    prior = build_prior_from_cohort(data, config, spacing_mm, smoothing_mm, workers=workers)
     prior.save(out_path)
-    click.echo(f"prior from {used} labelled subjects -> {out_path}")
+    click.echo(f"prior from {prior.subjects} labelled subjects -> {out_path}")
 
 
 # --- sample commands ---

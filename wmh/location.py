@@ -150,12 +150,15 @@ class Prior:
         probability: (I, J, K) float32 in [0, 1].
         affine: (4, 4) voxel -> MNI mm (RAS).
         source: where it came from (a path or 'analytic').
+        subjects: how many labelled subjects it was built from (None: not built here).
     """
 
-    def __init__(self, probability: np.ndarray, affine: np.ndarray, source: str):
+    def __init__(self, probability: np.ndarray, affine: np.ndarray, source: str,
+                 subjects: Optional[int] = None):
         self.probability = np.asarray(probability, dtype=np.float32)
         self.affine = np.asarray(affine, dtype=np.float64)
         self.source = source
+        self.subjects = subjects
 
     def sample(self, mni_coordinates: np.ndarray) -> np.ndarray:
         """Trilinear prior at MNI coordinates: (..., 3) mm -> (...) float32, 0 outside."""
@@ -290,7 +293,7 @@ def build_prior(subjects: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]],
     floor = 0.05 * brain.max()
     probability = np.where(brain > floor, lesions / np.maximum(brain, floor), 0.0)
     return Prior(np.clip(probability, 0, 1).astype(np.float32), affine,
-                 f"built from {used} subjects")
+                 f"built from {used} subjects", subjects=used)
 
 
 def build_prior_from_files(paths: Iterable[str | Path], spacing_mm: float = 4.0,
@@ -313,7 +316,7 @@ def build_prior_from_files(paths: Iterable[str | Path], spacing_mm: float = 4.0,
 
 def build_prior_from_cohort(data: str | Path, config, spacing_mm: float = 4.0,
                             smoothing_mm: float = 4.0, workers: Optional[int] = None,
-                            ) -> tuple[Prior, int]:
+                            ) -> Prior:
     """The prior of a prepared folder (``*.h5``) or of a raw cohort, prepared first into
     ``<config.data.cache_dir>/prepared``.
 
@@ -323,7 +326,7 @@ def build_prior_from_cohort(data: str | Path, config, spacing_mm: float = 4.0,
         workers: parallel subjects when preparing; None = ``preprocess.workers``.
 
     Returns:
-        The prior and the number of prepared files it was built from.
+        The prior (``prior.subjects``: the labelled subjects it was built from).
 
     Raises:
         WMHError: nothing usable in ``data`` (named).
@@ -338,4 +341,4 @@ def build_prior_from_cohort(data: str | Path, config, spacing_mm: float = 4.0,
                                 workers=config.preprocess.workers if workers is None
                                 else workers)
         files = sorted({**report.skipped, **report.prepared}.values())
-    return build_prior_from_files(files, spacing_mm, smoothing_mm), len(files)
+    return build_prior_from_files(files, spacing_mm, smoothing_mm)
