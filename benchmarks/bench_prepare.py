@@ -15,6 +15,7 @@ threads, one subject at a time). All figures are on **synthetic** data:
   inside the true brain, of |estimated - true MNI coordinate| (mm) per working voxel;
 * ``brain_mask_dice``, ``ventricle_dice`` (mean of left and right): mean Dice against
   the true masks on the working grid, default profile with T1;
+* ``disk_mb_per_subject``: size of the PreparedSubject HDF5 file;
 * ``profiles``: the same figures per profile and channel set, including ``mixed`` (a
   scanner profile drawn per subject) as a robustness check; ``failures`` counts the
   subjects the pipeline rejected (their reasons are listed).
@@ -76,6 +77,9 @@ def evaluate(subject, use_t1: bool, config) -> dict:
         return to_working_grid(grid.to_working(data), grid, prepared.shape, prepared.affine,
                                order)
 
+    saved = prepared.save(Path(tempfile.mkdtemp(prefix="bench_prepared_")) / "subject.h5")
+    disk_mb = saved.stat().st_size / 1e6
+    saved.unlink()
     brain = truth("brainmask") > 0
     error = np.linalg.norm(truth("mni_coordinates", 1) - prepared.mni_coordinates, axis=-1)
     ventricles = truth("ventricles")
@@ -85,7 +89,8 @@ def evaluate(subject, use_t1: bool, config) -> dict:
             "ventricle_dice": float(np.mean([dice(ventricles == side,
                                                   prepared.ventricles == side)
                                              for side in (1, 2)])),
-            "brain_mask_method": prepared.provenance["quality"].get("brain_mask")}
+            "brain_mask_method": prepared.provenance["quality"].get("brain_mask"),
+            "disk_mb": disk_mb}
 
 
 def summarise(rows: list[dict], failures: list[str]) -> dict:
@@ -98,6 +103,7 @@ def summarise(rows: list[dict], failures: list[str]) -> dict:
                 [r["registration_error_mm_median"] for r in rows])), 2),
             "brain_mask_dice": round(float(np.mean([r["brain_mask_dice"] for r in rows])), 4),
             "ventricle_dice": round(float(np.mean([r["ventricle_dice"] for r in rows])), 3),
+            "disk_mb_per_subject": round(float(np.median([r["disk_mb"] for r in rows])), 1),
             "brain_mask_method": sorted({str(r["brain_mask_method"]) for r in rows})}
 
 
@@ -151,6 +157,7 @@ def main() -> None:
         "registration_error_mm_median": main_case["registration_error_mm_median"],
         "brain_mask_dice": main_case["brain_mask_dice"],
         "ventricle_dice": main_case["ventricle_dice"],
+        "disk_mb_per_subject": main_case["disk_mb_per_subject"],
         "atlas_load_seconds": round(atlas_seconds, 1),
         "profiles": profiles,
         "threads": config.threads, "cpu": cpu_model(), "cores": os.cpu_count(),

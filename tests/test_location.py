@@ -83,7 +83,8 @@ def test_location_features_in_unit_range_with_expected_monotonicity():
     left, right, cortex, midline = (features[..., k] for k in (3, 4, 5, 6))
     assert np.all(left[ventricles == 1] == 0) and np.all(right[ventricles == 2] == 0)
     # moving left (down the x axis) from the left ventricle, its distance grows ...
-    assert np.all(np.diff(left[19:0:-1, 37, 4]) > 0)
+    assert np.all(np.diff(left[19:3:-1, 37, 4]) > 0)
+    assert np.all(features[~brain] == 0)  # nothing outside the brain, like the images
     # ... and the right ventricle's distance is the mirror image of the left's
     np.testing.assert_allclose(right, left[::-1], atol=1e-6)
     np.testing.assert_allclose(midline, midline[::-1], atol=1e-6)

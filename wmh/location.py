@@ -2,7 +2,8 @@
 
 Features per working-grid voxel (paper, "Integrating explicit spatial location
 features"), in this order (``LOCATION_FEATURES``), each normalised per case to [0, 1]
-by its minimum and maximum inside the brain (values outside the brain are clipped):
+by its minimum and maximum inside the brain, and 0 outside the brain (like the images:
+nothing is sampled or segmented there, and the zeros keep the files small):
 
 0-2. MNI x, y, z: the voxel's atlas coordinate in mm (from the atlas registration).
 3-4. in-plane distance (mm) to the left / right lateral ventricle: the 2D Euclidean
@@ -58,14 +59,16 @@ def location_features(mni_coordinates: np.ndarray, ventricles: np.ndarray,
         prior: the WMH prior; None loads the packaged default.
 
     Returns:
-        (X, Y, Z, 8) float32 in [0, 1], order ``LOCATION_FEATURES``.
+        (X, Y, Z, 8) float32 in [0, 1], order ``LOCATION_FEATURES``; 0 outside the brain.
     """
     spacing = np.asarray(tuple(spacing), dtype=np.float64)
     brain_mask = np.asarray(brain_mask, dtype=bool)
     prior = load_prior() if prior is None else prior
     raw = raw_location_features(mni_coordinates, ventricles, brain_mask, spacing, prior)
-    return np.stack([normalise_per_case(raw[..., k], brain_mask)
-                     for k in range(raw.shape[-1])], axis=-1)
+    features = np.stack([normalise_per_case(raw[..., k], brain_mask)
+                         for k in range(raw.shape[-1])], axis=-1)
+    features[~brain_mask] = 0.0
+    return features
 
 
 def raw_location_features(mni_coordinates: np.ndarray, ventricles: np.ndarray,

@@ -43,9 +43,9 @@ dataset                        shape, dtype          meaning
 ``brain_mask``                 (X, Y, Z) bool        brain
 ``labels``                     (X, Y, Z) uint8       0/1 WMH/2 other (absent: no labels)
 ``labels_observer2``           (X, Y, Z) uint8       second rater (absent: none)
-``location``                   (X, Y, Z, 8) float32  the 8 features, each in [0, 1]
+``location``                   (X, Y, Z, 8) float32  the 8 features in [0, 1], 0 outside brain
 ``ventricles``                 (X, Y, Z) uint8       1 left, 2 right lateral ventricle
-``mni_coordinates``            (X, Y, Z, 3) float32  raw MNI x, y, z in mm (absent: none)
+``mni_coordinates``            (X, Y, Z, 3) float16  raw MNI x, y, z in mm (absent: none)
 ============================  ====================  =====================================
 
 Root attributes: ``format_version`` (int), ``subject_id``, ``site`` and ``split``
@@ -101,7 +101,8 @@ class PreparedSubject:
         brain_mask: (X, Y, Z) bool.
         labels: (X, Y, Z) uint8 (0 background, 1 WMH, 2 other pathology) or None.
         labels_observer2: (X, Y, Z) uint8 second rater, or None.
-        location: (X, Y, Z, 8) float32 in [0, 1], order ``LOCATION_FEATURES``.
+        location: (X, Y, Z, 8) float32 in [0, 1], order ``LOCATION_FEATURES``; 0 outside
+            the brain.
         ventricles: (X, Y, Z) uint8, 1 left and 2 right lateral ventricle.
         spacing: (3,) float64 working voxel size in mm.
         affine: (4, 4) float64 working voxel -> world (RAS+ mm).
@@ -110,7 +111,8 @@ class PreparedSubject:
         native_header: the FLAIR file's NIfTI-1 header bytes (348).
         cache_key: hash of inputs, config and code version.
         provenance: code version, config hash, input hashes, quality figures.
-        mni_coordinates: (X, Y, Z, 3) float32 raw MNI coordinates in mm, or None.
+        mni_coordinates: (X, Y, Z, 3) float32 raw MNI coordinates in mm (stored as
+            float16), or None.
     """
 
     subject_id: str
@@ -207,7 +209,8 @@ class PreparedSubject:
             array = getattr(self, name)
             if array is None:
                 continue
-            array = np.asarray(array)
+            # MNI millimetres need no float32: float16 keeps 0.06 mm at 100 mm, half the disk
+            array = np.asarray(array, np.float16 if name == "mni_coordinates" else None)
             chunks = array.shape[:2] + (1,) + array.shape[3:]
             file.create_dataset(name, data=array, chunks=chunks, compression="lzf")
         attrs = file.attrs
@@ -276,7 +279,8 @@ class PreparedSubject:
             native_affine=np.asarray(attrs["native_affine"]),
             native_header=bytes(attrs["native_header"].tobytes()),
             cache_key=str(attrs["cache_key"]), provenance=json.loads(attrs["provenance"]),
-            mni_coordinates=optional("mni_coordinates"))
+            mni_coordinates=(None if "mni_coordinates" not in file
+                             else file["mni_coordinates"][()].astype(np.float32)))
 
 
 def read_cache_key(path: str | Path) -> Optional[str]:
