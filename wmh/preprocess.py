@@ -665,7 +665,7 @@ def register_atlas_affine(subject: sitk.Image, subject_brain_centre: np.ndarray,
 
 
 def register_atlas_deformable(subject: sitk.Image, mni_from_subject_affine: sitk.Transform,
-                              atlas: Atlas, config) -> sitk.Transform:
+                              atlas: Atlas, config, slice_mm: float = 0.0) -> sitk.Transform:
     """Deformable refinement of the affine atlas registration, for any contrast.
 
     The atlas's tissue probabilities (grey, white, CSF, and 'outside the brain') are
@@ -677,6 +677,8 @@ def register_atlas_deformable(subject: sitk.Image, mni_from_subject_affine: sitk
     Args:
         subject: the subject's registration image (FLAIR or registered T1).
         mni_from_subject_affine: subject -> MNI affine (LPS world points).
+        slice_mm: the thickness the subject image's slices (its third axis) integrate
+            over, e.g. a 2D FLAIR's slice spacing; the template is blurred alike.
 
     Returns:
         The composite transform mapping subject world points to MNI world points (LPS).
@@ -697,6 +699,9 @@ def register_atlas_deformable(subject: sitk.Image, mni_from_subject_affine: sitk
                        1.0 - maps["brain"][crop]], axis=-1)
     means, *_ = np.linalg.lstsq(design[region], intensities[region], rcond=None)
     template = (design @ means).astype(np.float32)
+    if slice_mm > spacing[2]:
+        # a thick slice averages its slab, then linear interpolation spreads it further
+        template = ndimage.gaussian_filter1d(template, slice_mm / 2.355 / spacing[2], axis=2)
     sigma = 25.0 / spacing
     affine = grid_affine(subject) @ _translation(corner)
     fixed = to_sitk(_local_normalise(intensities, region, sigma), affine)
@@ -1030,8 +1035,9 @@ def _atlas_registration(flair_native: sitk.Image, t1_native: Optional[sitk.Image
     mni_from_subject = register_atlas_affine(subject_image, centre, atlas,
                                              config).GetInverse()
     if config.atlas_deformable:
+        slice_mm = 0.0 if t1_native is not None else float(flair_native.GetSpacing()[2])
         mni_from_subject = register_atlas_deformable(subject_image, mni_from_subject, atlas,
-                                                     config)
+                                                     config, slice_mm)
     similarity = _atlas_similarity(subject_image, mni_from_subject, atlas)
     quality["atlas_similarity"] = similarity
     if similarity < config.min_similarity:
