@@ -36,9 +36,9 @@ HDF5 layout of a PreparedSubject file (``<out>/<subject_id>.h5``); X, Y, Z is th
 working grid, every volume dataset is chunked one axial slice per chunk and
 lzf-compressed, so ``file["images"][:, :, z, :]`` reads one slice:
 
-============================  ====================  =====================================
+============================  ====================  ===========================================
 dataset                        shape, dtype          meaning
-============================  ====================  =====================================
+============================  ====================  ===========================================
 ``images``                     (X, Y, Z, C) float32  FLAIR[, T1] in [0, 1], 0 outside brain
 ``brain_mask``                 (X, Y, Z) bool        brain
 ``labels``                     (X, Y, Z) uint8       0/1 WMH/2 other (absent: no labels)
@@ -46,7 +46,7 @@ dataset                        shape, dtype          meaning
 ``location``                   (X, Y, Z, 8) float32  the 8 features in [0, 1], 0 outside brain
 ``ventricles``                 (X, Y, Z) uint8       1 left, 2 right lateral ventricle
 ``mni_coordinates``            (X, Y, Z, 3) float16  raw MNI x, y, z in mm (absent: none)
-============================  ====================  =====================================
+============================  ====================  ===========================================
 
 Root attributes: ``format_version`` (int), ``subject_id``, ``site`` and ``split``
 (absent when None), ``channels`` (JSON list), ``location_features`` (JSON list),
