@@ -61,3 +61,11 @@ def write_prepared_cohort(folder: Path, n_subjects: int = 6, shape=(40, 40, 5), 
         subject = tiny_prepared_subject(f"t{index:02d}", shape, seed * 100 + index, with_t1)
         subject.save(folder / f"{subject.subject_id}.h5")
     return folder
+
+
+def make_config(root, values: dict, overrides: dict | None = None):
+    """An ExperimentConfig from dotted ``key: value`` pairs, caching under ``root/cache``."""
+    from wmh.config import load_config
+
+    merged = {"data.cache_dir": str(Path(root) / "cache"), **values, **(overrides or {})}
+    return load_config(None, [f"{key}={value}" for key, value in merged.items()])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from cohorts import tiny_prepared_subject, write_prepared_cohort
+from cohorts import make_config, tiny_prepared_subject, write_prepared_cohort
 from wmh import baseline
 from wmh.errors import WMHError
 
@@ -196,13 +196,9 @@ def test_features_at_picks_rows_of_compute_features():
 # ------------------------------------------------------------------- training and models
 
 def rf_config(root, **overrides):
-    from wmh import config
-
-    values = {"data.cache_dir": str(root / "cache"), "model.arch": "rf",
-              "sampling.validation_fraction": 0.25, "sampling.test_fraction": 0.125,
-              "train.experiment": "tiny-rf", "baseline.n_trees": 20, "baseline.n_jobs": 2}
-    values.update(overrides)
-    return config.load_config(None, [f"{key}={value}" for key, value in values.items()])
+    return make_config(root, {"model.arch": "rf", "sampling.validation_fraction": 0.25,
+                              "sampling.test_fraction": 0.125, "train.experiment": "tiny-rf",
+                              "baseline.n_trees": 20, "baseline.n_jobs": 2}, overrides)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import json
 import multiprocessing
 import os
 import shutil
-from pathlib import Path
 
 import h5py
 import numpy as np

@@ -6,18 +6,16 @@ import mlflow
 import numpy as np
 import pytest
 
-from cohorts import write_prepared_cohort
-from wmh import config as config_module
+from cohorts import make_config, write_prepared_cohort
 from wmh.errors import WMHError
 
 
 def tiny_config(tmp_path, epochs=3, **overrides):
-    values = {"data.cache_dir": str(tmp_path / "cache"), "train.epochs": epochs,
-              "train.batch_size": 32, "train.learning_rate": 1e-3, "model.width": 0.15,
-              "model.arch": "msws", "model.loc": "ffcl", "sampling.validation_fraction": 0.25,
-              "sampling.test_fraction": 0.125, "train.experiment": "tiny"}
-    values.update(overrides)
-    return config_module.load_config(None, [f"{k}={v}" for k, v in values.items()])
+    return make_config(tmp_path, {
+        "train.epochs": epochs, "train.batch_size": 32, "train.learning_rate": 1e-3,
+        "model.width": 0.15, "model.arch": "msws", "model.loc": "ffcl",
+        "sampling.validation_fraction": 0.25, "sampling.test_fraction": 0.125,
+        "train.experiment": "tiny"}, overrides)
 
 
 @pytest.fixture(scope="module")

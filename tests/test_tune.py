@@ -12,7 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from cohorts import write_prepared_cohort
+from cohorts import make_config, write_prepared_cohort
 from wmh import config as config_module
 from wmh.errors import WMHError
 
@@ -21,14 +21,12 @@ SEARCHED = {"model.arch", "model.loc", "model.alpha", "train.learning_rate",
 
 
 def tune_config(tmp_path, experiment, **overrides):
-    values = {"data.cache_dir": str(tmp_path / "cache"), "train.epochs": 1,
-              "train.batch_size": 32, "train.learning_rate": 1e-3, "model.width": 0.1,
-              "train.max_train_samples": 512, "train.max_validation_samples": 256,
-              "sampling.validation_fraction": 0.2, "sampling.test_fraction": 0.0,
-              "train.experiment": experiment, "tune.n_trials": 2, "tune.pruner": "none",
-              "tune.study": "s"}
-    values.update(overrides)
-    return config_module.load_config(None, [f"{k}={v}" for k, v in values.items()])
+    return make_config(tmp_path, {
+        "train.epochs": 1, "train.batch_size": 32, "train.learning_rate": 1e-3,
+        "model.width": 0.1, "train.max_train_samples": 512,
+        "train.max_validation_samples": 256, "sampling.validation_fraction": 0.2,
+        "sampling.test_fraction": 0.0, "train.experiment": experiment, "tune.n_trials": 2,
+        "tune.pruner": "none", "tune.study": "s"}, overrides)
 
 
 @pytest.fixture(scope="module")

@@ -488,15 +488,11 @@ def load_model_dir(folder: str | Path):
     import skops.io
     from sklearn.ensemble import RandomForestClassifier
 
-    from wmh.train import CONTRACT_FILE, ModelContract
+    from wmh.train import CONTRACT_FILE, read_model_folder
 
     folder = Path(folder)
-    contract_path, forest_path = folder / CONTRACT_FILE, folder / FOREST_FILE
-    for path in (forest_path, contract_path):
-        if not path.is_file():
-            raise WMHError(f"--model {folder}: missing {path.name} (expected a folder made "
-                           "by `wmh train` with model.arch=rf)")
-    contract = ModelContract.from_json(contract_path.read_text(), str(contract_path))
+    forest_path, contract_path = folder / FOREST_FILE, folder / CONTRACT_FILE
+    contract = read_model_folder(folder, FOREST_FILE, "by `wmh train` with model.arch=rf")
     use_t1 = "T1" in contract.channels
     if contract.model.arch != "rf":
         raise WMHError(f"{contract_path}: model.arch is '{contract.model.arch}', not 'rf'")

@@ -126,18 +126,25 @@ def load_model_dir(source: str | Path):
 
     if (folder / baseline.FOREST_FILE).is_file():  # model.arch=rf: a random forest folder
         return baseline.load_model_dir(folder)
-    contract_path, model_path = folder / CONTRACT_FILE, folder / MODEL_FILE
-    for path in (model_path, contract_path):
-        if not path.is_file():
-            raise WMHError(f"--model {source}: missing {path.name} (expected a folder made "
-                           "by `wmh train`, or runs:/<run id>/model)")
-    contract = ModelContract.from_json(contract_path.read_text(), str(contract_path))
+    model_path = folder / MODEL_FILE
+    contract = read_model_folder(folder, MODEL_FILE, "by `wmh train`, or runs:/<run id>/model")
     try:
         model = keras.saving.load_model(model_path, safe_mode=True, compile=False)
     except Exception as error:
         raise WMHError(f"{model_path}: cannot load model ({str(error).splitlines()[0]})") \
             from None
     return model, contract
+
+
+def read_model_folder(folder: Path, model_file: str, made_by: str) -> ModelContract:
+    """Checks a model folder holds ``model_file`` and ``wmh_model.json``; returns the
+    contract. ``made_by`` completes the error message ("expected a folder made ...")."""
+    for name in (model_file, CONTRACT_FILE):
+        if not (folder / name).is_file():
+            raise WMHError(f"--model {folder}: missing {name} (expected a folder made "
+                           f"{made_by})")
+    contract_path = folder / CONTRACT_FILE
+    return ModelContract.from_json(contract_path.read_text(), str(contract_path))
 
 
 def _atomic_keras_save(model, path: Path) -> None:
