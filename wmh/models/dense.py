@@ -68,17 +68,24 @@ def used_scales(config: ModelConfig) -> tuple[int, ...]:
     return SCALES[:1] if config.arch == "ss" else SCALES
 
 
+class _PolyphaseLayer(keras.layers.Layer):
+    """Shared state of the polyphase split/merge layers: the scale factor k."""
+
+    def __init__(self, factor: int, **kwargs):
+        super().__init__(**kwargs)
+        self.factor = int(factor)
+
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor}
+
+
 @keras.saving.register_keras_serializable(package="wmh")
-class SpaceToBatch(keras.layers.Layer):
+class SpaceToBatch(_PolyphaseLayer):
     """Splits maps into their k x k polyphase components, stacked on the batch axis.
 
     (B, H, W, C) -> (k*k*B, H/k, W/k, C); component (a, b) holds rows a, a+k, ... and
     columns b, b+k, ...; H and W must be multiples of k.
     """
-
-    def __init__(self, factor: int, **kwargs):
-        super().__init__(**kwargs)
-        self.factor = int(factor)
 
     def call(self, inputs):
         k = self.factor
@@ -93,17 +100,10 @@ class SpaceToBatch(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return (None, None, None, input_shape[-1])
 
-    def get_config(self):
-        return {**super().get_config(), "factor": self.factor}
-
 
 @keras.saving.register_keras_serializable(package="wmh")
-class BatchToSpace(keras.layers.Layer):
+class BatchToSpace(_PolyphaseLayer):
     """Inverse of :class:`SpaceToBatch`: (k*k*B, h, w, C) -> (B, h*k, w*k, C)."""
-
-    def __init__(self, factor: int, **kwargs):
-        super().__init__(**kwargs)
-        self.factor = int(factor)
 
     def call(self, inputs):
         k = self.factor
@@ -118,9 +118,6 @@ class BatchToSpace(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return (None, None, None, input_shape[-1])
-
-    def get_config(self):
-        return {**super().get_config(), "factor": self.factor}
 
 
 def kernel_spectrum(kernel: np.ndarray, fft_size: int) -> np.ndarray:
