@@ -33,6 +33,8 @@ import statistics
 import subprocess
 import time
 
+from machine import cpu_model  # benchmarks/machine.py
+
 
 def make_case(seed: int, shape=(256, 256, 48), spacing=(1.0, 1.0, 3.0)):
     """A prepared-like case: (images (X, Y, Z, 2), location (X, Y, Z, 8), brain, labels)."""
@@ -88,17 +90,6 @@ def make_case(seed: int, shape=(256, 256, 48), spacing=(1.0, 1.0, 3.0)):
         normalised(full(np.abs(x), shape)),
         normalised(np.exp(-distance_to(ventricles > 0) / 15.0))], axis=-1)
     return images, location, brain, labels, spacing
-
-
-def _cpu_name() -> str:
-    try:
-        output = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in output.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return platform.processor() or "unknown cpu"
 
 
 def _has_gpu() -> bool:
@@ -192,7 +183,7 @@ def main() -> None:
                 "another",
         "load_average_1min_before_after": [round(load_before[0], 2),
                                            round(os.getloadavg()[0], 2)],
-        "machine": f"{_cpu_name()}, {os.cpu_count()} cpus, "
+        "machine": f"{cpu_model()}, {os.cpu_count()} cpus, "
                    f"{'GPU present (unused)' if _has_gpu() else 'no GPU'}",
         "versions": {"python": platform.python_version(), "numpy": np.__version__,
                      "scipy": __import__("scipy").__version__,

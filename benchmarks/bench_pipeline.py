@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -39,6 +38,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from machine import describe  # benchmarks/machine.py
 
 import numpy as np
 
@@ -271,7 +272,7 @@ def main() -> None:
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_pipeline_"))
     work.mkdir(parents=True, exist_ok=True)
-    report = {"machine": machine(), "load_average_start": os.getloadavg()}
+    report = {"machine": describe(), "load_average_start": os.getloadavg()}
     try:
         # 1. simulated prepared subjects, sampled by build_samples
         prepared = work / "prepared"
@@ -372,16 +373,6 @@ def main() -> None:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(report, indent=1))
-
-
-def machine() -> str:
-    try:
-        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                 if line.startswith("model name")]
-        cpu = names[0] if names else platform.processor()
-    except OSError:
-        cpu = platform.processor()
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()}, Python {platform.python_version()}"
 
 
 if __name__ == "__main__":

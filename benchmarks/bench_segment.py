@@ -33,6 +33,8 @@ import subprocess
 import sys
 import time
 
+from machine import describe  # benchmarks/machine.py
+
 DMC_SEMI_AXES = (85, 70, 22)  # rows, columns, slices of the ellipsoidal brain
 
 
@@ -73,21 +75,6 @@ def wait_for_idle(threshold: float = 1.0, poll_s: float = 10.0, limit_s: float =
 def peak_rss_gb() -> float:
     """Peak resident set size of this process so far (Linux ru_maxrss is in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown cpu"
-
-
-def machine() -> str:
-    return f"{cpu_name()}, {os.cpu_count()} cpus, no GPU"
 
 
 def setup_tensorflow(threads: int):
@@ -232,7 +219,7 @@ def main(argv=None) -> None:
     result.update({
         "load_1min_after": round(os.getloadavg()[0], 2),
         "batch_size_slices": args.batch_size, "fft_size": args.fft_size,
-        "threads": args.threads, "machine": machine(), "python": platform.python_version(),
+        "threads": args.threads, "machine": describe(), "python": platform.python_version(),
         "targets": {"dense_s_per_256x256x48": "<= 20", "ratio": ">= 30",
                     "peak_rss_256x256x192": "bounded"},
     })

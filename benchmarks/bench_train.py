@@ -31,9 +31,11 @@ import statistics
 import sys
 import time
 
+from machine import describe  # benchmarks/machine.py
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_segment import machine, peak_rss_gb, wait_for_idle
+from bench_segment import peak_rss_gb, wait_for_idle
 
 ARCHS = ("ss", "msef", "msiw", "msws")
 
@@ -192,7 +194,7 @@ def main() -> None:
     result.update({"load_1min_after": round(os.getloadavg()[0], 2),
                    "target_fraction_of_peak": 0.6,
                    "peak_rss_gb": round(peak_rss_gb(), 3), "threads": args.threads,
-                   "machine": machine(), "python": platform.python_version(),
+                   "machine": describe(), "python": platform.python_version(),
                    "tensorflow": tf.__version__, "keras": keras.__version__})
     print(json.dumps(result))
 
