@@ -847,7 +847,8 @@ def match_cases(prediction: str | Path, truth: str | Path,
         WMHError: file vs folder, a truth case without prediction or brain mask.
     """
     prediction, truth = Path(prediction), Path(truth)
-    truth_cases = find_cases(truth, "--truth")
+    cohort_truth = _cohort_label_files(truth, TRUTH_FILE_NAMES)
+    truth_cases = cohort_truth or find_cases(truth, "--truth")
     predicted_cases = find_cases(prediction, "--pred", prediction_names)
     masks = find_cases(brain_mask, "--brain-mask") if brain_mask is not None else None
     if truth.is_file() != prediction.is_file():
@@ -859,7 +860,7 @@ def match_cases(prediction: str | Path, truth: str | Path,
     if truth.is_file():
         mask_file = next(iter(masks.values())) if masks is not None else None
         return [CaseFiles(next(iter(truth_cases)), prediction, truth, mask_file)], []
-    if _cohort_label_files(truth, TRUTH_FILE_NAMES):
+    if cohort_truth:
         # A whole cohort as truth (e.g. the challenge tree): evaluate the cases that were
         # segmented (usually the test split); a prediction without truth is still listed.
         truth_cases = {k: v for k, v in truth_cases.items() if k in predicted_cases}
