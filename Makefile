@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all ui clean
+.PHONY: install demo reproduce test test-all ui clean
 
 install: $(STAMP)
 
@@ -17,6 +17,9 @@ $(STAMP): requirements.txt pyproject.toml
 
 demo: install
 	$(BIN)/wmh demo
+
+reproduce: install  # the paper's experiments at demo scale (< 1 h on 2 cores), resumable
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/mlflow run . --env-manager local -e reproduce -P scale=demo
 
 test: install
 	$(BIN)/python -m pytest -q

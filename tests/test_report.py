@@ -144,6 +144,28 @@ def test_training_size_and_location_layer_tables(cases, tmp_path):
     assert "training_size" in files.figures and files.figures["training_size"].exists()
 
 
+def test_report_options_choose_table_methods(cases, tmp_path):
+    results = build_results(cases)
+    truths = [case["truth"] for case in cases]
+    results.append(report.method_result_from_arrays(
+        "MSWS + Loc (50%)", [case["SS + Loc"] for case in cases], truths,
+        case_ids=results[0].case_ids, training_size=4))
+    options = report.ReportOptions(ci_resamples=20, pvalue_methods=("SS + Loc", "observer 2"),
+                                   table3_methods=("SS",), figure_methods=("SS + Loc",))
+    files = report.write_report(results, tmp_path, "synthetic", options, False)
+    with open(files.tables["table2"]) as handle:  # the training-size run: Table 6 only
+        assert [row["Method"] for row in csv.DictReader(handle)] == ["SS", "SS + Loc"]
+    with open(files.tables["table3"]) as handle:
+        assert [row["Method"] for row in csv.DictReader(handle)] == [
+            "SS", "observer 2", "observer 1"]
+    with open(files.tables["table4"]) as handle:
+        pairs = [(row["row_method"], row["column_method"]) for row in csv.DictReader(handle)]
+    assert pairs == [("SS + Loc", "observer 2"), ("observer 2", "SS + Loc")]
+    with pytest.raises(WMHError, match="Table 4 method.s. MSIW not among"):
+        report.write_report(results, tmp_path / "bad", "synthetic",
+                            report.ReportOptions(pvalue_methods=("MSIW",)), False)
+
+
 def test_validation_figures_for_training_code(cases, tmp_path):
     truths = [case["truth"] for case in cases[:3]]
     curve = metrics.dice_threshold_curve([case["SS"] for case in cases[:3]], truths,

@@ -63,7 +63,9 @@ TRUTH_FILE_NAMES = ("wmh",)
 OBSERVER2_FILE_NAMES = ("wmh_observer2",)
 MASK_FILE_NAMES = ("wmh_mask", "wmh_probability")  # evaluate: the model's own threshold
 PROBABILITY_FILE_NAMES = ("wmh_probability", "wmh_mask")  # curves need probabilities
-_PER_CASE_FILE_NAMES = TRUTH_FILE_NAMES + OBSERVER2_FILE_NAMES + PROBABILITY_FILE_NAMES
+BRAIN_MASK_FILE_NAMES = ("brain_mask",)  # what `wmh segment` writes beside its outputs
+_PER_CASE_FILE_NAMES = (TRUTH_FILE_NAMES + OBSERVER2_FILE_NAMES + PROBABILITY_FILE_NAMES
+                        + BRAIN_MASK_FILE_NAMES)
 _CHUNK_VOXELS = 1 << 22  # bounded temporary memory when histogramming huge volumes
 
 
@@ -805,7 +807,8 @@ def _cohort_label_files(path: Path, file_names: Sequence[str]) -> dict[str, Path
     as :func:`wmh.io.discover` finds them), when ``file_names`` asks for labels."""
     from wmh.io import discover
 
-    wanted = {"wmh": "labels", "wmh_observer2": "labels_observer2"}.get(file_names[0])
+    wanted = {"wmh": "labels", "wmh_observer2": "labels_observer2",
+              "brain_mask": "brain_mask"}.get(file_names[0])
     if wanted is None or not (path.is_dir() or path.suffix.lower() == ".csv"):
         return {}
     try:
@@ -850,7 +853,8 @@ def match_cases(prediction: str | Path, truth: str | Path,
     cohort_truth = _cohort_label_files(truth, TRUTH_FILE_NAMES)
     truth_cases = cohort_truth or find_cases(truth, "--truth")
     predicted_cases = find_cases(prediction, "--pred", prediction_names)
-    masks = find_cases(brain_mask, "--brain-mask") if brain_mask is not None else None
+    masks = (find_cases(brain_mask, "--brain-mask", BRAIN_MASK_FILE_NAMES)
+             if brain_mask is not None else None)
     if truth.is_file() != prediction.is_file():
         raise WMHError(f"--pred {prediction}: give a {'file' if truth.is_file() else 'folder'}"
                        f" like --truth {truth}")

@@ -12,6 +12,7 @@ import hashlib
 import json
 import sys
 from pathlib import Path
+from typing import Optional
 
 from wmh import io
 from wmh.config import ExperimentConfig, SynthConfig, dump_yaml
@@ -136,6 +137,8 @@ def train_model(config: ExperimentConfig, stages: DataStages, **train_kwargs):
     if config.model.arch == "rf":  # the conventional baseline: hand-crafted features + forest
         from wmh.baseline import train_baseline
 
+        train_kwargs.pop("reuse_finished", None)  # a forest refits (about a minute)
+
         return train_baseline(config, stages.samples, stages.prepared, data_label=data_label,
                               **train_kwargs)
     from wmh import train
@@ -168,6 +171,38 @@ def segment_test_subjects(config: ExperimentConfig, stages: DataStages, model_di
                    prepared_dir=stages.prepared)
 
 
+def evaluate_test_subjects(config: ExperimentConfig, stages: DataStages, trained,
+                           out_dir: Path, name: str, training_size: Optional[int] = None):
+    """Segments the test subjects with a trained model and scores them as the paper does.
+
+    Probabilities are scored inside the brain mask the model classified (label 2 ignored)
+    against observer 1, and observer 2 where the cohort has a second rater, at the
+    model's validation threshold.
+
+    Args:
+        trained: the :class:`wmh.train.TrainResult` (model folder, threshold, validation Az).
+        out_dir: ``wmh segment`` outputs of the test subjects go here.
+        name: the method's name in reports.
+        training_size: number of training subjects, for the Table 6 series (else None).
+
+    Returns:
+        (the per-subject rows of ``wmh segment``, a :class:`wmh.report.MethodResult` whose
+        ``source`` is the segmentation folder).
+    """
+    from wmh import report
+
+    rows = segment_test_subjects(config, stages, trained.model_dir, out_dir)
+    subjects = {s.subject_id: s for s in io.discover(stages.cohort)}
+    tested = [row["subject_id"] for row in rows]
+    has_observer2 = any(subjects[case].labels_observer2 is not None for case in tested)
+    threshold = trained.threshold if config.segment.threshold is None \
+        else config.segment.threshold
+    return rows, report.method_result_from_predictions(
+        name, out_dir, stages.cohort, brain_mask=out_dir,
+        observer2=stages.cohort if has_observer2 else None, threshold=threshold,
+        validation_az=trained.validation_volume_auc, training_size=training_size)
+
+
 def format_table(rows: list[dict], columns=SUMMARY_COLUMNS) -> str:
     """A fixed-width text table; floats with 3 decimals, missing values as '-'."""
     def cell(value):
@@ -188,24 +223,30 @@ def demo(config: ExperimentConfig, out_dir: Path = Path("outputs/demo")) -> dict
     MSWS+Loc, segment the test subjects, evaluate, log it all to MLflow.
 
     Returns:
-        {"run_id", "model_dir", "rows" (per test subject), "mean" (metric means)}.
+        {"run_id", "model_dir", "rows" (per test subject), "mean" (metric means),
+        "evaluation" (the :class:`wmh.report.MethodResult` logged to the run), ...}.
     """
     import mlflow
     import numpy as np
 
+    from wmh import report
+
     stages = ensure_data(config)
     result = train_model(config, stages)
-    rows = segment_test_subjects(config, stages, result.model_dir, out_dir / "segment")
+    rows, evaluation = evaluate_test_subjects(config, stages, result, out_dir / "segment",
+                                              report.method_display_name(config.model))
     means = {}
     for column in SUMMARY_COLUMNS[1:]:
         values = [row[column] for row in rows if isinstance(row.get(column), (int, float))]
         finite = [v for v in values if v == v]
         means[column] = float(np.mean(finite)) if finite else float("nan")
     with mlflow.start_run(run_id=result.run_id):
+        report.log_method_result(evaluation)  # test Dice/Az as the paper counts them
         mlflow.log_metrics({f"test_{k}": v for k, v in means.items() if v == v})
         mlflow.log_artifact(str(out_dir / "segment" / "volumes.csv"), "test")
         for row in rows:
             mlflow.log_artifact(str(out_dir / "segment" / row["subject_id"] / "qc.png"),
                                 f"test/qc/{row['subject_id']}")
     return {"run_id": result.run_id, "model_dir": result.model_dir, "rows": rows,
-            "mean": means, "synthetic": stages.synthetic, "train": result}
+            "mean": means, "synthetic": stages.synthetic, "train": result,
+            "evaluation": evaluation}

@@ -268,12 +268,17 @@ def observer_result_from_arrays(observer2_per_case: Sequence[np.ndarray],
 
 
 def _observer2_cases(observer2: str | Path, truth: str | Path,
-                     brain_mask: str | Path | None) -> list[metrics.CaseFiles]:
-    """Observer 2 files paired with the truths of the cases both raters labelled."""
+                     brain_mask: str | Path | None,
+                     case_ids: Optional[Sequence[str]] = None) -> list[metrics.CaseFiles]:
+    """Observer 2 files paired with the truths of the cases both raters labelled (only
+    ``case_ids`` when given, e.g. the test cases of a cohort)."""
     truths = metrics.find_cases(truth, "--truth")
+    if case_ids is not None:
+        truths = {case_id: truths[case_id] for case_id in case_ids if case_id in truths}
     observers = metrics.find_cases(observer2, "--observer2",
                                    metrics.OBSERVER2_FILE_NAMES + metrics.TRUTH_FILE_NAMES)
-    masks = metrics.find_cases(brain_mask, "--brain-mask") if brain_mask is not None else {}
+    masks = (metrics.find_cases(brain_mask, "--brain-mask", metrics.BRAIN_MASK_FILE_NAMES)
+             if brain_mask is not None else {})
     if Path(truth).is_file():  # two single files form one case, whatever their names
         observers = {case_id: next(iter(observers.values())) for case_id in truths}
         masks = {case_id: next(iter(masks.values())) for case_id in truths} if masks else {}
@@ -311,7 +316,7 @@ def method_result_from_predictions(name: str, prediction: str | Path, truth: str
     observer2_labels = {}
     if observer2 is not None:
         grids = {case.files.case_id: case.grid for case in loaded}
-        for files in _observer2_cases(observer2, truth, brain_mask):
+        for files in _observer2_cases(observer2, truth, brain_mask, case_ids):
             observer2_labels[files.case_id], _ = metrics.load_label_map(
                 files.prediction, grids[files.case_id])
     result = method_result_from_arrays(
@@ -326,13 +331,15 @@ def method_result_from_predictions(name: str, prediction: str | Path, truth: str
 
 def observer_result(observer2: str | Path, truth: str | Path, *,
                     brain_mask: str | Path | None = None,
-                    name: str = OBSERVER_NAME) -> MethodResult:
-    """Observer 2 against observer 1 from label files/folders, for the cases both rated.
+                    name: str = OBSERVER_NAME,
+                    case_ids: Optional[Sequence[str]] = None) -> MethodResult:
+    """Observer 2 against observer 1 from label files/folders, for the cases both rated
+    (restricted to ``case_ids`` when given, e.g. a cohort's test cases).
 
     Raises:
         WMHError: no common case, bad labels, grids that differ from the truth's.
     """
-    cases = _observer2_cases(observer2, truth, brain_mask)
+    cases = _observer2_cases(observer2, truth, brain_mask, case_ids)
     loaded = [metrics.load_case(files, prediction_is_labels=True) for files in cases]
     result = observer_result_from_arrays(
         [case.prediction for case in loaded], [case.truth for case in loaded],
@@ -387,9 +394,17 @@ _RUN_METRIC_NAMES = {  # what a training run may have logged, first match wins
 def _run_method_name(run) -> str:
     """The paper's name of a training run's model from its params, else the run name."""
     arch = run.data.params.get("model.arch")
-    location = run.data.params.get("model.loc")
     if arch is None:
         return run.info.run_name or run.info.run_id
+    return _method_name(arch, run.data.params.get("model.loc"))
+
+
+def method_display_name(model) -> str:
+    """The paper's name of a :class:`wmh.config.ModelConfig` ("MSWS + Loc", "LCL", ...)."""
+    return _method_name(model.arch, model.loc)
+
+
+def _method_name(arch: str, location: Optional[str]) -> str:
     if arch == "rf":  # the forest always uses the location features; model.loc is unused
         return "Conventional"
     name = arch.upper()
@@ -499,6 +514,9 @@ class ReportOptions:
     statistic: str = "pooled"  # Dice per resample: "pooled" (overall, paper) or "mean"
     confidence: float = 0.95  # confidence level of bands and intervals
     max_false_positive_rate: float = 0.02  # ROC x-axis cut (the paper shows low FPR only)
+    table3_methods: tuple[str, ...] = ()  # Table 3's methods besides observer 2; () = all
+    pvalue_methods: tuple[str, ...] = ()  # Table 4's methods (e.g. the paper's five); () = all
+    figure_methods: tuple[str, ...] = ()  # methods drawn in the ROC and Dice figures; () = all
 
 
 @dataclasses.dataclass(frozen=True)
@@ -564,8 +582,10 @@ def _table_methods(results: Sequence[MethodResult]) -> dict[str, list[MethodResu
     methods = [result for result in results if not result.is_observer]
     observers = [result for result in results if result.is_observer]
     table5 = [m for m in methods if paper_method_name(m.name) in PAPER_RESULTS["table5"]]
+    # A training-size run without a paper name ("MSWS + Loc (50%)") belongs to Table 6 only.
     table2 = [m for m in methods if m not in table5
-              and paper_method_name(m.name) != "Conventional"]
+              and paper_method_name(m.name) != "Conventional"
+              and not (m.training_size and paper_method_name(m.name) is None)]
     in_table3 = any(paper_method_name(m.name) in ("Conventional", "MSWS + Loc")
                     for m in methods)
     table3 = methods + observers if (observers or in_table3) else []
@@ -573,6 +593,19 @@ def _table_methods(results: Sequence[MethodResult]) -> dict[str, list[MethodResu
     compared = [m for m in methods + observers if m.counts_obs1 is not None]
     return {"table2": table2, "table3": table3, "table4": compared, "table5": table5,
             "table6": table6}
+
+
+def _chosen_methods(candidates: Sequence[MethodResult], names: Sequence[str], table: str
+                    ) -> list[MethodResult]:
+    """The methods of a table in the order of ``names`` (all ``candidates`` when empty)."""
+    if not names:
+        return list(candidates)
+    by_name = {method.name: method for method in candidates}
+    missing = [name for name in names if name not in by_name]
+    if missing:
+        raise WMHError(f"report: {table} method(s) {', '.join(missing)} not among the "
+                       f"results that fit it ({', '.join(by_name)})")
+    return [by_name[name] for name in names]
 
 
 def _common_cases(results: Sequence[MethodResult]) -> list[str]:
@@ -692,7 +725,9 @@ def write_report(results: Sequence[MethodResult], output_dir: str | Path, data_l
         header = ["Method", "Test Dice (obs1)", "Test Dice (obs2)", "Paper Dice (obs1)",
                   "Paper Dice (obs2)"]
         rows = []
-        for method in grouped["table3"]:
+        chosen = _chosen_methods([m for m in grouped["table3"] if not m.is_observer],
+                                 options.table3_methods, "Table 3")
+        for method in chosen + [m for m in grouped["table3"] if m.is_observer]:
             rows.append([method.name, method.dice(1), method.dice(2),
                          _paper_value(method, "dice_obs1", ("table3", "table2", "table5")),
                          _paper_value(method, "dice_obs2", ("table3", "table2", "table5"))])
@@ -710,8 +745,9 @@ def write_report(results: Sequence[MethodResult], output_dir: str | Path, data_l
         tables["table3"] = _write_csv(output_dir / "table3_observers.csv", ["data"] + header,
                                       [[data_label] + row for row in rows])
 
-    if len(grouped["table4"]) >= 2:
-        block = _pvalue_block(grouped["table4"], options)
+    compared = _chosen_methods(grouped["table4"], options.pvalue_methods, "Table 4")
+    if len(compared) >= 2:
+        block = _pvalue_block(compared, options)
         if block is None:
             sections += ["## Table 4 shape: paired bootstrap p-values", "",
                          "Not computed: the methods share fewer than 2 test cases "
@@ -946,9 +982,11 @@ def _draw_figures(results: Sequence[MethodResult], grouped: dict, output_dir: Pa
                   data_label: str, options: ReportOptions) -> dict[str, Path]:
     """Draws the report's figures that apply and saves them as PNGs."""
     figures = {}
-    if any(result.curve is not None and not result.is_observer for result in results):
-        figures["roc"] = roc_figure(results, data_label, options.max_false_positive_rate)
-        figures["dice_vs_threshold"] = dice_threshold_figure(results, data_label, options)
+    drawn = _chosen_methods([r for r in results if not r.is_observer], options.figure_methods,
+                            "figure") + [r for r in results if r.is_observer]
+    if any(result.curve is not None and not result.is_observer for result in drawn):
+        figures["roc"] = roc_figure(drawn, data_label, options.max_false_positive_rate)
+        figures["dice_vs_threshold"] = dice_threshold_figure(drawn, data_label, options)
     if grouped["table6"]:
         figures["training_size"] = training_size_figure(grouped["table6"], data_label,
                                                         options)

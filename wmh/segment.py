@@ -8,6 +8,8 @@ native FLAIR grid with the input's affine and header:
 * ``wmh_probability.nii.gz``: P(WMH) (float32, 0 outside the brain);
 * ``wmh_mask.nii.gz``: probability >= threshold (uint8), the model's validation-optimal
   threshold unless ``--threshold`` is given;
+* ``brain_mask.nii.gz``: the brain mask the voxels were classified in (uint8), so
+  ``wmh evaluate --brain-mask`` and ROC/Az can count inside the brain as the paper does;
 * ``wmh_uncertainty.nii.gz`` with ``--mc-samples N``: the standard deviation of P(WMH)
   over N Monte Carlo dropout passes (the probability map is then their mean);
 * ``qc.png``: the mask over FLAIR on the slices with most lesion;
@@ -191,9 +193,10 @@ def segment_subject(model, contract, subject: io.Subject, out_dir: Path,
 
     grid = prepared.native_grid()
     native_probability = np.clip(prepared.to_native_working(probability, order=1), 0, 1)
+    native_brain = prepared.to_native_working(prepared.brain_mask.astype(np.uint8), 0) > 0
     native_mask = native_probability >= threshold
     if threshold == 0.0:  # P >= 0 everywhere: keep the mask to the brain
-        native_mask &= prepared.to_native_working(prepared.brain_mask.astype(np.uint8), 0) > 0
+        native_mask &= native_brain
     native_ventricles = prepared.to_native_working(prepared.ventricles, order=0)
     row = {"subject_id": subject.subject_id, "threshold": threshold, "model": model_name}
     row.update(lesion_volumes(native_mask, native_ventricles, grid.working_spacing,
@@ -208,6 +211,8 @@ def segment_subject(model, contract, subject: io.Subject, out_dir: Path,
         io.save_like(native_probability.astype(np.float32), grid,
                      staging / "wmh_probability.nii.gz", np.float32)
         io.save_like(native_mask.astype(np.uint8), grid, staging / "wmh_mask.nii.gz", np.uint8)
+        io.save_like(native_brain.astype(np.uint8), grid, staging / "brain_mask.nii.gz",
+                     np.uint8)
         if uncertainty is not None:
             io.save_like(prepared.to_native_working(uncertainty, order=1).astype(np.float32),
                          grid, staging / "wmh_uncertainty.nii.gz", np.float32)

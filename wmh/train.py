@@ -232,7 +232,7 @@ class EpochTracker(keras.callbacks.Callback):
 def train(config: ExperimentConfig, samples_dir: Path, prepared_dir: Path,
           callbacks: Sequence = (),
           nested: bool = False, run_name: Optional[str] = None,
-          data_label: str = "real") -> TrainResult:
+          data_label: str = "real", reuse_finished: bool = False) -> TrainResult:
     """Trains ``config.model`` on a sample set, tracked in MLflow, resumable.
 
     Args:
@@ -246,6 +246,9 @@ def train(config: ExperimentConfig, samples_dir: Path, prepared_dir: Path,
         nested: start the MLflow run nested in the active one (Optuna trials).
         run_name: MLflow run name; default ``<arch>+<loc>``.
         data_label: "synthetic" or "real", recorded as a tag so every report can say so.
+        reuse_finished: return the finished run of the same config and data (its model
+            folder) instead of training again, e.g. when a reproduction was interrupted
+            after training; False (default) trains a new run.
 
     Returns:
         A :class:`TrainResult`.
@@ -263,6 +266,11 @@ def train(config: ExperimentConfig, samples_dir: Path, prepared_dir: Path,
     run_dir.mkdir(parents=True, exist_ok=True)
     state_path = run_dir / STATE_FILE
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    if (reuse_finished and state.get("finished") and "result" in state
+            and (run_dir / "model").is_dir()):
+        return TrainResult(run_id=state["run_id"], model_dir=run_dir / "model",
+                           best_epoch=state["best_epoch"], validation_auc=state["best_auc"],
+                           **state["result"])
     if state.get("finished"):
         state = {}  # a finished run is not resumed: this is a new run of the same config
 
@@ -310,6 +318,8 @@ def train(config: ExperimentConfig, samples_dir: Path, prepared_dir: Path,
                             "threshold": threshold, "val_volume_dice": validation_dice,
                             "val_volume_auc": volume_auc})
         state["finished"] = True
+        state["result"] = {"threshold": threshold, "validation_dice": validation_dice,
+                           "validation_volume_auc": volume_auc}
         atomic_write_text(state_path, json.dumps(state))
     return TrainResult(run_id=run_id, model_dir=model_dir, best_epoch=state["best_epoch"],
                        validation_auc=state["best_auc"], threshold=threshold,

@@ -1,0 +1,348 @@
+"""The paper's experiments end to end: ``wmh reproduce`` and ``mlflow run . -e reproduce``.
+
+Every experiment of :data:`EXPERIMENTS` (``experiments/<name>.yaml``) runs at one scale
+(:data:`SCALES`) on one cohort (default: the synthetic cohort):
+
+1. the cached data stages of :mod:`wmh.pipeline` (shared by the experiments; the
+   Table 6 subsets add nested training subsets, validation and test stay the same);
+2. training, a nested MLflow run under the reproduction's parent run;
+3. segmentation of the test subjects (``wmh segment``'s outputs, brain mask included);
+4. evaluation inside the brain mask against observer 1, and observer 2 where the cohort
+   has one -> a :class:`wmh.report.MethodResult`, logged to the run as
+   ``evaluation/method_result.json`` and kept in ``<out>/<name>/result.json``.
+
+Then observer 2 is scored against observer 1 on the same test subjects and
+:func:`wmh.report.write_report` writes Tables 2-6 and Figures 4-5 next to the paper's
+published numbers (``<out>/report/``; logged to the parent run).
+
+Resumable at the experiment level: ``result.json`` records a hash of the experiment's
+resolved config and of its data, so a rerun skips what is done and up to date, and an
+experiment interrupted during training resumes at its last finished epoch
+(:func:`wmh.train.train`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from wmh import io
+from wmh.config import ExperimentConfig, dump_yaml, load_config
+from wmh.errors import WMHError
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """One of the paper's experiments.
+
+    Attributes:
+        name: ``experiments/<name>.yaml`` and the output folder.
+        method: the method's name in the report (the paper's name where it has one).
+        tables: the paper's tables it appears in (documentation and ``--dry-run``).
+        training_size: True for the Table 6 / Figure 5 series (the number of training
+            subjects is recorded).
+    """
+
+    name: str
+    method: str
+    tables: str
+    training_size: bool = False
+
+
+EXPERIMENTS: tuple[Experiment, ...] = (
+    Experiment("ss", "SS", "2, 4"),
+    Experiment("msef", "MSEF", "2"),
+    Experiment("msiw", "MSIW", "2"),
+    Experiment("msws", "MSWS", "2, 4"),
+    Experiment("ss_loc", "SS + Loc", "2, 4, 5 (FFCL)"),
+    Experiment("msef_loc", "MSEF + Loc", "2"),
+    Experiment("msiw_loc", "MSIW + Loc", "2"),
+    Experiment("msws_loc", "MSWS + Loc", "2, 3, 4, 6", training_size=True),
+    Experiment("ss_lcl", "LCL", "5"),
+    Experiment("ss_sfcl", "SFCL", "5"),
+    Experiment("rf", "Conventional", "3"),
+    Experiment("msws_loc_train50", "MSWS + Loc (50%)", "6", training_size=True),
+    Experiment("msws_loc_train25", "MSWS + Loc (25%)", "6", training_size=True),
+    Experiment("msws_loc_train12_5", "MSWS + Loc (12.5%)", "6", training_size=True),
+    Experiment("msws_loc_train6_25", "MSWS + Loc (6.25%)", "6", training_size=True),
+)
+
+# Table 5's FFCL row is the SS + Loc network (the paper's default layer): no extra training.
+DERIVED = {"FFCL": "SS + Loc"}
+TABLE3_METHODS = ("Conventional", "MSWS + Loc")
+TABLE4_METHODS = ("SS", "MSWS", "SS + Loc", "MSWS + Loc")  # + observer 2 when there is one
+FIGURE4_METHODS = ("Conventional", "SS", "MSWS", "SS + Loc", "MSWS + Loc")
+
+# Each scale overrides the experiment files (the user's --set go on top).
+SCALES: dict[str, dict[str, object]] = {
+    # 2 CPU cores, within an hour: 24 synthetic subjects (16 train, 2 validation, 6 test),
+    # a quarter-width network, 15 000 balanced samples per epoch for 3 epochs.
+    "demo": {
+        "synth.subjects": 24, "preprocess.workers": 2,
+        "sampling.validation_fraction": 0.08, "sampling.test_fraction": 0.25,
+        "model.width": 0.25, "train.epochs": 3, "train.learning_rate": 3e-4,
+        "train.max_train_samples": 15000, "train.max_validation_samples": 4000,
+    },
+    # The paper's protocol: 470 subjects (378 train, 42 validation, 50 test), the full
+    # network, every balanced sample (50% of the WMH voxels + as many negatives:
+    # 3.88 M / 430 k samples in the paper). For a GPU machine.
+    "paper": {
+        "synth.subjects": 470, "preprocess.workers": 8,
+        "sampling.validation_fraction": 42 / 470, "sampling.test_fraction": 50 / 470,
+        "sampling.positive_fraction": 0.5, "sampling.negative_ratio": 1.0,
+        "model.width": 1.0, "train.epochs": 10, "train.learning_rate": 1e-4,
+        "train.batch_size": 128, "train.max_train_samples": 0,
+        "train.max_validation_samples": 0,
+    },
+}
+REPRODUCE_EXPERIMENT = "wmh-reproduce"  # MLflow experiment of the parent and child runs
+RESULT_FILE = "result.json"
+STATE_FILE = "reproduce.json"  # in the output folder: the parent MLflow run to continue
+
+
+def experiments_dir() -> Path:
+    """The ``experiments/`` folder of this checkout (else the current directory's)."""
+    beside_package = Path(__file__).resolve().parents[1] / "experiments"
+    return beside_package if beside_package.is_dir() else Path("experiments")
+
+
+def select_experiments(names: str = "") -> list[Experiment]:
+    """The experiments named in a comma-separated list (all of them for "")."""
+    if not names.strip():
+        return list(EXPERIMENTS)
+    by_name = {experiment.name: experiment for experiment in EXPERIMENTS}
+    chosen = []
+    for name in (part.strip() for part in names.split(",") if part.strip()):
+        if name not in by_name:
+            raise WMHError(f"--experiments: unknown experiment '{name}' (known: "
+                           f"{', '.join(by_name)})")
+        chosen.append(by_name[name])
+    return chosen
+
+
+def resolve(experiment: Experiment, scale: str, overrides: Sequence[str] = (),
+            folder: Optional[Path] = None) -> ExperimentConfig:
+    """An experiment's config: its YAML, then the scale, then the user's overrides."""
+    if scale not in SCALES:
+        raise WMHError(f"--scale {scale}: unknown scale (known: {', '.join(SCALES)})")
+    path = (folder or experiments_dir()) / f"{experiment.name}.yaml"
+    if not path.is_file():
+        raise WMHError(f"{path}: experiment file not found (--experiments-dir)")
+    scale_overrides = [f"{key}={value}" for key, value in SCALES[scale].items()]
+    return load_config(path, [*scale_overrides, f"train.experiment={REPRODUCE_EXPERIMENT}",
+                              *overrides])
+
+
+def _config_hash(config: ExperimentConfig) -> str:
+    return hashlib.sha256(dump_yaml(config).encode()).hexdigest()[:16]
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What one experiment gave: its result and whether it was reused from a former run."""
+
+    experiment: Experiment
+    result: object  # wmh.report.MethodResult
+    run_id: str
+    reused: bool
+    seconds: float
+
+
+def run_experiment(experiment: Experiment, config: ExperimentConfig, out_dir: Path,
+                   ) -> Outcome:
+    """Data stages (cached), training, test segmentation and evaluation of one experiment;
+    reuses ``<out_dir>/<name>/result.json`` when it matches the config and the data."""
+    from wmh import pipeline, report, sampling
+    from wmh.data import dataset_hash
+
+    start = time.time()
+    stages = pipeline.ensure_data(config)
+    key = {"config": _config_hash(config), "data": dataset_hash(stages.samples)}
+    folder = out_dir / experiment.name
+    stored = _read_json(folder / RESULT_FILE)
+    if stored is not None and stored.get("key") == key:
+        return Outcome(experiment, report.MethodResult.from_dict(stored["result"]),
+                       stored["run_id"], True, time.time() - start)
+    trained = pipeline.train_model(config, stages, nested=True, run_name=experiment.name,
+                                   reuse_finished=True)
+    training_size = (len(sampling.load_splits(stages.samples)["train"])
+                     if experiment.training_size else None)
+    _, result = pipeline.evaluate_test_subjects(config, stages, trained, folder / "segment",
+                                                experiment.method, training_size)
+    report.log_method_result(result, run_id=trained.run_id)
+    io.atomic_write_text(folder / RESULT_FILE, json.dumps(
+        {"key": key, "run_id": trained.run_id, "experiment": experiment.name,
+         "seconds": time.time() - start, "result": result.to_dict()}))
+    return Outcome(experiment, result, trained.run_id, False, time.time() - start)
+
+
+def _read_json(path: Path) -> Optional[dict]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+@dataclasses.dataclass
+class Reproduction:
+    """A finished reproduction: the outcomes, the report and what the data were."""
+
+    outcomes: list[Outcome]
+    report: object  # wmh.report.ReportFiles
+    data_label: str
+    parent_run_id: str
+    seconds: float
+
+
+def reproduce(scale: str = "demo", out_dir: str | Path = "outputs/reproduce",
+              experiments: str = "", overrides: Sequence[str] = (),
+              data_label: Optional[str] = None, folder: Optional[Path] = None,
+              progress: Callable[[str], None] = print) -> Reproduction:
+    """Runs (or reuses) every selected experiment, then writes the report.
+
+    Args:
+        scale: a key of :data:`SCALES`.
+        out_dir: per-experiment folders and ``report/`` go here (``<out_dir>/<scale>``).
+        experiments: comma-separated experiment names; "" = all of :data:`EXPERIMENTS`.
+        overrides: ``section.field=value`` strings applied to every experiment last (e.g.
+            ``data.root=/data/wmh2017`` for your own cohort).
+        data_label: what the data are, for every table and figure; default "synthetic"
+            for the synthetic cohort and "real" otherwise.
+        folder: where the experiment YAMLs are (default :func:`experiments_dir`).
+        progress: called with one line per step.
+
+    Raises:
+        WMHError: unknown scale or experiment, a missing experiment file, bad overrides,
+            or experiments whose test subjects differ.
+    """
+    import mlflow
+
+    from wmh import pipeline, report
+    from wmh.tracking import configure_mlflow
+
+    start = time.time()
+    chosen = select_experiments(experiments)
+    configs = [resolve(experiment, scale, overrides, folder) for experiment in chosen]
+    out_dir = Path(out_dir) / scale
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = _read_json(out_dir / STATE_FILE) or {}
+    configure_mlflow(REPRODUCE_EXPERIMENT)
+    # Continue the former parent run, unless `mlflow run` made one for us (MLFLOW_RUN_ID).
+    parent_id = None if os.environ.get("MLFLOW_RUN_ID") else state.get("parent_run_id")
+    try:
+        parent = mlflow.start_run(run_id=parent_id, run_name=f"reproduce-{scale}")
+    except mlflow.exceptions.MlflowException:  # e.g. another tracking store than before
+        parent = mlflow.start_run(run_name=f"reproduce-{scale}")
+    with parent:
+        parent_id = parent.info.run_id
+        io.atomic_write_text(out_dir / STATE_FILE, json.dumps({"parent_run_id": parent_id}))
+        mlflow.set_tags({"scale": scale, "experiments": ",".join(e.name for e in chosen)})
+        outcomes: list[Outcome] = []
+        for index, (experiment, config) in enumerate(zip(chosen, configs), start=1):
+            progress(f"[{index}/{len(chosen)}] {experiment.name} ({experiment.method}; "
+                     f"Table {experiment.tables})")
+            outcome = run_experiment(experiment, config, out_dir)
+            outcomes.append(outcome)
+            progress(f"    {'reused' if outcome.reused else 'done'} in {outcome.seconds:.0f} s:"
+                     f" test Dice {outcome.result.dice(1):.3f} (run {outcome.run_id})")
+        stages = pipeline.ensure_data(configs[0])
+        test_ids = _check_same_test_cases(outcomes)
+        label = data_label or ("synthetic" if stages.synthetic else "real")
+        results = [outcome.result for outcome in outcomes]
+        results += [dataclasses.replace(by_name, name=name)
+                    for name, source in DERIVED.items()
+                    for by_name in results if by_name.name == source]
+        observer = _observer_result(stages, test_ids, out_dir / outcomes[0].experiment.name
+                                    / "segment")
+        if observer is not None:
+            results.append(observer)
+        names = {result.name for result in results}
+        options = report.ReportOptions(
+            table3_methods=tuple(n for n in TABLE3_METHODS if n in names),
+            pvalue_methods=tuple(n for n in TABLE4_METHODS if n in names)
+            + ((report.OBSERVER_NAME,) if observer is not None else ()),
+            figure_methods=tuple(n for n in FIGURE4_METHODS if n in names))
+        files = report.write_report(results, out_dir / "report", label, options)
+        _append_runs(files.markdown, outcomes, scale, time.time() - start)
+        mlflow.log_artifacts(str(out_dir / "report"), artifact_path="report")
+        mlflow.log_metric("seconds", time.time() - start)
+    return Reproduction(outcomes, files, label, parent_id, time.time() - start)
+
+
+def _check_same_test_cases(outcomes: Sequence[Outcome]) -> list[str]:
+    """Every experiment must be tested on the same subjects (paired statistics)."""
+    first = outcomes[0]
+    for outcome in outcomes[1:]:
+        if set(outcome.result.case_ids) != set(first.result.case_ids):
+            raise WMHError(f"reproduce: {outcome.experiment.name} was tested on other "
+                           f"subjects than {first.experiment.name}; the experiments must "
+                           "share the sampling seed and the split fractions")
+    return list(first.result.case_ids)
+
+
+def _observer_result(stages, test_ids: Sequence[str], segment_dir: Path):
+    """Observer 2 vs observer 1 on the test subjects, when the cohort has a second rater."""
+    from wmh import report
+
+    subjects = {s.subject_id: s for s in io.discover(stages.cohort)}
+    if not any(subjects[case].labels_observer2 is not None for case in test_ids
+               if case in subjects):
+        return None
+    return report.observer_result(stages.cohort, stages.cohort, brain_mask=segment_dir,
+                                  case_ids=test_ids)
+
+
+def _append_runs(markdown: Path, outcomes: Sequence[Outcome], scale: str,
+                 seconds: float) -> None:
+    """Adds the experiments' runs and timings to the report."""
+    lines = ["", f"## Runs (scale `{scale}`)", "",
+             "| Experiment | Method | Tables | MLflow run | Seconds | |", "|---|---|---|---|---|---|"]
+    for outcome in outcomes:
+        lines.append(f"| {outcome.experiment.name} | {outcome.experiment.method} | "
+                     f"{outcome.experiment.tables} | {outcome.run_id} | "
+                     f"{outcome.seconds:.0f} | {'reused' if outcome.reused else 'run'} |")
+    lines += ["", f"This invocation: {seconds / 60:.1f} min (reused experiments count only "
+              "their data check)."]
+    with open(markdown, "a") as handle:
+        handle.write("\n".join(lines) + "\n")
+
+
+def describe(scale: str, experiments: str = "", overrides: Sequence[str] = (),
+             folder: Optional[Path] = None) -> str:
+    """The plan of a reproduction, one line per experiment (``--dry-run``)."""
+    lines = [f"scale {scale}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else
+                                            f"{k}={v}" for k, v in SCALES.get(scale, {}).items())]
+    for experiment in select_experiments(experiments):
+        config = resolve(experiment, scale, overrides, folder)
+        lines.append(
+            f"{experiment.name:<20} {experiment.method:<20} Table {experiment.tables:<14} "
+            f"arch={config.model.arch} loc={config.model.loc} width={config.model.width:g} "
+            f"subjects={config.synth.subjects} train_size={config.sampling.train_size_fraction:g}"
+            f" epochs={config.train.epochs} samples/epoch="
+            f"{config.train.max_train_samples or 'all'}")
+    return "\n".join(lines)
+
+
+def summary_table(done: Reproduction) -> str:
+    """One line per method: validation Az, test Dice vs both observers, the paper's Dice."""
+    from wmh import pipeline, report
+
+    rows = []
+    for outcome in done.outcomes:
+        result = outcome.result
+        paper = report.PAPER_RESULTS["table2"].get(result.name, {}).get("dice_obs1")
+        paper = paper or report.PAPER_RESULTS["table5"].get(result.name, {}).get("dice_obs1")
+        paper = paper or report.PAPER_RESULTS["table3"].get(result.name, {}).get("dice_obs1")
+        rows.append({"method": result.name, "validation_az": result.validation_az,
+                     "test_az": result.test_az(), "dice_obs1": result.dice(1),
+                     "dice_obs2": result.dice(2), "paper_dice_obs1": paper})
+    title = f"Test set ({done.data_label.upper()} data"
+    title += "; not comparable with the paper's)" if "synth" in done.data_label else ")"
+    return title + "\n" + pipeline.format_table(
+        rows, ("method", "validation_az", "test_az", "dice_obs1", "dice_obs2",
+               "paper_dice_obs1"))
