@@ -72,3 +72,11 @@ def mlflow_tmp(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)
     return uri
+
+
+@pytest.fixture(scope="session")
+def tiny_synthetic_cache(tmp_path_factory):
+    """A data cache shared by the end-to-end tests that run on the tiny synthetic cohort
+    (``synth.profile=test``, 6 subjects, ``preprocess.workers=2``): the cohort is
+    synthesised and prepared once per session, each test still samples and trains itself."""
+    return tmp_path_factory.mktemp("tiny-synthetic-cache")

@@ -11,8 +11,9 @@ from wmh.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_demo_runs_every_stage_and_labels_results_synthetic(tmp_path, mlflow_tmp, capsys):
-    overrides = {"data.cache_dir": str(tmp_path / "cache"), "synth.subjects": 5,
+def test_demo_runs_every_stage_and_labels_results_synthetic(tmp_path, mlflow_tmp, capsys,
+                                                            tiny_synthetic_cache):
+    overrides = {"data.cache_dir": str(tiny_synthetic_cache), "synth.subjects": 6,
                  "synth.profile": "test", "train.epochs": 1, "model.width": 0.1,
                  "train.max_train_samples": 2000, "train.max_validation_samples": 1000,
                  "sampling.validation_fraction": 0.2, "sampling.test_fraction": 0.2,
@@ -29,7 +30,7 @@ def test_demo_runs_every_stage_and_labels_results_synthetic(tmp_path, mlflow_tmp
 
     with open(tmp_path / "out" / "segment" / "volumes.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 1  # 5 subjects: 1 test subject
+    assert len(rows) == 1  # 6 subjects: 1 test subject
     subject = rows[0]["subject_id"]
     for name in ("wmh_probability.nii.gz", "wmh_mask.nii.gz", "qc.png", "report.json"):
         assert (tmp_path / "out" / "segment" / subject / name).is_file()

@@ -126,8 +126,9 @@ def _read_csv(path):
         return list(csv.DictReader(handle))
 
 
-def test_tiny_reproduction_reports_every_table_and_resumes(tmp_path, mlflow_tmp, capsys):
-    overrides = ["data.cache_dir=" + str(tmp_path / "cache"), "synth.subjects=6",
+def test_tiny_reproduction_reports_every_table_and_resumes(tmp_path, mlflow_tmp, capsys,
+                                                          tiny_synthetic_cache):
+    overrides = ["data.cache_dir=" + str(tiny_synthetic_cache), "synth.subjects=6",
                  "synth.profile=test", "model.width=0.1", "train.epochs=1",
                  "train.max_train_samples=1500", "train.max_validation_samples=800",
                  "sampling.validation_fraction=0.15", "sampling.test_fraction=0.3",
@@ -148,7 +149,7 @@ def test_tiny_reproduction_reports_every_table_and_resumes(tmp_path, mlflow_tmp,
         assert (report_dir / name).stat().st_size > 1000
 
     # Test subjects: the same for every experiment, 2 of the 6 subjects.
-    cohort = next((tmp_path / "cache" / "synth").glob("test-n6-*"))
+    cohort = next((tiny_synthetic_cache / "synth").glob("test-n6-*"))
     segment = out_dir / "ss_loc" / "segment"
     test_ids = sorted(p.name for p in segment.iterdir() if p.is_dir() and
                       not p.name.startswith("."))
