@@ -171,6 +171,13 @@ def segment_test_subjects(config: ExperimentConfig, stages: DataStages, model_di
                    prepared_dir=stages.prepared)
 
 
+def has_second_rater(cohort: Path, case_ids) -> bool:
+    """Whether any of the cohort's ``case_ids`` has observer-2 labels."""
+    subjects = {s.subject_id: s for s in io.discover(cohort)}
+    return any(subjects[case].labels_observer2 is not None for case in case_ids
+               if case in subjects)
+
+
 def evaluate_test_subjects(config: ExperimentConfig, stages: DataStages, trained,
                            out_dir: Path, name: str, training_size: Optional[int] = None):
     """Segments the test subjects with a trained model and scores them as the paper does.
@@ -192,9 +199,7 @@ def evaluate_test_subjects(config: ExperimentConfig, stages: DataStages, trained
     from wmh import report
 
     rows = segment_test_subjects(config, stages, trained.model_dir, out_dir)
-    subjects = {s.subject_id: s for s in io.discover(stages.cohort)}
-    tested = [row["subject_id"] for row in rows]
-    has_observer2 = any(subjects[case].labels_observer2 is not None for case in tested)
+    has_observer2 = has_second_rater(stages.cohort, [row["subject_id"] for row in rows])
     threshold = trained.threshold if config.segment.threshold is None \
         else config.segment.threshold
     return rows, report.method_result_from_predictions(

@@ -559,7 +559,8 @@ def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence]) -> P
     return path
 
 
-def _paper_value(method: MethodResult, field: str, tables=("table2", "table3", "table5")):
+def paper_value(method: MethodResult, field: str, tables=("table2", "table3", "table5")):
+    """The paper's published ``field`` for a method (first of ``tables`` that has it), or None."""
     if method.is_observer:
         return PAPER_RESULTS["table3"]["observer 2"].get(field)
     paper_name = paper_method_name(method.name)
@@ -712,8 +713,8 @@ def write_report(results: Sequence[MethodResult], output_dir: str | Path, data_l
                          method.validation_az, method.test_az(), method.dice(1),
                          f"{_format(low)}–{_format(high)}" if not math.isnan(low) else None,
                          method.dice(1, "mean") if method.counts_obs1 is not None else None,
-                         method.dice(2), _paper_value(method, "validation_az"),
-                         _paper_value(method, "dice_obs1"), _paper_value(method, "dice_obs2")])
+                         method.dice(2), paper_value(method, "validation_az"),
+                         paper_value(method, "dice_obs1"), paper_value(method, "dice_obs2")])
         sections += ["## Table 2 shape: methods (validation Az, test Dice)", "",
                      _markdown_table(header, [[row[0], row[1]] + [
                          _format(cell, 4 if "Az" in header[index + 2] else 3)
@@ -729,8 +730,8 @@ def write_report(results: Sequence[MethodResult], output_dir: str | Path, data_l
                                  options.table3_methods, "Table 3")
         for method in chosen + [m for m in grouped["table3"] if m.is_observer]:
             rows.append([method.name, method.dice(1), method.dice(2),
-                         _paper_value(method, "dice_obs1", ("table3", "table2", "table5")),
-                         _paper_value(method, "dice_obs2", ("table3", "table2", "table5"))])
+                         paper_value(method, "dice_obs1", ("table3", "table2", "table5")),
+                         paper_value(method, "dice_obs2", ("table3", "table2", "table5"))])
         observer = next((m for m in grouped["table3"] if m.is_observer), None)
         if observer is not None:  # observer 1 rated against observer 2: the same overlap
             rows.append(["observer 1", None, observer.dice(1), None,
@@ -770,8 +771,8 @@ def write_report(results: Sequence[MethodResult], output_dir: str | Path, data_l
     if grouped["table5"]:
         header = ["Method", "Validation Az", "Test Dice (obs1)", "Paper validation Az",
                   "Paper Dice (obs1)"]
-        rows = [[m.name, m.validation_az, m.dice(1), _paper_value(m, "validation_az"),
-                 _paper_value(m, "dice_obs1")] for m in grouped["table5"]]
+        rows = [[m.name, m.validation_az, m.dice(1), paper_value(m, "validation_az"),
+                 paper_value(m, "dice_obs1")] for m in grouped["table5"]]
         sections += ["## Table 5 shape: where location features enter the network", "",
                      _markdown_table(header, [[row[0], _format(row[1], 4), _format(row[2]),
                                                _format(row[3], 4), _format(row[4])]

@@ -151,6 +151,7 @@ class Outcome:
     run_id: str
     reused: bool
     seconds: float
+    stages: object = None  # wmh.pipeline.DataStages the experiment ran on
 
 
 def run_experiment(experiment: Experiment, config: ExperimentConfig, out_dir: Path,
@@ -167,7 +168,7 @@ def run_experiment(experiment: Experiment, config: ExperimentConfig, out_dir: Pa
     stored = _read_json(folder / RESULT_FILE)
     if stored is not None and stored.get("key") == key:
         return Outcome(experiment, report.MethodResult.from_dict(stored["result"]),
-                       stored["run_id"], True, time.time() - start)
+                       stored["run_id"], True, time.time() - start, stages)
     trained = pipeline.train_model(config, stages, nested=True, run_name=experiment.name,
                                    reuse_finished=True)
     training_size = (len(sampling.load_splits(stages.samples)["train"])
@@ -178,7 +179,7 @@ def run_experiment(experiment: Experiment, config: ExperimentConfig, out_dir: Pa
     io.atomic_write_text(folder / RESULT_FILE, json.dumps(
         {"key": key, "run_id": trained.run_id, "experiment": experiment.name,
          "seconds": time.time() - start, "result": result.to_dict()}))
-    return Outcome(experiment, result, trained.run_id, False, time.time() - start)
+    return Outcome(experiment, result, trained.run_id, False, time.time() - start, stages)
 
 
 def _read_json(path: Path) -> Optional[dict]:
@@ -222,7 +223,7 @@ def reproduce(scale: str = "demo", out_dir: str | Path = "outputs/reproduce",
     """
     import mlflow
 
-    from wmh import pipeline, report
+    from wmh import report
     from wmh.tracking import configure_mlflow
 
     start = time.time()
@@ -250,15 +251,15 @@ def reproduce(scale: str = "demo", out_dir: str | Path = "outputs/reproduce",
             outcomes.append(outcome)
             progress(f"    {'reused' if outcome.reused else 'done'} in {outcome.seconds:.0f} s:"
                      f" test Dice {outcome.result.dice(1):.3f} (run {outcome.run_id})")
-        stages = pipeline.ensure_data(configs[0])
+        stages = outcomes[0].stages
         test_ids = _check_same_test_cases(outcomes)
         label = data_label or ("synthetic" if stages.synthetic else "real")
         results = [outcome.result for outcome in outcomes]
         results += [dataclasses.replace(by_name, name=name)
                     for name, source in DERIVED.items()
                     for by_name in results if by_name.name == source]
-        observer = _observer_result(stages, test_ids, out_dir / outcomes[0].experiment.name
-                                    / "segment")
+        observer = _observer_result(stages.cohort, test_ids,
+                                    out_dir / outcomes[0].experiment.name / "segment")
         if observer is not None:
             results.append(observer)
         names = {result.name for result in results}
@@ -285,23 +286,21 @@ def _check_same_test_cases(outcomes: Sequence[Outcome]) -> list[str]:
     return list(first.result.case_ids)
 
 
-def _observer_result(stages, test_ids: Sequence[str], segment_dir: Path):
+def _observer_result(cohort: Path, test_ids: Sequence[str], segment_dir: Path):
     """Observer 2 vs observer 1 on the test subjects, when the cohort has a second rater."""
-    from wmh import report
+    from wmh import pipeline, report
 
-    subjects = {s.subject_id: s for s in io.discover(stages.cohort)}
-    if not any(subjects[case].labels_observer2 is not None for case in test_ids
-               if case in subjects):
+    if not pipeline.has_second_rater(cohort, test_ids):
         return None
-    return report.observer_result(stages.cohort, stages.cohort, brain_mask=segment_dir,
-                                  case_ids=test_ids)
+    return report.observer_result(cohort, cohort, brain_mask=segment_dir, case_ids=test_ids)
 
 
 def _append_runs(markdown: Path, outcomes: Sequence[Outcome], scale: str,
                  seconds: float) -> None:
     """Adds the experiments' runs and timings to the report."""
     lines = ["", f"## Runs (scale `{scale}`)", "",
-             "| Experiment | Method | Tables | MLflow run | Seconds | |", "|---|---|---|---|---|---|"]
+             "| Experiment | Method | Tables | MLflow run | Seconds | |",
+             "|---|---|---|---|---|---|"]
     for outcome in outcomes:
         lines.append(f"| {outcome.experiment.name} | {outcome.experiment.method} | "
                      f"{outcome.experiment.tables} | {outcome.run_id} | "
@@ -335,9 +334,7 @@ def summary_table(done: Reproduction) -> str:
     rows = []
     for outcome in done.outcomes:
         result = outcome.result
-        paper = report.PAPER_RESULTS["table2"].get(result.name, {}).get("dice_obs1")
-        paper = paper or report.PAPER_RESULTS["table5"].get(result.name, {}).get("dice_obs1")
-        paper = paper or report.PAPER_RESULTS["table3"].get(result.name, {}).get("dice_obs1")
+        paper = report.paper_value(result, "dice_obs1", ("table2", "table5", "table3"))
         rows.append({"method": result.name, "validation_az": result.validation_az,
                      "test_az": result.test_az(), "dice_obs1": result.dice(1),
                      "dice_obs2": result.dice(2), "paper_dice_obs1": paper})
