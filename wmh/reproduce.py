@@ -24,7 +24,6 @@ experiment interrupted during training resumes at its last finished epoch
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import time
@@ -32,7 +31,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from wmh import io
-from wmh.config import ExperimentConfig, dump_yaml, load_config
+from wmh.config import ExperimentConfig, load_config
 from wmh.errors import WMHError
 
 
@@ -138,10 +137,6 @@ def resolve(experiment: Experiment, scale: str, overrides: Sequence[str] = (),
                               *overrides])
 
 
-def _config_hash(config: ExperimentConfig) -> str:
-    return hashlib.sha256(dump_yaml(config).encode()).hexdigest()[:16]
-
-
 @dataclasses.dataclass
 class Outcome:
     """What one experiment gave: its result and whether it was reused from a former run."""
@@ -160,10 +155,12 @@ def run_experiment(experiment: Experiment, config: ExperimentConfig, out_dir: Pa
     reuses ``<out_dir>/<name>/result.json`` when it matches the config and the data."""
     from wmh import pipeline, report, sampling
     from wmh.data import dataset_hash
+    from wmh.train import run_key
 
     start = time.time()
     stages = pipeline.ensure_data(config)
-    key = {"config": _config_hash(config), "data": dataset_hash(stages.samples)}
+    # The key of the training checkpoint: same config, same data, same wmh version.
+    key = run_key(config, dataset_hash(stages.samples))
     folder = out_dir / experiment.name
     stored = _read_json(folder / RESULT_FILE)
     if stored is not None and stored.get("key") == key:
