@@ -222,3 +222,22 @@ def test_save_is_atomic_on_failure(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         io.save_like(np.zeros((2, 2, 2)), grid, target)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_check_output_dir_refuses_a_file_and_a_path_below_a_file(tmp_path):
+    from wmh.io import check_output_dir
+    existing = tmp_path / "taken.txt"
+    existing.write_text("x")
+    with pytest.raises(WMHError, match=r"^--out .*taken.txt: exists and is not a folder$"):
+        check_output_dir(existing)
+    with pytest.raises(WMHError, match=r"^--where .*taken.txt/sub: .*taken.txt is not a folder$"):
+        check_output_dir(existing / "sub", "--where")
+    assert check_output_dir(tmp_path / "new" / "deeper") == tmp_path / "new" / "deeper"
+    assert not (tmp_path / "new").exists()  # nothing created
+
+
+def test_check_output_dir_refuses_an_unwritable_parent(tmp_path, monkeypatch):
+    from wmh import io as wmh_io
+    monkeypatch.setattr(wmh_io.os, "access", lambda path, mode: False)
+    with pytest.raises(WMHError, match=r"is not writable$"):
+        wmh_io.check_output_dir(tmp_path / "out")

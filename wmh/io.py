@@ -261,6 +261,31 @@ def atomic_output(path: str | Path):
         raise
 
 
+def check_output_dir(path: str | Path, option: str = "--out") -> Path:
+    """Checks, without creating anything, that ``path`` can become an output folder.
+
+    It may exist as a folder, or not exist below a writable folder. Call it while
+    validating options, before any model loads or any folder is made.
+
+    Raises:
+        WMHError: ``path`` is an existing file, or its nearest existing parent is not a
+            folder or not writable (one line naming the option and the path).
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise WMHError(f"{option} {path}: exists and is not a folder")
+    existing = path
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        raise WMHError(f"{option} {path}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise WMHError(f"{option} {path}: {existing} is not writable")
+    return path
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Writes a text file atomically (see :func:`atomic_output`)."""
     with atomic_output(path) as temporary:
