@@ -139,3 +139,57 @@ def test_cli_check_reports_subjects_and_bad_files(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.strip().count("\n") == 0
     assert "S/2/wmh.nii.gz: mask values outside {0, 1, 2}: 5" in err
+
+
+def test_public_release_tree_at_any_depth(tmp_path):
+    """The public MICCAI WMH 2017 release: training/ and test/, Amsterdam's scanners a
+    level deeper than Singapore and Utrecht; every subject found, site names kept."""
+    release = tmp_path / "wmh2017"
+    layout = {"training/Amsterdam/GE3T": ["100", "101"], "training/Singapore": ["50"],
+              "training/Utrecht": ["0"], "test/Amsterdam/GE1T5": ["137"],
+              "test/Amsterdam/GE3T": ["102"], "test/Amsterdam/Philips_VU_PETMR_01": ["144"],
+              "test/Singapore": ["51"], "test/Utrecht": ["1"]}
+    for site, ids in layout.items():
+        for sid in ids:
+            folder = challenge_subject(release, site, sid)
+            image(folder / "orig" / "FLAIR.nii.gz")  # the release ships both variants
+            image(folder / "orig" / "3DT1.nii.gz")
+    subjects = io.discover(release)
+    expected = {sid: site.split("/", 1)[1] for site, ids in layout.items() for sid in ids}
+    assert {s.subject_id: s.site for s in subjects} == expected
+    assert all(s.coregistered and s.flair.parent.name == "pre" for s in subjects)
+    # one split folder, and one scanner folder, give their own subjects
+    training = {s.subject_id: s.site for s in io.discover(release / "training")}
+    assert training == {"100": "Amsterdam/GE3T", "101": "Amsterdam/GE3T",
+                        "50": "Singapore", "0": "Utrecht"}
+    assert [s.site for s in io.discover(release / "training" / "Amsterdam")] == ["GE3T"] * 2
+    assert main_exit(["check", str(release)]) == 0
+
+
+def main_exit(argv):
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    return stop.value.code
+
+
+def test_challenge_folder_with_mask_but_no_flair_is_named(tmp_path):
+    challenge_subject(tmp_path, "Utrecht", "0")
+    labels(tmp_path / "Utrecht" / "4" / "wmh.nii.gz")
+    with pytest.raises(WMHError, match=r"Utrecht/4: has wmh.nii.gz but no pre/FLAIR"):
+        io.discover(tmp_path)
+
+
+def test_bids_and_manifest_participants(tmp_path):
+    for sub, ses in (("01", "1"), ("01", "2"), ("02", "1")):
+        image(tmp_path / "bids" / f"sub-{sub}" / f"ses-{ses}" / "anat"
+              / f"sub-{sub}_ses-{ses}_FLAIR.nii.gz")
+    subjects = io.discover(tmp_path / "bids")
+    assert [(s.subject_id, s.participant_id) for s in subjects] == [
+        ("sub-01_ses-1", "sub-01"), ("sub-01_ses-2", "sub-01"), ("sub-02_ses-1", "sub-02")]
+    image(tmp_path / "a.nii.gz")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("subject_id,flair,participant\nv1,a.nii.gz,P7\nv2,a.nii.gz,P7\n"
+                        "v3,a.nii.gz,\n")
+    assert [s.participant_id for s in io.discover(manifest)] == ["P7", "P7", "v3"]
+    assert io.participant_of("sub-abc_ses-2") == "sub-abc"
+    assert io.participant_of("sub-1_run-2") == "sub-1_run-2"  # not a session id

@@ -175,3 +175,50 @@ def test_sampling_module_never_imports_tensorflow(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def sessions(participants=12, per_participant=3, fixed=None):
+    """BIDS-like ids sub-PP_ses-S: several sessions per participant."""
+    fixed = fixed or {}
+    out = []
+    for p in range(participants):
+        for s in range(per_participant):
+            sid = f"sub-{p:02d}_ses-{s}"
+            out.append(PreparedRecord(path=Path(f"/prepared/{sid}.h5"), subject_id=sid,
+                                      site=None, split=fixed.get(sid), labelled=True,
+                                      cache_key=sid))
+    return out
+
+
+def test_sessions_of_one_participant_never_straddle_splits():
+    for seed in range(5):
+        splits = make_splits(sessions(), SamplingConfig(seed=seed))
+        owner = {}
+        for name in ("train", "validation", "test"):
+            for sid in splits[name]:
+                person = sid.split("_")[0]
+                assert owner.setdefault(person, name) == name, (seed, sid)
+        assert len(owner) == 12
+        assert len(splits["test"]) >= 1 and len(splits["validation"]) >= 1
+        assert len(splits["train"]) + len(splits["validation"]) + len(splits["test"]) == 36
+
+
+def test_an_explicit_participant_groups_and_a_fixed_session_pulls_the_others():
+    fixed = {"sub-03_ses-0": "test"}
+    splits = make_splits(sessions(fixed=fixed), SamplingConfig(seed=0))
+    assert {"sub-03_ses-0", "sub-03_ses-1", "sub-03_ses-2"} <= set(splits["test"])
+    # an explicit participant (a manifest column) overrides the id's own
+    grouped = [dataclasses.replace(r, participant="P1") if r.subject_id.startswith(
+        ("sub-00", "sub-01")) else r for r in sessions()]
+    for seed in range(4):
+        splits = make_splits(grouped, SamplingConfig(seed=seed))
+        where = {name for name in ("train", "validation", "test")
+                 for sid in splits[name] if sid.startswith(("sub-00", "sub-01"))}
+        assert len(where) == 1
+
+
+def test_conflicting_fixed_sessions_of_one_participant_are_refused():
+    fixed = {"sub-03_ses-0": "test", "sub-03_ses-1": "train"}
+    with pytest.raises(WMHError, match=r"sub-03_ses-1.h5: participant 'sub-03' is fixed to "
+                                       r"split 'train' here and 'test' in .*sub-03_ses-0.h5"):
+        make_splits(sessions(fixed=fixed), SamplingConfig(seed=0))

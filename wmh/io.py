@@ -22,6 +22,7 @@ import csv
 import dataclasses
 import gzip
 import os
+import re
 import tempfile
 import zlib
 from pathlib import Path
@@ -310,6 +311,9 @@ class Subject:
             (challenge ``pre/``), so T1->FLAIR registration is skipped.
         labels_observer2: a second rater's labels, or None.
         brain_mask: a user-supplied brain mask on the FLAIR grid, or None.
+        participant: the person the scan belongs to (BIDS ``sub-`` entity, or a
+            manifest's ``participant`` column); None: derived from the subject id
+            (:func:`participant_of`). Splits keep a participant's sessions together.
     """
 
     subject_id: str
@@ -321,9 +325,23 @@ class Subject:
     coregistered: bool = False
     labels_observer2: Optional[Path] = None
     brain_mask: Optional[Path] = None
+    participant: Optional[str] = None
+
+    @property
+    def participant_id(self) -> str:
+        """The participant: the explicit one, else derived from the subject id."""
+        return self.participant or participant_of(self.subject_id)
 
 
 SPLITS = ("train", "validation", "test")
+_BIDS_SUBJECT = re.compile(r"^(sub-[A-Za-z0-9]+)(?:_ses-[A-Za-z0-9]+)?$")
+
+
+def participant_of(subject_id: str) -> str:
+    """The participant a subject id belongs to: ``sub-X`` for a BIDS ``sub-X_ses-Y``
+    id, otherwise the id itself (one scan per participant)."""
+    match = _BIDS_SUBJECT.match(subject_id)
+    return match.group(1) if match else subject_id
 
 
 def discover(source: str | Path) -> list[Subject]:
@@ -365,22 +383,44 @@ def _challenge_subject(folder: Path, site: Optional[str]) -> Optional[Subject]:
     return None
 
 
+CHALLENGE_SPLIT_FOLDERS = ("training", "test", "testing")  # not part of a site name
+
+
 def discover_challenge(root: str | Path) -> list[Subject]:
-    """``<root>/<site>/<id>/``, ``<root>/<id>/`` or ``<root>`` itself as one subject."""
+    """Challenge subjects (``<id>/pre|orig/FLAIR.nii.gz``) at any depth below ``root``.
+
+    ``root`` may be one subject folder, one site, a challenge folder, or the public
+    release's root, whose Amsterdam scanners nest a level deeper
+    (``training/Amsterdam/GE3T/100``, ``test/Amsterdam/Philips_VU_PETMR_01/...``, beside
+    ``training/Singapore/50``). The site is the path between ``root`` and the subject
+    folder without ``training``/``test`` components (``Amsterdam/GE3T``); a subject
+    folder given directly has no site. A subject folder is not searched further.
+
+    Raises:
+        WMHError: a folder holds ``wmh.nii.gz`` but no ``pre/`` or ``orig/`` FLAIR (it
+            would otherwise be skipped silently), or duplicate subject ids.
+    """
     root = Path(root)
     subject = _challenge_subject(root, None)
     if subject is not None:
         return [subject]
     subjects = []
-    for child in sorted(p for p in root.iterdir() if p.is_dir()):
-        subject = _challenge_subject(child, root.name)
+    for folder, children, _ in os.walk(root):
+        children.sort()
+        folder = Path(folder)
+        if folder == root:
+            continue
+        parts = [part for part in folder.relative_to(root).parent.parts
+                 if part.lower() not in CHALLENGE_SPLIT_FOLDERS]
+        site = "/".join(parts) if parts else (
+            root.name if root.name.lower() not in CHALLENGE_SPLIT_FOLDERS else None)
+        subject = _challenge_subject(folder, site)
         if subject is not None:
             subjects.append(subject)
-            continue
-        for grandchild in sorted(p for p in child.iterdir() if p.is_dir()):
-            subject = _challenge_subject(grandchild, child.name)
-            if subject is not None:
-                subjects.append(subject)
+            children[:] = []  # pre/ and orig/ are the subject's own
+        elif _find_nifti(folder, "wmh") is not None:
+            raise WMHError(f"{folder}: has wmh.nii.gz but no pre/FLAIR.nii.gz or "
+                           "orig/FLAIR.nii.gz")
     _check_unique(subjects, root)
     return subjects
 
@@ -410,20 +450,21 @@ def discover_bids(root: str | Path) -> list[Subject]:
                     break
         brain = _first_existing(flair.parent, [f"{prefix}_desc-brain_mask"])
         subjects.append(Subject(subject_id=subject_id, flair=flair, t1=t1, labels=labels,
-                                site=None, brain_mask=brain))
+                                site=None, brain_mask=brain, participant=entities[0]))
     if not subjects:
         raise WMHError(f"{root}: BIDS-like folder has no sub-*/anat/*_FLAIR.nii.gz")
     _check_unique(subjects, root)
     return subjects
 
 
-MANIFEST_COLUMNS = ("subject_id", "flair", "t1", "mask", "site", "split")
+MANIFEST_COLUMNS = ("subject_id", "flair", "t1", "mask", "site", "split", "participant")
 
 
 def discover_manifest(path: str | Path) -> list[Subject]:
-    """A CSV with columns subject_id, flair, t1, mask, site, split (only the first two
-    required; also optional: brain_mask, mask_observer2). Relative paths are relative to
-    the CSV's folder."""
+    """A CSV with columns subject_id, flair, t1, mask, site, split, participant (only the
+    first two required; also optional: brain_mask, mask_observer2). ``participant`` groups
+    several scans (sessions) of one person, so a split never separates them. Relative
+    paths are relative to the CSV's folder."""
     path = Path(path)
     try:
         with open(path, newline="") as handle:
@@ -467,7 +508,8 @@ def discover_manifest(path: str | Path) -> list[Subject]:
             t1=optional_path(row, "t1", line), labels=optional_path(row, "mask", line),
             site=(row.get("site") or "").strip() or None, split=split,
             brain_mask=optional_path(row, "brain_mask", line),
-            labels_observer2=optional_path(row, "mask_observer2", line)))
+            labels_observer2=optional_path(row, "mask_observer2", line),
+            participant=(row.get("participant") or "").strip() or None))
     _check_unique(subjects, path)
     return subjects
 

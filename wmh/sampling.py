@@ -5,8 +5,11 @@ Splits (:func:`make_splits`), seeded and saved once per sample set as ``splits.j
 * A subject whose prepared file carries a ``split`` (from a CSV manifest) keeps it.
 * The other labelled subjects are shuffled with ``SamplingConfig.seed`` and dealt out:
   ``test_fraction`` and ``validation_fraction`` of them (rounded, at least one each when
-  the fraction is positive), the rest train. With ``split_by_site`` whole sites are dealt
-  out instead, so no site of a non-fixed subject straddles two splits.
+  the fraction is positive), the rest train. Sessions of one participant (BIDS ``sub-``,
+  a manifest's ``participant`` column) are dealt together, and follow a split the
+  manifest fixed for one of them, so a person never straddles two splits. With
+  ``split_by_site`` whole sites are dealt out instead, so no site of a non-fixed subject
+  straddles two splits.
 * Unlabelled subjects cannot be sampled: they are listed as ``unlabelled`` (or stay in a
   fixed ``test`` split); a fixed ``train``/``validation`` split without labels is an error.
 * ``train_size_fraction`` (paper, Table 6) keeps the first share of a seeded order of the
@@ -66,7 +69,7 @@ from typing import Optional
 import numpy as np
 from tqdm import tqdm
 
-from wmh import __version__
+from wmh import __version__, io
 from wmh.config import SamplingConfig
 from wmh.errors import WMHError
 from wmh.tracking import hash_files
@@ -101,6 +104,8 @@ class PreparedRecord:
         split: 'train' / 'validation' / 'test' fixed by the manifest, or None.
         labelled: whether the file holds manual labels.
         cache_key: the prepare stage's key for the file ('' when absent).
+        participant: the person scanned (several sessions share it); defaults to the one
+            the subject id implies (:func:`wmh.io.participant_of`).
     """
 
     path: Path
@@ -109,6 +114,11 @@ class PreparedRecord:
     split: Optional[str]
     labelled: bool
     cache_key: str
+    participant: str = ""
+
+    @property
+    def participant_id(self) -> str:
+        return self.participant or io.participant_of(self.subject_id)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,7 +183,8 @@ def read_prepared_cohort(prepared_dir: str | Path) -> list[PreparedRecord]:
                 record = PreparedRecord(path=path, subject_id=subject_id,
                                         site=_text_attr(attrs, "site"), split=None,
                                         labelled="labels" in file,
-                                        cache_key=_text_attr(attrs, "cache_key") or "")
+                                        cache_key=_text_attr(attrs, "cache_key") or "",
+                                        participant=_text_attr(attrs, "participant") or "")
                 if "images" not in file or "brain_mask" not in file or "location" not in file:
                     raise WMHError(f"{path}: prepared subject file lacks images, brain_mask "
                                    "or location")
@@ -274,13 +285,15 @@ def make_splits(records: list[PreparedRecord], config: SamplingConfig) -> dict[s
                        f"{config.train_size_fraction}")
     splits: dict[str, list[str]] = {name: [] for name in SPLITS}
     splits["unlabelled"] = []
+    fixed = _participant_splits(records)
     free = []
     for record in records:
-        if record.split is not None:
-            if not record.labelled and record.split != "test":
-                raise WMHError(f"{record.path}: split '{record.split}' fixed by the manifest "
+        split = record.split or fixed.get(record.participant_id)
+        if split is not None:
+            if not record.labelled and split != "test":
+                raise WMHError(f"{record.path}: split '{split}' fixed by the manifest "
                                "but the subject has no labels to sample")
-            splits[record.split].append(record.subject_id)
+            splits[split].append(record.subject_id)
         elif record.labelled:
             free.append(record)
         else:
@@ -318,16 +331,49 @@ def make_splits(records: list[PreparedRecord], config: SamplingConfig) -> dict[s
         for name in SPLITS:
             splits[name].extend(dealt[name])
     else:
-        ids = [free[i].subject_id for i in rng.permutation(total)]
-        splits["test"].extend(ids[:n_test])
-        splits["validation"].extend(ids[n_test:n_test + n_validation])
-        splits["train"].extend(ids[n_test + n_validation:])
+        # Deal whole participants (one or more sessions each) in a seeded order: test until
+        # it holds its share of subjects, then validation, the rest train. With one scan per
+        # participant this is a plain shuffle of the subjects.
+        by_participant: dict[str, list[str]] = {}
+        for record in free:
+            by_participant.setdefault(record.participant_id, []).append(record.subject_id)
+        people = sorted(by_participant)
+        for index in rng.permutation(len(people)):
+            ids = by_participant[people[index]]
+            if len(splits["test"]) < n_test:
+                splits["test"].extend(ids)
+            elif len(splits["validation"]) < n_validation:
+                splits["validation"].extend(ids)
+            else:
+                splits["train"].extend(ids)
+        if total and not splits["train"]:
+            raise WMHError(f"options sampling.test_fraction and validation_fraction leave no "
+                           f"training participant among {len(people)} (sessions of one "
+                           "participant stay together)")
     used = training_subset(splits["train"], config.train_size_fraction, config.seed)
     splits["train_unused"] = sorted(set(splits["train"]) - set(used))
     splits["train"] = sorted(used)
     for name in ("validation", "test", "unlabelled"):
         splits[name] = sorted(splits[name])
     return splits
+
+
+def _participant_splits(records: list[PreparedRecord]) -> dict[str, str]:
+    """participant -> the split the manifest fixed for one of their sessions, so their
+    other sessions follow it.
+
+    Raises:
+        WMHError: two sessions of one participant fixed to different splits.
+    """
+    fixed: dict[str, PreparedRecord] = {}
+    for record in records:
+        if record.split is None:
+            continue
+        other = fixed.setdefault(record.participant_id, record)
+        if other.split != record.split:
+            raise WMHError(f"{record.path}: participant '{record.participant_id}' is fixed to "
+                           f"split '{record.split}' here and '{other.split}' in {other.path}")
+    return {participant: record.split for participant, record in fixed.items()}
 
 
 def training_subset(train_ids: list[str], fraction: float, seed: int) -> list[str]:
