@@ -152,8 +152,8 @@ def run_training(config: ExperimentConfig, **train_kwargs):
     return train_model(config, ensure_data(config), **train_kwargs)
 
 
-SUMMARY_COLUMNS = ("subject_id", "dice", "hd95", "avd", "lesion_recall", "lesion_f1",
-                   "total_ml", "periventricular_ml", "deep_ml", "lesion_count")
+SUMMARY_COLUMNS = ("subject_id", "dice", "hd95_mm", "avd_percent", "lesion_recall",
+                   "lesion_f1", "total_ml", "periventricular_ml", "deep_ml", "lesion_count")
 
 
 def segment_test_subjects(config: ExperimentConfig, stages: DataStages, model_dir: Path,
