@@ -164,8 +164,9 @@ def run_cohort(model_source: str | Path, inputs: Sequence[str | Path | io.Subjec
 
     segmented = _segment_all(model, todo, out_dir, options, progress, prepared_dir,
                              resolved.direct, reports, failed)
-    rows = [reports[subject.subject_id] for subject in resolved.subjects]
-    return CohortResult(rows, segmented, skipped, failed)
+    ids = [subject.subject_id for subject in resolved.subjects]
+    return CohortResult([reports[name] for name in ids], segmented, skipped,
+                        [name for name in ids if name in failed])  # in input order
 
 
 def _segment_all(model: SegmentModel, todo: list, out_dir: Path, options: SegmentOptions,
