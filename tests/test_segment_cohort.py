@@ -108,32 +108,38 @@ def test_calls_into_one_folder_accumulate(tmp_path, tiny_model, monkeypatch, cap
 
 
 def test_concurrent_writers_keep_every_row(tmp_path, monkeypatch):
-    """Two writers publishing different subjects into one folder at once: the lock makes
-    each volumes.csv rebuild see every folder published before it."""
+    """Two writers publish different subjects into one folder at once. Writer 'slow'
+    pauses between listing the subject folders and writing volumes.csv; writer 'fast'
+    publishes during that pause. Without the lock the slow writer's table (written last)
+    would lack the fast writer's subject."""
     out = tmp_path / "out"
     reports = outputs.subject_reports
+    slow_listed = threading.Event()
 
-    def slow_reports(folder):  # widen the window between listing and writing the CSV
+    def slow_reports(folder):
         found = reports(folder)
-        time.sleep(0.02)
+        if threading.current_thread().name == "slow":
+            slow_listed.set()
+            time.sleep(0.5)
         return found
 
     monkeypatch.setattr(outputs, "subject_reports", slow_reports)
 
-    def writer(prefix):
-        for index in range(6):
-            subject_id = f"{prefix}{index}"
-            outputs.write_subject_folder(out, subject_id, lambda folder, s=subject_id:
-                                         outputs.write_report(folder, {"subject_id": s,
-                                                                       "status": "ok"}))
+    def writer(subject_id):
+        if subject_id == "fast":
+            slow_listed.wait(5)
+        outputs.write_subject_folder(out, subject_id, lambda folder: outputs.write_report(
+            folder, {"subject_id": subject_id, "status": "ok"}))
 
-    threads = [threading.Thread(target=writer, args=(prefix,)) for prefix in "ab"]
+    threads = [threading.Thread(target=writer, args=(name,), name=name)
+               for name in ("slow", "fast")]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert sorted(_table(out)) == sorted(f"{p}{i}" for p in "ab" for i in range(6))
-    assert not [p for p in out.iterdir() if p.name.endswith((".staging", ".old"))]
+    assert sorted(_table(out)) == ["fast", "slow"]
+    assert sorted(p.name for p in out.iterdir()) == [".wmh.lock", "fast", "slow",
+                                                     "volumes.csv"]
 
 
 def test_the_lock_is_held_during_the_swap(tmp_path):
