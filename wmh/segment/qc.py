@@ -75,7 +75,7 @@ def qc_figure(volumes: QCVolumes, title: str, n_slices: int = 6):
         top.imshow(_display(flair[:, :, z]), cmap="gray", vmin=low, vmax=high, aspect=aspect,
                    interpolation="nearest")
         overlay = np.ma.masked_where(~_display(volumes.mask[:, :, z]),
-                                     np.ones(_display(volumes.mask[:, :, z]).shape))
+                                     np.zeros(_display(volumes.mask[:, :, z]).shape))  # red
         top.imshow(overlay, cmap="autumn", alpha=0.6, vmin=0, vmax=1, aspect=aspect,
                    interpolation="nearest")
         top.set_title(f"z={z}", fontsize=8)
