@@ -217,7 +217,9 @@ def segment_command(model_source, inputs, out_dir, subject_id, threshold, mc_sam
     from wmh.segment import SegmentOptions, run_cohort
 
     result = run_cohort(model_source, inputs, out_dir,
-                        SegmentOptions(threshold, mc_samples, periventricular_mm, overwrite),
+                        SegmentOptions(threshold=threshold, mc_samples=mc_samples,
+                                       periventricular_mm=periventricular_mm,
+                                       overwrite=overwrite),
                         progress=not quiet, subject_id=subject_id)
     for row in result.rows:
         if row["subject_id"] in result.segmented:

@@ -145,14 +145,15 @@ def run_cohort(model_source: str | Path, inputs: Sequence[str | Path | io.Subjec
     reports: dict[str, dict] = {}
     todo, skipped, failed = [], [], []
     for subject in resolved.subjects:
-        details = {**model.provenance(), **settings,
-                   **input_provenance(subject, "T1" in channels and
-                                      subject.subject_id not in problems)}
-        if subject.subject_id in problems:
+        if subject.subject_id in problems:  # its files may not even be readable: no hashes
             reports[subject.subject_id] = write_failure(
-                out_dir, subject, problems[subject.subject_id], details)
+                out_dir, subject, problems[subject.subject_id],
+                {**model.provenance(), **settings, "flair": str(subject.flair),
+                 "t1": str(subject.t1) if subject.t1 else None})
             failed.append(subject.subject_id)
             continue
+        details = {**model.provenance(), **settings,
+                   **input_provenance(subject, "T1" in channels)}
         expected = {key: details[key] for key in
                     ("model_sha256", "flair_sha256", "t1_sha256", *settings)}
         existing = outputs.read_report(out_dir / subject.subject_id)
