@@ -20,6 +20,7 @@ from wmh.segment.subject import SegmentModel
     ("/bids/sub-01/ses-02/anat/sub-01_ses-02_FLAIR.nii.gz", "sub-01_ses-02"),
     ("/bids/sub-01/anat/sub-01_acq-2d_FLAIR.nii.gz", "sub-01"),
     ("/scans/patient7_flair.nii.gz", "patient7_flair"),
+    ("/openms/patient07/flair.nii.gz", "patient07"),
 ])
 def test_default_subject_id_from_the_layout(path, expected):
     assert default_subject_id(path) == expected

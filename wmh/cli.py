@@ -194,7 +194,8 @@ def train_command(config_path, overrides, override_list):
                    "..., volumes.csv (see the README's 'Outputs of `wmh segment`').")
 @click.option("--subject-id", default=None,
               help="Id of a subject given as FLAIR [T1] files (default: the challenge "
-                   "folder <id>/pre|orig/, the BIDS sub-X[_ses-Y], else the file name).")
+                   "folder <id>/pre|orig/, the BIDS sub-X[_ses-Y], the folder of a file "
+                   "named flair.nii.gz, else the file name).")
 @click.option("--threshold", type=float, default=None,
               help="Mask threshold: wmh_mask = P >= threshold (default: the model's "
                    "validation-optimal threshold; recorded in report.json).")

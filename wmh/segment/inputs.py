@@ -2,7 +2,8 @@
 
 Ids: ``--subject-id`` when given, else from the layout: the challenge folder
 (``.../<id>/pre/FLAIR.nii.gz`` or ``orig/``), the BIDS entities of the file name
-(``sub-X[_ses-Y]``), else the file name without its suffix. An id names a folder in OUT,
+(``sub-X[_ses-Y]``), the folder of a file named only ``flair.nii.gz`` (or a like generic
+name), else the file name without its suffix. An id names a folder in OUT,
 so it must be a plain name (no path separator, not empty, not hidden).
 """
 
@@ -18,6 +19,8 @@ import nibabel as nib
 from wmh import io
 from wmh.errors import WMHError
 
+# File names that say only what the image is: the folder above names the subject.
+GENERIC_STEMS = ("flair", "t2_flair", "flair_t2", "t2flair", "flair_brain")
 _BIDS_ENTITY = re.compile(r"(?:^|_)((?:sub|ses)-[A-Za-z0-9]+)")
 
 
@@ -30,7 +33,10 @@ def default_subject_id(flair: Path) -> str:
     if entities and entities[0].startswith("sub-"):
         return "_".join(entities[:2] if len(entities) > 1 and
                         entities[1].startswith("ses-") else entities[:1])
-    return io.strip_nifti_suffix(flair.name)
+    stem = io.strip_nifti_suffix(flair.name)
+    if stem.lower() in GENERIC_STEMS and flair.parent.name:  # .../patient07/flair.nii.gz
+        return flair.parent.name
+    return stem
 
 
 def check_subject_id(subject_id: str, source: str = "--subject-id") -> str:
