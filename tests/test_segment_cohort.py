@@ -2,8 +2,12 @@
 
 import csv
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -175,3 +179,34 @@ def test_stage_progress_and_quiet(tmp_path, tiny_model, monkeypatch, capsys):
     assert "segment" in err and "s_per_subject" in err  # the bar and its postfix
     assert _run(argv + ["--quiet", "--overwrite"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_the_lock_holds_across_processes(tmp_path):
+    """Another process (a job-array task) holding OUT's lock delays our swap until it
+    lets go: our subject folder appears only after its 'released' marker."""
+    out = tmp_path / "out"
+    out.mkdir()
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from wmh.segment.outputs import out_dir_lock\n"
+        "out = Path(sys.argv[1])\n"
+        "with out_dir_lock(out):\n"
+        "    (out / '.held').touch()\n"
+        "    time.sleep(0.5)\n"
+        "    (out / '.released').touch()\n")
+    other = subprocess.Popen([sys.executable, "-c", script, str(out)],
+                             env={**os.environ,
+                                  "PYTHONPATH": str(Path(outputs.__file__).parents[2])})
+    try:
+        for _ in range(500):
+            if (out / ".held").exists():
+                break
+            time.sleep(0.01)
+        assert (out / ".held").exists()
+        outputs.write_subject_folder(out, "x", lambda folder: outputs.write_report(
+            folder, {"subject_id": "x", "status": "ok"}))
+        assert (out / ".released").exists()  # we got the lock only after it let go
+    finally:
+        assert other.wait(10) == 0
+    assert sorted(_table(out)) == ["x"]
