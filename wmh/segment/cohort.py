@@ -141,16 +141,14 @@ def run_cohort(model_source: str | Path, inputs: Sequence[str | Path | io.Subjec
                     raise
                 problems[subject.subject_id] = error
 
+    run = _Run(model, out_dir, options, progress, prepared_dir, resolved.direct)
     settings = options.settings(model.contract.threshold)
-    reports: dict[str, dict] = {}
-    todo, skipped, failed = [], [], []
+    todo = []
     for subject in resolved.subjects:
         if subject.subject_id in problems:  # its files may not even be readable: no hashes
-            reports[subject.subject_id] = write_failure(
-                out_dir, subject, problems[subject.subject_id],
-                {**model.provenance(), **settings, "flair": str(subject.flair),
-                 "t1": str(subject.t1) if subject.t1 else None})
-            failed.append(subject.subject_id)
+            run.fail(subject, problems[subject.subject_id],
+                     {**model.provenance(), **settings, "flair": str(subject.flair),
+                      "t1": str(subject.t1) if subject.t1 else None})
             continue
         details = {**model.provenance(), **settings,
                    **input_provenance(subject, "T1" in channels)}
@@ -158,64 +156,78 @@ def run_cohort(model_source: str | Path, inputs: Sequence[str | Path | io.Subjec
                     ("model_sha256", "flair_sha256", "t1_sha256", *settings)}
         existing = outputs.read_report(out_dir / subject.subject_id)
         if not options.overwrite and is_done(existing, expected):
-            reports[subject.subject_id] = existing
-            skipped.append(subject.subject_id)
+            run.reports[subject.subject_id] = existing
+            run.skipped.append(subject.subject_id)
         else:
             todo.append((subject, details))
-
-    segmented = _segment_all(model, todo, out_dir, options, progress, prepared_dir,
-                             resolved.direct, reports, failed)
+    run.segment_all(todo)
     ids = [subject.subject_id for subject in resolved.subjects]
-    return CohortResult([reports[name] for name in ids], segmented, skipped,
-                        [name for name in ids if name in failed])  # in input order
+    return CohortResult([run.reports[name] for name in ids], run.segmented, run.skipped,
+                        [name for name in ids if name in run.failed])  # in input order
 
 
-def _segment_all(model: SegmentModel, todo: list, out_dir: Path, options: SegmentOptions,
-                 progress: bool, prepared_dir: Optional[Path], direct: bool,
-                 reports: dict, failed: list) -> list[str]:
-    """The subjects that need work, one at a time with a progress bar; fills ``reports``
-    and ``failed``; returns the ids segmented."""
-    from tqdm import tqdm
+@dataclasses.dataclass
+class _Run:
+    """One call's state: where it writes, how, and what became of each subject."""
 
-    from wmh.preprocess import PreparedSubject
+    model: SegmentModel
+    out_dir: Path
+    options: SegmentOptions
+    progress: bool
+    prepared_dir: Optional[Path]
+    direct: bool  # FLAIR [T1] files given directly: a WMHError stops the command
+    reports: dict = dataclasses.field(default_factory=dict)
+    segmented: list = dataclasses.field(default_factory=list)
+    skipped: list = dataclasses.field(default_factory=list)
+    failed: list = dataclasses.field(default_factory=list)
 
-    if not todo:
-        return []
-    model.load()
+    def log(self, line: str) -> None:
+        from tqdm import tqdm
 
-    def log(line: str) -> None:
-        tqdm.write(line, file=sys.stderr)
+        if self.progress:
+            tqdm.write(line, file=sys.stderr)
 
-    segmented = []
-    began, failed_before = time.perf_counter(), len(failed)
-    bar = tqdm(total=len(todo), desc="segment", unit="subject", disable=not progress)
-    with bar:
-        for subject, details in todo:
-            try:
-                cached = Path(prepared_dir) / f"{subject.subject_id}.h5" if prepared_dir \
-                    else None
-                prepared = PreparedSubject.load(cached) if cached and cached.exists() \
-                    else None
-                reports[subject.subject_id] = segment_subject(
-                    model, subject, out_dir, options,
-                    {key: details[key] for key in ("flair", "flair_sha256", "t1",
-                                                   "t1_sha256")},
-                    prepared=prepared, log=log if progress else None)
-                segmented.append(subject.subject_id)
-            except Exception as error:  # one subject's failure never stops the cohort
-                if direct and isinstance(error, WMHError):
-                    raise
-                reports[subject.subject_id] = write_failure(out_dir, subject, error,
-                                                            details)
-                failed.append(subject.subject_id)
-                if progress:
-                    log(f"{subject.subject_id}: failed: "
-                        f"{reports[subject.subject_id]['error']}")
-            finished = len(segmented) + len(failed) - failed_before
-            bar.update(1)
-            bar.set_postfix(done=len(segmented), failed=len(failed),
-                            s_per_subject=f"{(time.perf_counter() - began) / finished:.1f}")
-    return segmented
+    def fail(self, subject: io.Subject, error: BaseException, details: dict) -> None:
+        """Records a failed subject (its folder holds only the failed report.json)."""
+        self.reports[subject.subject_id] = write_failure(self.out_dir, subject, error,
+                                                         details)
+        self.failed.append(subject.subject_id)
+
+    def segment_all(self, todo: list) -> None:
+        """The subjects that need work, one at a time, with a progress bar whose postfix
+        counts subjects done and failed and the mean seconds per subject."""
+        from tqdm import tqdm
+
+        from wmh.preprocess import PreparedSubject
+
+        if not todo:
+            return
+        self.model.load()
+        began, finished = time.perf_counter(), 0
+        with tqdm(total=len(todo), desc="segment", unit="subject",
+                  disable=not self.progress) as bar:
+            for subject, details in todo:
+                try:
+                    cached = (Path(self.prepared_dir) / f"{subject.subject_id}.h5"
+                              if self.prepared_dir else None)
+                    prepared = PreparedSubject.load(cached) if cached and cached.exists() \
+                        else None
+                    inputs = {key: details[key] for key in ("flair", "flair_sha256", "t1",
+                                                            "t1_sha256")}
+                    self.reports[subject.subject_id] = segment_subject(
+                        self.model, subject, self.out_dir, self.options, inputs,
+                        prepared=prepared, log=self.log)
+                    self.segmented.append(subject.subject_id)
+                except Exception as error:  # one subject's failure never stops the cohort
+                    if self.direct and isinstance(error, WMHError):
+                        raise
+                    self.fail(subject, error, details)
+                    self.log(f"{subject.subject_id}: failed: "
+                             f"{self.reports[subject.subject_id]['error']}")
+                finished += 1
+                bar.update(1)
+                bar.set_postfix(done=len(self.segmented), failed=len(self.failed),
+                                s_per_subject=f"{(time.perf_counter() - began) / finished:.1f}")
 
 
 def segment(model_source: str | Path, inputs: Sequence[str | Path | io.Subject],
