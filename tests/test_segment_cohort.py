@@ -210,3 +210,23 @@ def test_the_lock_holds_across_processes(tmp_path):
     finally:
         assert other.wait(10) == 0
     assert sorted(_table(out)) == ["x"]
+
+
+def test_a_failed_test_subject_stops_the_pipelines_evaluation(tmp_path, monkeypatch):
+    """The experiment pipeline never drops a test subject silently: a failed row from
+    `wmh segment` stops it with the subject's error."""
+    import wmh.segment
+    from wmh import pipeline, sampling
+    from wmh.config import load_config
+    from wmh.errors import WMHError
+
+    cohort, prepared = tmp_path / "cohort", tmp_path / "prepared"
+    write_subject(cohort, prepared, "a1")
+    monkeypatch.setattr(sampling, "load_splits", lambda folder: {"test": ["a1"]})
+    monkeypatch.setattr(wmh.segment, "segment", lambda *args, **kwargs: [
+        {"subject_id": "a1", "status": "failed", "error": "a1: registration failed"}])
+    stages = pipeline.DataStages(cohort, True, prepared, tmp_path / "samples")
+    with pytest.raises(WMHError, match=r"test subject 'a1' failed to segment \(a1: "
+                                       r"registration failed\)"):
+        pipeline.segment_test_subjects(load_config(None, []), stages, tmp_path / "model",
+                                       tmp_path / "out")

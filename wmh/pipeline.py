@@ -167,8 +167,13 @@ def segment_test_subjects(config: ExperimentConfig, stages: DataStages, model_di
     if not subjects:
         raise WMHError(f"{stages.samples}: the split has no test subjects "
                        "(raise sampling.test_fraction or add subjects)")
-    return segment(model_dir, subjects, out_dir, SegmentOptions.from_config(config.segment),
+    rows = segment(model_dir, subjects, out_dir, SegmentOptions.from_config(config.segment),
                    prepared_dir=stages.prepared)
+    failed = [row for row in rows if row.get("status") == "failed"]
+    if failed:  # a test subject must not drop out of the evaluation silently
+        raise WMHError(f"{out_dir}: test subject '{failed[0]['subject_id']}' failed to "
+                       f"segment ({failed[0]['error']}); see {out_dir / 'volumes.csv'}")
+    return rows
 
 
 def has_second_rater(cohort: Path, case_ids) -> bool:
