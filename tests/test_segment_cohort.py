@@ -230,3 +230,20 @@ def test_a_failed_test_subject_stops_the_pipelines_evaluation(tmp_path, monkeypa
                                        r"registration failed\)"):
         pipeline.segment_test_subjects(load_config(None, []), stages, tmp_path / "model",
                                        tmp_path / "out")
+
+
+def test_folders_left_by_a_killed_writer_are_removed(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    owner = outputs._owner()
+    host = owner.split("@")[1]
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    abandoned = out / f".s1.{dead}@{host}.abc123.staging"
+    live = out / f".s2.{owner}.def456.staging"  # ours, still running
+    elsewhere = out / f".s3.{dead}@another-host.ghi789.old"
+    for folder in (abandoned, live, elsewhere):
+        folder.mkdir()
+    outputs.write_subject_folder(out, "x", lambda folder: outputs.write_report(
+        folder, {"subject_id": "x", "status": "ok"}))
+    assert not abandoned.exists() and live.exists() and elsewhere.exists()

@@ -5,6 +5,8 @@ into ``OUT/<subject_id>/`` with renames under an exclusive lock (``OUT/.wmh.lock
 ``volumes.csv`` is rebuilt, under the same lock, from every ``OUT/*/report.json``. So
 several calls (a cluster job array) may write into one OUT: each adds or replaces its own
 subjects and the table lists them all. Folders follow the user's umask as files do.
+Temporary folders carry their writer's ``pid@host``, so those a killed process left behind
+are removed by the next writer on that host.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -72,7 +75,8 @@ def make_staging_dir(out_dir: Path, subject_id: str) -> Path:
     """A new hidden folder inside ``out_dir`` (created) to write one subject into, with
     the permissions an ordinary ``mkdir`` would give (mkdtemp makes 0700)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{subject_id}.", suffix=".staging", dir=out_dir))
+    staging = Path(tempfile.mkdtemp(prefix=f".{subject_id}.{_owner()}.", suffix=".staging",
+                                    dir=out_dir))
     os.chmod(staging, 0o777 & ~current_umask())
     return staging
 
@@ -99,14 +103,49 @@ def publish_subject(staging: Path, out_dir: Path, subject_id: str) -> Path:
     with out_dir_lock(out_dir):
         previous = None
         if final.exists():
-            previous = Path(tempfile.mkdtemp(prefix=f".{subject_id}.", suffix=".old",
-                                             dir=out_dir))
+            previous = Path(tempfile.mkdtemp(prefix=f".{subject_id}.{_owner()}.",
+                                             suffix=".old", dir=out_dir))
             os.replace(final, previous / subject_id)
         os.replace(staging, final)
         if previous is not None:
             shutil.rmtree(previous, ignore_errors=True)
+        remove_abandoned(out_dir)
         rebuild_volumes_csv(out_dir)
     return final
+
+
+def _owner() -> str:
+    """'<pid>@<host>' of this process, in the names of its temporary folders."""
+    host = "".join(c if c.isalnum() or c == "-" else "-" for c in socket.gethostname())
+    return f"{os.getpid()}@{host}"
+
+
+def remove_abandoned(out_dir: Path) -> list[Path]:
+    """Removes the temporary folders (``.*.staging``, ``.*.old``) that a process of this
+    host left behind when it was killed (its pid no longer runs); call under the lock.
+    Folders of live processes and of other hosts are kept."""
+    host = _owner().split("@", 1)[1]
+    removed = []
+    for entry in out_dir.glob(".*@*"):
+        if not entry.name.endswith((".staging", ".old")) or not entry.is_dir():
+            continue
+        owner = next((part for part in entry.name.split(".") if "@" in part), "")
+        pid, _, owner_host = owner.partition("@")
+        if owner_host != host or not pid.isdigit() or _is_running(int(pid)):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    return removed
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 def write_subject_folder(out_dir: Path, subject_id: str, write) -> Path:
