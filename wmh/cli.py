@@ -190,24 +190,51 @@ def train_command(config_path, overrides, override_list):
               help="A model folder from `wmh train`, its model.keras, or runs:/<run id>/model.")
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
-              help="Output folder: <subject>/wmh_probability.nii.gz, ..., volumes.csv.")
+              help="Output folder, shared by several calls: <subject>/wmh_probability.nii.gz, "
+                   "..., volumes.csv (see the README's 'Outputs of `wmh segment`').")
+@click.option("--subject-id", default=None,
+              help="Id of a subject given as FLAIR [T1] files (default: the challenge "
+                   "folder <id>/pre|orig/, the BIDS sub-X[_ses-Y], the folder of a file "
+                   "named flair.nii.gz, else the file name).")
 @click.option("--threshold", type=float, default=None,
-              help="Mask threshold (default: the model's validation-optimal threshold).")
+              help="Mask threshold: wmh_mask = P >= threshold (default: the model's "
+                   "validation-optimal threshold; recorded in report.json).")
 @click.option("--mc-samples", type=int, default=0,
-              help="Monte Carlo dropout passes for an uncertainty map (0 = off).")
+              help="Monte Carlo dropout passes: writes wmh_uncertainty.nii.gz (0 = off).")
 @click.option("--periventricular-mm", type=float, default=10.0, show_default=True,
-              help="Lesion voxels this close to the ventricles count as periventricular.")
-def segment_command(model_source, inputs, out_dir, threshold, mc_samples, periventricular_mm):
-    """Segment WMH in INPUTS: a subject folder, a cohort, or FLAIR [T1] files."""
-    from wmh.segment import SegmentOptions, segment
+              help="Lesion voxels this close (3D, mm) to the lateral ventricles count as "
+                   "periventricular_ml, the rest as deep_ml.")
+@click.option("--overwrite", is_flag=True,
+              help="Segment again subjects already done with the same model and settings.")
+@click.option("--quiet", is_flag=True, help="No progress bar and no per-stage lines.")
+def segment_command(model_source, inputs, out_dir, subject_id, threshold, mc_samples,
+                    periventricular_mm, overwrite, quiet):
+    """Segment WMH in INPUTS: a subject folder, a cohort, or FLAIR [T1] files.
 
-    rows = segment(model_source, inputs, out_dir,
-                   SegmentOptions(threshold, mc_samples, periventricular_mm))
-    for row in rows:
-        click.echo(f"{row['subject_id']}: {row['total_ml']:.2f} mL WMH "
-                   f"({row['periventricular_ml']:.2f} periventricular, {row['deep_ml']:.2f} "
-                   f"deep), {row['lesion_count']} lesions")
+    A subject that fails in a cohort is recorded (status 'failed' in volumes.csv) and the
+    others go on; the exit code is then 1. Bad options or a bad file given directly
+    exit 2 before anything is written.
+    """
+    from wmh.segment import SegmentOptions, run_cohort
+
+    result = run_cohort(model_source, inputs, out_dir,
+                        SegmentOptions(threshold=threshold, mc_samples=mc_samples,
+                                       periventricular_mm=periventricular_mm,
+                                       overwrite=overwrite),
+                        progress=not quiet, subject_id=subject_id)
+    for row in result.rows:
+        if row["subject_id"] in result.segmented:
+            click.echo(f"{row['subject_id']}: {row['total_ml']:.2f} mL WMH "
+                       f"({row['periventricular_ml']:.2f} periventricular, "
+                       f"{row['deep_ml']:.2f} deep), {row['lesion_count']} lesions")
+    click.echo(f"segmented {len(result.segmented)}, skipped {len(result.skipped)} (already "
+               f"done with this model and settings), failed {len(result.failed)}")
     click.echo(f"outputs in {out_dir}; volumes in {out_dir / 'volumes.csv'}")
+    if result.failed:
+        click.echo(f"wmh: error: {len(result.failed)} subject(s) failed: "
+                   f"{', '.join(result.failed)} (see {out_dir / 'volumes.csv'})", err=True)
+        return 1
+    return 0
 
 # --- evaluate commands ---
 

@@ -152,8 +152,8 @@ def run_training(config: ExperimentConfig, **train_kwargs):
     return train_model(config, ensure_data(config), **train_kwargs)
 
 
-SUMMARY_COLUMNS = ("subject_id", "dice", "hd95", "avd", "lesion_recall", "lesion_f1",
-                   "total_ml", "periventricular_ml", "deep_ml", "lesion_count")
+SUMMARY_COLUMNS = ("subject_id", "dice", "hd95_mm", "avd_percent", "lesion_recall",
+                   "lesion_f1", "total_ml", "periventricular_ml", "deep_ml", "lesion_count")
 
 
 def segment_test_subjects(config: ExperimentConfig, stages: DataStages, model_dir: Path,
@@ -167,8 +167,13 @@ def segment_test_subjects(config: ExperimentConfig, stages: DataStages, model_di
     if not subjects:
         raise WMHError(f"{stages.samples}: the split has no test subjects "
                        "(raise sampling.test_fraction or add subjects)")
-    return segment(model_dir, subjects, out_dir, SegmentOptions.from_config(config.segment),
+    rows = segment(model_dir, subjects, out_dir, SegmentOptions.from_config(config.segment),
                    prepared_dir=stages.prepared)
+    failed = [row for row in rows if row.get("status") == "failed"]
+    if failed:  # a test subject must not drop out of the evaluation silently
+        raise WMHError(f"{out_dir}: test subject '{failed[0]['subject_id']}' failed to "
+                       f"segment ({failed[0]['error']}); see {out_dir / 'volumes.csv'}")
+    return rows
 
 
 def has_second_rater(cohort: Path, case_ids) -> bool:

@@ -1,0 +1,43 @@
+"""Whole-volume segmentation of new scans with a trained model, and what users need from it.
+
+For each subject: the same preprocessing as training (:func:`wmh.preprocess.prepare_subject`
+with the model's in-plane spacing), every brain voxel classified by the dense twin of the
+patch network (:func:`wmh.train.predict_volume`; equal to the sliding window), then, on the
+native FLAIR grid with the input's affine and header, in ``OUT/<subject_id>/``:
+
+* ``wmh_probability.nii.gz``: P(WMH), float32, exactly 0 outside ``brain_mask``;
+* ``wmh_mask.nii.gz``: uint8, probability >= threshold inside the brain mask; the model's
+  validation-optimal threshold unless ``--threshold`` is given (report.json records it);
+* ``wmh_lesions.nii.gz``: int32 lesion labels (26-connected), the rows of ``lesions.csv``
+  (volume in mL, centroid in scanner mm, periventricular or deep, max probability);
+* ``brain_mask.nii.gz``: uint8, the brain mask the voxels were classified in;
+* ``wmh_uncertainty.nii.gz`` with ``--mc-samples N``: the standard deviation of P(WMH)
+  over N Monte Carlo dropout passes (the probability map is then their mean);
+* ``qc.png``: FLAIR + mask and probability + periventricular band on evenly spaced slices;
+* ``report.json``: volumes (mL: total, periventricular within ``periventricular_mm`` of the
+  lateral ventricles, deep, brain), lesion count, settings, challenge metrics when labels
+  exist, warnings, provenance (inputs with SHA-256, model and its weights' SHA-256, wmh
+  version, UTC date); for a failed subject only status 'failed' and the error.
+
+``OUT/volumes.csv`` is rebuilt from every subject folder in OUT after each subject (under
+a lock, so several calls can share OUT). ``OUTPUT_FILES`` lists every file; the README
+section "Outputs of `wmh segment`" describes them and every column.
+
+Modules: :mod:`.inputs` (subjects, ids, header checks), :mod:`.cohort` (the run: order of
+checks, resume, failures, progress), :mod:`.subject` (one subject: prepare, infer, write),
+:mod:`.measures` (volumes, lesion table), :mod:`.qc` (the QC image), :mod:`.outputs`
+(files, atomic subject folders, lock, volumes.csv).
+"""
+
+from wmh.segment.cohort import CohortResult, resolve_model, run_cohort, segment
+from wmh.segment.inputs import (check_header, check_subject_id, default_subject_id,
+                                resolve_inputs)
+from wmh.segment.measures import lesion_table, lesion_volumes
+from wmh.segment.outputs import OUTPUT_FILES, REPORT_COLUMNS, rebuild_volumes_csv
+from wmh.segment.qc import QCVolumes, qc_figure, qc_slices
+from wmh.segment.subject import SegmentModel, SegmentOptions, segment_subject
+
+__all__ = ["CohortResult", "OUTPUT_FILES", "QCVolumes", "REPORT_COLUMNS", "SegmentModel",
+           "SegmentOptions", "check_header", "check_subject_id", "default_subject_id",
+           "lesion_table", "lesion_volumes", "qc_figure", "qc_slices", "rebuild_volumes_csv",
+           "resolve_inputs", "resolve_model", "run_cohort", "segment", "segment_subject"]

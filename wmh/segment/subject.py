@@ -1,0 +1,239 @@
+"""One subject through the model: prepare, infer, write every output (with stage times)."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+from scipy import ndimage
+
+from wmh import __version__, io
+from wmh.config import PreprocessConfig, SegmentConfig
+from wmh.errors import WMHError
+from wmh.segment import measures, outputs
+from wmh.segment.qc import QCVolumes, qc_figure
+
+MASK_RULE = "wmh_probability >= threshold, inside brain_mask"
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentOptions:
+    """How ``wmh segment`` runs (from the CLI or SegmentConfig). Every field whose
+    metadata does not say ``result: False`` changes the outputs, so it is recorded in
+    report.json and a subject done with other values is segmented again."""
+
+    threshold: Optional[float] = None  # None: the model's validation-optimal threshold
+    mc_samples: int = 0  # Monte Carlo dropout passes for the uncertainty map
+    periventricular_mm: float = 10.0  # periventricular vs deep boundary (3D distance, mm)
+    overwrite: bool = dataclasses.field(  # redo subjects already done with these settings
+        default=False, metadata={"result": False})
+
+    @classmethod
+    def from_config(cls, config: SegmentConfig) -> "SegmentOptions":
+        return cls(config.threshold, config.mc_samples, config.periventricular_mm)
+
+    def validate(self) -> None:
+        """One-line WMHError naming the first bad option."""
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise WMHError(f"--threshold {self.threshold}: must lie in [0, 1]")
+        if self.mc_samples < 0:
+            raise WMHError(f"--mc-samples {self.mc_samples}: must be 0 or more")
+        if not self.periventricular_mm > 0:
+            raise WMHError(f"--periventricular-mm {self.periventricular_mm}: must be more "
+                           "than 0")
+
+    def settings(self, model_threshold: float) -> dict:
+        """The settings that shape the outputs, the threshold resolved."""
+        values = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)
+                  if field.metadata.get("result", True)}
+        if values["threshold"] is None:
+            values["threshold"] = float(model_threshold)
+        return values
+
+
+@dataclasses.dataclass
+class SegmentModel:
+    """A trained model and where it came from.
+
+    Attributes:
+        source: as the user gave it (folder, model file or URI).
+        folder: the local model folder.
+        contract: its :class:`wmh.train.ModelContract`.
+        sha256: SHA-256 of its weights file (model.keras or forest.skops).
+        model: the loaded patch model (None until :meth:`load`); ``network`` its dense twin.
+    """
+
+    source: str
+    folder: Path
+    contract: object
+    sha256: str
+    weights_file: str
+    model: object = None
+    network: object = None
+
+    def load(self) -> "SegmentModel":
+        from wmh.models import build_dense_model
+        from wmh.train import load_model_dir
+
+        if self.model is None:
+            self.model, self.contract = load_model_dir(self.folder)
+            self.network = self.model if self.contract.model.arch in ("msef", "rf") else \
+                build_dense_model(self.model, self.contract.model,
+                                  len(self.contract.channels))
+        return self
+
+    def provenance(self) -> dict:
+        model = self.contract.model
+        return {"model": self.source, "model_path": str(self.folder),
+                "model_arch": f"{model.arch}+{model.loc}" if model.loc != "none"
+                else model.arch, "model_sha256": self.sha256, "wmh_version": __version__}
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def input_provenance(subject: io.Subject, uses_t1: bool) -> dict:
+    """Input paths (absolute) and their SHA-256."""
+    values = {"flair": str(Path(subject.flair).resolve()),
+              "flair_sha256": outputs.sha256_file(subject.flair), "t1": None,
+              "t1_sha256": None}
+    if uses_t1 and subject.t1 is not None:
+        values.update(t1=str(Path(subject.t1).resolve()),
+                      t1_sha256=outputs.sha256_file(subject.t1))
+    return values
+
+
+def segment_subject(model: SegmentModel, subject: io.Subject, out_dir: Path,
+                    options: SegmentOptions, inputs: dict, prepared=None,
+                    log: Optional[Callable[[str], None]] = None) -> dict:
+    """Segments one subject; writes its outputs into ``out_dir/<subject_id>/`` (replaced
+    atomically) and rebuilds ``out_dir/volumes.csv``.
+
+    Args:
+        model: the loaded model (:meth:`SegmentModel.load`).
+        subject: the subject's files.
+        out_dir: cohort output folder.
+        options: threshold, MC samples, periventricular distance.
+        inputs: :func:`input_provenance` of the subject (recorded in report.json).
+        prepared: the subject's PreparedSubject when already prepared with the model's
+            preprocessing (e.g. from the pipeline cache); None prepares it here.
+        log: called with one line per stage (name and seconds), or None.
+
+    Returns:
+        The subject's report (the contents of report.json).
+    """
+    from wmh import metrics, preprocess
+    from wmh.train import predict_volume
+
+    contract = model.contract
+    settings = options.settings(contract.threshold)
+    threshold = settings["threshold"]
+    start = clock = time.perf_counter()
+
+    def stage(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        if log is not None:
+            log(f"{subject.subject_id}: {name} {now - clock:.1f} s")
+        clock = now
+
+    use_t1 = "T1" in contract.channels
+    if prepared is None:
+        prepared = preprocess.prepare_subject(
+            subject, PreprocessConfig(inplane_spacing_mm=contract.inplane_spacing_mm),
+            use_t1=use_t1)
+    if tuple(prepared.channels[:len(contract.channels)]) != tuple(contract.channels):
+        raise WMHError(f"{subject.flair}: prepared channels {prepared.channels} do not match "
+                       f"the model's {contract.channels}")
+    stage("prepare")
+    images = prepared.images[..., :len(contract.channels)]
+    prediction = predict_volume(model.network, contract.model, images, prepared.location,
+                                prepared.brain_mask, mc_samples=options.mc_samples,
+                                spacing=prepared.spacing)
+    probability, uncertainty = prediction if options.mc_samples else (prediction, None)
+    stage("infer")
+
+    grid = prepared.native_grid()
+    spacing = grid.working_spacing
+    brain = prepared.to_native_working(prepared.brain_mask.astype(np.uint8), 0) > 0
+    # Linear resampling smears probability across the brain edge: keep it to the mask.
+    probability = np.clip(prepared.to_native_working(probability, order=1), 0, 1) * brain
+    mask = (probability >= threshold) & brain
+    distance = measures.ventricle_distance(prepared.to_native_working(prepared.ventricles, 0),
+                                           spacing)
+    zone = measures.periventricular_zone(distance, mask.shape, options.periventricular_mm)
+    lesions, _ = ndimage.label(mask, structure=measures.CONNECTIVITY_26)
+    report = {"subject_id": subject.subject_id, "status": "ok", "error": ""}
+    report.update(measures.zone_volumes(mask, zone, spacing))
+    report["brain_ml"] = float(brain.sum()) * float(np.prod(spacing)) / 1000.0
+    report.update(settings, mask_rule=MASK_RULE)
+    if subject.labels is not None:
+        truth, _ = io.load_labels(subject.labels, grid)
+        scores = metrics.challenge_metrics(mask, truth, grid.working_affine)
+        report.update(dice=scores["dice"], hd95_mm=scores["hd95"],
+                      avd_percent=scores["avd"], lesion_recall=scores["lesion_recall"],
+                      lesion_f1=scores["lesion_f1"])
+    report["warnings"] = list(getattr(prepared, "warnings", ()))
+    report.update(model.provenance(), date_utc=utc_now(), **inputs)
+    table = measures.lesion_table(lesions, probability, zone, grid.working_affine)
+    flair, _ = io.load_image(subject.flair)
+
+    def write(folder: Path) -> None:
+        io.save_like(probability.astype(np.float32), grid, folder / "wmh_probability.nii.gz",
+                     np.float32)
+        io.save_like(mask.astype(np.uint8), grid, folder / "wmh_mask.nii.gz", np.uint8)
+        io.save_like(lesions.astype(np.int32), grid, folder / "wmh_lesions.nii.gz", np.int32)
+        io.save_like(brain.astype(np.uint8), grid, folder / "brain_mask.nii.gz", np.uint8)
+        if uncertainty is not None:
+            native = prepared.to_native_working(uncertainty, order=1) * brain
+            io.save_like(native.astype(np.float32), grid, folder / "wmh_uncertainty.nii.gz",
+                         np.float32)
+        write_lesions_csv(table, folder / "lesions.csv")
+        figure = qc_figure(QCVolumes(flair, mask, probability, brain, spacing, distance,
+                                     options.periventricular_mm), qc_title(report))
+        with io.atomic_output(folder / "qc.png") as temporary:
+            figure.savefig(temporary, format="png")
+        report["seconds"] = round(time.perf_counter() - start, 3)
+        outputs.write_report(folder, report)
+
+    outputs.write_subject_folder(out_dir, subject.subject_id, write)
+    stage("write")
+    return report
+
+
+def qc_title(report: dict) -> str:
+    """The QC title: id, the exact threshold (repr, never rounded) and the volumes."""
+    return (f"{report['subject_id']}: threshold {float(report['threshold'])!r} "
+            f"(mask = P >= threshold); WMH {report['total_ml']:.2f} mL "
+            f"(periventricular {report['periventricular_ml']:.2f}, deep "
+            f"{report['deep_ml']:.2f}), {report['lesion_count']} lesions; brain "
+            f"{report['brain_ml']:.0f} mL")
+
+
+def write_lesions_csv(table: list[dict], path: Path) -> Path:
+    """``lesions.csv``: one row per lesion, columns ``measures.LESION_COLUMNS``."""
+    with io.atomic_output(path) as temporary, open(temporary, "w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=measures.LESION_COLUMNS)
+        writer.writeheader()
+        writer.writerows(table)
+    return path
+
+
+def write_failure(out_dir: Path, subject: io.Subject, error: BaseException,
+                  details: dict) -> dict:
+    """Replaces ``out_dir/<id>/`` by a folder holding only a failed report.json (status
+    'failed', the one-line error), so volumes.csv lists the subject; returns it."""
+    text = str(error).splitlines()[0] if str(error) else ""
+    if not isinstance(error, WMHError):
+        text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    report = {"subject_id": subject.subject_id, "status": "failed", "error": text,
+              **details, "date_utc": utc_now()}
+    outputs.write_subject_folder(out_dir, subject.subject_id,
+                                 lambda folder: outputs.write_report(folder, report))
+    return report
