@@ -7,6 +7,7 @@ commands that need them, so ``wmh --help`` and the data commands start fast.
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
@@ -28,6 +29,27 @@ def config_options(function):
                             help="Override a config field, e.g. --set model.alpha=0.5.")(function)
     return click.option("--config", "config_path", default=None, metavar="FILE",
                         help="Experiment YAML (see experiments/).")(function)
+
+
+def model_options(function):
+    """--arch, --loc and --alpha: shortcuts for --set model.*; empty (the default) keeps
+    the config's value, so MLproject parameters never override a config silently.
+
+    The wrapped command receives them folded into its ``override_list`` (before the
+    --set-list overrides, which still come last)."""
+    @functools.wraps(function)
+    def wrapper(*args, arch: str, loc: str, alpha: str, **kwargs):
+        chosen = [f"model.{key}={value.strip()}" for key, value in
+                  (("arch", arch), ("loc", loc), ("alpha", alpha)) if value.strip()]
+        kwargs["override_list"] = " ".join([*chosen, kwargs.get("override_list", "")])
+        return function(*args, **kwargs)
+
+    for name, example in (("alpha", "0.5"), ("loc", "none, lcl, ffcl or sfcl"),
+                          ("arch", "ss, msef, msiw, msws or rf")):
+        wrapper = click.option(f"--{name}", default="", metavar="VALUE",
+                               help=f"Same as --set model.{name}=VALUE ({example}); empty "
+                                    f"= the config's model.{name}.")(wrapper)
+    return wrapper
 
 
 def resolve_config(config_path, overrides, override_list: str = ""):
@@ -173,6 +195,7 @@ def sample_command(prepared, out_dir, config_path, overrides):
 @config_options
 @click.option("--set-list", "override_list", default="", metavar="'K=V K=V'",
               help="Whitespace-separated overrides, applied last (used by MLproject).")
+@model_options
 def train_command(config_path, overrides, override_list):
     """Prepare the data (cached) and train the configured model, tracked in MLflow."""
     from wmh.pipeline import run_training
