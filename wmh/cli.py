@@ -59,6 +59,23 @@ def resolve_config(config_path, overrides, override_list: str = ""):
     return load_config(config_path or None, [*overrides, *override_list.split()])
 
 
+def check_outputs(*pairs: tuple[Path | str, str]) -> None:
+    """Each (folder, option) can become an output folder (:func:`wmh.io.check_output_dir`):
+    checked before anything is loaded or created, so a bad path fails in one line."""
+    from wmh.io import check_output_dir
+
+    for path, option in pairs:
+        check_output_dir(path, option)
+
+
+def check_output_file(path: Path, option: str) -> None:
+    """``path`` can become an output file: not a folder, below a usable folder."""
+
+    if path.is_dir():
+        raise WMHError(f"{option} {path}: is a folder (expected a file name)")
+    check_outputs((path.parent, f"{option} {path}: folder"))
+
+
 @cli.command("config")
 @config_options
 def config_command(config_path, overrides):
@@ -106,6 +123,7 @@ def synth_command(out, subjects, seed, profile, flair_only, skull_stripped, prev
     """Write a synthetic cohort (MICCAI WMH 2017 layout + cohort.json) to OUT."""
     from wmh.synth import synthesize_cohort
 
+    check_outputs((out, "OUT"))
     synthesize_cohort(out, subjects=subjects, seed=seed, profile=profile,
                       flair_only=flair_only, skull_stripped=skull_stripped, preview=preview,
                       workers=workers, progress=True)
@@ -132,6 +150,7 @@ def prepare_command(data, out_dir, workers, no_t1, config_path, overrides):
 
     config = resolve_config(config_path, overrides)
     out_dir = out_dir or Path(config.data.cache_dir) / "prepared"
+    check_outputs((out_dir, "--out"))
     report = prepare_cohort(data, out_dir, config.preprocess,
                             use_t1=config.data.use_t1 and not no_t1,
                             workers=config.preprocess.workers if workers is None else workers)
@@ -166,6 +185,8 @@ def prior_build_command(data, out_path, spacing_mm, smoothing_mm, workers, confi
     from wmh.location import build_prior_from_cohort
 
     config = resolve_config(config_path, overrides)
+    check_output_file(out_path, "--out")
+    check_outputs((config.data.cache_dir, "data.cache_dir"))
     prior = build_prior_from_cohort(data, config, spacing_mm, smoothing_mm, workers=workers)
     prior.save(out_path)
     click.echo(f"prior from {prior.subjects} labelled subjects -> {out_path}")
@@ -184,6 +205,7 @@ def sample_command(prepared, out_dir, config_path, overrides):
     from wmh.sampling import build_samples, load_splits
 
     config = load_config(config_path, overrides)
+    check_outputs((out_dir, "--out"))
     folder = build_samples(prepared, out_dir, config.sampling)
     splits = load_splits(folder)
     click.echo("  ".join(f"{name}: {len(ids)} subjects" for name, ids in splits.items()))
@@ -241,8 +263,10 @@ def segment_command(model_source, inputs, out_dir, threshold, mc_samples, perive
               help="Truth labels (0, 1 WMH, 2 ignored): a file, or a folder matched by id.")
 @click.option("--brain-mask", type=click.Path(path_type=Path),
               help="Brain masks (file or folder) for the paper's Dice and Az inside the brain.")
-@click.option("--threshold", type=float, default=0.5, show_default=True,
-              help="Probability maps are foreground at or above this value.")
+@click.option("--threshold", type=float, default=None,
+              help="Score the probability maps at this value instead (printed). Default: a "
+                   "`wmh segment` folder is scored on the mask it wrote (its own threshold, "
+                   "in report.json); other probability maps at 0.5.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (NaN as null).")
 def evaluate_command(prediction, truth, brain_mask, threshold, as_json):
     """Challenge metrics per case: Dice, HD95, AVD, lesion recall and F1."""
@@ -251,6 +275,8 @@ def evaluate_command(prediction, truth, brain_mask, threshold, as_json):
 
     evaluation = evaluate_cases(prediction, truth, brain_mask, threshold,
                                 progress=not as_json)
+    for note in evaluation["notes"]:
+        click.echo(note, err=True)
     click.echo(to_json(evaluation) if as_json else format_evaluation(evaluation))
 
 
@@ -276,12 +302,16 @@ def _named_values(values, option):
               help="Observer 2 labels: adds the human observer and Dice vs observer 2.")
 @click.option("--brain-mask", type=click.Path(path_type=Path),
               help="Brain masks: Dice and ROC count voxels inside only (as the paper).")
-@click.option("--threshold", type=float, default=0.5, show_default=True,
-              help="Operating threshold for --method folders (choose it on validation).")
+@click.option("--threshold", type=float, default=None,
+              help="Operating threshold for --method folders (printed when it differs). "
+                   "Default: the threshold each segmentation recorded (report.json), 0.5 "
+                   "for probability maps without one.")
 @click.option("--out", "output_dir", required=True, type=click.Path(path_type=Path),
               help="Folder for report.md, CSV tables and PNG figures.")
-@click.option("--data-label", required=True,
-              help="What the data are, e.g. 'synthetic' (shown on every table and figure).")
+@click.option("--data-label", default=None,
+              help="What the data are, e.g. 'MICCAI WMH 2017' (shown on every table and "
+                   "figure). Default: 'synthetic' when --truth lies in a `wmh synth` "
+                   "cohort, else 'unspecified'.")
 @click.option("--resamples", type=click.IntRange(min=10), default=1000, show_default=True,
               help="Bootstrap resamples for confidence bands.")
 @click.option("--pvalue-resamples", type=click.IntRange(min=10), default=100,
@@ -294,9 +324,16 @@ def report_command(methods, runs, truth, observer2, brain_mask, threshold, outpu
     """The paper's Tables 2-6 and Figs. 4-5 for several methods, beside its numbers."""
     from wmh import report
 
+    check_outputs((output_dir, "--out"))
+    notes: list[str] = []
     results = report.collect_results(_named_values(methods, "--method"),
                                      _named_values(runs, "--run"), truth, observer2,
-                                     brain_mask, threshold)
+                                     brain_mask, threshold, notes)
+    for note in notes:
+        click.echo(note, err=True)
+    if data_label is None:
+        data_label = report.infer_data_label(truth)
+        click.echo(f"data: {data_label} (say what they are with --data-label)", err=True)
     options = report.ReportOptions(ci_resamples=resamples, pvalue_resamples=pvalue_resamples,
                                    seed=seed)
     files = report.write_report(results, output_dir, data_label, options,
@@ -343,6 +380,7 @@ def tune_command(config_path, overrides, override_list, storage, study, n_trials
     if timeout is not None:
         options["tune.timeout"] = timeout
     config = replace(config, **options)
+    check_outputs((config.data.cache_dir, "data.cache_dir"))
     stages = None
     if (samples_dir is None) != (prepared_dir is None):
         raise WMHError("--samples and --prepared go together (a sample set and the prepared "
@@ -370,6 +408,7 @@ def demo_command(config_path, overrides, out_dir):
     from wmh.tracking import tracking_uri
 
     config = resolve_config(config_path or "experiments/demo.yaml", overrides)
+    check_outputs((out_dir, "--out"), (config.data.cache_dir, "data.cache_dir"))
     summary = demo(config, out_dir)
     train = summary["train"]
     label = "SYNTHETIC data" if summary["synthetic"] else "real data"
@@ -409,6 +448,7 @@ def reproduce_command(scale, out_dir, experiments, overrides, override_list, dat
     if dry_run:
         click.echo(reproduce.describe(scale, experiments, overrides, experiments_dir))
         return
+    check_outputs((out_dir, "--out"))
     done = reproduce.reproduce(scale, out_dir, experiments, overrides, data_label,
                                experiments_dir, progress=click.echo)
     click.echo(f"\n{reproduce.summary_table(done)}")
