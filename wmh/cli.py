@@ -7,7 +7,9 @@ commands that need them, so ``wmh --help`` and the data commands start fast.
 
 from __future__ import annotations
 
+import errno
 import functools
+import os
 import sys
 from pathlib import Path
 
@@ -407,7 +409,9 @@ def demo_command(config_path, overrides, out_dir):
     from wmh.pipeline import demo, format_table
     from wmh.tracking import tracking_uri
 
-    config = resolve_config(config_path or "experiments/demo.yaml", overrides)
+    from wmh.reproduce import experiments_dir
+
+    config = resolve_config(config_path or experiments_dir() / "demo.yaml", overrides)
     check_outputs((out_dir, "--out"), (config.data.cache_dir, "data.cache_dir"))
     summary = demo(config, out_dir)
     train = summary["train"]
@@ -457,6 +461,12 @@ def reproduce_command(scale, out_dir, experiments, overrides, override_list, dat
                "the UI with `make ui` (http://127.0.0.1:5000)")
 
 
+# Operating-system errors that are the user's to fix (disk full, permissions, read-only
+# file system, quota, a file where a folder should be...): one line and exit 2.
+USER_OS_ERRORS = (errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EROFS, errno.EDQUOT,
+                  errno.ENOTDIR, errno.EISDIR, errno.EEXIST)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: runs the group; user errors exit 2 with one line."""
     try:
@@ -470,6 +480,13 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as error:
         error.show()
         sys.exit(error.exit_code)
+    except OSError as error:
+        if error.errno not in USER_OS_ERRORS:
+            raise
+        where = error.filename if error.filename is not None else "output"
+        click.echo(f"wmh: error: {where}: {error.strerror or os.strerror(error.errno)}",
+                   err=True)
+        sys.exit(2)
     sys.exit(result if isinstance(result, int) else 0)
 
 
