@@ -22,7 +22,16 @@ from wmh.errors import WMHError
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="wmh")
 def cli():
-    """White matter hyperintensity segmentation with location-sensitive CNNs."""
+    """White matter hyperintensity segmentation with location-sensitive CNNs.
+
+    \b
+    Runs are tracked in MLflow, in the first of:
+      MLFLOW_TRACKING_URI            any MLflow store or server
+      sqlite:///$WMH_HOME/mlflow.db  WMH_HOME: a folder
+      <project root>/mlflow.db       running from a source checkout
+      ~/.wmh/mlflow.db               otherwise
+    never relative to the working directory; `wmh config` shows the one in use.
+    """
 
 
 def config_options(function):
@@ -81,10 +90,16 @@ def check_output_file(path: Path, option: str) -> None:
 @cli.command("config")
 @config_options
 def config_command(config_path, overrides):
-    """Print the resolved configuration as YAML."""
+    """Print the resolved configuration as YAML, after comments naming the MLflow
+    tracking store and the Optuna journal in use (see `wmh --help`)."""
     from wmh.config import dump_yaml
+    from wmh.tracking import anchored, describe_tracking
 
-    click.echo(dump_yaml(resolve_config(config_path, overrides)), nl=False)
+    config = resolve_config(config_path, overrides)
+    journal = anchored(config.data.cache_dir) / "optuna" / "journal.log"
+    click.echo(f"# MLflow tracking store: {describe_tracking()}")
+    click.echo(f"# Optuna journal (tune.storage empty): {journal}")
+    click.echo(dump_yaml(config), nl=False)
 
 
 @cli.command("check")

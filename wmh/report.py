@@ -498,9 +498,9 @@ def method_result_from_mlflow(run_id: str, name: Optional[str] = None) -> Method
 
     import mlflow
 
-    from wmh.tracking import tracking_uri
+    from wmh.tracking import require_store
 
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri())
+    client = mlflow.MlflowClient(tracking_uri=require_store(f"--run {run_id}"))
     try:
         run = client.get_run(run_id)
     except mlflow.exceptions.MlflowException as error:
