@@ -21,7 +21,10 @@ from wmh.errors import WMHError
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="wmh")
-def cli():
+@click.option("--verbose", is_flag=True,
+              help="Keep TensorFlow's start-up lines (oneDNN, CPU instructions, absl) on "
+                   "stderr; without it the `wmh` command drops them.")
+def cli(verbose):
     """White matter hyperintensity segmentation with location-sensitive CNNs.
 
     \b

@@ -68,13 +68,17 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
 
 
+def tracking_source() -> str:
+    """Why :func:`tracking_uri` is what it is, in a few words."""
+    if tracking_uri() != default_tracking_uri():
+        return "MLFLOW_TRACKING_URI"
+    return ("WMH_HOME" if os.environ.get("WMH_HOME", "").strip() else
+            "the project root" if project_root() else "~/.wmh, no WMH_HOME set")
+
+
 def describe_tracking() -> str:
     """One line for help texts: the store in use and why."""
-    if tracking_uri() != default_tracking_uri():
-        return f"{tracking_uri()} (MLFLOW_TRACKING_URI)"
-    why = ("WMH_HOME" if os.environ.get("WMH_HOME", "").strip() else
-           "the project root" if project_root() else "~/.wmh, no WMH_HOME set")
-    return f"{tracking_uri()} ({why})"
+    return f"{tracking_uri()} ({tracking_source()})"
 
 
 def sqlite_file(uri: str) -> Path | None:
@@ -96,9 +100,8 @@ def require_store(what: str) -> str:
     uri = tracking_uri()
     database = sqlite_file(uri)
     if database is not None and not database.is_file():
-        raise WMHError(f"{what}: no MLflow store at {database} (runs are looked up in "
-                       f"{describe_tracking()}; set MLFLOW_TRACKING_URI or WMH_HOME to "
-                       "the store that holds it)")
+        raise WMHError(f"{what}: no MLflow store at {database} (from {tracking_source()}; "
+                       "set MLFLOW_TRACKING_URI or WMH_HOME to the store that holds the run)")
     return uri
 
 
