@@ -93,8 +93,10 @@ def check_output_file(path: Path, option: str) -> None:
 @cli.command("config")
 @config_options
 def config_command(config_path, overrides):
-    """Print the resolved configuration as YAML, after comments naming the MLflow
-    tracking store and the Optuna journal in use (see `wmh --help`)."""
+    """Print the resolved configuration as YAML.
+
+    Two comment lines first name the MLflow tracking store and the Optuna journal in
+    use (see `wmh --help`)."""
     from wmh.config import dump_yaml
     from wmh.tracking import anchored, describe_tracking
 
@@ -341,7 +343,7 @@ def _named_values(values, option):
               help="Also log the report to MLflow (the active run, else a new one).")
 def report_command(methods, runs, truth, observer2, brain_mask, threshold, output_dir,
                    data_label, resamples, pvalue_resamples, seed, log_to_mlflow):
-    """The paper's Tables 2-6 and Figs. 4-5 for several methods, beside its numbers."""
+    """The paper's Tables 2-6 and Figures 4-5 for several methods, beside its numbers."""
     from wmh import report
 
     check_outputs((output_dir, "--out"))
