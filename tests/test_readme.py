@@ -141,7 +141,7 @@ def test_readme_parser_catches_a_wrong_option():
         parse_wmh(["tune", "--n-trails", "3"])
     with pytest.raises(click.UsageError, match="no command 'prior bild'"):
         parse_wmh(["prior", "bild", "DATA", "--out", "x"])
-    with pytest.raises(click.UsageError, match="Missing option '--out'"):
+    with pytest.raises(click.UsageError, match="output_dir"):
         parse_wmh(["report", "--method", "A=B"])
 
 
