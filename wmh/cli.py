@@ -84,10 +84,9 @@ def check_outputs(*pairs: tuple[Path | str, str]) -> None:
 
 def check_output_file(path: Path, option: str) -> None:
     """``path`` can become an output file: not a folder, below a usable folder."""
-
     if path.is_dir():
         raise WMHError(f"{option} {path}: is a folder (expected a file name)")
-    check_outputs((path.parent, f"{option} {path}: folder"))
+    check_outputs((path.parent, option))
 
 
 @cli.command("config")
@@ -427,9 +426,8 @@ def tune_command(config_path, overrides, override_list, storage, study, n_trials
 def demo_command(config_path, overrides, out_dir):
     """The main job on the synthetic default: data, MSWS+Loc, segment, evaluate."""
     from wmh.pipeline import demo, format_table
-    from wmh.tracking import tracking_uri
-
     from wmh.reproduce import experiments_dir
+    from wmh.tracking import tracking_uri
 
     config = resolve_config(config_path or experiments_dir() / "demo.yaml", overrides)
     check_outputs((out_dir, "--out"), (config.data.cache_dir, "data.cache_dir"))
