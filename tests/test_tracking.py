@@ -48,6 +48,13 @@ def test_runs_go_to_the_anchored_store_from_any_folder(tmp_path, monkeypatch):
     assert (home / "mlflow.db").is_file()
     assert (home / "mlruns").is_dir() and list(elsewhere.iterdir()) == []
     assert mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/a.txt") == "x"
+    # Any SQLite store named by MLFLOW_TRACKING_URI keeps its artifacts beside it too.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'other' / 'm.db'}")
+    tracking.configure_mlflow("beside")
+    with mlflow.start_run():
+        mlflow.log_text("y", "b.txt")
+    assert list((tmp_path / "other" / "mlruns").rglob("b.txt"))
+    assert list(elsewhere.iterdir()) == []
 
 
 def test_missing_run_is_one_line_and_creates_no_store(tmp_path, monkeypatch, capsys):

@@ -10,8 +10,8 @@ found:
    holding ``MLproject`` beside the ``wmh`` package);
 4. ``~/.wmh/mlflow.db`` otherwise.
 
-Cases 2-4 are :func:`wmh_home`; artifacts of the experiments wmh creates there go to
-``<home>/mlruns``. Looking a run up never creates a store: a missing SQLite file is an
+Cases 2-4 are :func:`wmh_home`. Artifacts of the experiments wmh creates in a SQLite
+store go to ``mlruns/`` beside the database file. Looking a run up never creates a store: a missing SQLite file is an
 error (:func:`require_store`).
 
 Every run records its resolved config (``config.yaml`` artifact and flattened params),
@@ -121,8 +121,8 @@ def configure_mlflow(experiment: str):
     mlflow.set_tracking_uri(uri)
     if os.environ.get("MLFLOW_RUN_ID"):
         return mlflow
-    if uri == default_tracking_uri():  # (mlflow has now put it in MLFLOW_TRACKING_URI)
-        _create_experiment(mlflow, experiment, wmh_home() / ARTIFACTS_FOLDER)
+    if database is not None:  # artifacts beside the database, not in ./mlruns
+        _create_experiment(mlflow, experiment, database.resolve().parent / ARTIFACTS_FOLDER)
     mlflow.set_experiment(experiment)
     # When two processes create the experiment at once, the loser's set_experiment can
     # return without activating it (its runs would land in "Default"): set it again.
