@@ -83,3 +83,40 @@ def test_cli_config_prints_resolved_yaml_and_rejects_bad_key(capsys):
         main(["config", "--set", "model.alpah=0.5"])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.startswith("wmh: error: unknown config key 'model.alpah'")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.alpha=-1", "config key 'model.alpha': -1.0 is out of range (expected >= 0)"),
+    ("train.epochs=-2", "config key 'train.epochs': -2 is out of range (expected >= 1)"),
+    ("train.learning_rate=0", "config key 'train.learning_rate': 0.0 is out of range "
+                              "(expected > 0)"),
+    ("sampling.test_fraction=1.5", "config key 'sampling.test_fraction': 1.5 is out of "
+                                   "range (expected in [0, 1))"),
+    ("model.dropout_rate=1", "config key 'model.dropout_rate': 1.0 is out of range "
+                             "(expected in [0, 1))"),
+    ("segment.threshold=2", "config key 'segment.threshold': 2.0 is out of range "
+                            "(expected in [0, 1])"),
+    ("preprocess.normalise_percentiles=[99, 1]", "config key "
+     "'preprocess.normalise_percentiles[0]': 99.0 is above "
+     "'preprocess.normalise_percentiles[1]' (1.0)"),
+    ("preprocess.workers=0", "config key 'preprocess.workers': 0 is out of range "
+                             "(expected >= 1)"),
+])
+def test_impossible_values_name_the_key(override, message):
+    with pytest.raises(WMHError) as error:
+        config.load_config(None, [override])
+    assert str(error.value) == message
+
+
+def test_replace_validates_too():
+    with pytest.raises(WMHError, match=r"^config key 'model\.alpha': -2\.0 is out of range"):
+        config.replace(config.ExperimentConfig(), **{"model.alpha": -2.0})
+
+def test_impossible_value_in_a_yaml_names_file_and_key(tmp_path, capsys):
+    path = tmp_path / "neg.yaml"
+    path.write_text("model:\n  alpha: -0.5\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["config", "--config", str(path)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (f"wmh: error: {path}: config key 'model.alpha': -0.5 "
+                                       "is out of range (expected >= 0)\n")

@@ -72,3 +72,113 @@ def test_mlflow_run_reproduce_entry_point(tmp_path, tiny_synthetic_cache):
     assert "report/report.md" in {
         a.path for a in client.list_artifacts(parents[0].info.run_id, "report")}
     assert (tmp_path / "out" / "demo" / "report" / "table3_observers.csv").is_file()
+
+
+# --- MLproject parameters, rendered with MLflow's own project loader -----------------
+
+import shlex  # noqa: E402
+
+import pytest  # noqa: E402
+from mlflow.projects._project_spec import load_project  # noqa: E402
+
+from wmh.config import load_config  # noqa: E402
+
+
+class _Captured(Exception):
+    """Stops a command once it has resolved its config."""
+
+
+def _render(entry_point, **parameters):
+    """The argv after `wmh` that `mlflow run . -e ENTRY -P k=v ...` executes."""
+    command = load_project(str(ROOT)).get_entry_point(entry_point).compute_command(
+        {key: str(value) for key, value in parameters.items()}, storage_dir=None)
+    argv = shlex.split(command)
+    assert argv[0] == "wmh"
+    return argv[1:]
+
+
+def _resolved_config(monkeypatch, argv):
+    """Runs `wmh <argv>` up to the point where train or tune receives its config."""
+    from wmh import cli, pipeline, tune
+
+    seen = {}
+
+    def capture(config, *args, **kwargs):
+        seen["config"] = config
+        raise _Captured
+
+    monkeypatch.setattr(pipeline, "run_training", capture)
+    monkeypatch.setattr(tune, "tune", capture)
+    with pytest.raises(_Captured):
+        cli.main(argv)
+    return seen["config"]
+
+
+@pytest.mark.parametrize("experiment, arch, loc", [("ss", "ss", "none"),
+                                                   ("ss_loc", "ss", "ffcl")])
+def test_main_entry_point_keeps_the_configs_model(monkeypatch, experiment, arch, loc):
+    config_path = ROOT / "experiments" / f"{experiment}.yaml"
+    argv = _render("main", config=config_path)
+    config = _resolved_config(monkeypatch, argv)
+    assert (config.name, config.model.arch, config.model.loc) == (experiment, arch, loc)
+    assert config == load_config(config_path)  # nothing else was overridden either
+
+
+def test_main_entry_point_parameters_override_when_given(monkeypatch):
+    argv = _render("main", config=ROOT / "experiments" / "ss.yaml", arch="msiw",
+                   alpha="0.25", set="train.epochs=2 model.alpha=0.5")
+    config = _resolved_config(monkeypatch, argv)
+    # loc stays ss.yaml's; `set` comes last, after alpha
+    assert (config.model.arch, config.model.loc) == ("msiw", "none")
+    assert (config.model.alpha, config.train.epochs) == (0.5, 2)
+
+
+def test_main_entry_point_without_config_is_the_defaults(monkeypatch):
+    assert _resolved_config(monkeypatch, _render("main")) == load_config(None)
+    config = _resolved_config(monkeypatch, _render("main", arch="rf"))
+    assert config.model.arch == "rf" and config.model.loc == load_config(None).model.loc
+
+
+def test_main_entry_point_bad_alpha_is_one_line(monkeypatch, capsys):
+    from wmh import cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(_render("main", alpha="big"))
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        "wmh: error: config key 'model.alpha': expected a number, got 'big'")
+
+
+def test_tune_entry_point_takes_the_config_and_an_integer_n_trials(monkeypatch, capsys):
+    project = load_project(str(ROOT))
+    assert project.get_entry_point("tune").parameters["n_trials"].type == "int"
+    config_path = ROOT / "experiments" / "ss_loc.yaml"
+    config = _resolved_config(monkeypatch, _render("tune", config=config_path))
+    assert config == load_config(config_path)  # tune.n_trials, storage, study: the config's
+    config = _resolved_config(monkeypatch, _render("tune", config=config_path, n_trials=7,
+                                                   study="s1"))
+    assert (config.tune.n_trials, config.tune.study) == (7, "s1")
+    from wmh import cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(_render("tune", n_trials="2.5"))
+    assert exit_info.value.code == 2
+    assert "'2.5' is not a valid integer" in capsys.readouterr().err
+
+
+def test_segment_and_reproduce_entry_points_parse():
+    from wmh.cli import cli
+
+    argv = _render("segment", model="runs:/abc/model", inputs="data/s1")
+    context = cli.make_context("wmh", list(argv), resilient_parsing=True)
+    assert argv[0] == "segment"
+    segment = cli.get_command(context, "segment")
+    parsed = segment.make_context("segment", argv[1:], resilient_parsing=True).params
+    assert parsed["model_source"] == "runs:/abc/model"
+    assert parsed["inputs"] == ("data/s1",) and str(parsed["out_dir"]) == "outputs/segment"
+    argv = _render("reproduce", experiments="ss,ss_loc")
+    assert argv[0] == "reproduce"
+    reproduce = cli.get_command(context, "reproduce")
+    parsed = reproduce.make_context("reproduce", argv[1:], resilient_parsing=True).params
+    assert (parsed["scale"], parsed["experiments"], parsed["override_list"]) == (
+        "demo", "ss,ss_loc", "")

@@ -314,3 +314,97 @@ def test_cli_report_from_folders(cases, tmp_path):
     bad = CliRunner().invoke(_cli(), ["report", "--method", "SS", "--truth", str(tmp_path),
                                       "--out", str(out), "--data-label", "synthetic"])
     assert bad.exit_code == 2
+
+
+# --- one threshold per segmentation ---------------------------------------------------
+
+def write_segmentation(root, cases, threshold, name="SS"):
+    """A `wmh segment`-like folder: <id>/wmh_probability, wmh_mask at ``threshold`` and
+    report.json recording it."""
+    for index, case in enumerate(cases):
+        folder = root / "seg" / f"c{index}"
+        probability = case[name].astype(np.float32)
+        _save(folder / "wmh_probability.nii.gz", probability, np.float32)
+        _save(folder / "wmh_mask.nii.gz", (probability >= threshold).astype(np.uint8))
+        (folder / "report.json").write_text(json.dumps({"subject_id": f"c{index}",
+                                                        "threshold": threshold}))
+        _save(root / "truth" / f"c{index}" / "wmh.nii.gz", case["truth"])
+    return root / "seg"
+
+
+def test_evaluate_scores_a_segmentation_at_its_recorded_threshold(cases, tmp_path):
+    seg = write_segmentation(tmp_path, cases[:3], threshold=0.9)
+    result = CliRunner().invoke(_cli(), ["evaluate", "--pred", str(seg), "--truth",
+                                         str(tmp_path / "truth"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""  # nothing to say: the segmentation's own threshold
+    parsed = json.loads(result.stdout)
+    for index, case in enumerate(parsed["cases"]):
+        mask = (cases[index]["SS"].astype(np.float32) >= 0.9).astype(np.uint8)
+        assert case["dice"] == pytest.approx(metrics.dice(mask, cases[index]["truth"]))
+        assert case["threshold"] == 0.9
+        assert case["prediction_file"].endswith("wmh_mask.nii.gz")
+    at_half = [metrics.dice(cases[i]["SS"].astype(np.float32), cases[i]["truth"], 0.5)
+               for i in range(3)]
+    assert [c["dice"] for c in parsed["cases"]] != pytest.approx(at_half)  # not 0.5
+    # The probability map alone is scored at the same recorded threshold.
+    single = CliRunner().invoke(_cli(), [
+        "evaluate", "--pred", str(seg / "c0" / "wmh_probability.nii.gz"), "--truth",
+        str(tmp_path / "truth" / "c0" / "wmh.nii.gz"), "--json"])
+    assert json.loads(single.stdout)["cases"][0]["dice"] == pytest.approx(
+        parsed["cases"][0]["dice"])
+
+
+def test_evaluate_another_threshold_is_explicit_and_printed(cases, tmp_path):
+    seg = write_segmentation(tmp_path, cases[:2], threshold=0.9)
+    result = CliRunner().invoke(_cli(), ["evaluate", "--pred", str(seg), "--truth",
+                                         str(tmp_path / "truth"), "--threshold", "0.5"])
+    assert result.exit_code == 0, result.output
+    notes = [line for line in result.stderr.splitlines() if "thresholding" in line]
+    assert notes == [
+        f"{seg / f'c{i}' / 'wmh_probability.nii.gz'}: thresholding wmh_probability at 0.5, "
+        "not the segmentation's 0.9" for i in range(2)]
+    assert "threshold 0.5 (as given with --threshold)" in result.stdout
+    evaluation = metrics.evaluate_cases(seg, tmp_path / "truth", threshold=0.5)
+    for index, case in enumerate(evaluation["cases"]):
+        assert case["dice"] == pytest.approx(
+            metrics.dice(cases[index]["SS"].astype(np.float32), cases[index]["truth"], 0.5))
+    with pytest.raises(WMHError, match=r"^--threshold 1\.5: must lie in \[0, 1\]$"):
+        metrics.evaluate_cases(seg, tmp_path / "truth", threshold=1.5)
+
+
+def test_report_uses_the_recorded_threshold_and_the_readme_command(cases, tmp_path):
+    seg = write_segmentation(tmp_path, cases[:3], threshold=0.9)
+    out = tmp_path / "report"
+    # The README's command, without --data-label.
+    result = CliRunner().invoke(_cli(), ["report", "--method", f"MSWS + Loc={seg}",
+                                         "--truth", str(tmp_path / "truth"), "--out",
+                                         str(out), "--resamples", "20"])
+    assert result.exit_code == 0, result.output
+    assert "data: unspecified (say what they are with --data-label)" in result.stderr
+    assert "Data: **unspecified**" in (out / "report.md").read_text()
+    result_obj = report.collect_results([("MSWS + Loc", seg)], truth=tmp_path / "truth")[0]
+    assert result_obj.threshold == 0.9
+    masks = [(c["SS"].astype(np.float32) >= 0.9) for c in cases[:3]]
+    expected = [metrics.confusion_counts(m.astype(np.float64), c["truth"], None, 0.9)
+                for m, c in zip(masks, cases[:3])]
+    np.testing.assert_array_equal(result_obj.counts_obs1, np.stack(expected))
+    notes = []
+    explicit = report.collect_results([("MSWS + Loc", seg)], truth=tmp_path / "truth",
+                                      threshold=0.6, notes=notes)[0]
+    assert explicit.threshold == 0.6
+    assert notes == ["MSWS + Loc: thresholding wmh_probability at 0.6, not the "
+                     "segmentation's 0.9"]
+    (seg / "c1" / "report.json").write_text(json.dumps({"threshold": 0.8}))
+    with pytest.raises(WMHError, match=r"segmented at different thresholds \(0\.8, 0\.9\); "
+                                        r"give one with --threshold"):
+        report.collect_results([("MSWS + Loc", seg)], truth=tmp_path / "truth")
+
+
+def test_report_data_label_is_synthetic_for_a_synth_cohort(tmp_path):
+    (tmp_path / "cohort" / "site" / "s1").mkdir(parents=True)
+    (tmp_path / "cohort" / "cohort.json").write_text("{}")
+    assert report.infer_data_label(tmp_path / "cohort") == "synthetic"
+    assert report.infer_data_label(tmp_path / "cohort" / "site" / "s1") == "synthetic"
+    assert report.infer_data_label(tmp_path) == "unspecified"
+    assert report.infer_data_label(None) == "unspecified"

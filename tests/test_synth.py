@@ -280,7 +280,7 @@ def test_cli_rejects_file_and_foreign_folders(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["synth", str(target), "--subjects", "1"])
     assert exit_info.value.code == 2
-    assert f"{target}: output exists and is not a folder" in capsys.readouterr().err
+    assert capsys.readouterr().err == f"wmh: error: OUT {target}: exists and is not a folder\n"
 
     foreign = tmp_path / "foreign"
     foreign.mkdir()

@@ -7,6 +7,9 @@ commands that need them, so ``wmh --help`` and the data commands start fast.
 
 from __future__ import annotations
 
+import errno
+import functools
+import os
 import sys
 from pathlib import Path
 
@@ -18,8 +21,20 @@ from wmh.errors import WMHError
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="wmh")
-def cli():
-    """White matter hyperintensity segmentation with location-sensitive CNNs."""
+@click.option("--verbose", is_flag=True,
+              help="Keep TensorFlow's start-up lines (oneDNN, CPU instructions, absl) on "
+                   "stderr; without it the `wmh` command drops them.")
+def cli(verbose):
+    """White matter hyperintensity segmentation with location-sensitive CNNs.
+
+    \b
+    Runs are tracked in MLflow, in the first of:
+      MLFLOW_TRACKING_URI            any MLflow store or server
+      sqlite:///$WMH_HOME/mlflow.db  WMH_HOME: a folder
+      <project root>/mlflow.db       running from a source checkout
+      ~/.wmh/mlflow.db               otherwise
+    never relative to the working directory; `wmh config` shows the one in use.
+    """
 
 
 def config_options(function):
@@ -30,6 +45,27 @@ def config_options(function):
                         help="Experiment YAML (see experiments/).")(function)
 
 
+def model_options(function):
+    """--arch, --loc and --alpha: shortcuts for --set model.*; empty (the default) keeps
+    the config's value, so MLproject parameters never override a config silently.
+
+    The wrapped command receives them folded into its ``override_list`` (before the
+    --set-list overrides, which still come last)."""
+    @functools.wraps(function)
+    def wrapper(*args, arch: str, loc: str, alpha: str, **kwargs):
+        chosen = [f"model.{key}={value.strip()}" for key, value in
+                  (("arch", arch), ("loc", loc), ("alpha", alpha)) if value.strip()]
+        kwargs["override_list"] = " ".join([*chosen, kwargs.get("override_list", "")])
+        return function(*args, **kwargs)
+
+    for name, example in (("alpha", "0.5"), ("loc", "none, lcl, ffcl or sfcl"),
+                          ("arch", "ss, msef, msiw, msws or rf")):
+        wrapper = click.option(f"--{name}", default="", metavar="VALUE",
+                               help=f"Same as --set model.{name}=VALUE ({example}); empty "
+                                    f"= the config's model.{name}.")(wrapper)
+    return wrapper
+
+
 def resolve_config(config_path, overrides, override_list: str = ""):
     """The config from --config (empty = defaults), --set, then --set-list overrides."""
     from wmh.config import load_config
@@ -37,13 +73,37 @@ def resolve_config(config_path, overrides, override_list: str = ""):
     return load_config(config_path or None, [*overrides, *override_list.split()])
 
 
+def check_outputs(*pairs: tuple[Path | str, str]) -> None:
+    """Each (folder, option) can become an output folder (:func:`wmh.io.check_output_dir`):
+    checked before anything is loaded or created, so a bad path fails in one line."""
+    from wmh.io import check_output_dir
+
+    for path, option in pairs:
+        check_output_dir(path, option)
+
+
+def check_output_file(path: Path, option: str) -> None:
+    """``path`` can become an output file: not a folder, below a usable folder."""
+    if path.is_dir():
+        raise WMHError(f"{option} {path}: is a folder (expected a file name)")
+    check_outputs((path.parent, option))
+
+
 @cli.command("config")
 @config_options
 def config_command(config_path, overrides):
-    """Print the resolved configuration as YAML."""
-    from wmh.config import dump_yaml
+    """Print the resolved configuration as YAML.
 
-    click.echo(dump_yaml(resolve_config(config_path, overrides)), nl=False)
+    Two comment lines first name the MLflow tracking store and the Optuna journal in
+    use (see `wmh --help`)."""
+    from wmh.config import dump_yaml
+    from wmh.tracking import anchored, describe_tracking
+
+    config = resolve_config(config_path, overrides)
+    journal = anchored(config.data.cache_dir) / "optuna" / "journal.log"
+    click.echo(f"# MLflow tracking store: {describe_tracking()}")
+    click.echo(f"# Optuna journal (tune.storage empty): {journal}")
+    click.echo(dump_yaml(config), nl=False)
 
 
 @cli.command("check")
@@ -84,6 +144,7 @@ def synth_command(out, subjects, seed, profile, flair_only, skull_stripped, prev
     """Write a synthetic cohort (MICCAI WMH 2017 layout + cohort.json) to OUT."""
     from wmh.synth import synthesize_cohort
 
+    check_outputs((out, "OUT"))
     synthesize_cohort(out, subjects=subjects, seed=seed, profile=profile,
                       flair_only=flair_only, skull_stripped=skull_stripped, preview=preview,
                       workers=workers, progress=True)
@@ -110,6 +171,7 @@ def prepare_command(data, out_dir, workers, no_t1, config_path, overrides):
 
     config = resolve_config(config_path, overrides)
     out_dir = out_dir or Path(config.data.cache_dir) / "prepared"
+    check_outputs((out_dir, "--out"))
     report = prepare_cohort(data, out_dir, config.preprocess,
                             use_t1=config.data.use_t1 and not no_t1,
                             workers=config.preprocess.workers if workers is None else workers)
@@ -144,6 +206,8 @@ def prior_build_command(data, out_path, spacing_mm, smoothing_mm, workers, confi
     from wmh.location import build_prior_from_cohort
 
     config = resolve_config(config_path, overrides)
+    check_output_file(out_path, "--out")
+    check_outputs((config.data.cache_dir, "data.cache_dir"))
     prior = build_prior_from_cohort(data, config, spacing_mm, smoothing_mm, workers=workers)
     prior.save(out_path)
     click.echo(f"prior from {prior.subjects} labelled subjects -> {out_path}")
@@ -162,6 +226,7 @@ def sample_command(prepared, out_dir, config_path, overrides):
     from wmh.sampling import build_samples, load_splits
 
     config = load_config(config_path, overrides)
+    check_outputs((out_dir, "--out"))
     folder = build_samples(prepared, out_dir, config.sampling)
     splits = load_splits(folder)
     click.echo("  ".join(f"{name}: {len(ids)} subjects" for name, ids in splits.items()))
@@ -173,6 +238,7 @@ def sample_command(prepared, out_dir, config_path, overrides):
 @config_options
 @click.option("--set-list", "override_list", default="", metavar="'K=V K=V'",
               help="Whitespace-separated overrides, applied last (used by MLproject).")
+@model_options
 def train_command(config_path, overrides, override_list):
     """Prepare the data (cached) and train the configured model, tracked in MLflow."""
     from wmh.pipeline import run_training
@@ -245,8 +311,10 @@ def segment_command(model_source, inputs, out_dir, subject_id, threshold, mc_sam
               help="Truth labels (0, 1 WMH, 2 ignored): a file, or a folder matched by id.")
 @click.option("--brain-mask", type=click.Path(path_type=Path),
               help="Brain masks (file or folder) for the paper's Dice and Az inside the brain.")
-@click.option("--threshold", type=float, default=0.5, show_default=True,
-              help="Probability maps are foreground at or above this value.")
+@click.option("--threshold", type=float, default=None,
+              help="Score the probability maps at this value instead (printed). Default: a "
+                   "`wmh segment` folder is scored on the mask it wrote (its own threshold, "
+                   "in report.json); other probability maps at 0.5.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (NaN as null).")
 def evaluate_command(prediction, truth, brain_mask, threshold, as_json):
     """Challenge metrics per case: Dice, HD95, AVD, lesion recall and F1."""
@@ -255,6 +323,8 @@ def evaluate_command(prediction, truth, brain_mask, threshold, as_json):
 
     evaluation = evaluate_cases(prediction, truth, brain_mask, threshold,
                                 progress=not as_json)
+    for note in evaluation["notes"]:
+        click.echo(note, err=True)
     click.echo(to_json(evaluation) if as_json else format_evaluation(evaluation))
 
 
@@ -280,12 +350,16 @@ def _named_values(values, option):
               help="Observer 2 labels: adds the human observer and Dice vs observer 2.")
 @click.option("--brain-mask", type=click.Path(path_type=Path),
               help="Brain masks: Dice and ROC count voxels inside only (as the paper).")
-@click.option("--threshold", type=float, default=0.5, show_default=True,
-              help="Operating threshold for --method folders (choose it on validation).")
+@click.option("--threshold", type=float, default=None,
+              help="Operating threshold for --method folders (printed when it differs). "
+                   "Default: the threshold each segmentation recorded (report.json), 0.5 "
+                   "for probability maps without one.")
 @click.option("--out", "output_dir", required=True, type=click.Path(path_type=Path),
               help="Folder for report.md, CSV tables and PNG figures.")
-@click.option("--data-label", required=True,
-              help="What the data are, e.g. 'synthetic' (shown on every table and figure).")
+@click.option("--data-label", default=None,
+              help="What the data are, e.g. 'MICCAI WMH 2017' (shown on every table and "
+                   "figure). Default: 'synthetic' when --truth lies in a `wmh synth` "
+                   "cohort, else 'unspecified'.")
 @click.option("--resamples", type=click.IntRange(min=10), default=1000, show_default=True,
               help="Bootstrap resamples for confidence bands.")
 @click.option("--pvalue-resamples", type=click.IntRange(min=10), default=100,
@@ -295,12 +369,19 @@ def _named_values(values, option):
               help="Also log the report to MLflow (the active run, else a new one).")
 def report_command(methods, runs, truth, observer2, brain_mask, threshold, output_dir,
                    data_label, resamples, pvalue_resamples, seed, log_to_mlflow):
-    """The paper's Tables 2-6 and Figs. 4-5 for several methods, beside its numbers."""
+    """The paper's Tables 2-6 and Figures 4-5 for several methods, beside its numbers."""
     from wmh import report
 
+    check_outputs((output_dir, "--out"))
+    notes: list[str] = []
     results = report.collect_results(_named_values(methods, "--method"),
                                      _named_values(runs, "--run"), truth, observer2,
-                                     brain_mask, threshold)
+                                     brain_mask, threshold, notes)
+    for note in notes:
+        click.echo(note, err=True)
+    if data_label is None:
+        data_label = report.infer_data_label(truth)
+        click.echo(f"data: {data_label} (say what they are with --data-label)", err=True)
     options = report.ReportOptions(ci_resamples=resamples, pvalue_resamples=pvalue_resamples,
                                    seed=seed)
     files = report.write_report(results, output_dir, data_label, options,
@@ -347,6 +428,7 @@ def tune_command(config_path, overrides, override_list, storage, study, n_trials
     if timeout is not None:
         options["tune.timeout"] = timeout
     config = replace(config, **options)
+    check_outputs((config.data.cache_dir, "data.cache_dir"))
     stages = None
     if (samples_dir is None) != (prepared_dir is None):
         raise WMHError("--samples and --prepared go together (a sample set and the prepared "
@@ -371,9 +453,11 @@ def tune_command(config_path, overrides, override_list, storage, study, n_trials
 def demo_command(config_path, overrides, out_dir):
     """The main job on the synthetic default: data, MSWS+Loc, segment, evaluate."""
     from wmh.pipeline import demo, format_table
+    from wmh.reproduce import experiments_dir
     from wmh.tracking import tracking_uri
 
-    config = resolve_config(config_path or "experiments/demo.yaml", overrides)
+    config = resolve_config(config_path or experiments_dir() / "demo.yaml", overrides)
+    check_outputs((out_dir, "--out"), (config.data.cache_dir, "data.cache_dir"))
     summary = demo(config, out_dir)
     train = summary["train"]
     label = "SYNTHETIC data" if summary["synthetic"] else "real data"
@@ -413,12 +497,19 @@ def reproduce_command(scale, out_dir, experiments, overrides, override_list, dat
     if dry_run:
         click.echo(reproduce.describe(scale, experiments, overrides, experiments_dir))
         return
+    check_outputs((out_dir, "--out"))
     done = reproduce.reproduce(scale, out_dir, experiments, overrides, data_label,
                                experiments_dir, progress=click.echo)
     click.echo(f"\n{reproduce.summary_table(done)}")
     click.echo(f"\nReport ({done.data_label} data): {done.report.markdown}")
     click.echo(f"MLflow parent run {done.parent_run_id} ({done.seconds / 60:.1f} min); open "
                "the UI with `make ui` (http://127.0.0.1:5000)")
+
+
+# Operating-system errors that are the user's to fix (disk full, permissions, read-only
+# file system, quota, a file where a folder should be...): one line and exit 2.
+USER_OS_ERRORS = (errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EROFS, errno.EDQUOT,
+                  errno.ENOTDIR, errno.EISDIR, errno.EEXIST)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -434,6 +525,13 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as error:
         error.show()
         sys.exit(error.exit_code)
+    except OSError as error:
+        if error.errno not in USER_OS_ERRORS:
+            raise
+        where = error.filename if error.filename is not None else "output"
+        click.echo(f"wmh: error: {where}: {error.strerror or os.strerror(error.errno)}",
+                   err=True)
+        sys.exit(2)
     sys.exit(result if isinstance(result, int) else 0)
 
 

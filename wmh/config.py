@@ -145,6 +145,97 @@ class ExperimentConfig:
 
 
 
+# Bounds of the numeric fields, checked when a config is built (so an impossible value
+# fails at load time, naming the key): (lowest, highest, lowest excluded, highest excluded);
+# None = unbounded on that side. baseline.* and tune.* are checked where they are used
+# (baseline.make_forest, tune.search_space).
+_BOUNDS: dict[str, tuple[Optional[float], Optional[float], bool, bool]] = {
+    "synth.subjects": (1, None, False, False),
+    "synth.seed": (0, None, False, False),
+    "preprocess.inplane_spacing_mm": (0, None, True, False),
+    "preprocess.normalise_percentiles[0]": (0, 100, False, False),
+    "preprocess.normalise_percentiles[1]": (0, 100, False, False),
+    "preprocess.workers": (1, None, False, False),
+    "preprocess.threads": (1, None, False, False),
+    "preprocess.atlas_spacing_mm": (0, None, True, False),
+    "preprocess.registration_sampling": (0, 1, True, False),
+    "preprocess.registration_iterations": (0, None, False, False),
+    "preprocess.deformable_iterations": (0, None, False, False),
+    "preprocess.deformable_smoothing_mm": (0, None, False, False),
+    "preprocess.n4_iterations": (0, None, False, False),
+    "preprocess.n4_shrink_mm": (0, None, True, False),
+    "preprocess.min_similarity": (0, 1, False, False),
+    "preprocess.brain_volume_ml[0]": (0, None, False, False),
+    "preprocess.brain_volume_ml[1]": (0, None, True, False),
+    "sampling.positive_fraction": (0, 1, True, False),
+    "sampling.negative_ratio": (0, None, False, False),
+    "sampling.hard_negative_fraction": (0, 1, False, False),
+    "sampling.validation_fraction": (0, 1, False, True),
+    "sampling.test_fraction": (0, 1, False, True),
+    "sampling.train_size_fraction": (0, 1, True, False),
+    "sampling.hard_negative_percentile": (0, 100, False, False),
+    "sampling.hard_negative_margin_voxels": (0, None, False, False),
+    "model.alpha": (0, None, False, False),
+    "model.dropout_rate": (0, 1, False, True),
+    "model.width": (0, None, True, False),
+    "train.epochs": (1, None, False, False),
+    "train.batch_size": (1, None, False, False),
+    "train.learning_rate": (0, None, True, False),
+    "train.max_train_samples": (0, None, False, False),
+    "train.max_validation_samples": (0, None, False, False),
+    "segment.threshold": (0, 1, False, False),
+    "segment.mc_samples": (0, None, False, False),
+    "segment.periventricular_mm": (0, None, False, False),
+}
+# Pairs that must be ordered: (low key, high key).
+_ORDERED = (("preprocess.normalise_percentiles[0]", "preprocess.normalise_percentiles[1]"),
+            ("preprocess.brain_volume_ml[0]", "preprocess.brain_volume_ml[1]"))
+
+
+def _range_text(low, high, low_open, high_open) -> str:
+    if low is not None and high is not None:
+        return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    if low is not None:
+        return f"{'>' if low_open else '>='} {low:g}"
+    return f"{'<' if high_open else '<='} {high:g}"
+
+
+def _flat_values(config: Any, prefix: str = "") -> dict[str, Any]:
+    """{'model.alpha': 1.0, 'preprocess.normalise_percentiles[0]': 1.0, ...}."""
+    values = {}
+    for field in dataclasses.fields(config):
+        value, key = getattr(config, field.name), prefix + field.name
+        if dataclasses.is_dataclass(value):
+            values.update(_flat_values(value, key + "."))
+        elif isinstance(value, tuple):
+            values.update({f"{key}[{i}]": item for i, item in enumerate(value)})
+        else:
+            values[key] = value
+    return values
+
+
+def validate(config: "ExperimentConfig") -> "ExperimentConfig":
+    """Checks every numeric field against its bounds (and ordered pairs); returns the config.
+
+    Raises:
+        WMHError: one line naming the first key out of range.
+    """
+    values = _flat_values(config)
+    for key, (low, high, low_open, high_open) in _BOUNDS.items():
+        value = values[key]
+        if value is None:
+            continue
+        if ((low is not None and (value < low or (low_open and value == low)))
+                or (high is not None and (value > high or (high_open and value == high)))):
+            raise WMHError(f"config key '{key}': {value!r} is out of range (expected "
+                           f"{_range_text(low, high, low_open, high_open)})")
+    for low_key, high_key in _ORDERED:
+        if values[low_key] > values[high_key]:
+            raise WMHError(f"config key '{low_key}': {values[low_key]!r} is above "
+                           f"'{high_key}' ({values[high_key]!r})")
+    return config
+
+
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
     """Checks ``value`` against a type annotation and returns it, converted where lossless."""
     origin = typing.get_origin(annotation)
@@ -217,8 +308,10 @@ def to_dict(config: Any) -> dict:
 
 
 def from_dict(values: dict, cls: type = ExperimentConfig) -> Any:
-    """Builds a config from nested dicts, filling defaults; unknown keys are errors."""
-    return _build(cls, values or {})
+    """Builds a config from nested dicts, filling defaults; unknown keys and values out of
+    range (see :func:`validate`) are errors."""
+    config = _build(cls, values or {})
+    return validate(config) if cls is ExperimentConfig else config
 
 
 def _merge(base: dict, update: dict) -> dict:

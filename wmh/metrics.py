@@ -1013,37 +1013,101 @@ def summarize_cases(cases: Sequence[dict]) -> dict:
     return summary
 
 
+SEGMENTATION_REPORT = "report.json"  # what `wmh segment` writes beside each mask
+DEFAULT_THRESHOLD = 0.5  # for probability maps that record no threshold of their own
+
+
+def recorded_threshold(prediction: str | Path) -> Optional[float]:
+    """The threshold a ``wmh segment`` output was written with, or None.
+
+    ``prediction`` is a segmentation's ``<id>/wmh_mask.nii.gz`` or
+    ``<id>/wmh_probability.nii.gz``; the threshold is read from ``<id>/report.json``
+    (its ``threshold`` entry). Anything else has no recorded threshold.
+    """
+    import json
+
+    prediction = Path(prediction)
+    if _case_id(prediction) not in PROBABILITY_FILE_NAMES:
+        return None
+    report = prediction.parent / SEGMENTATION_REPORT
+    try:
+        recorded = json.loads(report.read_text())
+    except (OSError, ValueError):
+        return None
+    value = recorded.get("threshold") if isinstance(recorded, dict) else None
+    if value is None and isinstance(recorded, dict):  # nested provenance, if any
+        value = (recorded.get("provenance") or {}).get("threshold")
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def check_threshold(threshold: Optional[float]) -> None:
+    """None (the segmentation's own) or a number in [0, 1]."""
+    if threshold is not None and (not math.isfinite(threshold)
+                                  or not 0.0 <= threshold <= 1.0):
+        raise WMHError(f"--threshold {threshold}: must lie in [0, 1]")
+
+
+def case_threshold(prediction: Path, threshold: Optional[float],
+                   notes: Optional[list] = None) -> float:
+    """The threshold one prediction file is scored at.
+
+    Without ``threshold``: the one its segmentation recorded, else
+    :data:`DEFAULT_THRESHOLD`. With one that differs from the recorded threshold, a
+    line saying so is appended to ``notes``.
+    """
+    recorded = recorded_threshold(prediction)
+    if threshold is None:
+        return DEFAULT_THRESHOLD if recorded is None else recorded
+    if recorded is not None and recorded != threshold and notes is not None:
+        notes.append(f"{prediction}: thresholding wmh_probability at {threshold:g}, not "
+                     f"the segmentation's {recorded:g}")
+    return threshold
+
+
 def evaluate_cases(pred: str | Path, truth: str | Path,
-                   brain_mask: str | Path | None = None, threshold: float = 0.5,
+                   brain_mask: str | Path | None = None, threshold: Optional[float] = None,
                    progress: bool = False) -> dict:
     """Evaluates predictions against truths: the API behind ``wmh evaluate``.
+
+    One threshold per segmentation: by default a ``wmh segment`` folder is scored on the
+    mask it wrote (``<id>/wmh_mask.nii.gz``), and a segmentation's probability map at
+    the threshold its ``report.json`` records; other probability maps at 0.5. An
+    explicit ``threshold`` scores the probability maps (``<id>/wmh_probability``) at
+    that value instead, and each case where it differs from the recorded one gets a
+    line in ``notes``.
 
     Args:
         pred: a NIfTI file or a folder of them (``<id>.nii.gz`` or ``<id>/…``).
         truth: the same kind of path; cases matched by id (labels 0, 1, 2).
         brain_mask: optional file/folder of brain masks for the paper's Dice and Az.
-        threshold: binarisation threshold for float (probability) predictions.
+        threshold: binarisation threshold for float (probability) predictions; None =
+            each segmentation's own (see above).
         progress: show a progress bar on stderr.
 
     Returns:
-        ``{"cases": [per-case dicts, see evaluate_arrays], "summary": ..., "threshold",
+        ``{"cases": [per-case dicts, see evaluate_arrays, with "threshold"], "summary":
+        ..., "threshold" (as given, None = the segmentations'), "notes": [lines],
         "brain_mask": bool, "unmatched_predictions": [ids]}``. NaN marks undefined
         values (see the module docstring); :func:`to_json` writes them as null.
 
     Raises:
         WMHError: unreadable or mismatched files, missing cases.
     """
-    if not 0.0 <= threshold <= 1.0 or not math.isfinite(threshold):
-        raise WMHError(f"--threshold {threshold}: must lie in [0, 1]")
-    cases, unmatched = match_cases(pred, truth, brain_mask)
+    check_threshold(threshold)
+    names = MASK_FILE_NAMES if threshold is None else PROBABILITY_FILE_NAMES
+    cases, unmatched = match_cases(pred, truth, brain_mask, names)
+    notes: list[str] = []
     iterator = cases
     if progress:
         from tqdm import tqdm
 
         iterator = tqdm(cases, desc="evaluate", unit="case")
-    results = [evaluate_arrays(load_case(files), threshold) for files in iterator]
+    results = []
+    for files in iterator:
+        used = case_threshold(files.prediction, threshold, notes)
+        results.append({**evaluate_arrays(load_case(files), used), "threshold": used})
     return {"cases": results, "summary": summarize_cases(results),
-            "threshold": threshold, "brain_mask": brain_mask is not None,
+            "threshold": threshold, "notes": notes, "brain_mask": brain_mask is not None,
             "unmatched_predictions": unmatched}
 
 

@@ -297,20 +297,38 @@ def _observer2_cases(observer2: str | Path, truth: str | Path,
 def method_result_from_predictions(name: str, prediction: str | Path, truth: str | Path, *,
                                    brain_mask: str | Path | None = None,
                                    observer2: str | Path | None = None,
-                                   threshold: float = 0.5,
+                                   threshold: Optional[float] = None,
                                    validation_az: Optional[float] = None,
-                                   training_size: Optional[int] = None) -> MethodResult:
+                                   training_size: Optional[int] = None,
+                                   notes: Optional[list] = None) -> MethodResult:
     """A method's results from a folder of probability maps (or masks) and the truths.
 
     Args:
         name: method name.
         prediction, truth, brain_mask: as :func:`wmh.metrics.evaluate_cases`.
         observer2: a second rater's labels (file/folder matched by id), or None.
-        threshold: operating threshold, chosen on the validation set.
+        threshold: operating threshold, chosen on the validation set; None = the one
+            the segmentation recorded (``<id>/report.json``; 0.5 for maps without one).
         validation_az, training_size: as :func:`method_result_from_arrays`.
+        notes: lines are appended when ``threshold`` differs from the recorded one.
+
+    Raises:
+        WMHError: without ``threshold``, cases segmented at different thresholds.
     """
+    metrics.check_threshold(threshold)
     cases, _ = metrics.match_cases(prediction, truth, brain_mask,
                                    metrics.PROBABILITY_FILE_NAMES)
+    differing: list[str] = []
+    used = sorted({metrics.case_threshold(files.prediction, threshold, differing)
+                   for files in cases})
+    if len(used) > 1:
+        raise WMHError(f"--method {name}={prediction}: its cases were segmented at "
+                       f"different thresholds ({', '.join(f'{t:g}' for t in used)}); "
+                       "give one with --threshold")
+    threshold = used[0]
+    if differing and notes is not None:
+        notes.append(f"{name}: thresholding wmh_probability at {threshold:g}, not the "
+                     f"segmentation's {metrics.recorded_threshold(cases[0].prediction):g}")
     loaded = [metrics.load_case(files) for files in cases]
     case_ids = [case.files.case_id for case in loaded]
     observer2_labels = {}
@@ -353,14 +371,18 @@ def collect_results(methods: Sequence[tuple[str, str | Path]],
                     runs: Sequence[tuple[str, str]] = (), truth: str | Path | None = None,
                     observer2: str | Path | None = None,
                     brain_mask: str | Path | None = None,
-                    threshold: float = 0.5) -> list[MethodResult]:
+                    threshold: Optional[float] = None,
+                    notes: Optional[list] = None) -> list[MethodResult]:
     """Results of prediction folders and MLflow runs, plus observer 2 when given.
 
     Args:
         methods: (name, prediction folder) pairs; they need ``truth``.
         runs: (name, MLflow run id) pairs.
         truth, observer2, brain_mask: label files/folders matched by case id.
-        threshold: operating threshold of the prediction folders.
+        threshold: operating threshold of the prediction folders; None = each
+            segmentation's recorded threshold.
+        notes: collects a line for each method scored at another threshold than the
+            one its segmentation recorded.
 
     Raises:
         WMHError: nothing to compare, folders without ``truth``, bad files.
@@ -370,12 +392,29 @@ def collect_results(methods: Sequence[tuple[str, str | Path]],
     if methods and truth is None:
         raise WMHError("--truth: needed to score --method folders")
     results = [method_result_from_predictions(
-        name, folder, truth, brain_mask=brain_mask, observer2=observer2, threshold=threshold)
-        for name, folder in methods]
+        name, folder, truth, brain_mask=brain_mask, observer2=observer2, threshold=threshold,
+        notes=notes) for name, folder in methods]
     results += [method_result_from_mlflow(run_id, name) for name, run_id in runs]
     if observer2 is not None and truth is not None:
         results.append(observer_result(observer2, truth, brain_mask=brain_mask))
     return results
+
+
+UNSPECIFIED_DATA = "unspecified"  # data label when nothing says what the data are
+
+
+def infer_data_label(truth: str | Path | None) -> str:
+    """What the truth labels are, for reports that were not told: "synthetic" when they
+    lie in a cohort written by ``wmh synth`` (its ``cohort.json`` in the truth folder or
+    one of its parents), else :data:`UNSPECIFIED_DATA`."""
+    if truth is None:
+        return UNSPECIFIED_DATA
+    folder = Path(truth).resolve()
+    folder = folder if folder.is_dir() else folder.parent
+    for candidate in (folder, *folder.parents):
+        if (candidate / "cohort.json").is_file():
+            return "synthetic"
+    return UNSPECIFIED_DATA
 
 
 # ---------------------------------------------------------------------------- MLflow
@@ -459,9 +498,9 @@ def method_result_from_mlflow(run_id: str, name: Optional[str] = None) -> Method
 
     import mlflow
 
-    from wmh.tracking import tracking_uri
+    from wmh.tracking import require_store
 
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri())
+    client = mlflow.MlflowClient(tracking_uri=require_store(f"--run {run_id}"))
     try:
         run = client.get_run(run_id)
     except mlflow.exceptions.MlflowException as error:
@@ -1027,6 +1066,11 @@ def format_evaluation(evaluation: dict) -> str:
              for row in [header] + rows]
     lines.append(f"{summary['num_cases']} cases; overall Dice {summary['pooled_dice']:.3f}"
                  if cases else "no cases")
+    used = sorted({case["threshold"] for case in cases if "threshold" in case})
+    if used:
+        whose = ("as given with --threshold" if evaluation.get("threshold") is not None
+                 else "each segmentation's own; probability maps without one at 0.5")
+        lines.append(f"threshold {', '.join(f'{t:g}' for t in used)} ({whose})")
     undefined = {key: count for key, count in summary.get("undefined", {}).items() if count}
     if undefined:
         lines.append("undefined (empty masks, left out of means): " + ", ".join(

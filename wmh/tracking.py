@@ -1,8 +1,18 @@
 """MLflow conventions every run shares: where runs go and what each one records.
 
-Tracking defaults to ``sqlite:///mlflow.db`` in the working directory (the project root
-when run through ``make`` or ``mlflow run``); ``MLFLOW_TRACKING_URI`` overrides it, e.g.
-an ``http://127.0.0.1:5000`` tracking server backed by PostgreSQL.
+Where runs go never depends on the working directory. The tracking store is, first
+found:
+
+1. ``MLFLOW_TRACKING_URI`` when set (e.g. an ``http://127.0.0.1:5000`` tracking server
+   backed by PostgreSQL);
+2. ``sqlite:///$WMH_HOME/mlflow.db`` when ``WMH_HOME`` (a folder) is set;
+3. ``mlflow.db`` in the project root when wmh runs from a source checkout (the folder
+   holding ``MLproject`` beside the ``wmh`` package);
+4. ``~/.wmh/mlflow.db`` otherwise.
+
+Cases 2-4 are :func:`wmh_home`. Artifacts of the experiments wmh creates in a SQLite
+store go to ``mlruns/`` beside the database file. Looking a run up never creates a store: a missing SQLite file is an
+error (:func:`require_store`).
 
 Every run records its resolved config (``config.yaml`` artifact and flattened params),
 the dataset hash, the git commit and the library versions, through :func:`log_context`.
@@ -21,14 +31,78 @@ from typing import Any, Iterable
 from wmh import __version__
 from wmh.config import dump_yaml, to_dict
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+TRACKING_FILE = "mlflow.db"  # the SQLite store in wmh_home()
+ARTIFACTS_FOLDER = "mlruns"  # artifacts of experiments created in that store
 LIBRARIES = ("tensorflow-cpu", "tensorflow", "keras", "mlflow", "optuna", "numpy", "scipy",
              "h5py", "nibabel", "SimpleITK", "nilearn", "scikit-learn", "scikit-image", "skops")
 
 
+def project_root() -> Path | None:
+    """The source checkout wmh runs from (MLproject beside the wmh package), or None."""
+    root = Path(__file__).resolve().parents[1]
+    return root if (root / "MLproject").is_file() else None
+
+
+def wmh_home() -> Path:
+    """Where the default tracking store lives: ``WMH_HOME``, else the project root of a
+    source checkout, else ``~/.wmh`` (absolute in every case)."""
+    home = os.environ.get("WMH_HOME", "").strip()
+    if home:
+        return Path(home).expanduser().resolve()
+    return project_root() or Path.home() / ".wmh"
+
+
+def anchored(path: str | Path) -> Path:
+    """A relative path taken from :func:`wmh_home` (absolute paths are kept)."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else wmh_home() / path
+
+
+def default_tracking_uri() -> str:
+    """The SQLite store in :func:`wmh_home`."""
+    return f"sqlite:///{wmh_home() / TRACKING_FILE}"
+
+
 def tracking_uri() -> str:
-    """``MLFLOW_TRACKING_URI`` if set, else the project's SQLite store."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    """``MLFLOW_TRACKING_URI`` if set, else :func:`default_tracking_uri`."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+
+
+def tracking_source() -> str:
+    """Why :func:`tracking_uri` is what it is, in a few words."""
+    if tracking_uri() != default_tracking_uri():
+        return "MLFLOW_TRACKING_URI"
+    return ("WMH_HOME" if os.environ.get("WMH_HOME", "").strip() else
+            "the project root" if project_root() else "~/.wmh, no WMH_HOME set")
+
+
+def describe_tracking() -> str:
+    """One line for help texts: the store in use and why."""
+    return f"{tracking_uri()} ({tracking_source()})"
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (None for other stores)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///"):].split("?", 1)[0])
+
+
+def require_store(what: str) -> str:
+    """The tracking URI for a lookup, after checking its SQLite file exists (MLflow would
+    create an empty one and then report the run missing).
+
+    Raises:
+        WMHError: ``what`` (e.g. "--model runs:/<id>/model") and the missing store.
+    """
+    from wmh.errors import WMHError
+
+    uri = tracking_uri()
+    database = sqlite_file(uri)
+    if database is not None and not database.is_file():
+        raise WMHError(f"{what}: no MLflow store at {database} (from {tracking_source()}; "
+                       "set MLFLOW_TRACKING_URI or WMH_HOME to the store that holds the run)")
+    return uri
 
 
 def configure_mlflow(experiment: str):
@@ -40,14 +114,33 @@ def configure_mlflow(experiment: str):
     """
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri())
+    uri = tracking_uri()
+    database = sqlite_file(uri)
+    if database is not None:
+        database.parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
     if os.environ.get("MLFLOW_RUN_ID"):
         return mlflow
+    if database is not None:  # artifacts beside the database, not in ./mlruns
+        _create_experiment(mlflow, experiment, database.resolve().parent / ARTIFACTS_FOLDER)
     mlflow.set_experiment(experiment)
     # When two processes create the experiment at once, the loser's set_experiment can
     # return without activating it (its runs would land in "Default"): set it again.
     mlflow.set_experiment(experiment)
     return mlflow
+
+
+def _create_experiment(mlflow, name: str, artifacts: Path) -> None:
+    """Creates ``name`` with its artifacts under ``artifacts`` (not ./mlruns of the
+    working directory) unless it exists; a concurrent creator winning is fine."""
+    client = mlflow.MlflowClient()
+    if client.get_experiment_by_name(name) is not None:
+        return
+    try:
+        client.create_experiment(name, artifact_location=artifacts.as_uri())
+    except mlflow.exceptions.MlflowException:
+        if client.get_experiment_by_name(name) is None:
+            raise
 
 
 def library_versions() -> dict[str, str]:

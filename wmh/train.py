@@ -111,10 +111,10 @@ def load_model_dir(source: str | Path):
     """
     text = str(source)
     if text.startswith(("runs:/", "models:/", "mlflow-artifacts:/")):
-        from wmh.tracking import tracking_uri
+        from wmh.tracking import require_store
         import mlflow
 
-        mlflow.set_tracking_uri(tracking_uri())
+        mlflow.set_tracking_uri(require_store(f"--model {text}"))  # creates no store
         try:
             source = Path(mlflow.artifacts.download_artifacts(text))
         except Exception as error:  # mlflow raises several types for a bad URI

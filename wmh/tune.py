@@ -262,7 +262,9 @@ def redact(url: str) -> str:
 
 
 def open_storage(settings: TuneConfig, cache_dir: str | Path) -> StudyStorage:
-    """Opens ``tune.storage``: the journal file under ``<cache_dir>/optuna/`` when empty,
+    """Opens ``tune.storage``: the journal file under ``<cache_dir>/optuna/`` when empty
+    (a relative ``cache_dir`` taken from :func:`wmh.tracking.wmh_home`, like the MLflow
+    store, so every working directory shares one study),
     else a PostgreSQL (or SQLite) URL through Optuna's RDB storage with a heartbeat.
 
     Raises:
@@ -272,7 +274,9 @@ def open_storage(settings: TuneConfig, cache_dir: str | Path) -> StudyStorage:
 
     url = settings.storage.strip()
     if not url:
-        folder = Path(cache_dir) / "optuna"
+        from wmh.tracking import anchored
+
+        folder = anchored(cache_dir) / "optuna"  # beside the MLflow store, from any folder
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / JOURNAL_FILE
         backend = optuna.storages.journal.JournalFileBackend(str(path))

@@ -1,0 +1,70 @@
+"""`wmh` (the console script, `python -m wmh`) keeps TensorFlow's start-up lines off
+stderr unless --verbose."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from wmh import launch
+
+ROOT = Path(__file__).resolve().parents[1]
+NOISE = ("oneDNN", "cpu_feature_guard", "This TensorFlow binary", "absl::InitializeLog")
+
+
+def run_wmh(arguments, tmp_path, **environment):
+    env = {key: value for key, value in os.environ.items() if not key.startswith("TF_CPP")}
+    env.update(PYTHONPATH=str(ROOT), MLFLOW_TRACKING_URI="", WMH_HOME=str(tmp_path / "home"),
+               **environment)
+    return subprocess.run([sys.executable, "-m", "wmh", *arguments], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_no_tensorflow_startup_lines_unless_verbose(tmp_path):
+    flair = tmp_path / "FLAIR.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((8, 8, 4), np.float32), np.eye(4)), flair)
+    # Looking the model up imports TensorFlow (through keras), then fails in one line.
+    arguments = ["segment", "--model", "runs:/0123456789/model", str(flair), "--out",
+                 str(tmp_path / "seg")]
+    verbose = run_wmh(["--verbose", *arguments], tmp_path)
+    assert verbose.returncode == 2
+    # This machine's TensorFlow prints them (even at TF_CPP_MIN_LOG_LEVEL=2) ...
+    assert "oneDNN custom operations are on" in verbose.stderr
+    quiet = run_wmh(arguments, tmp_path, TF_CPP_MIN_LOG_LEVEL="2")
+    assert quiet.returncode == 2
+    # ... and without --verbose only the error is left.
+    assert quiet.stderr.splitlines() == [verbose.stderr.splitlines()[-1]]
+    assert quiet.stderr.startswith("wmh: error: --model runs:/0123456789/model: no MLflow")
+    assert not any(noise in quiet.stderr for noise in NOISE)
+
+
+def test_only_startup_lines_are_dropped():
+    text = ("WARNING: All log messages before absl::InitializeLog() is called are written "
+            "to STDERR\nI0000 port.cc:153] oneDNN custom operations are on. ...\n"
+            "E0000 something real went wrong\n"
+            "I0000 cpu_feature_guard.cc:227] This TensorFlow binary is optimized ...\n"
+            "To enable the following instructions: AVX2 FMA, in other operations, rebuild "
+            "TensorFlow with the appropriate compiler flags.\n")
+    assert launch.drop_startup_noise(text) == "E0000 something real went wrong\n"
+
+
+def test_verbose_is_a_global_option():
+    assert launch.wants_verbose(["--verbose", "segment", "--model", "m"])
+    assert not launch.wants_verbose(["segment", "--verbose"])  # an option of the command
+    assert not launch.wants_verbose(["config"])
+    from click.testing import CliRunner
+
+    from wmh.cli import cli
+
+    assert CliRunner().invoke(cli, ["--verbose", "config"]).exit_code == 0
+    assert "--verbose" in CliRunner().invoke(cli, ["--help"]).output
+
+
+def test_console_script_points_at_the_launcher():
+    import tomllib
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {"wmh": "wmh.launch:main"}
