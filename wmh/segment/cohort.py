@@ -57,9 +57,9 @@ def resolve_model(source: str | Path) -> SegmentModel:
     if text.startswith(MODEL_URI_SCHEMES):
         import mlflow
 
-        from wmh.tracking import tracking_uri
+        from wmh.tracking import require_store
 
-        mlflow.set_tracking_uri(tracking_uri())
+        mlflow.set_tracking_uri(require_store(f"--model {text}"))  # creates no store
         try:
             folder = Path(mlflow.artifacts.download_artifacts(text))
         except Exception as error:  # mlflow raises several types for a bad URI
