@@ -262,3 +262,19 @@ def test_inputs_from_two_bids_datasets_are_refused(tmp_path):
                                        r"belongs to one raw dataset: use one --out per "
                                        r"dataset$"):
         run_cohort(tmp_path / "m", subjects, tmp_path / "out", SegmentOptions(layout="bids"))
+
+
+def test_readme_documents_the_bids_files():
+    from test_segment_outputs import _readme_section
+    from wmh.segment import BIDS_NAMES, BIDS_OUTPUT_FILES, OUTPUT_FILES
+    from wmh.segment.layouts import BIDSIGNORE
+
+    section = _readme_section()
+    assert set(BIDS_NAMES) <= set(OUTPUT_FILES)  # every output has its BIDS name
+    for output, name in BIDS_NAMES.items():
+        assert f"| `{name.format(p='P')}`" in section and f"| `{output}` |" in section, name
+    for name in BIDS_OUTPUT_FILES:
+        assert f"| `{name}` |" in section, name
+    for pattern in BIDSIGNORE:
+        assert f"`{pattern}`" in section, pattern
+    assert "--layout bids" in section and "`index.html`" in section

@@ -59,7 +59,7 @@ SIDECAR_DESCRIPTIONS = {
     "wmh_mask.nii.gz": "White matter hyperintensity mask: probability >= Threshold inside "
                        "the brain mask, on the input FLAIR grid",
 }
-BIDSIGNORE = ("*_uncertainty.nii.gz", "*_lesions.csv", "*_report.json", "*_qc.png",
+BIDSIGNORE = ("*_uncertainty.nii.gz", "*_lesions.csv", "*_report.json",
               "figures/", "volumes.csv", "index.html", BIDS_VOLUMES_FILE)
 _LABEL = re.compile(r"^sub-([A-Za-z0-9]+)(?:_ses-([A-Za-z0-9]+))?$")
 
