@@ -1,12 +1,16 @@
 """The cohort QC page (OUT/index.html): one row per subject with its values, relative
 links that resolve, escaped user data, failures marked, no network resources."""
 
+import shutil
+import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote
 
+import pytest
+
 from wmh.segment import outputs
-from wmh.segment.page import PAGE_COLUMNS
+from wmh.segment.page import PAGE_COLUMNS, cohort_page
 
 
 class PageParser(HTMLParser):
@@ -128,3 +132,25 @@ def test_page_is_rebuilt_with_the_table(tmp_path):
     rows = parse_page(out / "index.html").rows
     assert [(row["cells"][1], row["class"]) for row in rows] == [("a1", "failed"),
                                                                    ("b2", "ok")]
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium")
+@pytest.mark.parametrize("clicks, expected", [
+    ("th[3]", ["s1", "s0", "s3", "s2"]),  # WMH mL ascending, the failed (empty) one last
+    ("th[3] th[3]", ["s3", "s0", "s1", "s2"]),  # descending, empty still last
+    ("th[1] th[1]", ["s3", "s2", "s1", "s0"]),  # subject, descending
+])
+def test_headers_sort_the_rows_in_a_browser(tmp_path, clicks, expected):
+    values = [("ok", 10.5), ("ok", 2.0), ("failed", None), ("ok", 100.0)]
+    entries = [({"subject_id": f"s{index}", "status": status, "total_ml": total}, None, None)
+               for index, (status, total) in enumerate(values)]
+    script = "".join(f"document.querySelectorAll('th')[{click[3:-1]}].click();"
+                     for click in clicks.split())
+    page = tmp_path / "page.html"
+    page.write_text(cohort_page(entries).replace("</body>", f"<script>{script}</script></body>"))
+    dom = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu",
+                          "--dump-dom", page.as_uri()], capture_output=True, text=True,
+                         timeout=120).stdout
+    parser = PageParser()
+    parser.feed(dom)
+    assert [row["cells"][1] for row in parser.rows] == expected

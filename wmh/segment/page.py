@@ -32,12 +32,14 @@ th{background:#eee;cursor:pointer;position:sticky;top:0;user-select:none}
 th[aria-sort=ascending]::after{content:" \\25B2"}
 th[aria-sort=descending]::after{content:" \\25BC"}
 td.number{text-align:right;font-variant-numeric:tabular-nums}
+td.subject_id{white-space:nowrap}
 tr.failed td{background:#fdd}
 tr.failed td.status{color:#a00;font-weight:bold}
 img{height:90px;display:block}
 """
 
-# Sorts tbody rows by the clicked column: data-sort (numbers) or the cell's text.
+# Sorts tbody rows by the clicked column: data-sort (numbers) or the cell's text; empty
+# cells (a failed subject's volumes) last in both directions.
 _SCRIPT = """
 document.querySelectorAll("th").forEach(function (header, column) {
   header.addEventListener("click", function () {
@@ -45,16 +47,15 @@ document.querySelectorAll("th").forEach(function (header, column) {
     var up = header.getAttribute("aria-sort") !== "ascending";
     document.querySelectorAll("th").forEach(function (h) { h.removeAttribute("aria-sort"); });
     header.setAttribute("aria-sort", up ? "ascending" : "descending");
-    var key = function (row) {
+    var key = function (row) {  // a number (data-sort), a text, or null when empty
       var cell = row.cells[column], value = cell.getAttribute("data-sort");
-      return value === null ? cell.textContent : (value === "" ? NaN : Number(value));
+      var text = cell.textContent.trim();
+      return value !== null ? Number(value) : (text === "" ? null : text);
     };
     Array.from(body.rows).sort(function (a, b) {
       var x = key(a), y = key(b);
-      if (typeof x === "number" && typeof y === "number") {
-        if (isNaN(x) || isNaN(y)) { return isNaN(x) - isNaN(y); }
-        return up ? x - y : y - x;
-      }
+      if (x === null || y === null) { return (x === null) - (y === null); }  // empty last
+      if (typeof x === "number" && typeof y === "number") { return up ? x - y : y - x; }
       return up ? String(x).localeCompare(String(y)) : String(y).localeCompare(String(x));
     }).forEach(function (row) { body.appendChild(row); });
   });
