@@ -257,7 +257,8 @@ def train_command(config_path, overrides, override_list):
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Output folder, shared by several calls: <subject>/wmh_probability.nii.gz, "
-                   "..., volumes.csv (see the README's 'Outputs of `wmh segment`').")
+                   "..., volumes.csv, index.html (the cohort QC page; see the README's "
+                   "'Outputs of `wmh segment`').")
 @click.option("--subject-id", default=None,
               help="Id of a subject given as FLAIR [T1] files (default: the challenge "
                    "folder <id>/pre|orig/, the BIDS sub-X[_ses-Y], the folder of a file "

@@ -251,7 +251,8 @@ def rebuild_tables(out_dir: Path, layout: FolderLayout = FOLDERS) -> Path:
         image = unit / layout.file(unit, "qc.png")
         pages.append((report, image if (out_dir / image).is_file() else None,
                       unit / layout.file(unit, REPORT_FILE)))
-    io.atomic_write_text(out_dir / INDEX_FILE, cohort_page(pages, f"wmh segment, {out_dir.name}/"))
+    title = f"wmh segment, {out_dir.resolve().name}/"
+    io.atomic_write_text(out_dir / INDEX_FILE, cohort_page(pages, title))
     return path
 
 
