@@ -129,8 +129,7 @@ class BidsLayout(FolderLayout):
     def check(self, out_dir: Path, subjects: Iterable[io.Subject]) -> None:
         """Every id must map to its own unit, and the inputs (with OUT's dataset
         description) to one raw dataset; OUT must not hold folder-layout outputs."""
-        if any((folder / REPORT_FILE).is_file() for folder in out_dir.glob("*")) \
-                if out_dir.is_dir() else False:
+        if any((folder / REPORT_FILE).is_file() for folder in out_dir.glob("*")):
             raise WMHError(f"--out {out_dir}: holds folder-layout outputs "
                            f"(<subject>/{REPORT_FILE}); use --layout folders or another "
                            "folder")
@@ -152,7 +151,8 @@ class BidsLayout(FolderLayout):
         if linked is not None:
             roots.add((out_dir / linked).resolve())
         if len(roots) > 1:
-            raise WMHError(f"--layout bids: the inputs come from {len(roots)} BIDS datasets "
+            raise WMHError(f"--layout bids: the inputs (and OUT's {DATASET_DESCRIPTION}) "
+                           f"name {len(roots)} BIDS datasets "
                            f"({', '.join(sorted(map(str, roots)))}); a derivatives folder "
                            "belongs to one raw dataset: use one --out per dataset")
 
