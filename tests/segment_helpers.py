@@ -59,6 +59,22 @@ def write_subject(cohort: Path, prepared_dir: Path, subject_id: str, seed: int =
     return prepared
 
 
+def write_bids_subject(root: Path, prepared_dir: Path, participant: str,
+                       session: str | None = None, seed: int = 3):
+    """``root/sub-P[/ses-S]/anat/sub-P[_ses-S]_{FLAIR,T1w}.nii.gz`` and
+    ``prepared_dir/sub-P[_ses-S].h5`` (the id :func:`wmh.io.discover_bids` gives)."""
+    prefix = f"sub-{participant}" + (f"_ses-{session}" if session else "")
+    folder = root / f"sub-{participant}" / (f"ses-{session}" if session else "") / "anat"
+    folder.mkdir(parents=True, exist_ok=True)
+    prepared = tiny_prepared_subject(prefix, shape=(36, 36, 4), seed=seed)
+    for channel, suffix in enumerate(("FLAIR", "T1w")):
+        nib.save(nib.Nifti1Image(prepared.images[..., channel].astype(np.float32), np.eye(4)),
+                 folder / f"{prefix}_{suffix}.nii.gz")
+    prepared_dir.mkdir(parents=True, exist_ok=True)
+    prepared.save(prepared_dir / f"{prefix}.h5")
+    return prepared
+
+
 def prepare_from_files(monkeypatch, prepared_dir: Path, fail: dict | None = None,
                        warnings: dict | None = None) -> list[str]:
     """Makes ``wmh.preprocess.prepare_subject`` read ``prepared_dir/<id>.h5`` (fast);

@@ -106,7 +106,8 @@ def test_calls_into_one_folder_accumulate(tmp_path, tiny_model, monkeypatch, cap
                      "--out", str(out), "--quiet"]) == 0
     assert sorted(_table(out)) == ["a1", "b2"]
     assert not (out / "a1" / "stale.txt").exists()  # the folder was replaced as a whole
-    assert sorted(p.name for p in out.iterdir()) == [".wmh.lock", "a1", "b2", "volumes.csv"]
+    assert sorted(p.name for p in out.iterdir()) == [".wmh.lock", "a1", "b2", "index.html",
+                                                     "volumes.csv"]
     rows = segment(tiny_model, [cohort], out, progress=False)
     assert [row["status"] for row in rows] == ["ok", "ok"]
 
@@ -120,8 +121,8 @@ def test_concurrent_writers_keep_every_row(tmp_path, monkeypatch):
     reports = outputs.subject_reports
     slow_listed = threading.Event()
 
-    def slow_reports(folder):
-        found = reports(folder)
+    def slow_reports(*args):
+        found = reports(*args)
         if threading.current_thread().name == "slow":
             slow_listed.set()
             time.sleep(0.5)
@@ -142,8 +143,8 @@ def test_concurrent_writers_keep_every_row(tmp_path, monkeypatch):
     for thread in threads:
         thread.join()
     assert sorted(_table(out)) == ["fast", "slow"]
-    assert sorted(p.name for p in out.iterdir()) == [".wmh.lock", "fast", "slow",
-                                                     "volumes.csv"]
+    assert sorted(p.name for p in out.iterdir()) == [".wmh.lock", "fast", "index.html",
+                                                     "slow", "volumes.csv"]
 
 
 def test_the_lock_is_held_during_the_swap(tmp_path):

@@ -257,7 +257,8 @@ def train_command(config_path, overrides, override_list):
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Output folder, shared by several calls: <subject>/wmh_probability.nii.gz, "
-                   "..., volumes.csv (see the README's 'Outputs of `wmh segment`').")
+                   "..., volumes.csv, index.html (the cohort QC page; see the README's "
+                   "'Outputs of `wmh segment`').")
 @click.option("--subject-id", default=None,
               help="Id of a subject given as FLAIR [T1] files (default: the challenge "
                    "folder <id>/pre|orig/, the BIDS sub-X[_ses-Y], the folder of a file "
@@ -272,9 +273,15 @@ def train_command(config_path, overrides, override_list):
                    "periventricular_ml, the rest as deep_ml.")
 @click.option("--overwrite", is_flag=True,
               help="Segment again subjects already done with the same model and settings.")
+@click.option("--layout", type=click.Choice(["folders", "bids"]), default="folders",
+              show_default=True,
+              help="folders: OUT/<subject>/...; bids: OUT is a BIDS derivatives dataset "
+                   "(e.g. derivatives/wmh): sub-X/[ses-Y/]anat/sub-X[_ses-Y]_space-FLAIR_"
+                   "label-WMH_desc-wmh_probseg.nii.gz, ..._mask.nii.gz with JSON sidecars, "
+                   "dataset_description.json, wmh_volumes.tsv.")
 @click.option("--quiet", is_flag=True, help="No progress bar and no per-stage lines.")
 def segment_command(model_source, inputs, out_dir, subject_id, threshold, mc_samples,
-                    periventricular_mm, overwrite, quiet):
+                    periventricular_mm, overwrite, layout, quiet):
     """Segment WMH in INPUTS: a subject folder, a cohort, or FLAIR [T1] files.
 
     A subject that fails in a cohort is recorded (status 'failed' in volumes.csv) and the
@@ -286,7 +293,7 @@ def segment_command(model_source, inputs, out_dir, subject_id, threshold, mc_sam
     result = run_cohort(model_source, inputs, out_dir,
                         SegmentOptions(threshold=threshold, mc_samples=mc_samples,
                                        periventricular_mm=periventricular_mm,
-                                       overwrite=overwrite),
+                                       overwrite=overwrite, layout=layout),
                         progress=not quiet, subject_id=subject_id)
     for row in result.rows:
         if row["subject_id"] in result.segmented:
@@ -295,7 +302,8 @@ def segment_command(model_source, inputs, out_dir, subject_id, threshold, mc_sam
                        f"{row['deep_ml']:.2f} deep), {row['lesion_count']} lesions")
     click.echo(f"segmented {len(result.segmented)}, skipped {len(result.skipped)} (already "
                f"done with this model and settings), failed {len(result.failed)}")
-    click.echo(f"outputs in {out_dir}; volumes in {out_dir / 'volumes.csv'}")
+    click.echo(f"outputs in {out_dir}; volumes in {out_dir / 'volumes.csv'}; QC page "
+               f"{out_dir / 'index.html'}")
     if result.failed:
         click.echo(f"wmh: error: {len(result.failed)} subject(s) failed: "
                    f"{', '.join(result.failed)} (see {out_dir / 'volumes.csv'})", err=True)

@@ -19,25 +19,31 @@ native FLAIR grid with the input's affine and header, in ``OUT/<subject_id>/``:
   exist, warnings, provenance (inputs with SHA-256, model and its weights' SHA-256, wmh
   version, UTC date); for a failed subject only status 'failed' and the error.
 
-``OUT/volumes.csv`` is rebuilt from every subject folder in OUT after each subject (under
-a lock, so several calls can share OUT). ``OUTPUT_FILES`` lists every file; the README
-section "Outputs of `wmh segment`" describes them and every column.
+``OUT/volumes.csv`` and the cohort QC page ``OUT/index.html`` are rebuilt from every
+subject folder in OUT after each subject (under a lock, so several calls can share OUT).
+With ``--layout bids`` OUT is a BIDS derivatives dataset instead (:mod:`.layouts`).
+``OUTPUT_FILES`` and ``BIDS_OUTPUT_FILES`` list every file; the README section "Outputs of
+`wmh segment`" describes them and every column.
 
 Modules: :mod:`.inputs` (subjects, ids, header checks), :mod:`.cohort` (the run: order of
 checks, resume, failures, progress), :mod:`.subject` (one subject: prepare, infer, write),
 :mod:`.measures` (volumes, lesion table), :mod:`.qc` (the QC image), :mod:`.outputs`
-(files, atomic subject folders, lock, volumes.csv).
+(files, atomic subject folders, lock, volumes.csv), :mod:`.layouts` (folders or BIDS
+derivatives: names, sidecars, dataset description), :mod:`.page` (the cohort QC page).
 """
 
 from wmh.segment.cohort import CohortResult, resolve_model, run_cohort, segment
 from wmh.segment.inputs import (check_header, check_subject_id, default_subject_id,
                                 resolve_inputs)
 from wmh.segment.measures import lesion_table, lesion_volumes
-from wmh.segment.outputs import OUTPUT_FILES, REPORT_COLUMNS, rebuild_volumes_csv
+from wmh.segment.layouts import BIDS_NAMES, bids_labels, get_layout
+from wmh.segment.outputs import BIDS_OUTPUT_FILES, OUTPUT_FILES, REPORT_COLUMNS, rebuild_tables
+from wmh.segment.page import cohort_page
 from wmh.segment.qc import QCVolumes, qc_figure, qc_slices
 from wmh.segment.subject import SegmentModel, SegmentOptions, segment_subject
 
-__all__ = ["CohortResult", "OUTPUT_FILES", "QCVolumes", "REPORT_COLUMNS", "SegmentModel",
-           "SegmentOptions", "check_header", "check_subject_id", "default_subject_id",
-           "lesion_table", "lesion_volumes", "qc_figure", "qc_slices", "rebuild_volumes_csv",
+__all__ = ["BIDS_NAMES", "BIDS_OUTPUT_FILES", "CohortResult", "OUTPUT_FILES", "QCVolumes",
+           "REPORT_COLUMNS", "SegmentModel", "SegmentOptions", "bids_labels", "check_header",
+           "check_subject_id", "cohort_page", "default_subject_id", "get_layout",
+           "lesion_table", "lesion_volumes", "qc_figure", "qc_slices", "rebuild_tables",
            "resolve_inputs", "resolve_model", "run_cohort", "segment", "segment_subject"]

@@ -22,6 +22,7 @@ from wmh import io
 from wmh.errors import WMHError
 from wmh.segment import outputs
 from wmh.segment.inputs import check_header, resolve_inputs
+from wmh.segment.layouts import REPORT_FILE, get_layout
 from wmh.segment.subject import (SegmentModel, SegmentOptions, input_provenance,
                                  segment_subject, write_failure)
 
@@ -122,6 +123,8 @@ def run_cohort(model_source: str | Path, inputs: Sequence[str | Path | io.Subjec
     options.validate()
     out_dir = io.check_output_dir(out_dir, "--out")
     resolved = resolve_inputs(inputs, subject_id)
+    layout = get_layout(options.layout)
+    layout.check(out_dir, resolved.subjects)
     problems: dict[str, BaseException] = {}
     for subject in resolved.subjects:
         try:
@@ -154,13 +157,17 @@ def run_cohort(model_source: str | Path, inputs: Sequence[str | Path | io.Subjec
                    **input_provenance(subject, "T1" in channels)}
         expected = {key: details[key] for key in
                     ("model_sha256", "flair_sha256", "t1_sha256", *settings)}
-        existing = outputs.read_report(out_dir / subject.subject_id)
+        unit = layout.unit(subject.subject_id)
+        existing = outputs.read_report(out_dir / unit / layout.file(unit, REPORT_FILE))
         if not options.overwrite and is_done(existing, expected):
             run.reports[subject.subject_id] = existing
             run.skipped.append(subject.subject_id)
         else:
             todo.append((subject, details))
     run.segment_all(todo)
+    if not run.segmented and not (out_dir / outputs.INDEX_FILE).exists():
+        with outputs.out_dir_lock(out_dir):  # all skipped, in an OUT older than the page
+            outputs.rebuild_tables(out_dir, layout)
     ids = [subject.subject_id for subject in resolved.subjects]
     return CohortResult([run.reports[name] for name in ids], run.segmented, run.skipped,
                         [name for name in ids if name in run.failed])  # in input order
@@ -190,7 +197,7 @@ class _Run:
     def fail(self, subject: io.Subject, error: BaseException, details: dict) -> None:
         """Records a failed subject (its folder holds only the failed report.json)."""
         self.reports[subject.subject_id] = write_failure(self.out_dir, subject, error,
-                                                         details)
+                                                         details, self.options.layout)
         self.failed.append(subject.subject_id)
 
     def segment_all(self, todo: list) -> None:

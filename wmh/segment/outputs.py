@@ -1,8 +1,10 @@
 """The files ``wmh segment`` writes, and how they reach a shared output folder safely.
 
 A subject's outputs are written into a private staging folder inside OUT, then swapped
-into ``OUT/<subject_id>/`` with renames under an exclusive lock (``OUT/.wmh.lock``), and
-``volumes.csv`` is rebuilt, under the same lock, from every ``OUT/*/report.json``. So
+into its unit (``OUT/<subject_id>/``, or ``OUT/sub-X[/ses-Y]/`` in the BIDS layout: see
+:mod:`.layouts`) with renames under an exclusive lock (``OUT/.wmh.lock``), and the cohort
+files (``volumes.csv``, ``index.html``, in BIDS ``wmh_volumes.tsv``) are rebuilt, under
+the same lock, from every subject's report in OUT. So
 several calls (a cluster job array) may write into one OUT: each adds or replaces its own
 subjects and the table lists them all. Folders follow the user's umask as files do.
 Temporary folders carry their writer's ``pid@host``, so those a killed process left behind
@@ -26,10 +28,12 @@ from typing import Iterator
 import numpy as np
 
 from wmh import io
+from wmh.segment.layouts import BIDS_VOLUMES_FILE, FOLDERS, REPORT_FILE, FolderLayout
+from wmh.segment.page import cohort_page
 
 LOCK_FILE = ".wmh.lock"
 VOLUMES_FILE = "volumes.csv"
-REPORT_FILE = "report.json"
+INDEX_FILE = "index.html"
 
 # Every file `wmh segment` writes: per subject in OUT/<subject_id>/, and VOLUMES_FILE in OUT.
 # The README's "Outputs of `wmh segment`" section describes each (a test keeps them equal).
@@ -50,6 +54,16 @@ OUTPUT_FILES = {
     REPORT_FILE: "the subject's volumes (mL), settings, metrics and provenance; status "
                  "'failed' and the error for a subject that failed (then the only file)",
     VOLUMES_FILE: "in OUT: one row per subject folder (every scalar field of report.json)",
+    INDEX_FILE: "in OUT: the cohort QC page, every subject's QC image, volumes, status, "
+                "warnings and error in a sortable table",
+}
+# Files only the BIDS layout writes, in OUT (the derivatives dataset root).
+BIDS_OUTPUT_FILES = {
+    "dataset_description.json": "BIDS derivative dataset description: BIDSVersion, "
+                                "DatasetType derivative, GeneratedBy (wmh version, model)",
+    BIDS_VOLUMES_FILE: "participant_id, session_id, then the volumes.csv columns, one row "
+                       "per subject ('n/a' where not known)",
+    ".bidsignore": "the files of OUT that BIDS does not define, for the BIDS validator",
 }
 
 # The columns of volumes.csv, in order: every scalar field a report.json may hold.
@@ -93,14 +107,18 @@ def out_dir_lock(out_dir: Path) -> Iterator[None]:
         os.close(descriptor)  # closing releases the lock
 
 
-def publish_subject(staging: Path, out_dir: Path, subject_id: str) -> Path:
-    """Swaps ``staging`` into ``OUT/<subject_id>`` and rebuilds volumes.csv, under the lock.
+def publish_subject(staging: Path, out_dir: Path, subject_id: str,
+                    layout: FolderLayout = FOLDERS) -> Path:
+    """Swaps ``staging`` into the subject's unit (``OUT/<subject_id>``) and rebuilds the
+    cohort files, under the lock.
 
     The previous folder is renamed aside first and removed only after the new one is in
-    place, so ``OUT/<subject_id>`` is at every moment either the old or the new outputs.
+    place, so the unit is at every moment either the old or the new outputs.
     """
-    final = out_dir / subject_id
+    unit = layout.unit(subject_id)
+    final = out_dir / unit
     with out_dir_lock(out_dir):
+        final.parent.mkdir(parents=True, exist_ok=True)
         previous = None
         if final.exists():
             previous = Path(tempfile.mkdtemp(prefix=f".{subject_id}.{_owner()}.",
@@ -110,7 +128,8 @@ def publish_subject(staging: Path, out_dir: Path, subject_id: str) -> Path:
         if previous is not None:
             shutil.rmtree(previous, ignore_errors=True)
         remove_abandoned(out_dir)
-        rebuild_volumes_csv(out_dir)
+        layout.publish(out_dir, read_report(final / layout.file(unit, REPORT_FILE)) or {})
+        rebuild_tables(out_dir, layout)
     return final
 
 
@@ -148,12 +167,14 @@ def _is_running(pid: int) -> bool:
     return True
 
 
-def write_subject_folder(out_dir: Path, subject_id: str, write) -> Path:
-    """Calls ``write(staging_folder)`` then publishes it; on any error nothing is left."""
-    staging = make_staging_dir(out_dir, subject_id)
+def write_subject_folder(out_dir: Path, subject_id: str, write,
+                         layout: FolderLayout = FOLDERS) -> Path:
+    """Calls ``write(staging_folder)`` then publishes it; on any error nothing is left.
+    ``write`` puts each output at ``layout.file(layout.unit(subject_id), name)``."""
+    staging = make_staging_dir(out_dir, str(layout.unit(subject_id)).replace(os.sep, "_"))
     try:
         write(staging)
-        return publish_subject(staging, out_dir, subject_id)
+        return publish_subject(staging, out_dir, subject_id, layout)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -170,18 +191,21 @@ def json_value(value):
     return value
 
 
-def write_report(folder: Path, report: dict) -> Path:
-    """``report.json``: scalars, plus lists (warnings) and dicts kept as they are."""
+def write_report(folder: Path, report: dict, name: str | Path = REPORT_FILE) -> Path:
+    """``report.json`` (or ``name`` in ``folder``): scalars, plus lists (warnings) and
+    dicts kept as they are."""
     values = {key: (json_value(value) if not isinstance(value, (list, tuple, dict))
                     else list(value) if isinstance(value, tuple) else value)
               for key, value in report.items()}
-    return io.atomic_write_text(folder / REPORT_FILE, json.dumps(values, indent=2) + "\n")
+    return io.atomic_write_text(folder / name, json.dumps(values, indent=2) + "\n")
 
 
-def read_report(folder: Path) -> dict | None:
-    """A subject folder's report.json, or None when missing or unreadable."""
+def read_report(path: Path) -> dict | None:
+    """A report (``path``, or ``path/report.json`` for a folder), or None when missing or
+    unreadable."""
+    path = Path(path)
     try:
-        return json.loads((folder / REPORT_FILE).read_text())
+        return json.loads((path / REPORT_FILE if path.is_dir() else path).read_text())
     except (OSError, ValueError):
         return None
 
@@ -198,27 +222,46 @@ def csv_row(report: dict) -> dict:
     return row
 
 
-def subject_reports(out_dir: Path) -> list[dict]:
-    """The report of every subject folder in ``out_dir`` (hidden entries skipped), by id."""
-    reports = []
-    for folder in sorted(out_dir.iterdir()):
-        if folder.name.startswith(".") or not folder.is_dir():
-            continue
-        report = read_report(folder)
+def subject_reports(out_dir: Path, layout: FolderLayout = FOLDERS) -> list[tuple[Path, dict]]:
+    """(unit, report) of every subject unit in ``out_dir`` (hidden entries skipped), in
+    the order of their folders."""
+    entries = []
+    for unit in layout.units(out_dir):
+        report = read_report(out_dir / unit / layout.file(unit, REPORT_FILE))
         if report is not None:
-            reports.append(report)
-    return reports
+            entries.append((unit, report))
+    return entries
 
 
-def rebuild_volumes_csv(out_dir: Path) -> Path:
-    """Rewrites ``OUT/volumes.csv`` from every subject folder present (call under the lock)."""
+def rebuild_tables(out_dir: Path, layout: FolderLayout = FOLDERS) -> Path:
+    """Rewrites ``OUT/volumes.csv``, ``OUT/index.html`` and, in the BIDS layout,
+    ``OUT/wmh_volumes.tsv`` from every subject present (call under the lock). Returns
+    the path of volumes.csv."""
+    entries = subject_reports(out_dir, layout)
     path = out_dir / VOLUMES_FILE
-    with io.atomic_output(path) as temporary, open(temporary, "w", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=REPORT_COLUMNS)
-        writer.writeheader()
-        for report in subject_reports(out_dir):
-            writer.writerow(csv_row(report))
+    _write_table(path, REPORT_COLUMNS, [csv_row(report) for _, report in entries], ",")
+    if layout.name == "bids":
+        rows = [{**layout.entities(unit), **{key: "n/a" if value == "" else value
+                                             for key, value in csv_row(report).items()}}
+                for unit, report in entries]
+        _write_table(out_dir / BIDS_VOLUMES_FILE,
+                     ("participant_id", "session_id", *REPORT_COLUMNS), rows, "\t")
+    pages = []
+    for unit, report in entries:
+        image = unit / layout.file(unit, "qc.png")
+        pages.append((report, image if (out_dir / image).is_file() else None,
+                      unit / layout.file(unit, REPORT_FILE)))
+    title = f"wmh segment, {out_dir.resolve().name}/"
+    io.atomic_write_text(out_dir / INDEX_FILE, cohort_page(pages, title))
     return path
+
+
+def _write_table(path: Path, columns, rows: list[dict], delimiter: str) -> None:
+    with io.atomic_output(path) as temporary, open(temporary, "w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=columns, delimiter=delimiter,
+                                lineterminator="\n" if delimiter == "\t" else "\r\n")
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:

@@ -16,6 +16,7 @@ from wmh import __version__, io
 from wmh.config import PreprocessConfig, SegmentConfig
 from wmh.errors import WMHError
 from wmh.segment import measures, outputs
+from wmh.segment.layouts import REPORT_FILE, get_layout
 from wmh.segment.qc import QCVolumes, qc_figure
 
 MASK_RULE = "wmh_probability >= threshold, inside brain_mask"
@@ -32,6 +33,8 @@ class SegmentOptions:
     periventricular_mm: float = 10.0  # periventricular vs deep boundary (3D distance, mm)
     overwrite: bool = dataclasses.field(  # redo subjects already done with these settings
         default=False, metadata={"result": False})
+    layout: str = dataclasses.field(  # 'folders' (OUT/<id>/) or 'bids' (derivatives)
+        default="folders", metadata={"result": False})
 
     @classmethod
     def from_config(cls, config: SegmentConfig) -> "SegmentOptions":
@@ -46,6 +49,7 @@ class SegmentOptions:
         if not self.periventricular_mm > 0:
             raise WMHError(f"--periventricular-mm {self.periventricular_mm}: must be more "
                            "than 0")
+        get_layout(self.layout)
 
     def settings(self, model_threshold: float) -> dict:
         """The settings that shape the outputs, the threshold resolved."""
@@ -112,8 +116,8 @@ def input_provenance(subject: io.Subject, uses_t1: bool) -> dict:
 def segment_subject(model: SegmentModel, subject: io.Subject, out_dir: Path,
                     options: SegmentOptions, inputs: dict, prepared=None,
                     log: Optional[Callable[[str], None]] = None) -> dict:
-    """Segments one subject; writes its outputs into ``out_dir/<subject_id>/`` (replaced
-    atomically) and rebuilds ``out_dir/volumes.csv``.
+    """Segments one subject; writes its outputs into its unit of ``out_dir`` (replaced
+    atomically; ``<subject_id>/`` in the folders layout) and rebuilds the cohort files.
 
     Args:
         model: the loaded model (:meth:`SegmentModel.load`).
@@ -184,25 +188,32 @@ def segment_subject(model: SegmentModel, subject: io.Subject, out_dir: Path,
     table = measures.lesion_table(lesions, probability, zone, grid.working_affine)
     flair, _ = io.load_image(subject.flair)
 
+    layout = get_layout(options.layout)
+    unit = layout.unit(subject.subject_id)
+
     def write(folder: Path) -> None:
-        io.save_like(probability.astype(np.float32), grid, folder / "wmh_probability.nii.gz",
+        def path(name: str) -> Path:
+            return folder / layout.file(unit, name)
+
+        io.save_like(probability.astype(np.float32), grid, path("wmh_probability.nii.gz"),
                      np.float32)
-        io.save_like(mask.astype(np.uint8), grid, folder / "wmh_mask.nii.gz", np.uint8)
-        io.save_like(lesions.astype(np.int32), grid, folder / "wmh_lesions.nii.gz", np.int32)
-        io.save_like(brain.astype(np.uint8), grid, folder / "brain_mask.nii.gz", np.uint8)
+        io.save_like(mask.astype(np.uint8), grid, path("wmh_mask.nii.gz"), np.uint8)
+        io.save_like(lesions.astype(np.int32), grid, path("wmh_lesions.nii.gz"), np.int32)
+        io.save_like(brain.astype(np.uint8), grid, path("brain_mask.nii.gz"), np.uint8)
         if uncertainty is not None:
             native = prepared.to_native_working(uncertainty, order=1) * brain
-            io.save_like(native.astype(np.float32), grid, folder / "wmh_uncertainty.nii.gz",
+            io.save_like(native.astype(np.float32), grid, path("wmh_uncertainty.nii.gz"),
                          np.float32)
-        write_lesions_csv(table, folder / "lesions.csv")
+        write_lesions_csv(table, path("lesions.csv"))
         figure = qc_figure(QCVolumes(flair, mask, probability, brain, spacing, distance,
                                      options.periventricular_mm), qc_title(report))
-        with io.atomic_output(folder / "qc.png") as temporary:
+        with io.atomic_output(path("qc.png")) as temporary:
             figure.savefig(temporary, format="png")
         report["seconds"] = round(time.perf_counter() - start, 3)
-        outputs.write_report(folder, report)
+        written = outputs.write_report(folder, report, layout.file(unit, REPORT_FILE))
+        layout.write_sidecars(folder, unit, out_dir, outputs.read_report(written))
 
-    outputs.write_subject_folder(out_dir, subject.subject_id, write)
+    outputs.write_subject_folder(out_dir, subject.subject_id, write, layout)
     stage("write")
     return report
 
@@ -226,14 +237,18 @@ def write_lesions_csv(table: list[dict], path: Path) -> Path:
 
 
 def write_failure(out_dir: Path, subject: io.Subject, error: BaseException,
-                  details: dict) -> dict:
-    """Replaces ``out_dir/<id>/`` by a folder holding only a failed report.json (status
-    'failed', the one-line error), so volumes.csv lists the subject; returns it."""
+                  details: dict, layout_name: str = "folders") -> dict:
+    """Replaces the subject's unit (``out_dir/<id>/``) by one holding only a failed
+    report.json (status 'failed', the one-line error), so volumes.csv lists the subject;
+    returns it."""
     text = str(error).splitlines()[0] if str(error) else ""
     if not isinstance(error, WMHError):
         text = f"{type(error).__name__}: {text}" if text else type(error).__name__
     report = {"subject_id": subject.subject_id, "status": "failed", "error": text,
               **details, "date_utc": utc_now()}
+    layout = get_layout(layout_name)
+    name = layout.file(layout.unit(subject.subject_id), REPORT_FILE)
     outputs.write_subject_folder(out_dir, subject.subject_id,
-                                 lambda folder: outputs.write_report(folder, report))
+                                 lambda folder: outputs.write_report(folder, report, name),
+                                 layout)
     return report
