@@ -1,0 +1,173 @@
+"""Numeric precision: detect the CPU's bfloat16 units, resolve ``auto``, scope the policy.
+
+Three settings (``train.precision``, ``--precision``): ``fp32``; ``bf16``; ``auto`` (the
+default), which picks bf16 only where the CPU has bfloat16 units **and** the measurements
+in ``BENCHMARKS.md`` ("bfloat16 inference and training") show that it pays and holds
+accuracy for that job; fp32 elsewhere. The choice is made per job:
+
+* training: Keras ``mixed_bfloat16`` (float32 master weights, bf16 compute) for the
+  towers and the first fully connected layer; the layers after it (location, second
+  fully connected layer, softmax) and the loss stay float32 (:mod:`wmh.models.patch`);
+* inference: bf16 compute for the towers' convolutions only; the FFT stage of the first
+  fully connected layer, location, head and probabilities stay float32
+  (:func:`tower_precision`).
+
+Weights are always stored float32, so a model trained in one precision segments in the
+other. The ISA comes from ``/proc/cpuinfo`` flags: ``amx_bf16`` (Intel AMX tiles) or
+``avx512_bf16`` (AVX-512 BF16 dot products, e.g. AMD EPYC Zen 4).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Iterator, Literal
+
+from wmh.errors import WMHError
+
+PRECISIONS = ("auto", "fp32", "bf16")
+ISAS = ("amx_bf16", "avx512_bf16", "none")  # best first
+JOBS = ("train", "inference")
+Precision = Literal["fp32", "bf16"]
+
+# What ``auto`` picks per ISA and job: the measurements behind each entry are in
+# BENCHMARKS.md ("bfloat16 inference and training"), measured on an AMD EPYC with
+# avx512_bf16 (no AMX), 2 cores:
+# * inference on avx512_bf16: bf16 towers gave the dense path 1.5-1.6x with
+#   probabilities within 0.006 of fp32 (random weights; 0.004 trained) -> bf16;
+# * training on avx512_bf16: mixed_bfloat16 gave 0.96-1.14x (MSWS/MSIW ~1.1x, SS and MSEF
+#   slower), short of the 1.3x target, while the validation/test figures moved by up to
+#   0.01 -> fp32: it does not pay;
+# * AMX was not available to measure. Its bf16 matmul/convolution gains (3.2x / 4.8x in
+#   issue 20) are larger than avx512_bf16's (2.0x / 1.5-1.9x here), so auto uses bf16
+#   for both jobs there; re-measure with the benchmarks on such a machine.
+AUTO_BF16 = {
+    ("amx_bf16", "train"): True,
+    ("amx_bf16", "inference"): True,
+    ("avx512_bf16", "train"): False,
+    ("avx512_bf16", "inference"): True,
+}
+
+_KERAS_POLICY = {"fp32": "float32", "bf16": "mixed_bfloat16"}
+
+
+def cpu_bf16_isa(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    """The best bfloat16 instruction set the CPU reports: "amx_bf16", "avx512_bf16"
+    or "none" (also when the file cannot be read, e.g. not Linux)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return "none"
+    flags: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+    return next((isa for isa in ISAS[:-1] if isa in flags), "none")
+
+
+def check_precision(value: str, option: str = "train.precision") -> str:
+    """Returns ``value`` if it is a precision setting, else a one-line WMHError naming
+    ``option``."""
+    if value not in PRECISIONS:
+        raise WMHError(f"{option}: {value!r} is not one of {', '.join(PRECISIONS)}")
+    return value
+
+
+def resolve_precision(requested: str, job: str, isa: str | None = None) -> Precision:
+    """The precision a job runs in: "fp32" or "bf16".
+
+    Args:
+        requested: "auto", "fp32" or "bf16".
+        job: "train" or "inference".
+        isa: the CPU's bfloat16 ISA (default: :func:`cpu_bf16_isa` of this machine).
+
+    Returns:
+        ``requested`` unless it is "auto"; then bf16 where ``AUTO_BF16`` says the
+        measurements justify it for this ISA and job, fp32 elsewhere.
+
+    Raises:
+        WMHError: unknown precision (ValueError for an unknown job: a programming error).
+    """
+    check_precision(requested, "precision")
+    if job not in JOBS:
+        raise ValueError(f"job {job!r} is not one of {JOBS}")
+    if requested != "auto":
+        return requested  # type: ignore[return-value]
+    isa = cpu_bf16_isa() if isa is None else isa
+    return "bf16" if AUTO_BF16.get((isa, job), False) else "fp32"
+
+
+def keras_policy(precision: str) -> str:
+    """The Keras dtype policy name of a resolved precision."""
+    if precision not in _KERAS_POLICY:
+        raise ValueError(f"precision {precision!r} is not resolved (fp32 or bf16)")
+    return _KERAS_POLICY[precision]
+
+
+@contextlib.contextmanager
+def precision_scope(precision: str) -> Iterator[str]:
+    """Sets the global Keras dtype policy for layers built inside; restores it after.
+
+    Layers keep the policy they were built with, so build, compile and fit a model
+    inside the scope; nothing outside it (other code, other tests) sees the policy.
+    Yields the Keras policy name.
+    """
+    import keras
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(keras_policy(precision))
+    try:
+        yield keras_policy(precision)
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def _tower_convolutions(model) -> list:
+    """The Conv2D layers of every nested ``tower*`` model of a patch or dense model."""
+    import keras
+
+    layers, seen = [], set()
+
+    def visit(container):
+        for layer in container.layers:
+            if isinstance(layer, keras.Model):
+                if layer.name.startswith("tower") and id(layer) not in seen:
+                    seen.add(id(layer))
+                    layers.extend(sub for sub in layer.layers
+                                  if isinstance(sub, keras.layers.Conv2D))
+                else:
+                    visit(layer)
+    visit(model)
+    return layers
+
+
+def set_tower_precision(model, precision: str) -> None:
+    """Runs the towers' convolutions of ``model`` (patch or dense) in ``precision``.
+
+    Only the compute dtype changes: the weights stay float32 under both policies, and
+    every other layer (the FFT first layer, location, head, softmax) keeps its own.
+    """
+    import keras
+
+    policy = keras.dtype_policies.get(keras_policy(precision))
+    for layer in _tower_convolutions(model):
+        layer.dtype_policy = policy
+
+
+def tower_precision_of(model) -> Precision:
+    """"bf16" if the towers of ``model`` compute in bfloat16, else "fp32"."""
+    layers = _tower_convolutions(model)
+    bf16 = bool(layers) and all(layer.compute_dtype == "bfloat16" for layer in layers)
+    return "bf16" if bf16 else "fp32"
+
+
+@contextlib.contextmanager
+def tower_precision(model, precision: str) -> Iterator[None]:
+    """Runs the towers of ``model`` in ``precision`` inside the block, then restores
+    the precision they had (the caller's model is left as it was)."""
+    before = tower_precision_of(model)
+    set_tower_precision(model, precision)
+    try:
+        yield
+    finally:
+        set_tower_precision(model, before)
