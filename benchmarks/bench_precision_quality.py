@@ -69,6 +69,9 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--reuse", action="store_true",
+                        help="reuse finished runs of the same config and data (e.g. after "
+                             "an interruption) instead of training again")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
@@ -97,7 +100,8 @@ def main() -> None:
         trained_config = replace(config, **{"train.precision": train_precision})
         start = time.perf_counter()
         trained = train.train(trained_config, stages.samples, stages.prepared,
-                              data_label="synthetic" if stages.synthetic else "real")
+                              data_label="synthetic" if stages.synthetic else "real",
+                              reuse_finished=args.reuse)
         seconds = time.perf_counter() - start
         model, contract = train.load_model_dir(trained.model_dir)
         network = model if contract.model.arch == "msef" else build_dense_model(

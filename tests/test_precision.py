@@ -98,7 +98,8 @@ def test_bf16_patch_model_keeps_weights_head_and_probabilities_float32(tf_seeded
     with precision_scope("bf16"):
         model = build_model(config, 2)
     assert all(weight.dtype == "float32" for weight in model.weights)
-    assert model.get_layer("tower").get_layer("conv1").compute_dtype == "bfloat16"
+    assert model.get_layer("tower").get_layer("conv2").compute_dtype == "bfloat16"
+    assert model.get_layer("tower").get_layer("conv1").compute_dtype == "float32"  # raw input
     assert model.get_layer("fc1_s1").compute_dtype == "bfloat16"
     for name in ("loc_scaled", "fc1_loc", "fc2", "output"):
         assert model.get_layer(name).compute_dtype == "float32", name

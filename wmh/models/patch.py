@@ -43,7 +43,8 @@ The network (paper, "Network architectures"; sizes at ``width=1``):
   the first layer, and the scaled location features, is always float32
   (``HEAD_DTYPE``): the second layer and softmax cost < 1 % of the work, location then
   enters at full precision for ``ffcl``/``sfcl``, and the probabilities and the loss are
-  float32. (For ``lcl`` location is part of the first layer's bf16 input.)
+  float32. (For ``lcl`` location is part of the first layer's bf16 input.) So is the
+  first convolution (``FLOAT32_TOWER_LAYERS``), which reads the raw intensities.
 
 Layer names are part of the contract with :mod:`wmh.models.dense`: ``tower`` or
 ``tower_s1``..``tower_s3`` (nested models holding ``conv1``..``conv4``), ``fc1`` or
@@ -69,6 +70,10 @@ SCALE_FC_UNITS = 100  # MSIW/MSWS per-scale first fully connected layer (paper s
 N_CLASSES = 2
 TOWER_OUTPUT_SIDE = PATCH_SIZE - sum(size - 1 for size in CONV_KERNEL_SIZES)  # 18
 HEAD_DTYPE = "float32"  # location and the layers after the first FC one, in any precision
+# Tower layers that stay float32 in bf16: conv1 reads the raw intensities, whose bf16
+# rounding (8-bit mantissa) doubled the probability error (max |bf16 - fp32| 0.021 ->
+# 0.013 on demo-trained weights, BENCHMARKS.md) for 1.5 % of the tower's work.
+FLOAT32_TOWER_LAYERS = ("conv1",)
 
 
 def scaled_width(units: int, width: float) -> int:
@@ -122,9 +127,11 @@ def build_tower(n_channels: int, width: float, name: str) -> keras.Model:
     inputs = keras.Input((None, None, n_channels), name=f"{name}_input")
     features = inputs
     for index, (filters, size) in enumerate(zip(CONV_FILTERS, CONV_KERNEL_SIZES), start=1):
+        layer_name = f"conv{index}"
         features = keras.layers.Conv2D(
             scaled_width(filters, width), size, padding="valid", activation="relu",
-            kernel_initializer="glorot_uniform", name=f"conv{index}")(features)
+            kernel_initializer="glorot_uniform", name=layer_name,
+            dtype=HEAD_DTYPE if layer_name in FLOAT32_TOWER_LAYERS else None)(features)
     return keras.Model(inputs, features, name=name)
 
 

@@ -6,11 +6,11 @@ in ``BENCHMARKS.md`` ("bfloat16 inference and training") show that it pays and h
 accuracy for that job; fp32 elsewhere. The choice is made per job:
 
 * training: Keras ``mixed_bfloat16`` (float32 master weights, bf16 compute) for the
-  towers and the first fully connected layer; the layers after it (location, second
+  towers (but their first convolution) and the first fully connected layer; the layers after it (location, second
   fully connected layer, softmax) and the loss stay float32 (:mod:`wmh.models.patch`);
-* inference: bf16 compute for the towers' convolutions only; the FFT stage of the first
-  fully connected layer, location, head and probabilities stay float32
-  (:func:`tower_precision`).
+* inference: bf16 compute for the towers' convolutions only (but the first, which reads
+  the raw intensities); the FFT stage of the first fully connected layer, location,
+  head and probabilities stay float32 (:func:`tower_precision`).
 
 Weights are always stored float32, so a model trained in one precision segments in the
 other. The ISA comes from ``/proc/cpuinfo`` flags: ``amx_bf16`` (Intel AMX tiles) or
@@ -123,8 +123,11 @@ def precision_scope(precision: str) -> Iterator[str]:
 
 
 def _tower_convolutions(model) -> list:
-    """The Conv2D layers of every nested ``tower*`` model of a patch or dense model."""
+    """The Conv2D layers of every nested ``tower*`` model of a patch or dense model that
+    may run in bf16 (not ``wmh.models.patch.FLOAT32_TOWER_LAYERS``)."""
     import keras
+
+    from wmh.models.patch import FLOAT32_TOWER_LAYERS
 
     layers, seen = [], set()
 
@@ -134,7 +137,8 @@ def _tower_convolutions(model) -> list:
                 if layer.name.startswith("tower") and id(layer) not in seen:
                     seen.add(id(layer))
                     layers.extend(sub for sub in layer.layers
-                                  if isinstance(sub, keras.layers.Conv2D))
+                                  if isinstance(sub, keras.layers.Conv2D)
+                                  and sub.name not in FLOAT32_TOWER_LAYERS)
                 else:
                     visit(layer)
     visit(model)
