@@ -142,6 +142,10 @@ def test_dense_precision_is_switched_per_call_and_restored(tf_seeded):
         switched, predict_slices(built_bf16, config, images, loc_maps, mask, precision="bf16"))
     with tower_precision(built_bf16, "fp32"):
         assert tower_precision_of(built_bf16) == "fp32"
+    tower = model.get_layer("tower")  # a tower model on its own
+    with tower_precision(tower, "bf16"):
+        assert tower.get_layer("conv3").compute_dtype == "bfloat16"
+    assert tower.get_layer("conv3").compute_dtype == "float32"
     np.testing.assert_allclose(
         predict_slices(built_bf16, config, images, loc_maps, mask, precision="fp32"),
         predict_slices(dense, config, images, loc_maps, mask, precision="fp32"), atol=1e-6)

@@ -125,26 +125,23 @@ def precision_scope(precision: str) -> Iterator[str]:
 
 
 def _tower_convolutions(model) -> list:
-    """The Conv2D layers of every nested ``tower*`` model of a patch or dense model that
-    may run in bf16 (not ``wmh.models.patch.FLOAT32_TOWER_LAYERS``)."""
+    """The Conv2D layers that may run in bf16 (all but
+    ``wmh.models.patch.FLOAT32_TOWER_LAYERS``) of a tower model, or of every nested
+    ``tower*`` model of a patch or dense model."""
     import keras
 
     from wmh.models.patch import FLOAT32_TOWER_LAYERS
 
-    layers, seen = [], set()
-
-    def visit(container):
+    def towers(container):
         for layer in container.layers:
             if isinstance(layer, keras.Model):
-                if layer.name.startswith("tower") and id(layer) not in seen:
-                    seen.add(id(layer))
-                    layers.extend(sub for sub in layer.layers
-                                  if isinstance(sub, keras.layers.Conv2D)
-                                  and sub.name not in FLOAT32_TOWER_LAYERS)
-                else:
-                    visit(layer)
-    visit(model)
-    return layers
+                yield from [layer] if layer.name.startswith("tower") else towers(layer)
+
+    found = [model] if model.name.startswith("tower") else towers(model)
+    unique = {id(tower): tower for tower in found}.values()  # MSWS: one tower, 3 calls
+    return [layer for tower in unique for layer in tower.layers
+            if isinstance(layer, keras.layers.Conv2D)
+            and layer.name not in FLOAT32_TOWER_LAYERS]
 
 
 def set_tower_precision(model, precision: str) -> None:
