@@ -34,9 +34,10 @@ def precision_option(function):
     """--precision auto|fp32|bf16: sets train.precision (a bad value exits 2)."""
     return click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]),
                         default=None,
-                        help="Numeric precision: bf16 = mixed bfloat16 (float32 weights), "
-                             "auto = bf16 where this CPU has bfloat16 units and it was "
-                             "measured to pay (see BENCHMARKS.md) [default: "
+                        help="Numeric precision: bf16 = mixed bfloat16 (float32 weights); "
+                             "auto = what was measured to pay and hold accuracy on this "
+                             "CPU's bfloat16 units, today bf16 for the whole-volume "
+                             "validation, fp32 for training (BENCHMARKS.md) [default: "
                              "train.precision].")(function)
 
 
