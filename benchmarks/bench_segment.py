@@ -16,6 +16,17 @@ exactness do not depend on training or on the image content):
   fresh child process so that its ``peak_rss_gb`` is its own (``--flair3d-slices`` runs
   fewer slices and extrapolates time linearly, saying so; memory is then a lower bound).
 
+Precision (issue 20), in the same run and on the same inputs and weights: the dense
+pass is timed in fp32 (``dense_s_fp32``, = ``dense_s``) and with the towers in bfloat16
+(``dense_s_bf16``), alternately ``--repeats`` times each (the minimum is reported, the
+median beside it: the machine is shared); ``bf16_speedup`` = fp32 / bf16 minimum;
+``bf16_max_abs_diff`` the largest |bf16 - fp32| probability over all brain voxels;
+``cpu_bf16_isa`` what ``/proc/cpuinfo`` shows. ``stages_fp32`` / ``stages_bf16`` split
+one more pass of each into the towers, the FFT first fully connected layer and the rest
+(window gathering, box means, polyphase split, interleave, location, head, NumPy), by
+running the trunk layer by layer with timers (:class:`StagedTrunk`; its probabilities
+are checked against the plain pass: ``staged_max_abs_diff``).
+
 ``*_cpu_seconds`` (process CPU time, all threads) and the 1-minute load average before and
 after help read wall times on a shared machine: with both cores free, wall is about half
 the CPU time. ``--wait-idle`` polls the load average every 10 s (up to 5 minutes) until
@@ -55,6 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--brain-depth", type=int, default=0,
                         help="slices of the volume whose brain ellipsoid is used (0: Z); "
                              "Z < brain depth runs its middle Z slices")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed dense passes per precision (min and median reported)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--wait-idle", action="store_true",
                         help="wait (<= 5 min) for 1-minute load average < 1.0 first")
@@ -113,14 +126,111 @@ def build_models(config, fft_size: int):
     return model, dense, time.perf_counter() - start
 
 
-def time_dense(dense, config, images, loc_maps, brain, batch_size: int):
+def time_dense(dense, config, images, loc_maps, brain, batch_size: int,
+               precision: str = "fp32"):
     """Runs ``predict_slices`` on the whole case: (probabilities, wall s, CPU s)."""
     from wmh.models import predict_slices
 
     start, start_cpu = time.perf_counter(), time.process_time()
     probabilities = predict_slices(dense, config, images, loc_maps, brain,
-                                   batch_size=batch_size)
+                                   batch_size=batch_size, precision=precision)
     return probabilities, time.perf_counter() - start, time.process_time() - start_cpu
+
+
+class StagedTrunk:
+    """Stands in for the dense model's ``trunk``: runs its layers one by one, as its
+    functional graph does (see ``wmh.models.dense``), timing the towers and the FFT
+    first fully connected layer (eager TensorFlow ops on the CPU are synchronous)."""
+
+    def __init__(self, trunk, config):
+        self.trunk, self.config = trunk, config
+        self.seconds = {"towers": 0.0, "fft_fc1": 0.0}
+
+    def _timed(self, stage, layer, inputs):
+        start = time.perf_counter()
+        outputs = layer(inputs)
+        self.seconds[stage] += time.perf_counter() - start
+        return outputs
+
+    def __call__(self, inputs, training=False):
+        from wmh.data import SCALE_NAMES
+        from wmh.models.dense import context, used_scales
+
+        layer, arch = self.trunk.get_layer, self.config.arch
+        margin, streams = context(self.config), []
+        for name, k in zip(SCALE_NAMES, used_scales(self.config)):
+            suffix = "" if arch == "ss" else f"_{name}"
+            view = inputs["image"]
+            if margin > 16 * k:
+                view = layer(f"crop{suffix}")(view)
+            if k > 1:
+                view = layer(f"box_mean{suffix}")(view)
+            tower = layer("tower" if arch in ("ss", "msws") else f"tower{suffix}")
+            features = self._timed("towers", tower, layer(f"phases{suffix}")(view))
+            features = self._timed("fft_fc1", layer(f"fc1_conv{suffix}"), features)
+            features = layer(f"interleave{suffix}")(features)
+            if self.config.loc == "lcl":
+                location = layer(f"fc1_loc{suffix}")(layer("loc_scaled")(inputs["loc"]))
+                features = layer(f"fc1_add_loc{suffix}")([features, location])
+            streams.append(layer(f"fc1_relu{suffix}")(features))
+        return streams[0] if len(streams) == 1 else layer("fc1")(streams)
+
+
+def time_stages(dense, config, images, loc_maps, brain, batch_size: int, precision: str):
+    """One dense pass with :class:`StagedTrunk`: (probabilities, {stage: seconds})."""
+    trunk = StagedTrunk(dense.get_layer("trunk"), config)
+    get_layer = dense.get_layer
+    dense.get_layer = lambda name: trunk if name == "trunk" else get_layer(name)
+    try:
+        probabilities, seconds, _ = time_dense(dense, config, images, loc_maps, brain,
+                                               batch_size, precision)
+    finally:
+        del dense.get_layer
+    stages = {stage: round(value, 2) for stage, value in trunk.seconds.items()}
+    stages["rest"] = round(seconds - sum(trunk.seconds.values()), 2)
+    stages["total"] = round(seconds, 2)
+    return probabilities, stages
+
+
+def compare_precisions(dense, config, images, loc_maps, brain, args) -> dict:
+    """fp32 and bf16 dense passes, alternated ``args.repeats`` times, then one staged
+    pass each: the precision keys of the JSON (see the module docstring)."""
+    import numpy as np
+
+    from wmh.models.precision import cpu_bf16_isa
+
+    seconds = {"fp32": [], "bf16": []}
+    cpu_seconds = {"fp32": [], "bf16": []}
+    probabilities = {}
+    for _ in range(args.repeats):
+        for precision in ("fp32", "bf16"):
+            probabilities[precision], wall, cpu = time_dense(
+                dense, config, images, loc_maps, brain, args.batch_size, precision)
+            seconds[precision].append(wall)
+            cpu_seconds[precision].append(cpu)
+    result = {"cpu_bf16_isa": cpu_bf16_isa(), "repeats": args.repeats}
+    for precision in ("fp32", "bf16"):
+        result[f"dense_s_{precision}"] = round(min(seconds[precision]), 2)
+        result[f"dense_s_{precision}_median"] = round(float(np.median(seconds[precision])), 2)
+        result[f"dense_cpu_s_{precision}"] = round(min(cpu_seconds[precision]), 2)
+    result["bf16_speedup"] = round(min(seconds["fp32"]) / min(seconds["bf16"]), 3)
+    result["bf16_speedup_median"] = round(float(np.median(seconds["fp32"]))
+                                          / float(np.median(seconds["bf16"])), 3)
+    difference = np.abs(probabilities["bf16"] - probabilities["fp32"])[brain]
+    result["bf16_max_abs_diff"] = float(difference.max())
+    result["bf16_mean_abs_diff"] = float(difference.mean())
+    if config.arch != "msef":  # patch-wise: no trunk to split
+        staged_difference = 0.0
+        for precision in ("fp32", "bf16"):
+            staged, result[f"stages_{precision}"] = time_stages(
+                dense, config, images, loc_maps, brain, args.batch_size, precision)
+            staged_difference = max(staged_difference, float(
+                np.abs(staged - probabilities[precision])[brain].max()))
+        result["staged_max_abs_diff"] = staged_difference
+        result["stage_speedups"] = {
+            stage: round(result["stages_fp32"][stage] / max(result["stages_bf16"][stage], 1e-9),
+                         2) for stage in result["stages_fp32"]}
+    return result, probabilities["fp32"]
 
 
 def time_patchwise(model, images, loc_maps, brain, n_voxels: int, rng):
@@ -159,8 +269,18 @@ def run_case(args) -> dict:
     images, loc_maps, brain, rng = make_case(args.shape, semi_axes)
     config = ModelConfig(arch=args.arch, loc=args.loc, width=args.width)
     model, dense, build_seconds = build_models(config, args.fft_size)
-    probabilities, dense_s, dense_cpu_s = time_dense(dense, config, images, loc_maps, brain,
-                                                     args.batch_size)
+    middle = slice(depth // 2, depth // 2 + 1)  # warm-up: first calls trace and allocate
+    for precision in ("fp32", "bf16"):
+        time_dense(dense, config, images[middle], loc_maps[middle], brain[middle],
+                   args.batch_size, precision)
+    if args.repeats > 0:  # fp32 against bf16; ``dense_s`` is the fp32 minimum
+        precisions, probabilities = compare_precisions(dense, config, images, loc_maps,
+                                                       brain, args)
+        dense_s, dense_cpu_s = precisions["dense_s_fp32"], precisions["dense_cpu_s_fp32"]
+    else:
+        precisions = {}
+        probabilities, dense_s, dense_cpu_s = time_dense(dense, config, images, loc_maps,
+                                                         brain, args.batch_size)
     result = {
         "arch": args.arch, "loc": args.loc, "width": args.width,
         "shape_hwz": [height, width, depth], "brain_voxels": int(brain.sum()),
@@ -168,7 +288,7 @@ def run_case(args) -> dict:
                       f"plane, {semi_axes[2]} slices",
         "dense_build_s": round(build_seconds, 2),
         "dense_s": round(dense_s, 2), "dense_cpu_s": round(dense_cpu_s, 2),
-        "peak_rss_gb_after_dense": round(peak_rss_gb(), 3),
+        "peak_rss_gb_after_dense": round(peak_rss_gb(), 3), **precisions,
     }
     if args.patch_voxels > 0:
         chosen, patchwise, patch_s = time_patchwise(model, images, loc_maps, brain,
@@ -200,7 +320,7 @@ def main(argv=None) -> None:
         child = [sys.executable, os.path.abspath(__file__), "--arch", args.arch, "--loc",
                  args.loc, "--width", str(args.width), "--shape", "256", "256",
                  str(args.flair3d_slices), "--brain-depth", "192", "--patch-voxels", "0",
-                 "--flair3d-slices", "0",
+                 "--flair3d-slices", "0", "--repeats", "0",
                  "--batch-size", str(args.batch_size), "--fft-size", str(args.fft_size),
                  "--threads", str(args.threads), "--child"]
         flair3d = json.loads(subprocess.run(child, check=True, capture_output=True,
@@ -221,7 +341,9 @@ def main(argv=None) -> None:
         "batch_size_slices": args.batch_size, "fft_size": args.fft_size,
         "threads": args.threads, "machine": describe(), "python": platform.python_version(),
         "targets": {"dense_s_per_256x256x48": "<= 20", "ratio": ">= 30",
-                    "peak_rss_256x256x192": "bounded"},
+                    "peak_rss_256x256x192": "bounded",
+                    "bf16_speedup": ">= 2 with amx_bf16, >= 1.4 with avx512_bf16 only",
+                    "bf16_max_abs_diff": "<= 0.02"},
     })
     print(json.dumps(result))
 

@@ -16,6 +16,13 @@ Usage: ``.venv/bin/python benchmarks/bench_train.py [--steps 8 --warmup 2 --wait
    of the weights). Bias adds, activations, softmax, dropout, loss and the optimizer
    update are left out (< 1 %).
 4. ``fraction_of_peak`` = samples_per_s x flops_per_sample / (matmul peak FLOP/s).
+5. Precision (issue 20): each architecture also trains under Keras ``mixed_bfloat16``
+   (``wmh.models.precision.precision_scope("bf16")``: float32 weights and loss), in the
+   same run, on the same batches. Each precision runs ``--repeats`` blocks of ``--steps``
+   timed steps after its warm-up; ``samples_per_s`` is the fastest block (the median
+   beside it: the machine is shared). ``bf16_speedup`` = bf16 / fp32 samples/s (best
+   blocks), ``bf16_speedup_median`` the same with medians; ``bf16_matmul_peak_gflops``
+   is the bfloat16 matmul rate next to the fp32 peak.
 
 ``--wait-idle`` polls the 1-minute load average every 10 s (up to 5 minutes) until it is
 below 1.0 before measuring; the load before and after is in the JSON.
@@ -95,10 +102,10 @@ def training_flops_per_sample(arch: str, loc: str = "ffcl", width: float = 1.0,
     return 2 * 3 * forward_macs_per_sample(arch, loc, width, n_channels)["total"]
 
 
-def matmul_peak(tf, n: int, repeats: int) -> dict:
-    """fp32 GFLOP/s of tf.linalg.matmul on n x n matrices (2 n^3 / t)."""
-    a = tf.random.uniform((n, n), dtype=tf.float32)
-    b = tf.random.uniform((n, n), dtype=tf.float32)
+def matmul_peak(tf, n: int, repeats: int, dtype: str = "float32") -> dict:
+    """GFLOP/s of tf.linalg.matmul on n x n matrices (2 n^3 / t) in ``dtype``."""
+    a = tf.cast(tf.random.uniform((n, n)), dtype)
+    b = tf.cast(tf.random.uniform((n, n)), dtype)
     tf.linalg.matmul(a, b).numpy()  # warm-up
     rates = []
     for _ in range(repeats):
@@ -109,30 +116,40 @@ def matmul_peak(tf, n: int, repeats: int) -> dict:
 
 
 def train_throughput(keras, arch: str, loc: str, width: float, batch_size: int,
-                     warmup: int, steps: int) -> dict:
+                     warmup: int, steps: int, precision: str = "fp32",
+                     repeats: int = 1) -> dict:
+    """Training steps per second of one architecture in ``precision`` (fp32 or bf16):
+    the fastest of ``repeats`` blocks of ``steps`` steps after ``warmup`` steps."""
     import numpy as np
 
     from wmh.config import ModelConfig
     from wmh.models import build_model
+    from wmh.models.precision import precision_scope
     from wmh.train import compile_model
 
     keras.utils.set_random_seed(0)
-    model = compile_model(build_model(ModelConfig(arch=arch, loc=loc, width=width), 2), 1e-4)
-    rng = np.random.default_rng(0)
-    batch = {name: rng.random((batch_size, 32, 32, 2), dtype=np.float32)
-             for name in ("s1", "s2", "s3")}
-    batch["loc"] = rng.random((batch_size, 8), dtype=np.float32)
-    labels = rng.integers(0, 2, batch_size).astype(np.int32)
-    start = time.perf_counter()
-    for _ in range(warmup):
-        model.train_on_batch(batch, labels)
-    warmup_s = time.perf_counter() - start
-    start, start_cpu = time.perf_counter(), time.process_time()
-    for _ in range(steps):
-        model.train_on_batch(batch, labels)
-    seconds = time.perf_counter() - start
-    cpu = time.process_time() - start_cpu
+    with precision_scope(precision):
+        model = compile_model(build_model(ModelConfig(arch=arch, loc=loc, width=width), 2),
+                              1e-4)
+        rng = np.random.default_rng(0)
+        batch = {name: rng.random((batch_size, 32, 32, 2), dtype=np.float32)
+                 for name in ("s1", "s2", "s3")}
+        batch["loc"] = rng.random((batch_size, 8), dtype=np.float32)
+        labels = rng.integers(0, 2, batch_size).astype(np.int32)
+        start = time.perf_counter()
+        for _ in range(warmup):
+            model.train_on_batch(batch, labels)
+        warmup_s = time.perf_counter() - start
+        blocks = []
+        for _ in range(max(repeats, 1)):
+            start, start_cpu = time.perf_counter(), time.process_time()
+            for _ in range(steps):
+                model.train_on_batch(batch, labels)
+            blocks.append((time.perf_counter() - start, time.process_time() - start_cpu))
+    seconds, cpu = min(blocks)
     return {"samples_per_s": batch_size * steps / seconds, "step_s": seconds / steps,
+            "samples_per_s_median": batch_size * steps / statistics.median(
+                wall for wall, _ in blocks),
             "cpu_s_per_step": cpu / steps, "warmup_s": warmup_s,
             "parameters": int(model.count_params())}
 
@@ -148,6 +165,8 @@ def main() -> None:
     parser.add_argument("--matmul-n", type=int, default=4096)
     parser.add_argument("--matmul-repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed blocks of --steps per architecture and precision")
     parser.add_argument("--wait-idle", action="store_true",
                         help="wait (<= 5 min) for 1-minute load average < 1.0 first")
     args = parser.parse_args()
@@ -162,10 +181,15 @@ def main() -> None:
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
 
+    from wmh.models.precision import cpu_bf16_isa
+
     peak = matmul_peak(tf, args.matmul_n, args.matmul_repeats)
+    peak_bf16 = matmul_peak(tf, args.matmul_n, args.matmul_repeats, "bfloat16")
     result = {"benchmark": "train_throughput_vs_matmul_peak", **load,
               "matmul_peak_gflops": round(peak["best"], 1),
               "matmul_median_gflops": round(peak["median"], 1),
+              "bf16_matmul_peak_gflops": round(peak_bf16["best"], 1),
+              "cpu_bf16_isa": cpu_bf16_isa(), "repeats": args.repeats,
               "matmul_note": f"tf.linalg.matmul float32 {args.matmul_n}x{args.matmul_n}, "
                              f"best of {args.matmul_repeats}, 2 n^3 / t",
               "flops_per_sample_note": "estimate: forward multiply-adds from the layer sizes "
@@ -175,7 +199,9 @@ def main() -> None:
               "timed_steps": args.steps}
     for arch in args.archs:
         measured = train_throughput(keras, arch, args.loc, args.width, args.batch_size,
-                                    args.warmup, args.steps)
+                                    args.warmup, args.steps, "fp32", args.repeats)
+        bf16 = train_throughput(keras, arch, args.loc, args.width, args.batch_size,
+                                args.warmup, args.steps, "bf16", args.repeats)
         macs = forward_macs_per_sample(arch, args.loc, args.width, 2)
         flops = training_flops_per_sample(arch, args.loc, args.width, 2)
         result[arch] = {
@@ -189,10 +215,17 @@ def main() -> None:
             "cpu_s_per_step": round(measured["cpu_s_per_step"], 3),
             "warmup_s": round(measured["warmup_s"], 1),
             "parameters": measured["parameters"],
+            "samples_per_s_median": round(measured["samples_per_s_median"], 1),
+            "samples_per_s_bf16": round(bf16["samples_per_s"], 1),
+            "samples_per_s_bf16_median": round(bf16["samples_per_s_median"], 1),
+            "bf16_speedup": round(bf16["samples_per_s"] / measured["samples_per_s"], 3),
+            "bf16_speedup_median": round(bf16["samples_per_s_median"]
+                                         / measured["samples_per_s_median"], 3),
         }
         print(f"{arch}: {result[arch]}", file=sys.stderr, flush=True)
     result.update({"load_1min_after": round(os.getloadavg()[0], 2),
                    "target_fraction_of_peak": 0.6,
+                   "target_bf16_speedup": ">= 2 with amx_bf16, >= 1.3 with avx512_bf16 only",
                    "peak_rss_gb": round(peak_rss_gb(), 3), "threads": args.threads,
                    "machine": describe(), "python": platform.python_version(),
                    "tensorflow": tf.__version__, "keras": keras.__version__})

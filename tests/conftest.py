@@ -43,6 +43,16 @@ def _seed_everything(request):
 
 
 @pytest.fixture(autouse=True)
+def _precision_agnostic(monkeypatch):
+    """precision "auto" resolves to fp32 in every test, whatever this CPU has: tests that
+    test bf16 ask for it explicitly (and skip where the CPU lacks bfloat16 units)."""
+    from wmh.models import precision
+
+    monkeypatch.setattr(precision, "cpu_bf16_isa", lambda cpuinfo="/proc/cpuinfo": "none")
+    yield
+
+
+@pytest.fixture(autouse=True)
 def _isolate_mlflow():
     """mlflow.set_experiment leaves MLFLOW_EXPERIMENT_ID in os.environ and a module
     global; clear both (and any run left active) so one test's store never leaks into

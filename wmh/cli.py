@@ -66,6 +66,24 @@ def model_options(function):
     return wrapper
 
 
+def precision_option(function):
+    """--precision auto|fp32|bf16: sets train.precision (a bad value exits 2)."""
+    return click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]),
+                        default=None,
+                        help="Numeric precision: bf16 = mixed bfloat16 (float32 weights); "
+                             "auto = what was measured to pay and hold accuracy on this "
+                             "CPU's bfloat16 units, today bf16 for the whole-volume "
+                             "validation, fp32 for training (BENCHMARKS.md) [default: "
+                             "train.precision].")(function)
+
+
+def with_precision(config, precision):
+    """The config with ``train.precision`` set by --precision (None keeps it)."""
+    from wmh.config import replace
+
+    return config if precision is None else replace(config, **{"train.precision": precision})
+
+
 def resolve_config(config_path, overrides, override_list: str = ""):
     """The config from --config (empty = defaults), --set, then --set-list overrides."""
     from wmh.config import load_config
@@ -239,11 +257,13 @@ def sample_command(prepared, out_dir, config_path, overrides):
 @click.option("--set-list", "override_list", default="", metavar="'K=V K=V'",
               help="Whitespace-separated overrides, applied last (used by MLproject).")
 @model_options
-def train_command(config_path, overrides, override_list):
+@precision_option
+def train_command(config_path, overrides, override_list, precision):
     """Prepare the data (cached) and train the configured model, tracked in MLflow."""
     from wmh.pipeline import run_training
 
-    result = run_training(resolve_config(config_path, overrides, override_list))
+    result = run_training(with_precision(resolve_config(config_path, overrides, override_list),
+                                         precision))
     click.echo(f"run {result.run_id}: best epoch {result.best_epoch}, validation AUC "
                f"{result.validation_auc:.4f}, threshold {result.threshold:.3f}, "
                f"validation Dice {result.validation_dice:.4f}")
@@ -423,13 +443,14 @@ def report_command(methods, runs, truth, observer2, brain_mask, threshold, outpu
               help="The prepared subjects the --samples came from.")
 @click.option("--data-label", type=click.Choice(["real", "synthetic"]), default="real",
               show_default=True, help="What the --samples are (recorded on every run).")
+@precision_option
 def tune_command(config_path, overrides, override_list, storage, study, n_trials, timeout,
-                 objective, samples_dir, prepared_dir, data_label):
+                 objective, samples_dir, prepared_dir, data_label, precision):
     """Optuna search over alpha, injection layer, architecture, learning rate and dropout."""
     from wmh.config import replace
     from wmh.tune import format_summary, tune
 
-    config = resolve_config(config_path, overrides, override_list)
+    config = with_precision(resolve_config(config_path, overrides, override_list), precision)
     options = {"tune.storage": storage, "tune.study": study, "tune.n_trials": n_trials,
                "tune.objective": objective}
     options = {key: value for key, value in options.items() if value}

@@ -90,6 +90,7 @@ class TrainConfig:
     max_train_samples: int = 0  # cap on training samples per epoch; 0 = all
     max_validation_samples: int = 0  # cap on validation samples; 0 = all
     experiment: str = "wmh"  # MLflow experiment name
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # bf16: mixed_bfloat16; auto: per CPU
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,7 +13,13 @@ The trained model is a folder (logged to MLflow as the artifact ``model``):
 
 * ``model.keras``: the best-epoch patch network (stock layers only; loads with safe_mode);
 * ``wmh_model.json``: its input contract: channels, in-plane spacing, model config, the
-  validation-optimal threshold, and the patch definition it was trained with.
+  validation-optimal threshold, the patch definition and the precision it was trained with.
+
+Precision (``train.precision``, :mod:`wmh.models.precision`): bf16 trains with Keras
+``mixed_bfloat16`` inside a policy scope (float32 master weights, float32 loss and
+softmax); ``auto`` resolves per CPU and job. The saved ``model.keras`` is always a
+float32-policy network with the same float32 weights, so inference chooses its own
+precision whatever the training precision was.
 """
 
 from __future__ import annotations
@@ -74,6 +80,7 @@ class ModelContract:
     threshold: float
     wmh_version: str = __version__
     patch: str = "s1/s2/s3: 32x32 windows at scales 1/2/4 pooled to 32x32 (wmh.data)"
+    precision: str = "fp32"  # resolved training precision; contracts without it: fp32
 
     def to_json(self) -> str:
         values = dataclasses.asdict(self)
@@ -177,6 +184,34 @@ def run_key(config: ExperimentConfig, dataset_hash: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def log_precision(config: ExperimentConfig) -> dict:
+    """Resolves ``train.precision`` on this CPU for training and for the whole-volume
+    validation, and records both in the active MLflow run (params ``precision`` and
+    ``inference_precision``, tag ``cpu_bf16_isa``). Returns those two params."""
+    import mlflow
+
+    from wmh.models.precision import cpu_bf16_isa, resolve_precision
+
+    precisions = {job_param: resolve_precision(config.train.precision, job)
+                  for job_param, job in (("precision", "train"),
+                                         ("inference_precision", "inference"))}
+    mlflow.log_params(precisions)
+    mlflow.set_tag("cpu_bf16_isa", cpu_bf16_isa())
+    return precisions
+
+
+def float32_model(model, config: ModelConfig, n_channels: int):
+    """The same network and float32 weights under the float32 policy: what a model
+    folder holds, whatever precision trained it (mixed_bfloat16 keeps float32 weights)."""
+    from wmh.models import build_model
+    from wmh.models.precision import precision_scope
+
+    with precision_scope("fp32"):
+        copy = build_model(config, n_channels)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def predict_samples(model, dataset) -> tuple[np.ndarray, np.ndarray]:
     """P(WMH) and labels for every sample of a finite dataset, in dataset order."""
     scores, labels = [], []
@@ -257,6 +292,7 @@ def train(config: ExperimentConfig, samples_dir: Path, prepared_dir: Path,
 
     from wmh import data, tracking
     from wmh.models import build_model
+    from wmh.models.precision import precision_scope
 
     use_t1 = config.data.use_t1
     channels = data.sample_channels(samples_dir, use_t1)
@@ -283,12 +319,16 @@ def train(config: ExperimentConfig, samples_dir: Path, prepared_dir: Path,
         run_id = run.info.run_id
         if not state:
             tracking.log_context(config, dataset_hash)
+            precisions = log_precision(config)
             mlflow.set_tags({"data_label": data_label,
                              "channels": ",".join(channels), "run_key": key})
-            state = {"run_id": run_id, "epoch": 0, "best_auc": -1.0, "best_epoch": 0}
+            state = {"run_id": run_id, "epoch": 0, "best_auc": -1.0, "best_epoch": 0,
+                     **precisions}
+        # A run resumes in the precision it started in (runs from before: fp32).
+        precision = state.get("precision", "fp32")
         keras.utils.set_random_seed(config.train.seed + state["epoch"])
         strategy = distribution_strategy()
-        with strategy.scope():
+        with strategy.scope(), precision_scope(precision):
             if state["epoch"] > 0 and (run_dir / "last.keras").exists():
                 model = keras.saving.load_model(run_dir / "last.keras", safe_mode=True)
                 mlflow.set_tag("resumed_from_epoch", state["epoch"])
@@ -303,15 +343,19 @@ def train(config: ExperimentConfig, samples_dir: Path, prepared_dir: Path,
                                             max_samples=config.train.max_validation_samples)
         tracker = EpochTracker(validation_data, run_dir, state, config.train.epochs)
         if state["epoch"] < config.train.epochs:
-            model.fit(train_data, epochs=config.train.epochs, initial_epoch=state["epoch"],
-                      verbose=0, shuffle=False, callbacks=[tracker, *callbacks])
+            with precision_scope(precision):
+                model.fit(train_data, epochs=config.train.epochs, initial_epoch=state["epoch"],
+                          verbose=0, shuffle=False, callbacks=[tracker, *callbacks])
 
-        best = keras.saving.load_model(run_dir / "best.keras", safe_mode=True, compile=False)
+        best = float32_model(keras.saving.load_model(run_dir / "best.keras", safe_mode=True,
+                                                     compile=False),
+                             config.model, len(channels))
         threshold, validation_dice, volume_auc = choose_threshold(
-            best, config, samples_dir, prepared_dir, channels)
+            best, config, samples_dir, prepared_dir, channels,
+            state.get("inference_precision", "fp32"))
         contract = ModelContract(model=config.model, channels=tuple(channels),
                                  inplane_spacing_mm=config.preprocess.inplane_spacing_mm,
-                                 threshold=threshold)
+                                 threshold=threshold, precision=precision)
         model_dir = save_model_dir(best, contract, run_dir / "model")
         mlflow.log_artifacts(str(model_dir), "model")
         mlflow.log_metrics({"best_epoch": state["best_epoch"], "best_val_auc": state["best_auc"],
@@ -327,7 +371,8 @@ def train(config: ExperimentConfig, samples_dir: Path, prepared_dir: Path,
 
 
 def predict_volume(model, model_config: ModelConfig, images: np.ndarray, location: np.ndarray,
-                   brain_mask: np.ndarray, mc_samples: int = 0, spacing=None):
+                   brain_mask: np.ndarray, mc_samples: int = 0, spacing=None,
+                   precision: str = "auto"):
     """P(WMH) over a working-grid volume, slice by slice (dense, exact to the patch net).
 
     Args:
@@ -338,6 +383,9 @@ def predict_volume(model, model_config: ModelConfig, images: np.ndarray, locatio
         mc_samples: Monte Carlo dropout passes; 0 = deterministic (a random forest gives
             the spread of its trees instead).
         spacing: (3,) voxel size in mm; needed by the random forest's features only.
+        precision: "auto" (bf16 towers where this CPU's measurements justify it, else
+            fp32), "fp32" or "bf16"; applies to a given dense twin as well (for this
+            call), whatever precision the model was trained in; ignored by the forest.
 
     Returns:
         (X, Y, Z) float32 probabilities (0 outside the brain), or with ``mc_samples`` > 0
@@ -354,17 +402,18 @@ def predict_volume(model, model_config: ModelConfig, images: np.ndarray, locatio
         return np.moveaxis(np.asarray(volume), 2, 0)
 
     result = predict_slices(model, model_config, to_slices(images), to_slices(location),
-                            to_slices(brain_mask), mc_samples=mc_samples)
+                            to_slices(brain_mask), mc_samples=mc_samples, precision=precision)
     if mc_samples:
         return tuple(np.moveaxis(part, 0, 2) for part in result)
     return np.moveaxis(result, 0, 2)
 
 
 def choose_threshold(model, config: ExperimentConfig, samples_dir: Path, prepared_dir: Path,
-                     channels) -> tuple[float, float, float]:
+                     channels, precision: str = "fp32") -> tuple[float, float, float]:
     """Whole-volume prediction of the validation subjects; the Dice-maximising threshold.
 
     Logs the ROC and Dice-vs-threshold figures of the validation subjects to MLflow.
+    ``precision`` is the inference precision of the whole-volume prediction.
 
     Returns:
         (threshold, overall validation Dice at it, voxel-wise AUC inside the brain).
@@ -383,7 +432,7 @@ def choose_threshold(model, config: ExperimentConfig, samples_dir: Path, prepare
         prepared = PreparedSubject.load(Path(prepared_dir) / f"{subject_id}.h5")
         images = prepared.images[..., :len(channels)]
         probabilities.append(predict_volume(network, config.model, images, prepared.location,
-                                            prepared.brain_mask))
+                                            prepared.brain_mask, precision=precision))
         truths.append(prepared.labels)
         masks.append(prepared.brain_mask)
     if not subject_ids:

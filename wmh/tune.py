@@ -523,6 +523,7 @@ def tune(config: ExperimentConfig, stages=None, data_label: Optional[str] = None
     import optuna
 
     from wmh import data, pipeline, tracking
+    from wmh import train as train_module
 
     settings = config.tune
     space = search_space(settings)
@@ -548,6 +549,8 @@ def tune(config: ExperimentConfig, stages=None, data_label: Optional[str] = None
                       "optuna.worker": worker, "data_label": data_label}) as parent:
             try:
                 tracking.log_context(config, data.dataset_hash(stages.samples))
+                # the precision every trial trains in here (train.precision resolved)
+                train_module.log_precision(config)
                 trials_run = _run_trials(study, storage, config, space, stages, data_label,
                                          parent.info.run_id, worker, progress)
                 summary = _summarise(study, storage, settings, parent.info.run_id,

@@ -3,6 +3,7 @@
 * :mod:`wmh.models.patch`: pure Keras builders of SS, MSEF, MSIW, MSWS with location.
 * :mod:`wmh.models.dense`: the same network run over whole slices (exact, fast).
 * :mod:`wmh.models.inference`: patch-wise (reference) and whole-slice prediction.
+* :mod:`wmh.models.precision`: fp32/bf16/auto: the CPU's bfloat16 ISA, the policy scope.
 """
 
 from wmh.models.dense import build_dense_model

@@ -35,6 +35,15 @@ refuses it and :func:`wmh.models.inference.predict_slices` runs it patch-wise.
 The model is split into a deterministic ``trunk`` (up to the first fully connected
 layer's ReLU, >99% of the cost) and a cheap ``head`` holding every dropout, so Monte
 Carlo dropout reruns only the head.
+
+Precision (:mod:`wmh.models.precision`): with ``precision="bf16"`` the towers'
+convolutions but the first compute in bfloat16 (where bf16 pays: 1.9x on AVX-512 BF16);
+everything else stays float32 whatever the global Keras policy: the box means and
+polyphase split, the first convolution (raw intensities), the FFT first layer (its
+transforms and 110-channel frequency products sum many terms, where bf16's 8-bit
+mantissa loses accuracy; at width 1 it is half of the fp32 time, which bounds the bf16
+speed-up: BENCHMARKS.md), location, head, softmax and probabilities. The weights are
+float32 either way.
 """
 
 from __future__ import annotations
@@ -54,6 +63,7 @@ from wmh.models.patch import (
     scaled_width,
     validate_config,
 )
+from wmh.models.precision import precision_scope, resolve_precision, set_tower_precision
 
 DEFAULT_FFT_SIZE = 64  # tile side of the FFT convolution: 47x47 outputs per 64x64 tile
 
@@ -248,7 +258,8 @@ class FFTConv2D(keras.layers.Layer):
 
 
 def build_dense_model(patch_model: keras.Model, config: ModelConfig, n_channels: int,
-                      fft_size: int = DEFAULT_FFT_SIZE) -> keras.Model:
+                      fft_size: int = DEFAULT_FFT_SIZE, precision: str = "fp32",
+                      ) -> keras.Model:
     """Builds the whole-slice twin of ``patch_model`` with copies of its weights.
 
     Args:
@@ -256,6 +267,9 @@ def build_dense_model(patch_model: keras.Model, config: ModelConfig, n_channels:
         config: the config it was built from.
         n_channels: its input channels.
         fft_size: tile side of the FFT first layer (memory ~ fft_size^2 * weights).
+        precision: "fp32", "bf16" (the towers' convolutions in bfloat16) or "auto"
+            (resolved for inference on this CPU); :func:`wmh.models.predict_slices`
+            can switch it per call.
 
     Returns:
         A model with inputs {"image": (B, h+2c-1, w+2c-1, n_channels), "loc":
@@ -270,6 +284,15 @@ def build_dense_model(patch_model: keras.Model, config: ModelConfig, n_channels:
     if config.arch == "msef":
         raise WMHError("model.arch 'msef' has no fully convolutional form (its first "
                        "convolution mixes scales of different strides); predict patch-wise")
+    precision = resolve_precision(precision, "inference")
+    with precision_scope("fp32"):  # every layer float32 whatever the global policy
+        dense = _build_dense(patch_model, config, n_channels, fft_size)
+    set_tower_precision(dense, precision)
+    return dense
+
+
+def _build_dense(patch_model: keras.Model, config: ModelConfig, n_channels: int,
+                 fft_size: int) -> keras.Model:
     width = config.width
     margin = context(config)
     image = keras.Input((None, None, n_channels), name="image")

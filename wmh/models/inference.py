@@ -5,6 +5,8 @@ of each voxel with :func:`wmh.data.extract_patches` and run the patch model.
 :func:`predict_slices` gives the same numbers (to float rounding) for every brain voxel
 of a stack of slices with the dense twin of :mod:`wmh.models.dense`, one window per
 group of slices around the brain; MSEF, which has no dense form, is run patch-wise.
+Both take a ``precision``: "fp32", "bf16" (towers in bfloat16, the rest float32; see
+:mod:`wmh.models.precision`) or "auto" (what the measurements justify on this CPU).
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ from wmh.config import ModelConfig
 from wmh.data import N_LOCATION_FEATURES, extract_patches, padded_box_means
 from wmh.errors import WMHError
 from wmh.models.dense import DEFAULT_FFT_SIZE, build_dense_model, context, used_scales
+from wmh.models.precision import resolve_precision, tower_precision
 
 
 def predict_patchwise(patch_model: keras.Model, image_slice: np.ndarray, loc_map: np.ndarray,
                       rows: np.ndarray, cols: np.ndarray, batch_size: int = 512,
-                      training: bool = False) -> np.ndarray:
+                      training: bool = False, precision: str = "fp32") -> np.ndarray:
     """P(WMH) of chosen voxels of one slice, one patch triple per voxel.
 
     Args:
@@ -31,6 +34,7 @@ def predict_patchwise(patch_model: keras.Model, image_slice: np.ndarray, loc_map
         rows, cols: (N,) voxel coordinates.
         batch_size: patches per forward pass.
         training: True runs dropout (one Monte Carlo sample).
+        precision: "fp32" (default: the reference), "bf16" or "auto" for the towers.
 
     Returns:
         (N,) float32 class-1 probabilities.
@@ -38,12 +42,13 @@ def predict_patchwise(patch_model: keras.Model, image_slice: np.ndarray, loc_map
     rows, cols = np.asarray(rows), np.asarray(cols)
     box_means = padded_box_means(image_slice)
     probabilities = np.empty(len(rows), np.float32)
-    for start in range(0, len(rows), batch_size):
-        chunk = slice(start, start + batch_size)
-        inputs = extract_patches(image_slice, rows[chunk], cols[chunk], box_means)
-        inputs["loc"] = np.asarray(loc_map[rows[chunk], cols[chunk]], np.float32)
-        probabilities[chunk] = keras.ops.convert_to_numpy(
-            patch_model(inputs, training=training))[:, 1]
+    with tower_precision(patch_model, resolve_precision(precision, "inference")):
+        for start in range(0, len(rows), batch_size):
+            chunk = slice(start, start + batch_size)
+            inputs = extract_patches(image_slice, rows[chunk], cols[chunk], box_means)
+            inputs["loc"] = np.asarray(loc_map[rows[chunk], cols[chunk]], np.float32)
+            probabilities[chunk] = keras.ops.convert_to_numpy(
+                patch_model(inputs, training=training))[:, 1]
     return probabilities
 
 
@@ -55,7 +60,7 @@ def is_dense_model(model: keras.Model) -> bool:
 def predict_slices(model: keras.Model, config: ModelConfig, image_slices: np.ndarray,
                    loc_maps: np.ndarray, brain_mask: np.ndarray, batch_size: int = 4,
                    mc_samples: int = 0, fft_size: int = DEFAULT_FFT_SIZE,
-                   ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+                   precision: str = "auto") -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """P(WMH) of every brain voxel of a stack of axial slices.
 
     Args:
@@ -68,6 +73,9 @@ def predict_slices(model: keras.Model, config: ModelConfig, image_slices: np.nda
         batch_size: slices per dense pass (memory grows with it).
         mc_samples: 0 for a plain prediction; n > 0 runs n Monte Carlo dropout samples.
         fft_size: tile side of the FFT first layer when the dense model is built here.
+        precision: "auto" (default: bf16 towers where this CPU's measurements justify
+            it, else fp32), "fp32" or "bf16". It applies to a given dense model too,
+            for this call only; probabilities are float32 either way.
 
     Returns:
         (Z, H, W) float32 probabilities, 0 outside the mask; with ``mc_samples`` > 0 a
@@ -80,6 +88,7 @@ def predict_slices(model: keras.Model, config: ModelConfig, image_slices: np.nda
     loc_maps = np.asarray(loc_maps, np.float32)
     brain_mask = np.asarray(brain_mask, bool)
     _check_slices(image_slices, loc_maps, brain_mask, mc_samples)
+    precision = resolve_precision(precision, "inference")
     # Running sums over Monte Carlo samples (one plain sample when mc_samples == 0).
     sums = np.zeros((2,) + brain_mask.shape, np.float64)
 
@@ -90,14 +99,16 @@ def predict_slices(model: keras.Model, config: ModelConfig, image_slices: np.nda
             rows, cols = np.nonzero(brain_mask[z])
             for _ in range(max(mc_samples, 1)):
                 probabilities = predict_patchwise(model, image_slices[z], loc_maps[z], rows,
-                                                  cols, training=mc_samples > 0)
+                                                  cols, training=mc_samples > 0,
+                                                  precision=precision)
                 sums[0, z, rows, cols] += probabilities
                 sums[1, z, rows, cols] += np.square(probabilities, dtype=np.float64)
     else:
         dense = model if is_dense_model(model) else build_dense_model(
             model, config, image_slices.shape[-1], fft_size)
-        _predict_dense(dense, config, image_slices, loc_maps, brain_mask, batch_size,
-                       mc_samples, sums)
+        with tower_precision(dense, precision):
+            _predict_dense(dense, config, image_slices, loc_maps, brain_mask, batch_size,
+                           mc_samples, sums)
 
     mean = sums[0] / max(mc_samples, 1) * brain_mask
     if mc_samples == 0:

@@ -37,6 +37,14 @@ The network (paper, "Network architectures"; sizes at ``width=1``):
   connected layer (after its dropout; location is never dropped); ``'sfcl'``: the output of
   the second fully connected layer.
 * Glorot-uniform kernels, zero biases.
+* Precision: layers take the global Keras dtype policy, so a model built inside
+  ``wmh.models.precision.precision_scope("bf16")`` runs the towers and the first fully
+  connected layer(s) in bfloat16 (float32 weights: ``mixed_bfloat16``). Everything after
+  the first layer, and the scaled location features, is always float32
+  (``HEAD_DTYPE``): the second layer and softmax cost < 1 % of the work, location then
+  enters at full precision for ``ffcl``/``sfcl``, and the probabilities and the loss are
+  float32. (For ``lcl`` location is part of the first layer's bf16 input.) So is the
+  first convolution (``FLOAT32_TOWER_LAYERS``), which reads the raw intensities.
 
 Layer names are part of the contract with :mod:`wmh.models.dense`: ``tower`` or
 ``tower_s1``..``tower_s3`` (nested models holding ``conv1``..``conv4``), ``fc1`` or
@@ -61,6 +69,11 @@ FC_UNITS = (300, 200)  # paper: fully connected 300, 200, then the 2-way softmax
 SCALE_FC_UNITS = 100  # MSIW/MSWS per-scale first fully connected layer (paper silent)
 N_CLASSES = 2
 TOWER_OUTPUT_SIDE = PATCH_SIZE - sum(size - 1 for size in CONV_KERNEL_SIZES)  # 18
+HEAD_DTYPE = "float32"  # location and the layers after the first FC one, in any precision
+# Tower layers that stay float32 in bf16: conv1 reads the raw intensities, whose bf16
+# rounding (8-bit mantissa) doubled the probability error (max |bf16 - fp32| 0.021 ->
+# 0.013 on demo-trained weights, BENCHMARKS.md) for 1.5 % of the tower's work.
+FLOAT32_TOWER_LAYERS = ("conv1",)
 
 
 def scaled_width(units: int, width: float) -> int:
@@ -114,15 +127,17 @@ def build_tower(n_channels: int, width: float, name: str) -> keras.Model:
     inputs = keras.Input((None, None, n_channels), name=f"{name}_input")
     features = inputs
     for index, (filters, size) in enumerate(zip(CONV_FILTERS, CONV_KERNEL_SIZES), start=1):
+        layer_name = f"conv{index}"
         features = keras.layers.Conv2D(
             scaled_width(filters, width), size, padding="valid", activation="relu",
-            kernel_initializer="glorot_uniform", name=f"conv{index}")(features)
+            kernel_initializer="glorot_uniform", name=layer_name,
+            dtype=HEAD_DTYPE if layer_name in FLOAT32_TOWER_LAYERS else None)(features)
     return keras.Model(inputs, features, name=name)
 
 
-def _dense(units: int, name: str, activation: str = "relu") -> keras.layers.Dense:
+def _dense(units: int, name: str, activation: str = "relu", dtype=None) -> keras.layers.Dense:
     return keras.layers.Dense(units, activation=activation,
-                              kernel_initializer="glorot_uniform", name=name)
+                              kernel_initializer="glorot_uniform", name=name, dtype=dtype)
 
 
 def build_model(config: ModelConfig, n_channels: int) -> keras.Model:
@@ -143,12 +158,14 @@ def build_model(config: ModelConfig, n_channels: int) -> keras.Model:
     patch_shape = (PATCH_SIZE, PATCH_SIZE, n_channels)
     inputs = {name: keras.Input(patch_shape, name=name) for name in SCALE_NAMES}
     inputs["loc"] = keras.Input((N_LOCATION_FEATURES,), name="loc")
-    location = keras.layers.Rescaling(config.alpha, name="loc_scaled")(inputs["loc"])
+    location = keras.layers.Rescaling(config.alpha, name="loc_scaled",
+                                      dtype=HEAD_DTYPE)(inputs["loc"])
 
     def with_location(features, where: str, name: str):
         if config.loc != where:
             return features
-        return keras.layers.Concatenate(name=name)([features, location])
+        dtype = None if where == "lcl" else HEAD_DTYPE  # lcl: part of the first layer
+        return keras.layers.Concatenate(name=name, dtype=dtype)([features, location])
 
     width = config.width
     if config.arch in ("ss", "msef"):
@@ -171,12 +188,14 @@ def build_model(config: ModelConfig, n_channels: int) -> keras.Model:
             flat = keras.layers.Flatten(name=f"flatten_{name}")(tower(inputs[name]))
             flat = with_location(flat, "lcl", f"flatten_loc_{name}")
             per_scale.append(_dense(scaled_width(SCALE_FC_UNITS, width), f"fc1_{name}")(flat))
-        first = keras.layers.Concatenate(name="fc1")(per_scale)
+        first = keras.layers.Concatenate(name="fc1", dtype=HEAD_DTYPE)(per_scale)
 
-    first = keras.layers.Dropout(config.dropout_rate, name="fc1_dropout")(first)
+    first = keras.layers.Dropout(config.dropout_rate, name="fc1_dropout",
+                                 dtype=HEAD_DTYPE)(first)
     first = with_location(first, "ffcl", "fc1_loc")
-    second = _dense(scaled_width(FC_UNITS[1], width), "fc2")(first)
-    second = keras.layers.Dropout(config.dropout_rate, name="fc2_dropout")(second)
+    second = _dense(scaled_width(FC_UNITS[1], width), "fc2", dtype=HEAD_DTYPE)(first)
+    second = keras.layers.Dropout(config.dropout_rate, name="fc2_dropout",
+                                  dtype=HEAD_DTYPE)(second)
     second = with_location(second, "sfcl", "fc2_loc")
-    outputs = _dense(N_CLASSES, "output", activation="softmax")(second)
+    outputs = _dense(N_CLASSES, "output", activation="softmax", dtype=HEAD_DTYPE)(second)
     return keras.Model(inputs, outputs, name=f"wmh_{config.arch}_{config.loc}")
