@@ -182,3 +182,20 @@ def test_segment_and_reproduce_entry_points_parse():
     parsed = reproduce.make_context("reproduce", argv[1:], resilient_parsing=True).params
     assert (parsed["scale"], parsed["experiments"], parsed["override_list"]) == (
         "demo", "ss,ss_loc", "")
+
+
+def test_precision_parameter_empty_keeps_the_config_and_given_overrides(monkeypatch):
+    config_path = ROOT / "experiments" / "ss.yaml"
+    assert _resolved_config(monkeypatch, _render("main", config=config_path)).train.precision \
+        == load_config(config_path).train.precision
+    config = _resolved_config(monkeypatch, _render("main", config=config_path,
+                                                   precision="bf16"))
+    assert config.train.precision == "bf16"
+    config = _resolved_config(monkeypatch, _render("tune", precision="fp32"))
+    assert config.train.precision == "fp32"
+    from wmh.cli import cli
+
+    argv = _render("segment", model="m", inputs="s", precision="fp32")
+    segment = cli.get_command(cli.make_context("wmh", list(argv), resilient_parsing=True),
+                              "segment")
+    assert segment.make_context("segment", argv[1:]).params["precision"] == "fp32"

@@ -173,7 +173,8 @@ def test_contract_records_precision_and_reads_old_contracts(tmp_path):
     assert ModelContract.from_json(json.dumps(values), "old").precision == "fp32"
 
 
-@pytest.mark.parametrize("option", [["train"], ["tune"]])
+@pytest.mark.parametrize("option", [["train"], ["tune"],
+                                    ["segment", "--model", "m", "f.nii.gz", "--out", "o"]])
 def test_cli_precision_bad_value_exits_2(option, capsys):
     from wmh.cli import main
 

@@ -248,3 +248,28 @@ def test_folders_left_by_a_killed_writer_are_removed(tmp_path):
     outputs.write_subject_folder(out, "x", lambda folder: outputs.write_report(
         folder, {"subject_id": "x", "status": "ok"}))
     assert not abandoned.exists() and live.exists() and elsewhere.exists()
+
+
+def test_precision_is_recorded_as_run_and_a_change_segments_again(tmp_path, tiny_model,
+                                                                  monkeypatch, capsys):
+    import nibabel as nib
+    import numpy as np
+
+    cohort, prepared = tmp_path / "cohort", tmp_path / "prepared"
+    write_subject(cohort, prepared, "a1")
+    calls = prepare_from_files(monkeypatch, prepared)
+    out = tmp_path / "out"
+    argv = ["segment", "--model", str(tiny_model), str(cohort), "--out", str(out), "--quiet"]
+    assert _run(argv + ["--precision", "fp32"]) == 0
+    report = json.loads((out / "a1" / "report.json").read_text())
+    assert report["precision"] == "fp32" and _table(out)["a1"]["precision"] == "fp32"
+    fp32 = nib.load(out / "a1" / "wmh_probability.nii.gz").get_fdata()
+    calls.clear()
+    assert _run(argv) == 0 and calls == []  # auto resolves to fp32 in the tests: done
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    if not {"avx512_bf16", "amx_bf16"} & set(cpuinfo.split()):  # conftest hides the ISA
+        pytest.skip("this CPU has no bfloat16 units")
+    assert _run(argv + ["--precision", "bf16"]) == 0 and calls == ["a1"]
+    assert json.loads((out / "a1" / "report.json").read_text())["precision"] == "bf16"
+    bf16 = nib.load(out / "a1" / "wmh_probability.nii.gz").get_fdata()
+    assert np.abs(bf16 - fp32).max() <= 0.02

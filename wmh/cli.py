@@ -66,15 +66,25 @@ def model_options(function):
     return wrapper
 
 
-def precision_option(function):
-    """--precision auto|fp32|bf16: sets train.precision (a bad value exits 2)."""
-    return click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]),
-                        default=None,
-                        help="Numeric precision: bf16 = mixed bfloat16 (float32 weights); "
-                             "auto = what was measured to pay and hold accuracy on this "
-                             "CPU's bfloat16 units, today bf16 for the whole-volume "
-                             "validation, fp32 for training (BENCHMARKS.md) [default: "
-                             "train.precision].")(function)
+def _precision_value(context, parameter, value):
+    """--precision: auto, fp32 or bf16; empty (an MLproject default) = not given."""
+    if value is None or not value.strip():
+        return None
+    if value.strip() not in ("auto", "fp32", "bf16"):
+        raise click.BadParameter(f"{value!r} is not one of auto, fp32, bf16")
+    return value.strip()
+
+
+def precision_option(function=None, *, job: str = "train"):
+    """--precision auto|fp32|bf16 (a bad value exits 2; empty = the config's value)."""
+    where = {"train": "train.precision", "segment": "auto"}[job]
+    decorator = click.option(
+        "--precision", default=None, metavar="[auto|fp32|bf16]", callback=_precision_value,
+        help="Numeric precision: bf16 = bfloat16 compute (float32 weights); auto = what was "
+             "measured to pay and hold accuracy on this CPU's bfloat16 units, today bf16 "
+             "for whole-volume inference, fp32 for training (BENCHMARKS.md) [default: "
+             f"{where}].")
+    return decorator if function is None else decorator(function)
 
 
 def with_precision(config, precision):
@@ -300,8 +310,9 @@ def train_command(config_path, overrides, override_list, precision):
                    "label-WMH_desc-wmh_probseg.nii.gz, ..._mask.nii.gz with JSON sidecars, "
                    "dataset_description.json, wmh_volumes.tsv.")
 @click.option("--quiet", is_flag=True, help="No progress bar and no per-stage lines.")
+@precision_option(job="segment")
 def segment_command(model_source, inputs, out_dir, subject_id, threshold, mc_samples,
-                    periventricular_mm, overwrite, layout, quiet):
+                    periventricular_mm, overwrite, layout, quiet, precision):
     """Segment WMH in INPUTS: a subject folder, a cohort, or FLAIR [T1] files.
 
     A subject that fails in a cohort is recorded (status 'failed' in volumes.csv) and the
@@ -313,7 +324,8 @@ def segment_command(model_source, inputs, out_dir, subject_id, threshold, mc_sam
     result = run_cohort(model_source, inputs, out_dir,
                         SegmentOptions(threshold=threshold, mc_samples=mc_samples,
                                        periventricular_mm=periventricular_mm,
-                                       overwrite=overwrite, layout=layout),
+                                       overwrite=overwrite, layout=layout,
+                                       precision=precision or "auto"),
                         progress=not quiet, subject_id=subject_id)
     for row in result.rows:
         if row["subject_id"] in result.segmented:

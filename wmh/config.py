@@ -106,6 +106,7 @@ class SegmentConfig:
     threshold: Optional[float] = None  # None = the model's validation-optimal threshold
     mc_samples: int = 0  # Monte Carlo dropout passes for the uncertainty map; 0 = off
     periventricular_mm: float = 10.0  # lesion voxels within this distance are periventricular
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # inference; auto: bf16 where measured to pay
 
 
 @dataclasses.dataclass(frozen=True)

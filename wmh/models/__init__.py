@@ -6,17 +6,25 @@
 * :mod:`wmh.models.precision`: fp32/bf16/auto: the CPU's bfloat16 ISA, the policy scope.
 """
 
-from wmh.models.dense import build_dense_model
-from wmh.models.inference import predict_patchwise, predict_slices
-from wmh.models.patch import (
-    ARCHITECTURES,
-    LOCATION_INJECTIONS,
-    build_model,
-    model_input_names,
-    used_input_names,
-)
+import importlib
 
-__all__ = [
-    "ARCHITECTURES", "LOCATION_INJECTIONS", "build_dense_model", "build_model",
-    "model_input_names", "predict_patchwise", "predict_slices", "used_input_names",
-]
+# Imported on first use (PEP 562), so ``wmh.models.precision`` - pure Python - can be
+# used to check options before TensorFlow is imported.
+_EXPORTS = {
+    "build_dense_model": "wmh.models.dense",
+    "predict_patchwise": "wmh.models.inference",
+    "predict_slices": "wmh.models.inference",
+    "ARCHITECTURES": "wmh.models.patch",
+    "LOCATION_INJECTIONS": "wmh.models.patch",
+    "build_model": "wmh.models.patch",
+    "model_input_names": "wmh.models.patch",
+    "used_input_names": "wmh.models.patch",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'wmh.models' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

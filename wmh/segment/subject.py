@@ -15,6 +15,7 @@ from scipy import ndimage
 from wmh import __version__, io
 from wmh.config import PreprocessConfig, SegmentConfig
 from wmh.errors import WMHError
+from wmh.models.precision import check_precision, resolve_precision
 from wmh.segment import measures, outputs
 from wmh.segment.layouts import REPORT_FILE, get_layout
 from wmh.segment.qc import QCVolumes, qc_figure
@@ -35,10 +36,12 @@ class SegmentOptions:
         default=False, metadata={"result": False})
     layout: str = dataclasses.field(  # 'folders' (OUT/<id>/) or 'bids' (derivatives)
         default="folders", metadata={"result": False})
+    precision: str = "auto"  # inference precision: fp32, bf16, or auto (wmh.models.precision)
 
     @classmethod
     def from_config(cls, config: SegmentConfig) -> "SegmentOptions":
-        return cls(config.threshold, config.mc_samples, config.periventricular_mm)
+        return cls(config.threshold, config.mc_samples, config.periventricular_mm,
+                   precision=config.precision)
 
     def validate(self) -> None:
         """One-line WMHError naming the first bad option."""
@@ -50,6 +53,7 @@ class SegmentOptions:
             raise WMHError(f"--periventricular-mm {self.periventricular_mm}: must be more "
                            "than 0")
         get_layout(self.layout)
+        check_precision(self.precision, "--precision")
 
     def settings(self, model_threshold: float) -> dict:
         """The settings that shape the outputs, the threshold resolved."""
@@ -57,6 +61,7 @@ class SegmentOptions:
                   if field.metadata.get("result", True)}
         if values["threshold"] is None:
             values["threshold"] = float(model_threshold)
+        values["precision"] = resolve_precision(self.precision, "inference")  # as run
         return values
 
 
@@ -159,7 +164,8 @@ def segment_subject(model: SegmentModel, subject: io.Subject, out_dir: Path,
     images = prepared.images[..., :len(contract.channels)]
     prediction = predict_volume(model.network, contract.model, images, prepared.location,
                                 prepared.brain_mask, mc_samples=options.mc_samples,
-                                spacing=prepared.spacing)
+                                spacing=prepared.spacing,
+                                precision=resolve_precision(options.precision, "inference"))
     probability, uncertainty = prediction if options.mc_samples else (prediction, None)
     stage("infer")
 
