@@ -79,6 +79,9 @@ def evaluate(subject, use_t1: bool, config) -> dict:
                                                   prepared.ventricles == side)
                                              for side in (1, 2)])),
             "brain_mask_method": prepared.provenance["quality"].get("brain_mask"),
+            "atlas_similarity": prepared.provenance["quality"].get("atlas_similarity"),
+            "stage_seconds": prepared.provenance["quality"].get("seconds"),
+            "warnings": list(prepared.warnings),
             "disk_mb": disk_mb}
 
 

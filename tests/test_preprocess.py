@@ -54,6 +54,11 @@ def test_save_load_round_trip_and_slice_chunks(tmp_path):
     assert loaded.labels_observer2 is None and loaded.split is None
     assert loaded.site == "siteA" and loaded.channels == ("FLAIR", "T1")
     assert loaded.cache_key == "abc" and loaded.provenance == {"x": 1}
+    assert loaded.warnings == ()  # none by default
+    warned = dataclasses.replace(prepared, warnings=("atlas registration fell back to affine "
+                                                     "(NMI 0.031)",))
+    assert PreparedSubject.load(warned.save(tmp_path / "w" / "s01.h5")).warnings == \
+        warned.warnings
     assert loaded.brain_mask.dtype == bool and loaded.images.dtype == np.float32
     with h5py.File(saved) as file:
         x, y, _ = prepared.shape
@@ -132,6 +137,7 @@ def test_corrupt_prepared_file_names_it(tmp_path):
 # One tiny synthetic subject (the 'test' profile: 2 mm in plane, 6 mm slices) is
 # prepared once per module with a fast configuration and checked against its truth.
 
+import csv  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
@@ -141,7 +147,7 @@ import SimpleITK as sitk  # noqa: E402
 from wmh.cli import main as cli_main  # noqa: E402
 from wmh.config import PreprocessConfig  # noqa: E402
 from wmh.io import discover, load_labels  # noqa: E402
-from wmh.preprocess import (PreparationFailed, _check_brain_mask, cache_key,  # noqa: E402
+from wmh.preprocess import (check_brain_mask, cache_key,  # noqa: E402
                             from_sitk, load_atlas, mni_coordinate_map, prepare_cohort,
                             prepare_subject, register_atlas_affine, skull_stripped_mask,
                             to_sitk)
@@ -218,19 +224,31 @@ def test_failed_subject_is_reported_and_leaves_nothing(cohort):
     assert set(report.failed) == {"s999"}
     assert "s999" in report.failed["s999"] and "FLAIR.nii.gz" in report.failed["s999"]
     assert "FAILED s999" in report.summary()
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "s000.h5"]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "prepare_summary.csv",
+                                                     "s000.h5"]
+    with open(out / "prepare_summary.csv") as handle:
+        rows = {row["subject_id"]: row for row in csv.DictReader(handle)}
+    assert set(rows) == {"s000", "s999"}
+    assert rows["s000"]["status"] == "prepared" and rows["s000"]["error"] == ""
+    assert rows["s000"]["file"] == "s000.h5" and float(rows["s000"]["seconds"]) > 0
+    assert rows["s999"]["status"] == "failed" and "FLAIR.nii.gz" in rows["s999"]["error"]
+    assert rows["s999"]["file"] == ""
     manifest = json.loads((out / "manifest.json").read_text())
     assert [entry["subject_id"] for entry in manifest["subjects"]] == ["s000"]
     assert manifest["subjects"][0]["cache_key"] == PreparedSubject.load(out / "s000.h5").cache_key
     assert "s999" in manifest["failed"] and len(manifest["cohort_hash"]) == 16
 
 
-def test_rerun_skips_up_to_date_and_cli_exit_code(cohort, tmp_path):
+def test_rerun_skips_up_to_date_and_cli_exit_code(cohort, tmp_path, capsys):
     folder, out, _ = cohort
     before = (out / "s000.h5").stat().st_mtime_ns
     report = prepare_cohort(folder.parent.parent, out, FAST, progress=False)
     assert set(report.skipped) == {"s000"} and not report.prepared
+    assert report.warnings["s000"] == PreparedSubject.load(out / "s000.h5").warnings
     assert (out / "s000.h5").stat().st_mtime_ns == before
+    with open(out / "prepare_summary.csv") as handle:
+        assert {row["subject_id"]: row["status"] for row in csv.DictReader(handle)} == {
+            "s000": "skipped", "s999": "failed"}
     # the CLI lists the failure and exits 1 (the good subject is skipped again)
     config = tmp_path / "fast.yaml"
     config.write_text(json.dumps({"preprocess": {
@@ -241,6 +259,27 @@ def test_rerun_skips_up_to_date_and_cli_exit_code(cohort, tmp_path):
                   "--config", str(config)])
     assert exit_info.value.code == 1
     assert (out / "s000.h5").stat().st_mtime_ns == before
+    assert "1 of 2 subjects failed: s999" in capsys.readouterr().err
+
+
+def test_cli_single_bad_file_and_bad_options_exit_2(cohort, tmp_path, capsys):
+    folder, _, _ = cohort
+    broken = folder.parent / "s999" / "orig" / "FLAIR.nii.gz"
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["prepare", str(broken), "--out", str(tmp_path / "one")])
+    assert exit_info.value.code == 2
+    assert f"{broken}: corrupt or truncated gzip" in capsys.readouterr().err
+    assert not (tmp_path / "one").exists()  # nothing written
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["prepare", str(folder), "--out", str(tmp_path / "two"), "--workers", "0"])
+    assert exit_info.value.code == 2
+    assert "--workers 0: must be at least 1" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["prepare", str(folder), "--out", str(tmp_path / "file")])
+    assert exit_info.value.code == 2
+    assert "exists and is not a folder" in capsys.readouterr().err
+    assert not (tmp_path / "two").exists()
 
 
 def test_cache_key_follows_inputs_and_config(cohort):
@@ -285,16 +324,25 @@ def test_skull_stripped_input_detected():
     assert skull_stripped_mask(with_skull, spacing) is None
 
 
-def test_implausible_brain_mask_fails_with_reason():
+def test_implausible_brain_mask_gives_a_warning():
     spacing = np.array([1.0, 1.0, 1.0])
     tiny = np.zeros((50, 50, 50), dtype=bool)
     tiny[20:30, 20:30, 20:30] = True
-    with pytest.raises(PreparationFailed, match="implausible brain volume"):
-        _check_brain_mask(tiny, spacing, FAST, "x.nii.gz", {})
+    quality = {}
+    warnings = check_brain_mask(tiny, spacing, FAST, quality)
+    assert len(warnings) == 1 and "implausible brain volume 1 ml" in warnings[0]
+    assert quality["brain_volume_ml"] == pytest.approx(1.0)
     full = np.ones((120, 120, 120), dtype=bool)
-    with pytest.raises(PreparationFailed, match="field of view"):
-        _check_brain_mask(full, spacing, dataclasses.replace(FAST, brain_volume_ml=(0.0, 1e9)),
-                          "x.nii.gz", {})
+    warnings = check_brain_mask(full, spacing, dataclasses.replace(FAST, brain_volume_ml=(0.0, 1e9)),
+                                {})
+    assert len(warnings) == 1 and "field of view on 100%" in warnings[0]
+    # the border is the slice planes' border: a mask filling the slices only is fine
+    slab = np.zeros((120, 120, 120), dtype=bool)
+    slab[:, 10:110, :] = True  # fills the field of view along x and z
+    assert check_brain_mask(slab, spacing, dataclasses.replace(FAST, brain_volume_ml=(0.0, 1e9)),
+                            {}) == []
+    assert check_brain_mask(slab, spacing, dataclasses.replace(FAST, brain_volume_ml=(0.0, 1e9)),
+                            {}, slice_axis=1) != []
 
 
 def coregistered_copy(folder, destination):

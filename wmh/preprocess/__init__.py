@@ -50,7 +50,7 @@ The package, one module per job (each imports only modules above it in this list
 
 from wmh.location import LOCATION_FEATURES
 from wmh.preprocess.atlas import Atlas, load_atlas, mni_coordinate_map, sample_atlas
-from wmh.preprocess.brain_mask import (SKULL_STRIPPED_MAX_ML, _check_brain_mask,
+from wmh.preprocess.brain_mask import (SKULL_STRIPPED_MAX_ML, check_brain_mask,
                                        skull_stripped_mask)
 from wmh.preprocess.cohort import (MANIFEST_NAME, PrepareReport, prepare_cohort,
                                    write_manifest)
@@ -60,7 +60,9 @@ from wmh.preprocess.grid import (IDENTITY_ATOL, SAME_SPACING_MM, resample_voxels
                                  to_working_grid, working_grid)
 from wmh.preprocess.intensity import bias_correct, normalise_intensities
 from wmh.preprocess.keys import cache_key, code_version, config_hash, provenance
-from wmh.preprocess.registration import (ATLAS_START_SCALES, normalised_mutual_information,
+from wmh.preprocess.registration import (ATLAS_START_SCALES, head_geometry,
+                                         normalised_mutual_information,
+                                         principal_axes_rotation,
                                          register_atlas_affine, register_atlas_deformable,
                                          register_rigid)
 from wmh.preprocess.sitk_bridge import (downsample, from_sitk, grid_affine, reference_image,
@@ -78,5 +80,5 @@ __all__ = [
     "refine_ventricles", "register_atlas_affine", "register_atlas_deformable",
     "register_rigid", "resample", "resample_voxels", "sample_atlas", "sitk_threads",
     "skull_stripped_mask", "to_sitk", "to_working_grid", "working_grid", "write_manifest",
-    "_check_brain_mask",
+    "check_brain_mask", "head_geometry", "principal_axes_rotation",
 ]

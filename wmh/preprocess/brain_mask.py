@@ -8,7 +8,6 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage
 
-from wmh.preprocess.format import PreparationFailed
 from wmh.preprocess.grid import to_working_grid
 
 
@@ -60,20 +59,23 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     return components == int(np.argmax(sizes)) + 1
 
 
-def _check_brain_mask(brain_mask: np.ndarray, spacing: np.ndarray, config, name,
-                      quality: dict) -> None:
-    """Fails a brain of implausible volume or one that fills the in-plane field of view."""
+def check_brain_mask(brain_mask: np.ndarray, spacing: np.ndarray, config, quality: dict,
+                     slice_axis: int = 2) -> list[str]:
+    """Warnings for a brain of implausible volume (outside ``config.brain_volume_ml``) or
+    one that fills the field of view across its slices (on more than half of the
+    border of the slice planes); records the figures in ``quality``."""
+    warnings = []
     volume_ml = float(brain_mask.sum() * np.prod(spacing) / 1000.0)
     quality["brain_volume_ml"] = volume_ml
     low, high = config.brain_volume_ml
     if not low <= volume_ml <= high:
-        raise PreparationFailed(f"{name}: implausible brain volume {volume_ml:.0f} ml "
-                                f"(expected {low:.0f}-{high:.0f} ml; brain mask or "
-                                "registration failed)")
-    border = np.concatenate([brain_mask[0].ravel(), brain_mask[-1].ravel(),
-                             brain_mask[:, 0].ravel(), brain_mask[:, -1].ravel()])
+        warnings.append(f"implausible brain volume {volume_ml:.0f} ml (expected {low:.0f}-"
+                        f"{high:.0f} ml): check the brain mask")
+    inplane = [axis for axis in range(3) if axis != slice_axis]
+    border = np.concatenate([np.take(brain_mask, index, axis=axis).ravel()
+                             for axis in inplane for index in (0, -1)])
     quality["brain_border_share"] = float(border.mean())
     if border.mean() > 0.5:
-        raise PreparationFailed(f"{name}: brain mask touches the field of view on "
-                                f"{100 * border.mean():.0f}% of its in-plane border "
-                                "(brain mask failed)")
+        warnings.append(f"brain mask touches the field of view on {100 * border.mean():.0f}% "
+                        "of its in-plane border: check the brain mask")
+    return warnings

@@ -79,6 +79,9 @@ class PreparedSubject:
         provenance: code version, config hash, input hashes, quality figures.
         mni_coordinates: (X, Y, Z, 3) float32 raw MNI coordinates in mm (stored as
             float16), or None.
+        warnings: short strings, one per fallback or doubtful quality met while
+            preparing (e.g. "atlas registration fell back to affine (NMI 0.031)");
+            empty when all went as planned.
     """
 
     subject_id: str
@@ -99,6 +102,7 @@ class PreparedSubject:
     cache_key: str = ""
     provenance: dict = dataclasses.field(default_factory=dict)
     mni_coordinates: Optional[np.ndarray] = None
+    warnings: tuple[str, ...] = ()
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -195,6 +199,7 @@ class PreparedSubject:
         attrs["native_header"] = np.void(bytes(self.native_header))
         attrs["cache_key"] = self.cache_key
         attrs["provenance"] = json.dumps(self.provenance, sort_keys=True)
+        attrs["warnings"] = json.dumps([str(w) for w in self.warnings])
 
     @classmethod
     def load(cls, path: str | Path) -> "PreparedSubject":
@@ -246,18 +251,27 @@ class PreparedSubject:
             native_header=bytes(attrs["native_header"].tobytes()),
             cache_key=str(attrs["cache_key"]), provenance=json.loads(attrs["provenance"]),
             mni_coordinates=(None if "mni_coordinates" not in file
-                             else file["mni_coordinates"][()].astype(np.float32)))
+                             else file["mni_coordinates"][()].astype(np.float32)),
+            warnings=tuple(json.loads(attrs["warnings"])) if "warnings" in attrs else ())
 
 
 def read_cache_key(path: str | Path) -> Optional[str]:
     """The cache key stored in a prepared file, or None when it is missing or unreadable."""
+    return read_key_and_warnings(path)[0]
+
+
+def read_key_and_warnings(path: str | Path) -> tuple[Optional[str], tuple[str, ...]]:
+    """A prepared file's cache key and warnings without reading its volumes; (None, ())
+    when the file is missing, unreadable or of another format version."""
     try:
         with h5py.File(path, "r") as file:
             if int(file.attrs.get("format_version", -1)) != FORMAT_VERSION:
-                return None
-            return str(file.attrs["cache_key"])
+                return None, ()
+            warnings = file.attrs.get("warnings")
+            return (str(file.attrs["cache_key"]),
+                    tuple(json.loads(warnings)) if warnings is not None else ())
     except (OSError, KeyError, ValueError):
-        return None
+        return None, ()
 
 
 class _BytesReader:

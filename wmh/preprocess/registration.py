@@ -9,7 +9,6 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from wmh.preprocess.atlas import Atlas, load_atlas
-from wmh.preprocess.format import PreparationFailed
 from wmh.preprocess.intensity import _otsu
 from wmh.preprocess.sitk_bridge import (_LPS, _smoothed_for, downsample, from_sitk,
                                         grid_affine, resample, to_sitk)
@@ -62,17 +61,32 @@ def _centroid(mask: sitk.Image) -> np.ndarray:
     return np.array(statistics.GetCentroid(1))
 
 
-ATLAS_START_SCALES = (0.88, 1.0, 1.12)  # head sizes the affine search starts from
+ATLAS_START_SCALES = (0.9, 1.0, 1.1)  # head sizes (relative) the affine search starts from
+ATLAS_START_SHIFTS_MM = (-15.0, 0.0, 15.0)  # superior-inferior start offsets (mm)
+ATLAS_OPTIMISED_STARTS = 2  # the best-ranked starts that are optimised fully
+PRINCIPAL_AXES_MAX_DEGREES = 30.0  # a principal-axes start tilted further is not tried
 
 
 def register_atlas_affine(subject: sitk.Image, subject_brain_centre: np.ndarray,
-                          atlas: Atlas, config) -> sitk.AffineTransform:
+                          atlas: Atlas, config, subject_mask: Optional[sitk.Image] = None,
+                          ) -> sitk.AffineTransform:
     """Affine registration of the subject to the MNI template (template = fixed, its
     dilated brain mask restricts the metric so the subject's skull matters little).
 
-    Mutual information has a local optimum that stretches the template brain over the
-    whole head; starting from several scales (``ATLAS_START_SCALES``) and keeping the
-    best final metric avoids it.
+    Mutual information has local optima (the template brain stretched over the whole
+    head, or slid down into the neck). The search therefore starts from several poses:
+    no rotation and, given ``subject_mask``, the rotation that aligns the template's
+    principal axes with the subject's (:func:`principal_axes_rotation`); each at the
+    head sizes ``ATLAS_START_SCALES`` and the superior-inferior offsets
+    ``ATLAS_START_SHIFTS_MM`` around ``subject_brain_centre``. Every start gets a short
+    coarse optimisation (:func:`_coarse_search`) and is then scored by the metric on all
+    voxels; the ``ATLAS_OPTIMISED_STARTS`` best are optimised fully and the best final
+    metric wins.
+
+    Args:
+        subject: the subject image (world = LPS mm).
+        subject_brain_centre: world (LPS) point where the brain's centre probably is.
+        subject_mask: the subject's head (or brain) for the principal axes, or None.
 
     Returns:
         The transform mapping MNI world points to subject world points (LPS mm).
@@ -86,25 +100,115 @@ def register_atlas_affine(subject: sitk.Image, subject_brain_centre: np.ndarray,
     judge.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     judge.SetMetricFixedMask(template_mask)
     judge.SetInterpolator(sitk.sitkLinear)
-    best, best_value = None, np.inf
-    for scale in ATLAS_START_SCALES:
-        transform = sitk.AffineTransform(3)
-        transform.SetCenter([float(v) for v in template_centre])
-        transform.SetMatrix([float(v) for v in (scale * np.eye(3)).ravel()])
-        transform.SetTranslation([float(v) for v in subject_brain_centre - template_centre])
-        method = _mutual_information(config, config.registration_iterations)
-        method.SetMetricFixedMask(template_mask)
-        method.SetInitialTransform(transform, inPlace=True)
-        method.Execute(template, moving)
+
+    def evaluate(transform) -> float:
         judge.SetInitialTransform(transform)
-        value = judge.MetricEvaluate(template, moving)
-        if value < best_value:
-            best, best_value = transform, value
+        try:
+            return float(judge.MetricEvaluate(template, moving))
+        except RuntimeError:  # too few samples overlap: the worst score
+            return np.inf
+
+    rotations = [np.eye(3)]
+    if subject_mask is not None:
+        rotation = principal_axes_rotation(subject_mask, brain)
+        if rotation is not None and _rotation_degrees(rotation) > 2.0:
+            rotations.append(rotation)
+    starts = []
+    for rotation in rotations:
+        for scale in ATLAS_START_SCALES:
+            for shift in ATLAS_START_SHIFTS_MM:
+                transform = sitk.AffineTransform(3)
+                transform.SetCenter([float(v) for v in template_centre])
+                transform.SetMatrix([float(v) for v in (scale * rotation).ravel()])
+                # LPS z is superior, as RAS z
+                target = np.asarray(subject_brain_centre, np.float64) + [0.0, 0.0, shift]
+                transform.SetTranslation([float(v) for v in target - template_centre])
+                # a short coarse optimisation: the raw metric of a start ranks it poorly
+                _optimise(_coarse_search(config), template, moving, template_mask, transform)
+                starts.append((evaluate(transform), len(starts), transform))
+    starts.sort(key=lambda start: (start[0], start[1]))
+    best, best_value = starts[0][2], starts[0][0]
+    for _, _, transform in starts[:ATLAS_OPTIMISED_STARTS]:
+        method = _mutual_information(config, config.registration_iterations)
+        if _optimise(method, template, moving, template_mask, transform):
+            value = evaluate(transform)
+            if value < best_value:
+                best, best_value = transform, value
     return best
 
 
+def _optimise(method: sitk.ImageRegistrationMethod, fixed: sitk.Image, moving: sitk.Image,
+              fixed_mask: sitk.Image, transform: sitk.Transform) -> bool:
+    """Runs ``method`` from ``transform`` (updated in place); False when the optimiser
+    left the images' overlap (the transform is then wherever it stopped)."""
+    method.SetMetricFixedMask(fixed_mask)
+    method.SetInitialTransform(transform, inPlace=True)
+    try:
+        method.Execute(fixed, moving)
+    except RuntimeError:
+        return False
+    return True
+
+
+ATLAS_SEARCH_ITERATIONS = 25  # iterations of each start's short coarse optimisation
+
+
+def _coarse_search(config) -> sitk.ImageRegistrationMethod:
+    """One level, shrunk 2x and smoothed 4 mm, ``ATLAS_SEARCH_ITERATIONS`` iterations."""
+    method = sitk.ImageRegistrationMethod()
+    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+    method.SetMetricSamplingStrategy(method.RANDOM)
+    method.SetMetricSamplingPercentage(min(1.0, 4 * float(config.registration_sampling)),
+                                       _itk_seed(config))
+    method.SetInterpolator(sitk.sitkLinear)
+    method.SetShrinkFactorsPerLevel([2])
+    method.SetSmoothingSigmasPerLevel([4.0])
+    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+    method.SetOptimizerAsRegularStepGradientDescent(
+        learningRate=4.0, minStep=0.05, numberOfIterations=ATLAS_SEARCH_ITERATIONS,
+        relaxationFactor=0.6, gradientMagnitudeTolerance=1e-6)
+    method.SetOptimizerScalesFromPhysicalShift()
+    return method
+
+
+def _rotation_degrees(matrix: np.ndarray) -> float:
+    cosine = np.clip((np.trace(matrix) - 1.0) / 2.0, -1.0, 1.0)
+    return float(np.degrees(np.arccos(cosine)))
+
+
+def _principal_axes(mask: sitk.Image) -> np.ndarray:
+    """Principal axes (columns, world LPS) of a mask's nonzero voxels."""
+    affine = grid_affine(mask)
+    points = affine[:3, :3] @ np.argwhere(from_sitk(mask) > 0).T.astype(np.float64)
+    values, vectors = np.linalg.eigh(np.cov(points))
+    return _LPS @ vectors[:, np.argsort(values)[::-1]]
+
+
+def principal_axes_rotation(subject_mask: sitk.Image, template_mask: sitk.Image,
+                            ) -> Optional[np.ndarray]:
+    """The rotation (LPS, 3 x 3) that takes the template's principal axes onto the
+    subject's: of every pairing and sign of the axes, the one closest to no rotation;
+    None when even that tilts more than ``PRINCIPAL_AXES_MAX_DEGREES`` (heads lie roughly
+    upright in a scanner: a larger angle means the axes are ill-defined)."""
+    import itertools
+
+    subject_axes = _principal_axes(subject_mask)
+    template_axes = _principal_axes(template_mask)
+    best, best_angle = None, np.inf
+    for order in itertools.permutations(range(3)):
+        for signs in itertools.product((1.0, -1.0), repeat=3):
+            rotation = subject_axes[:, order] @ np.diag(signs) @ template_axes.T
+            if np.linalg.det(rotation) < 0:
+                continue
+            angle = _rotation_degrees(rotation)
+            if angle < best_angle:
+                best, best_angle = rotation, angle
+    return best if best_angle <= PRINCIPAL_AXES_MAX_DEGREES else None
+
+
 def register_atlas_deformable(subject: sitk.Image, mni_from_subject_affine: sitk.Transform,
-                              atlas: Atlas, config, slice_mm: float = 0.0) -> sitk.Transform:
+                              atlas: Atlas, config, slice_mm: float = 0.0,
+                              slice_axis: int = 2) -> sitk.Transform:
     """Deformable refinement of the affine atlas registration, for any contrast.
 
     The atlas's tissue probabilities (grey, white, CSF, and 'outside the brain') are
@@ -116,8 +220,9 @@ def register_atlas_deformable(subject: sitk.Image, mni_from_subject_affine: sitk
     Args:
         subject: the subject's registration image (FLAIR or registered T1).
         mni_from_subject_affine: subject -> MNI affine (LPS world points).
-        slice_mm: the thickness the subject image's slices (its third axis) integrate
-            over, e.g. a 2D FLAIR's slice spacing; the template is blurred alike.
+        slice_mm: the thickness the subject image's slices (along ``slice_axis``)
+            integrate over, e.g. a 2D FLAIR's slice spacing; the template is blurred alike.
+        slice_axis: the subject image's voxel axis across its slices.
 
     Returns:
         The composite transform mapping subject world points to MNI world points (LPS).
@@ -138,9 +243,10 @@ def register_atlas_deformable(subject: sitk.Image, mni_from_subject_affine: sitk
                        1.0 - maps["brain"][crop]], axis=-1)
     means, *_ = np.linalg.lstsq(design[region], intensities[region], rcond=None)
     template = (design @ means).astype(np.float32)
-    if slice_mm > spacing[2]:
+    if slice_mm > spacing[slice_axis]:
         # a thick slice averages its slab, then linear interpolation spreads it further
-        template = ndimage.gaussian_filter1d(template, slice_mm / 2.355 / spacing[2], axis=2)
+        template = ndimage.gaussian_filter1d(template, slice_mm / 2.355 / spacing[slice_axis],
+                                             axis=slice_axis)
     sigma = 25.0 / spacing
     affine = grid_affine(subject) @ _translation(corner)
     fixed = to_sitk(_local_normalise(intensities, region, sigma), affine)
@@ -193,28 +299,54 @@ def normalised_mutual_information(first: np.ndarray, second: np.ndarray,
 
 
 MNI_BRAIN_TOP_ABOVE_CENTROID_MM = 72.0  # MNI152 brain mask: top z minus centroid z
+SCALP_MM = 10.0  # skin, fat and bone above the brain at the vertex
+NECK_CROP_BELOW_TOP_MM = 190.0  # kept below the top of the head: brain, skull and 15 % more
 
 
-def _head_centre(image: sitk.Image, stripped: bool) -> np.ndarray:
-    """World (LPS) point where the brain's centre probably is.
+def head_geometry(image: sitk.Image, stripped: bool) -> tuple[np.ndarray, sitk.Image,
+                                                              sitk.Image]:
+    """Where the brain probably is, and the image without the neck.
 
-    Skull-stripped: the foreground centroid. With a skull: the head's x/y centroid and,
-    in z, the top of the head minus 10 mm of scalp and skull minus the MNI brain's
-    top-to-centroid height (the top of the head is the landmark a cut neck can't move).
+    The head is the largest bright component (above the Otsu threshold, or nonzero for
+    skull-stripped input) with its holes filled. Its superior extent is the landmark a
+    neck or a cut field of view cannot move: everything more than
+    ``NECK_CROP_BELOW_TOP_MM`` below it (neck, shoulders) is set to 0 (skull-stripped
+    input is left as it is).
+
+    Returns:
+        The world (LPS) point where the brain's centre probably is (the cropped head's
+        centroid in x and y; in z the top of the head minus ``SCALP_MM`` minus the MNI
+        brain's top-to-centroid height, or the foreground centroid when skull-stripped),
+        the cropped image and the cropped head mask (uint8).
     """
     array = from_sitk(image)
     threshold = 0.0 if stripped else _otsu(array)
     head = ndimage.binary_opening(array > threshold, iterations=1)
     if not head.any():
         head = array > threshold
+    components, count = ndimage.label(head)
+    if count > 1:
+        sizes = np.bincount(components.ravel())[1:]
+        head = components == int(np.argmax(sizes)) + 1
+    head = ndimage.binary_fill_holes(head)
     affine = grid_affine(image)
+    index = np.indices(array.shape, dtype=np.float32)
+    height = sum(float(affine[2, axis]) * index[axis] for axis in range(3)) + affine[2, 3]
     voxels = np.argwhere(head)
-    points = (affine[:3, :3] @ voxels.T + affine[:3, 3:]).T  # RAS mm
+    if stripped or len(voxels) == 0:
+        points = (affine[:3, :3] @ voxels.T + affine[:3, 3:]).T if len(voxels) else None
+        centre = points.mean(axis=0) if points is not None else affine[:3, :3] @ (
+            (np.array(array.shape) - 1) / 2.0) + affine[:3, 3]
+        mask = to_sitk(head.astype(np.uint8), affine)
+        return _LPS @ centre, image, mask
+    top = float(np.percentile(height[head], 99.5))
+    keep = height >= top - NECK_CROP_BELOW_TOP_MM
+    head &= keep
+    points = (affine[:3, :3] @ np.argwhere(head).T + affine[:3, 3:]).T  # RAS mm
     centre = points.mean(axis=0)
-    if not stripped:
-        top = np.percentile(points[:, 2], 99.5)
-        centre[2] = top - 10.0 - MNI_BRAIN_TOP_ABOVE_CENTROID_MM
-    return _LPS @ centre
+    centre[2] = top - SCALP_MM - MNI_BRAIN_TOP_ABOVE_CENTROID_MM
+    cropped = to_sitk(np.where(keep, array, 0).astype(np.float32), affine)
+    return _LPS @ centre, cropped, to_sitk(head.astype(np.uint8), affine)
 
 
 def _t1_registration(loaded, t1_native: sitk.Image, flair_native: sitk.Image, config,
@@ -234,16 +366,22 @@ def _t1_registration(loaded, t1_native: sitk.Image, flair_native: sitk.Image, co
 
 def _atlas_registration(flair_native: sitk.Image, t1_native: Optional[sitk.Image],
                         flair_to_t1: sitk.Transform, brain_mask: Optional[np.ndarray],
-                        affine: np.ndarray, config, quality: dict, name) -> sitk.Transform:
+                        affine: np.ndarray, config, quality: dict,
+                        warnings: list[str], slice_axis: int = 2) -> sitk.Transform:
     """MNI152 -> subject, affine then demons, on the FLAIR's field of view at atlas
     resolution; the T1 (better contrast, finer slices) is the subject image when there
-    is one, and a known brain mask removes the skull first.
+    is one, a known brain mask removes the skull first, else the neck is cropped.
+
+    Never fails: where the result's normalised mutual information with the template
+    (``quality['atlas_similarity']``) is below ``config.min_similarity``, the affine
+    result is tried alone; the better one is kept and a warning appended to
+    ``warnings`` says which and how similar it is.
+
+    Args:
+        slice_axis: the FLAIR's thick (acquired slice) axis in working orientation.
 
     Returns:
         The transform mapping FLAIR world points to MNI world points (LPS).
-
-    Raises:
-        PreparationFailed: the registered template does not resemble the subject.
     """
     registration_grid = downsample(flair_native, config.atlas_spacing_mm)
     if t1_native is not None:
@@ -253,23 +391,34 @@ def _atlas_registration(flair_native: sitk.Image, t1_native: Optional[sitk.Image
         subject_image = registration_grid
     atlas = load_atlas(config.atlas_spacing_mm)
     if brain_mask is not None:
-        known_mask = resample(to_sitk(brain_mask.astype(np.uint8), affine), registration_grid,
-                              linear=False)
-        subject_image = sitk.Mask(subject_image, known_mask)
-        centre = _centroid(known_mask)
+        subject_mask = resample(to_sitk(brain_mask.astype(np.uint8), affine),
+                                registration_grid, linear=False)
+        subject_image = sitk.Mask(subject_image, subject_mask)
+        centre = _centroid(subject_mask)
     else:
-        centre = _head_centre(subject_image, stripped=False)
-    mni_from_subject = register_atlas_affine(subject_image, centre, atlas,
-                                             config).GetInverse()
+        centre, subject_image, subject_mask = head_geometry(subject_image, stripped=False)
+    affine_only = register_atlas_affine(subject_image, centre, atlas, config,
+                                        subject_mask).GetInverse()
+    threshold = float(config.min_similarity)
+    affine_similarity = _atlas_similarity(subject_image, affine_only, atlas)
+    quality["atlas_affine_similarity"] = affine_similarity
+    mni_from_subject, similarity = affine_only, affine_similarity
     if config.atlas_deformable:
-        slice_mm = 0.0 if t1_native is not None else float(flair_native.GetSpacing()[2])
-        mni_from_subject = register_atlas_deformable(subject_image, mni_from_subject, atlas,
-                                                     config, slice_mm)
-    similarity = _atlas_similarity(subject_image, mni_from_subject, atlas)
+        slice_mm = 0.0 if t1_native is not None else float(
+            flair_native.GetSpacing()[slice_axis])
+        deformed = register_atlas_deformable(subject_image, affine_only, atlas, config,
+                                             slice_mm, slice_axis)
+        deformed_similarity = _atlas_similarity(subject_image, deformed, atlas)
+        quality["atlas_deformable_similarity"] = deformed_similarity
+        if deformed_similarity >= threshold or deformed_similarity >= affine_similarity:
+            mni_from_subject, similarity = deformed, deformed_similarity
+        else:
+            warnings.append(f"atlas registration fell back to affine (NMI "
+                            f"{affine_similarity:.3f}; deformable {deformed_similarity:.3f})")
     quality["atlas_similarity"] = similarity
-    if similarity < config.min_similarity:
-        raise PreparationFailed(f"{name}: atlas registration failed (normalised mutual "
-                                f"information {similarity:.3f} < {config.min_similarity})")
+    if similarity < threshold:
+        warnings.append(f"atlas registration doubtful (NMI {similarity:.3f} < "
+                        f"{threshold}): check the brain mask and location features")
     return mni_from_subject
 
 

@@ -9,8 +9,8 @@ from wmh.config import PreprocessConfig
 from wmh.io import Subject, load_subject
 from wmh.location import load_prior, location_features
 from wmh.preprocess.atlas import load_atlas, mni_coordinate_map, sample_atlas
-from wmh.preprocess.brain_mask import _check_brain_mask, _known_brain_mask, _largest_component
-from wmh.preprocess.format import PreparationFailed, PreparedSubject
+from wmh.preprocess.brain_mask import _known_brain_mask, _largest_component, check_brain_mask
+from wmh.preprocess.format import PreparedSubject
 from wmh.preprocess.grid import to_working_grid, working_grid
 from wmh.preprocess.intensity import bias_correct, normalise_intensities
 from wmh.preprocess.keys import cache_key, provenance
@@ -34,8 +34,9 @@ def prepare_subject(subject: Subject, config: PreprocessConfig, use_t1: bool = T
         The PreparedSubject (not yet saved; ``cache_key`` filled in).
 
     Raises:
-        WMHError: a bad input file (named).
-        PreparationFailed: registration or brain mask failed a plausibility check.
+        WMHError: a bad input file (named). Nothing else: a registration or brain mask of
+            doubtful quality falls back where it can and adds a line to the result's
+            ``warnings``.
     """
     with sitk_threads(config.threads):
         return _prepare(subject, config, use_t1)
@@ -43,6 +44,7 @@ def prepare_subject(subject: Subject, config: PreprocessConfig, use_t1: bool = T
 
 def _prepare(subject: Subject, config: PreprocessConfig, use_t1: bool) -> PreparedSubject:
     quality: dict = {}  # provenance: methods used, similarity, volumes, stage seconds
+    warnings: list[str] = []  # fallbacks and doubtful quality, for the reports
     clock = _StageClock(quality)
     loaded = load_subject(subject, use_t1=use_t1)
     grid = loaded.flair_grid
@@ -65,7 +67,7 @@ def _prepare(subject: Subject, config: PreprocessConfig, use_t1: bool) -> Prepar
     # 2a. a brain mask known up front; 6. atlas registration
     brain_mask = _known_brain_mask(loaded, shape, affine, quality)
     mni_from_subject = _atlas_registration(flair_native, t1_native, flair_to_t1, brain_mask,
-                                           affine, config, quality, subject.flair)
+                                           affine, config, quality, warnings)
     clock.lap("atlas_registration")
 
     # MNI coordinates of every working voxel; atlas labels pulled through them. 2b.
@@ -75,7 +77,7 @@ def _prepare(subject: Subject, config: PreprocessConfig, use_t1: bool) -> Prepar
         brain_mask = sample_atlas(atlas.brain, atlas.affine, mni_coordinates) > 0.5
         brain_mask = _largest_component(brain_mask)
         quality["brain_mask"] = "atlas"
-    _check_brain_mask(brain_mask, spacing, config, subject.flair, quality)
+    warnings += check_brain_mask(brain_mask, spacing, config, quality)
     atlas_ventricles = np.zeros(shape, dtype=np.uint8)
     for label in (1, 2):
         inside = sample_atlas((atlas.ventricles == label).astype(np.float32), atlas.affine,
@@ -95,9 +97,8 @@ def _prepare(subject: Subject, config: PreprocessConfig, use_t1: bool) -> Prepar
         quality["t1_similarity"] = normalised_mutual_information(
             images[..., 0][brain_mask], images[..., 1][brain_mask])
         if quality["t1_similarity"] < config.min_similarity:
-            raise PreparationFailed(
-                f"{subject.t1}: T1 to FLAIR registration failed (normalised mutual "
-                f"information {quality['t1_similarity']:.3f} < {config.min_similarity})")
+            warnings.append(f"T1 to FLAIR registration doubtful (NMI "
+                            f"{quality['t1_similarity']:.3f} < {config.min_similarity})")
     clock.lap("bias_and_normalisation")
 
     # 7. ventricles and location features
@@ -121,7 +122,7 @@ def _prepare(subject: Subject, config: PreprocessConfig, use_t1: bool) -> Prepar
         native_affine=grid.affine, native_header=bytes(grid.header.binaryblock),
         cache_key=cache_key(subject, config, use_t1),
         provenance=provenance(subject, config, use_t1, quality, prior.source),
-        mni_coordinates=mni_coordinates.astype(np.float32))
+        mni_coordinates=mni_coordinates.astype(np.float32), warnings=tuple(warnings))
 
 
 class _StageClock:
