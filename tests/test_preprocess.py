@@ -119,6 +119,65 @@ def test_mask_written_back_lands_on_flair_grid(tmp_path):
     np.testing.assert_array_equal(np.asarray(image.dataobj), grid.to_native(back))
 
 
+def oriented_image(codes: str, spacing, shape, seed=0) -> nib.Nifti1Image:
+    """Random content stored with voxel axes ``codes`` (e.g. 'LIP'), ``spacing`` and
+    ``shape`` in the stored order, under an oblique-free affine."""
+    from nibabel.orientations import axcodes2ornt, inv_ornt_aff, ornt_transform
+
+    ras_shape = [0, 0, 0]
+    ras_spacing = [0.0, 0.0, 0.0]
+    ornt = ornt_transform(axcodes2ornt(tuple(codes)), axcodes2ornt("RAS"))
+    for stored_axis, (ras_axis, _) in enumerate(ornt):
+        ras_shape[int(ras_axis)] = shape[stored_axis]
+        ras_spacing[int(ras_axis)] = spacing[stored_axis]
+    ras_affine = np.diag(list(ras_spacing) + [1.0])
+    ras_affine[:3, 3] = [-40.0, 25.0, -30.0]
+    affine = ras_affine @ inv_ornt_aff(ornt_transform(axcodes2ornt("RAS"),
+                                                      axcodes2ornt(tuple(codes))), ras_shape)
+    data = np.random.default_rng(seed).random(tuple(shape)).astype(np.float32) + 0.1
+    return nib.Nifti1Image(data, affine)
+
+
+@pytest.mark.parametrize("codes, spacing, plane_axis, working_spacing", [
+    ("LIP", (1.0, 1.0, 5.5), 1, (1.0, 1.0, 5.5)),  # coronal 2D, slices stored last
+    ("PIL", (0.9, 0.9, 4.4), 0, (1.0, 1.0, 4.4)),  # sagittal 2D, resampled in plane
+    ("LAS", (0.9, 0.9, 6.5), 2, (1.0, 1.0, 6.5)),  # axial 2D
+    ("RAS", (1.0, 1.0, 1.2), 2, (1.0, 1.0, 1.2)),  # 3D: axial working grid
+    ("ASL", (4.0, 1.0, 1.0), 1, (1.0, 1.0, 4.0)),  # coronal slices stored first
+])
+def test_working_grid_slices_along_the_acquired_axis(tmp_path, codes, spacing, plane_axis,
+                                                     working_spacing):
+    from wmh.preprocess.grid import slice_axis
+
+    path = tmp_path / "scan.nii.gz"
+    nib.save(oriented_image(codes, spacing, (20, 18, 12)), path)
+    flair, grid = load_image(path)
+    assert slice_axis(grid) == plane_axis
+    shape, affine = working_grid(grid, 1.0)
+    np.testing.assert_allclose(np.sqrt((affine[:3, :3] ** 2).sum(0)), working_spacing,
+                               atol=1e-9)
+    # the working slices (last axis) run along the acquired axis of the RAS grid
+    to_native = np.linalg.solve(grid.working_affine, affine)
+    assert np.argmax(np.abs(to_native[:3, 2])) == plane_axis
+    assert shape[2] == grid.working_shape[plane_axis]
+    # labels drawn on the working grid map back onto the exact input grid and affine
+    prepared = make_prepared(grid, 1.0)
+    native = prepared.to_native(prepared.labels, order=0)
+    source = nib.load(path)
+    assert native.shape == source.shape
+    written = save_like(prepared.to_native_working(prepared.labels, order=0),
+                        prepared.native_grid(), tmp_path / "labels.nii.gz", np.uint8)
+    np.testing.assert_allclose(nib.load(written).affine, source.affine)
+    if np.allclose(spacing[:2], 1.0) or np.allclose(sorted(spacing)[:2], 1.0):
+        # unchanged spacing: working <-> native is a pure permutation, exact both ways
+        working = to_working_grid(flair, grid, shape, affine, order=1)
+        np.testing.assert_array_equal(prepared.to_native(working, order=1),
+                                      np.asarray(source.dataobj))
+        np.testing.assert_array_equal(
+            to_working_grid(grid.to_working(native), grid, shape, affine, order=0),
+            prepared.labels)
+
+
 def test_resample_voxels_nearest_identity():
     array = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
     np.testing.assert_array_equal(resample_voxels(array, np.eye(4), (2, 3, 4), 0), array)
@@ -333,16 +392,14 @@ def test_implausible_brain_mask_gives_a_warning():
     assert len(warnings) == 1 and "implausible brain volume 1 ml" in warnings[0]
     assert quality["brain_volume_ml"] == pytest.approx(1.0)
     full = np.ones((120, 120, 120), dtype=bool)
-    warnings = check_brain_mask(full, spacing, dataclasses.replace(FAST, brain_volume_ml=(0.0, 1e9)),
-                                {})
+    anything = dataclasses.replace(FAST, brain_volume_ml=(0.0, 1e9))
+    warnings = check_brain_mask(full, spacing, anything, {})
     assert len(warnings) == 1 and "field of view on 100%" in warnings[0]
     # the border is the slice planes' border: a mask filling the slices only is fine
     slab = np.zeros((120, 120, 120), dtype=bool)
     slab[:, 10:110, :] = True  # fills the field of view along x and z
-    assert check_brain_mask(slab, spacing, dataclasses.replace(FAST, brain_volume_ml=(0.0, 1e9)),
-                            {}) == []
-    assert check_brain_mask(slab, spacing, dataclasses.replace(FAST, brain_volume_ml=(0.0, 1e9)),
-                            {}, slice_axis=1) != []
+    assert check_brain_mask(slab, spacing, anything, {}) == []
+    assert check_brain_mask(slab, spacing, anything, {}, slice_axis=1) != []
 
 
 def coregistered_copy(folder, destination):
@@ -392,3 +449,32 @@ def test_parallel_workers_match_serial(tmp_path):
         assert first.cache_key == second.cache_key
         np.testing.assert_array_equal(first.brain_mask, second.brain_mask)
         np.testing.assert_allclose(first.images, second.images, atol=1e-5)
+
+
+def test_coronal_acquisition_gives_a_brain_mask_on_its_own_grid(tmp_path):
+    """A coronal 2D FLAIR (slices along anterior-posterior, stored LIP): the working grid
+    slices coronally, and the brain mask written back onto the FLAIR's own grid overlaps
+    the generator's truth."""
+    from wmh.synth import synthesize_cohort
+
+    synthesize_cohort(tmp_path / "synth", 1, seed=5, profile="test-coronal", flair_only=True,
+                      cache_dir=None)
+    subject = discover(tmp_path / "synth")[0]
+    prepared = prepare_subject(subject, FAST, use_t1=False)
+    assert prepared.provenance["quality"]["slice_plane"] == "coronal"
+    np.testing.assert_allclose(prepared.spacing, [2.0, 2.0, 6.0], atol=1e-6)
+    # working z runs anterior-posterior: its direction is the world y axis
+    direction = prepared.affine[:3, 2] / np.linalg.norm(prepared.affine[:3, 2])
+    assert abs(direction[1]) > 0.99
+    source = nib.load(subject.flair)
+    native_mask = prepared.to_native(prepared.brain_mask.astype(np.uint8), order=0) > 0
+    assert native_mask.shape == source.shape
+    truth = np.asarray(nib.load(subject.flair.parent.parent / "truth" / "brainmask.nii.gz")
+                       .dataobj) > 0
+    assert dice(native_mask, truth) >= 0.95
+    # 2 mm in plane = the native spacing: the labels map back exactly
+    np.testing.assert_array_equal(prepared.to_native(prepared.labels, order=0),
+                                  np.asarray(nib.load(subject.labels).dataobj))
+    # location distances stay axial: the left-ventricle distance is 0 on the ventricle
+    left = prepared.ventricles == 1
+    assert left.any() and float(prepared.location[..., 3][left].max()) == 0.0

@@ -8,7 +8,7 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage
 
-from wmh.preprocess.grid import to_working_grid
+from wmh.preprocess.grid import slice_axis, to_working_grid
 
 
 SKULL_STRIPPED_MAX_ML = 2200.0  # a zero-background foreground smaller than this is a brain
@@ -17,12 +17,13 @@ SKULL_STRIPPED_MAX_ML = 2200.0  # a zero-background foreground smaller than this
 SKULL_STRIPPED_MIN_ZERO_SHARE = 0.2  # share of exact zeros in a skull-stripped image
 
 
-def skull_stripped_mask(image: np.ndarray, spacing: np.ndarray) -> Optional[np.ndarray]:
+def skull_stripped_mask(image: np.ndarray, spacing: np.ndarray, slice_axis: int = 2,
+                        ) -> Optional[np.ndarray]:
     """The brain of an already skull-stripped image, or None when it has a skull.
 
     Skull-stripped input has an exactly-zero background around a brain-sized
     foreground (at most ``SKULL_STRIPPED_MAX_ML``); the mask is that foreground with
-    holes filled slice by slice (dark CSF inside the brain stays in).
+    holes filled slice by slice across ``slice_axis`` (dark CSF inside the brain stays in).
     """
     zero_share = float(np.mean(image == 0))
     if zero_share < SKULL_STRIPPED_MIN_ZERO_SHARE:
@@ -31,8 +32,8 @@ def skull_stripped_mask(image: np.ndarray, spacing: np.ndarray) -> Optional[np.n
     volume_ml = foreground.sum() * float(np.prod(spacing)) / 1000.0
     if volume_ml > SKULL_STRIPPED_MAX_ML:
         return None
-    filled = np.stack([ndimage.binary_fill_holes(foreground[:, :, z])
-                       for z in range(foreground.shape[2])], axis=-1)
+    filled = np.stack([ndimage.binary_fill_holes(plane)
+                       for plane in np.moveaxis(foreground, slice_axis, 0)], axis=slice_axis)
     return ndimage.binary_fill_holes(filled)
 
 
@@ -44,7 +45,7 @@ def _known_brain_mask(loaded, shape, affine, quality: dict) -> Optional[np.ndarr
         quality["brain_mask"] = "supplied"
         mask = loaded.brain_mask
     else:
-        mask = skull_stripped_mask(loaded.flair, grid.working_spacing)
+        mask = skull_stripped_mask(loaded.flair, grid.working_spacing, slice_axis(grid))
         if mask is None:
             return None
         quality["brain_mask"] = "skull-stripped input"

@@ -15,15 +15,33 @@ IDENTITY_ATOL = 1e-6  # voxel units: a working grid this close to the native one
 SAME_SPACING_MM = 1e-4  # in-plane spacings closer than this to the target are kept as is
 
 
+THICK_SLICE_RATIO = 1.25  # an axis this much coarser than the other two is the slice axis
+
+
+def slice_axis(grid: NativeGrid) -> int:
+    """The acquired slice axis of a FLAIR, as an axis of its RAS-oriented grid: the
+    thickest axis when it is at least ``THICK_SLICE_RATIO`` times coarser than the other
+    two (a 2D acquisition: axial 2, coronal 1, sagittal 0); else (near-isotropic 3D) the
+    axial axis 2."""
+    spacing = np.asarray(grid.working_spacing, dtype=np.float64)
+    thickest = int(np.argmax(spacing))
+    others = np.delete(spacing, thickest)
+    if spacing[thickest] >= THICK_SLICE_RATIO * float(others.max()):
+        return thickest
+    return 2
+
+
 def working_grid(grid: NativeGrid, inplane_spacing_mm: float,
                  ) -> tuple[tuple[int, int, int], np.ndarray]:
-    """The working grid of a FLAIR: its RAS-oriented grid, slices kept, in-plane
-    resampled to ``inplane_spacing_mm`` over the same field of view.
+    """The working grid of a FLAIR: its RAS-oriented grid with the acquired slice axis
+    (:func:`slice_axis`) last, slices kept, in-plane resampled to ``inplane_spacing_mm``
+    over the same field of view. The two in-plane axes keep their RAS order: an axial
+    scan works on (R, A, S) voxels, a coronal one on (R, S, A), a sagittal one on (A, S, R).
 
-    Working voxel i (along x or y) sits at native continuous index (i + 0.5) r - 0.5,
-    r = target / native spacing, so the first and last voxel edges coincide; when the
-    native spacing already equals the target (within ``SAME_SPACING_MM``) r = 1 and the
-    working grid is the native one.
+    Working voxel i along an in-plane axis sits at native continuous index
+    (i + 0.5) r - 0.5, r = target / native spacing, so the first and last voxel edges
+    coincide; when the native spacing already equals the target (within
+    ``SAME_SPACING_MM``) r = 1 and, for an axial scan, the working grid is the native one.
 
     Returns:
         (X, Y, Z) shape and the (4, 4) working voxel -> world affine.
@@ -32,16 +50,26 @@ def working_grid(grid: NativeGrid, inplane_spacing_mm: float,
         raise WMHError(f"option preprocess.inplane_spacing_mm: must be positive, "
                        f"got {inplane_spacing_mm}")
     native_spacing = grid.working_spacing
-    shape = list(grid.working_shape)
-    to_native = np.eye(4)
-    for axis in (0, 1):
-        if abs(native_spacing[axis] - inplane_spacing_mm) < SAME_SPACING_MM:
-            continue
-        ratio = inplane_spacing_mm / native_spacing[axis]
-        shape[axis] = max(1, int(round(shape[axis] / ratio)))
-        to_native[axis, axis] = ratio
+    native_shape = grid.working_shape
+    across = slice_axis(grid)
+    axes = [axis for axis in range(3) if axis != across] + [across]
+    shape = []
+    to_native = np.zeros((4, 4))
+    to_native[3, 3] = 1.0
+    for working_axis, axis in enumerate(axes):
+        ratio = 1.0
+        if working_axis < 2 and abs(native_spacing[axis] - inplane_spacing_mm) >= SAME_SPACING_MM:
+            ratio = inplane_spacing_mm / native_spacing[axis]
+        shape.append(max(1, int(round(native_shape[axis] / ratio))))
+        to_native[axis, working_axis] = ratio
         to_native[axis, 3] = (ratio - 1.0) / 2.0
     return tuple(shape), grid.working_affine @ to_native
+
+
+def working_axes(grid: NativeGrid, affine: np.ndarray) -> tuple[int, int, int]:
+    """For each working axis, the axis of the FLAIR's RAS-oriented grid it runs along."""
+    to_native = np.linalg.solve(grid.working_affine, affine)
+    return tuple(int(np.argmax(np.abs(to_native[:3, axis]))) for axis in range(3))
 
 
 def to_working_grid(array: np.ndarray, grid: NativeGrid, shape: tuple[int, int, int],
@@ -56,8 +84,9 @@ def to_working_grid(array: np.ndarray, grid: NativeGrid, shape: tuple[int, int, 
                                                               atol=IDENTITY_ATOL):
         return np.array(array, copy=True)
     if order == 1:
-        ratios = np.abs(np.diag(to_native)[:3])
-        sigma = [max(0.0, (ratio - 1.0) / 2.0) for ratio in ratios[:2]] + [0.0]
+        # the working voxel size along each native axis, in native voxels
+        ratios = np.sqrt((to_native[:3, :3] ** 2).sum(axis=1))
+        sigma = [max(0.0, (ratio - 1.0) / 2.0) for ratio in ratios]
         if any(value > 0 for value in sigma):
             sigma += [0.0] * (array.ndim - 3)
             array = ndimage.gaussian_filter(np.asarray(array, np.float32), sigma,
@@ -79,6 +108,9 @@ def resample_voxels(array: np.ndarray, output_to_input: np.ndarray,
         (X', Y', Z'[, C]) array of the input's dtype; 0 outside the input.
     """
     array = np.asarray(array)
+    permuted = _permutation_copy(array, output_to_input, output_shape)
+    if permuted is not None:
+        return permuted
     if array.ndim == 4:
         return np.stack([resample_voxels(array[..., c], output_to_input, output_shape, order)
                          for c in range(array.shape[3])], axis=-1)
@@ -97,3 +129,29 @@ def resample_voxels(array: np.ndarray, output_to_input: np.ndarray,
                                       output_shape=tuple(output_shape), order=order,
                                       mode="constant", cval=0.0)
     return result.astype(array.dtype) if array.dtype != bool else result > 0.5
+
+
+def _permutation_copy(array: np.ndarray, output_to_input: np.ndarray,
+                      output_shape: tuple[int, ...]) -> "np.ndarray | None":
+    """Exact resampling when the voxel map only permutes, flips and shifts axes by whole
+    voxels (e.g. a coronal working grid of unchanged spacing <-> its RAS grid): a copy by
+    indexing, 0 outside the input; None for any other map."""
+    matrix, offset = output_to_input[:3, :3], output_to_input[:3, 3]
+    rounded = np.rint(matrix)
+    if (not np.allclose(matrix, rounded, atol=IDENTITY_ATOL)
+            or not np.allclose(offset, np.rint(offset), atol=IDENTITY_ATOL)
+            or not np.array_equal(np.abs(rounded).sum(axis=0), np.ones(3))
+            or not np.array_equal(np.abs(rounded).sum(axis=1), np.ones(3))):
+        return None
+    axes = [int(np.argmax(np.abs(rounded[:, k]))) for k in range(3)]
+    source = np.transpose(array, axes + list(range(3, array.ndim)))
+    indices, valid = [], []
+    for k, axis in enumerate(axes):
+        index = int(rounded[axis, k]) * np.arange(output_shape[k]) + int(np.rint(offset[axis]))
+        inside = (index >= 0) & (index < array.shape[axis])
+        indices.append(index[inside])
+        valid.append(inside)
+    out = np.zeros(tuple(output_shape) + array.shape[3:], dtype=array.dtype)
+    out[np.ix_(*valid)] = source[np.ix_(*indices)]
+    return out
+

@@ -61,9 +61,7 @@ def _centroid(mask: sitk.Image) -> np.ndarray:
     return np.array(statistics.GetCentroid(1))
 
 
-ATLAS_START_SCALES = (0.9, 1.0, 1.1)  # head sizes (relative) the affine search starts from
-ATLAS_START_SHIFTS_MM = (-15.0, 0.0, 15.0)  # superior-inferior start offsets (mm)
-ATLAS_OPTIMISED_STARTS = 2  # the best-ranked starts that are optimised fully
+ATLAS_START_SCALES = (0.88, 1.0, 1.12)  # head sizes (relative) the affine search starts from
 PRINCIPAL_AXES_MAX_DEGREES = 30.0  # a principal-axes start tilted further is not tried
 
 
@@ -74,14 +72,15 @@ def register_atlas_affine(subject: sitk.Image, subject_brain_centre: np.ndarray,
     dilated brain mask restricts the metric so the subject's skull matters little).
 
     Mutual information has local optima (the template brain stretched over the whole
-    head, or slid down into the neck). The search therefore starts from several poses:
-    no rotation and, given ``subject_mask``, the rotation that aligns the template's
-    principal axes with the subject's (:func:`principal_axes_rotation`); each at the
-    head sizes ``ATLAS_START_SCALES`` and the superior-inferior offsets
-    ``ATLAS_START_SHIFTS_MM`` around ``subject_brain_centre``. Every start gets a short
-    coarse optimisation (:func:`_coarse_search`) and is then scored by the metric on all
-    voxels; the ``ATLAS_OPTIMISED_STARTS`` best are optimised fully and the best final
-    metric wins.
+    head, or slid down into the neck). The search therefore starts from several poses
+    around ``subject_brain_centre``: no rotation at the head sizes ``ATLAS_START_SCALES``
+    and, given ``subject_mask``, the rotation that aligns the template's principal axes
+    with the subject's (:func:`principal_axes_rotation`). Every start is optimised; the
+    best final metric (all voxels) wins, except that a result whose brain volume (the
+    template's times the affine's determinant) lies outside ``config.brain_volume_ml``
+    ranks after every plausible one. (Ranking the starts by a short coarse search and
+    optimising only the best was measured and rejected: the coarse, smoothed metric
+    prefers the template stretched over the skull.)
 
     Args:
         subject: the subject image (world = LPS mm).
@@ -100,75 +99,46 @@ def register_atlas_affine(subject: sitk.Image, subject_brain_centre: np.ndarray,
     judge.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     judge.SetMetricFixedMask(template_mask)
     judge.SetInterpolator(sitk.sitkLinear)
+    brain_ml = float(from_sitk(brain).sum()) * float(np.prod(template.GetSpacing())) / 1000.0
+    low, high = config.brain_volume_ml
 
-    def evaluate(transform) -> float:
+    def rank(transform) -> tuple[bool, float]:
         judge.SetInitialTransform(transform)
         try:
-            return float(judge.MetricEvaluate(template, moving))
+            value = float(judge.MetricEvaluate(template, moving))
         except RuntimeError:  # too few samples overlap: the worst score
-            return np.inf
+            value = np.inf
+        volume = brain_ml * abs(float(np.linalg.det(np.reshape(transform.GetMatrix(), (3, 3)))))
+        return (not low <= volume <= high, value)
 
-    rotations = [np.eye(3)]
+    starts = [scale * np.eye(3) for scale in ATLAS_START_SCALES]
     if subject_mask is not None:
         rotation = principal_axes_rotation(subject_mask, brain)
         if rotation is not None and _rotation_degrees(rotation) > 2.0:
-            rotations.append(rotation)
-    starts = []
-    for rotation in rotations:
-        for scale in ATLAS_START_SCALES:
-            for shift in ATLAS_START_SHIFTS_MM:
-                transform = sitk.AffineTransform(3)
-                transform.SetCenter([float(v) for v in template_centre])
-                transform.SetMatrix([float(v) for v in (scale * rotation).ravel()])
-                # LPS z is superior, as RAS z
-                target = np.asarray(subject_brain_centre, np.float64) + [0.0, 0.0, shift]
-                transform.SetTranslation([float(v) for v in target - template_centre])
-                # a short coarse optimisation: the raw metric of a start ranks it poorly
-                _optimise(_coarse_search(config), template, moving, template_mask, transform)
-                starts.append((evaluate(transform), len(starts), transform))
-    starts.sort(key=lambda start: (start[0], start[1]))
-    best, best_value = starts[0][2], starts[0][0]
-    for _, _, transform in starts[:ATLAS_OPTIMISED_STARTS]:
+            starts.append(rotation)
+    best, best_rank = None, (True, np.inf)
+    for matrix in starts:
+        transform = sitk.AffineTransform(3)
+        transform.SetCenter([float(v) for v in template_centre])
+        transform.SetMatrix([float(v) for v in matrix.ravel()])
+        transform.SetTranslation([float(v) for v in
+                                  np.asarray(subject_brain_centre) - template_centre])
         method = _mutual_information(config, config.registration_iterations)
-        if _optimise(method, template, moving, template_mask, transform):
-            value = evaluate(transform)
-            if value < best_value:
-                best, best_value = transform, value
+        method.SetMetricFixedMask(template_mask)
+        method.SetInitialTransform(transform, inPlace=True)
+        try:
+            method.Execute(template, moving)
+        except RuntimeError:  # the optimiser left the overlap: the other starts go on
+            continue
+        candidate = rank(transform)
+        if best is None or candidate < best_rank:
+            best, best_rank = transform, candidate
+    if best is None:  # every start failed: the first start, unoptimised
+        best = sitk.AffineTransform(3)
+        best.SetCenter([float(v) for v in template_centre])
+        best.SetTranslation([float(v) for v in
+                             np.asarray(subject_brain_centre) - template_centre])
     return best
-
-
-def _optimise(method: sitk.ImageRegistrationMethod, fixed: sitk.Image, moving: sitk.Image,
-              fixed_mask: sitk.Image, transform: sitk.Transform) -> bool:
-    """Runs ``method`` from ``transform`` (updated in place); False when the optimiser
-    left the images' overlap (the transform is then wherever it stopped)."""
-    method.SetMetricFixedMask(fixed_mask)
-    method.SetInitialTransform(transform, inPlace=True)
-    try:
-        method.Execute(fixed, moving)
-    except RuntimeError:
-        return False
-    return True
-
-
-ATLAS_SEARCH_ITERATIONS = 25  # iterations of each start's short coarse optimisation
-
-
-def _coarse_search(config) -> sitk.ImageRegistrationMethod:
-    """One level, shrunk 2x and smoothed 4 mm, ``ATLAS_SEARCH_ITERATIONS`` iterations."""
-    method = sitk.ImageRegistrationMethod()
-    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
-    method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(min(1.0, 4 * float(config.registration_sampling)),
-                                       _itk_seed(config))
-    method.SetInterpolator(sitk.sitkLinear)
-    method.SetShrinkFactorsPerLevel([2])
-    method.SetSmoothingSigmasPerLevel([4.0])
-    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
-    method.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=4.0, minStep=0.05, numberOfIterations=ATLAS_SEARCH_ITERATIONS,
-        relaxationFactor=0.6, gradientMagnitudeTolerance=1e-6)
-    method.SetOptimizerScalesFromPhysicalShift()
-    return method
 
 
 def _rotation_degrees(matrix: np.ndarray) -> float:

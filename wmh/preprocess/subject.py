@@ -11,7 +11,7 @@ from wmh.location import load_prior, location_features
 from wmh.preprocess.atlas import load_atlas, mni_coordinate_map, sample_atlas
 from wmh.preprocess.brain_mask import _known_brain_mask, _largest_component, check_brain_mask
 from wmh.preprocess.format import PreparedSubject
-from wmh.preprocess.grid import to_working_grid, working_grid
+from wmh.preprocess.grid import slice_axis, to_working_grid, working_grid
 from wmh.preprocess.intensity import bias_correct, normalise_intensities
 from wmh.preprocess.keys import cache_key, provenance
 from wmh.preprocess.registration import (_atlas_registration, _t1_registration,
@@ -66,8 +66,10 @@ def _prepare(subject: Subject, config: PreprocessConfig, use_t1: bool) -> Prepar
 
     # 2a. a brain mask known up front; 6. atlas registration
     brain_mask = _known_brain_mask(loaded, shape, affine, quality)
+    acquired_axis = slice_axis(grid)  # of the FLAIR's RAS grid: 2 axial, 1 coronal, 0 sagittal
+    quality["slice_plane"] = ("sagittal", "coronal", "axial")[acquired_axis]
     mni_from_subject = _atlas_registration(flair_native, t1_native, flair_to_t1, brain_mask,
-                                           affine, config, quality, warnings)
+                                           affine, config, quality, warnings, acquired_axis)
     clock.lap("atlas_registration")
 
     # MNI coordinates of every working voxel; atlas labels pulled through them. 2b.
@@ -105,7 +107,10 @@ def _prepare(subject: Subject, config: PreprocessConfig, use_t1: bool) -> Prepar
     ventricles = refine_ventricles(atlas_ventricles, images, brain_mask,
                                    mni_coordinates[..., 0], spacing)
     prior = load_prior(config.prior_path or None)
-    location = location_features(mni_coordinates, ventricles, brain_mask, spacing, prior)
+    # the working axis nearest to superior: distance features stay axial-plane distances
+    axial_axis = int(np.argmax(np.abs(affine[2, :3]) / spacing))
+    location = location_features(mni_coordinates, ventricles, brain_mask, spacing, prior,
+                                 axial_axis)
     clock.lap("ventricles_and_location")
 
     def on_working_grid(labels):
