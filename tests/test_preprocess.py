@@ -478,3 +478,58 @@ def test_coronal_acquisition_gives_a_brain_mask_on_its_own_grid(tmp_path):
     # location distances stay axial: the left-ventricle distance is 0 on the ventricle
     left = prepared.ventricles == 1
     assert left.any() and float(prepared.location[..., 3][left].max()) == 0.0
+
+
+def test_principal_axes_recover_a_known_tilt():
+    from wmh.preprocess.registration import _rotation_degrees, principal_axes_rotation
+
+    atlas = load_atlas(2.0)
+    template = atlas.image("brain") > 0.5
+    tilt = sitk.Euler3DTransform(template.TransformContinuousIndexToPhysicalPoint(
+        [s / 2 for s in template.GetSize()]), np.radians(18.0), 0.0, 0.0)
+    # the subject is the template turned 18 degrees about the left-right axis (nodding)
+    subject = sitk.Resample(template, template, tilt.GetInverse(), sitk.sitkNearestNeighbor, 0)
+    rotation = principal_axes_rotation(subject, template)
+    truth = np.reshape(tilt.GetMatrix(), (3, 3))
+    assert rotation is not None
+    assert _rotation_degrees(rotation.T @ truth) < 4.0
+    assert principal_axes_rotation(template, template) is not None
+    assert _rotation_degrees(principal_axes_rotation(template, template)) < 0.5
+
+
+def test_head_geometry_crops_the_neck():
+    from wmh.preprocess.registration import (MNI_BRAIN_TOP_ABOVE_CENTROID_MM,
+                                             NECK_CROP_BELOW_TOP_MM, SCALP_MM, head_geometry)
+
+    spacing = 2.0
+    x, y, z = np.indices((100, 110, 160)) * spacing  # RAS mm, z up from -100
+    z = z - 100.0
+    head = ((x - 100) / 72) ** 2 + ((y - 110) / 90) ** 2 + ((z - 40) / 75) ** 2 < 1
+    neck = ((x - 100) / 55) ** 2 + ((y - 105) / 50) ** 2 < 1
+    image = np.where(head | (neck & (z < 0)), 100.0, 1.0).astype(np.float32)
+    affine = np.diag([spacing] * 3 + [1.0])
+    affine[:3, 3] = [0.0, 0.0, -100.0]
+    centre, cropped, mask = head_geometry(to_sitk(image, affine), stripped=False)
+    top = np.percentile(z[head | (neck & (z < 0))], 99.5)  # the head's superior extent
+    kept = from_sitk(cropped) > 0
+    assert not kept[z < top - NECK_CROP_BELOW_TOP_MM - spacing].any()
+    assert kept[z > top - NECK_CROP_BELOW_TOP_MM + spacing].any()
+    ras_centre = np.diag([-1.0, -1.0, 1.0]) @ centre
+    expected_z = top - SCALP_MM - MNI_BRAIN_TOP_ABOVE_CENTROID_MM
+    assert abs(ras_centre[2] - expected_z) < 3.0 and abs(ras_centre[0] - 100) < 3.0
+    assert from_sitk(mask).sum() < (head | (neck & (z < 0))).sum()
+
+
+def test_nothing_but_an_unreadable_file_fails(tmp_path):
+    """Noise is no head: preparation still ends, with warnings saying what is doubtful."""
+    rng = np.random.default_rng(0)
+    affine = np.diag([3.0, 3.0, 6.0, 1.0])
+    affine[:3, 3] = [-90.0, -110.0, -70.0]
+    data = (100 * rng.random((60, 72, 26))).astype(np.float32)
+    (tmp_path / "site" / "n01" / "orig").mkdir(parents=True)
+    nib.save(nib.Nifti1Image(data, affine), tmp_path / "site" / "n01" / "orig" / "FLAIR.nii.gz")
+    subject = discover(tmp_path / "site")[0]
+    prepared = prepare_subject(subject, FAST, use_t1=False)
+    assert prepared.warnings, "a registration onto noise must be flagged"
+    assert any("atlas registration" in w or "brain" in w for w in prepared.warnings)
+    assert prepared.brain_mask.shape == prepared.shape

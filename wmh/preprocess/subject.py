@@ -11,7 +11,7 @@ from wmh.location import load_prior, location_features
 from wmh.preprocess.atlas import load_atlas, mni_coordinate_map, sample_atlas
 from wmh.preprocess.brain_mask import _known_brain_mask, _largest_component, check_brain_mask
 from wmh.preprocess.format import PreparedSubject
-from wmh.preprocess.grid import slice_axis, to_working_grid, working_grid
+from wmh.preprocess.grid import slice_axis, to_working_grid, working_axes, working_grid
 from wmh.preprocess.intensity import bias_correct, normalise_intensities
 from wmh.preprocess.keys import cache_key, provenance
 from wmh.preprocess.registration import (_atlas_registration, _t1_registration,
@@ -61,7 +61,10 @@ def _prepare(subject: Subject, config: PreprocessConfig, use_t1: bool) -> Prepar
         t1_native = to_sitk(loaded.t1, loaded.t1_grid.working_affine)
         flair_to_t1 = _t1_registration(loaded, t1_native, flair_native, config, quality)
         # smoothing to the working voxel size mimics the FLAIR's thick-slice partial volume
-        t1 = from_sitk(resample(_smoothed_for(t1_native, spacing), working, flair_to_t1))
+        # (the T1's RAS axes lie along the FLAIR's: the working spacing in RAS order)
+        ras_spacing = np.empty(3)
+        ras_spacing[list(working_axes(grid, affine))] = spacing
+        t1 = from_sitk(resample(_smoothed_for(t1_native, ras_spacing), working, flair_to_t1))
     clock.lap("t1_registration")
 
     # 2a. a brain mask known up front; 6. atlas registration
