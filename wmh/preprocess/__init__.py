@@ -1,8 +1,9 @@
 """Preprocessing: NIfTI subject -> PreparedSubject (one HDF5 file), all in the FLAIR's space.
 
-Steps (paper, "Preprocessing"), each on the *working grid*: the FLAIR in canonical RAS
-orientation (axial slices last), slices kept, in-plane resampled to
-``PreprocessConfig.inplane_spacing_mm``:
+Steps (paper, "Preprocessing"), each on the *working grid*: the FLAIR in RAS
+orientation with its acquired (thickest) slice axis last -- axial (R, A, S), coronal
+(R, S, A) or sagittal (A, S, R); near-isotropic 3D scans work axially -- slices kept,
+in-plane resampled to ``PreprocessConfig.inplane_spacing_mm``:
 
 1. T1 -> FLAIR rigid registration (Mattes mutual information, SimpleITK, starting from
    the scanner's world alignment); skipped when the layout promises co-registration
@@ -16,17 +17,23 @@ orientation (axial slices last), slices kept, in-plane resampled to
 4. Per-subject intensity normalisation to [0, 1] inside the brain (robust percentiles);
    0 outside the brain.
 5. The working grid and its exact map back to the native FLAIR grid
-   (:meth:`PreparedSubject.to_native`; the identity when the spacing already matches).
-6. MNI152 (nilearn's template, 2 mm) -> subject on the FLAIR's field of view: affine
-   (mutual information, several start scales), then demons against the template
-   re-contrasted with the subject's own tissue intensities. It gives each working voxel
+   (:meth:`PreparedSubject.to_native`; the identity, or an exact permutation of axes,
+   when the spacing already matches).
+6. MNI152 (nilearn's template, 2 mm) -> subject on the FLAIR's field of view, the neck
+   cropped below the head's superior extent: affine (mutual information, started from
+   three head sizes and the principal axes, every start optimised, implausible brain
+   volumes ranked last), then demons against the template re-contrasted with the
+   subject's own tissue intensities; below ``PreprocessConfig.min_similarity`` it falls
+   back to the affine result and warns. It gives each working voxel
    its MNI coordinate (mm), the atlas brain mask and the lateral ventricles, which are
    then grown or shrunk to the subject's CSF (:func:`refine_ventricles`).
 7. The 8 location features (:mod:`wmh.location`).
 8. One HDF5 file per subject, written atomically and keyed by a hash of inputs, config
-   and code version (:func:`prepare_cohort`); a failed subject (bad file, low
-   registration similarity, implausible brain volume, brain mask filling the field of
-   view) is reported with its reason and leaves no file.
+   and code version (:func:`prepare_cohort`). Only an unreadable file fails a subject
+   (reported with its reason, no file left); low registration similarity, an
+   implausible brain volume or a brain mask filling the field of view become
+   :attr:`PreparedSubject.warnings`, and the cohort's ``prepare_summary.csv`` lists
+   every subject's status, error and warnings.
 
 Registrations sample the metric randomly with a fixed seed (``PreprocessConfig.seed``)
 and run on ``PreprocessConfig.threads`` threads: same inputs, config and thread count give

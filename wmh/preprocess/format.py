@@ -55,8 +55,9 @@ class PreparationFailed(WMHError):
 
 @dataclasses.dataclass
 class PreparedSubject:
-    """One preprocessed subject on the working grid (X, Y, Z): FLAIR space, canonical
-    RAS, axial slices last, in-plane spacing ``spacing[:2]`` mm, native slices kept.
+    """One preprocessed subject on the working grid (X, Y, Z): FLAIR space, RAS axes with
+    the acquired slice axis last (axial, coronal or sagittal), in-plane spacing
+    ``spacing[:2]`` mm, native slices kept.
 
     Attributes:
         subject_id: unique id within the cohort.
