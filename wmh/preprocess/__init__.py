@@ -21,12 +21,13 @@ in-plane resampled to ``PreprocessConfig.inplane_spacing_mm``:
    when the spacing already matches).
 6. MNI152 (nilearn's template, 2 mm) -> subject on the FLAIR's field of view, the neck
    cropped below the head's superior extent: affine (mutual information, started from
-   three head sizes and the principal axes, every start optimised, implausible brain
-   volumes ranked last), then demons against the template re-contrasted with the
-   subject's own tissue intensities; below ``PreprocessConfig.min_similarity`` it falls
-   back to the affine result and warns. It gives each working voxel
-   its MNI coordinate (mm), the atlas brain mask and the lateral ventricles, which are
-   then grown or shrunk to the subject's CSF (:func:`refine_ventricles`).
+   three head sizes and the principal axes, every start optimised coarsely and the best
+   at full resolution, implausible brain volumes ranked last), then demons against the
+   template re-contrasted with the subject's own tissue intensities; below
+   ``PreprocessConfig.min_similarity`` it falls back to the affine result and warns. It
+   gives each working voxel its MNI coordinate (mm), the atlas brain mask and the
+   lateral ventricles, which are then grown or shrunk to the subject's CSF
+   (:func:`refine_ventricles`).
 7. The 8 location features (:mod:`wmh.location`).
 8. One HDF5 file per subject, written atomically and keyed by a hash of inputs, config
    and code version (:func:`prepare_cohort`). Only an unreadable file fails a subject

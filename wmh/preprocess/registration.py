@@ -19,16 +19,20 @@ def _itk_seed(config) -> int:
     return int(config.seed) + 1
 
 
-def _mutual_information(config, iterations: int) -> sitk.ImageRegistrationMethod:
-    """Mattes mutual information, seeded random sampling, two resolution levels."""
+def _mutual_information(config, iterations: int, levels: tuple[int, ...] = (0, 1),
+                        ) -> sitk.ImageRegistrationMethod:
+    """Mattes mutual information, seeded random sampling, two resolution levels (0:
+    shrunk 2x, smoothed 2 mm; 1: full resolution, smoothed 1 mm), or some of them."""
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     method.SetMetricSamplingStrategy(method.RANDOM)
     share = float(config.registration_sampling)
-    method.SetMetricSamplingPercentagePerLevel([min(1.0, 4 * share), share], _itk_seed(config))
+    shares, shrinks, sigmas = [min(1.0, 4 * share), share], [2, 1], [2.0, 1.0]
+    method.SetMetricSamplingPercentagePerLevel([shares[level] for level in levels],
+                                               _itk_seed(config))
     method.SetInterpolator(sitk.sitkLinear)
-    method.SetShrinkFactorsPerLevel([2, 1])
-    method.SetSmoothingSigmasPerLevel([2.0, 1.0])
+    method.SetShrinkFactorsPerLevel([shrinks[level] for level in levels])
+    method.SetSmoothingSigmasPerLevel([sigmas[level] for level in levels])
     method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     method.SetOptimizerAsRegularStepGradientDescent(
         learningRate=2.0, minStep=0.01, numberOfIterations=int(iterations),
@@ -75,8 +79,9 @@ def register_atlas_affine(subject: sitk.Image, subject_brain_centre: np.ndarray,
     head, or slid down into the neck). The search therefore starts from several poses
     around ``subject_brain_centre``: no rotation at the head sizes ``ATLAS_START_SCALES``
     and, given ``subject_mask``, the rotation that aligns the template's principal axes
-    with the subject's (:func:`principal_axes_rotation`). Every start is optimised; the
-    best final metric (all voxels) wins, except that a result whose brain volume (the
+    with the subject's (:func:`principal_axes_rotation`). Every start is optimised at the
+    coarse level (shrunk 2x) and the best (metric on all voxels) goes on to full
+    resolution, except that a result whose brain volume (the
     template's times the affine's determinant) lies outside ``config.brain_volume_ml``
     ranks after every plausible one. (Ranking the starts by a short coarse search and
     optimising only the best was measured and rejected: the coarse, smoothed metric
@@ -116,6 +121,17 @@ def register_atlas_affine(subject: sitk.Image, subject_brain_centre: np.ndarray,
         rotation = principal_axes_rotation(subject_mask, brain)
         if rotation is not None and _rotation_degrees(rotation) > 2.0:
             starts.append(rotation)
+    def optimise(transform, levels) -> bool:
+        method = _mutual_information(config, config.registration_iterations, levels)
+        method.SetMetricFixedMask(template_mask)
+        method.SetInitialTransform(transform, inPlace=True)
+        try:
+            method.Execute(template, moving)
+        except RuntimeError:  # the optimiser left the overlap
+            return False
+        return True
+
+    # every start through the coarse level; the best one goes on to full resolution
     best, best_rank = None, (True, np.inf)
     for matrix in starts:
         transform = sitk.AffineTransform(3)
@@ -123,16 +139,15 @@ def register_atlas_affine(subject: sitk.Image, subject_brain_centre: np.ndarray,
         transform.SetMatrix([float(v) for v in matrix.ravel()])
         transform.SetTranslation([float(v) for v in
                                   np.asarray(subject_brain_centre) - template_centre])
-        method = _mutual_information(config, config.registration_iterations)
-        method.SetMetricFixedMask(template_mask)
-        method.SetInitialTransform(transform, inPlace=True)
-        try:
-            method.Execute(template, moving)
-        except RuntimeError:  # the optimiser left the overlap: the other starts go on
+        if not optimise(transform, (0,)):
             continue
         candidate = rank(transform)
         if best is None or candidate < best_rank:
             best, best_rank = transform, candidate
+    if best is not None:
+        refined = sitk.AffineTransform(best)
+        if optimise(refined, (1,)) and rank(refined) <= best_rank:
+            best = refined
     if best is None:  # every start failed: the first start, unoptimised
         best = sitk.AffineTransform(3)
         best.SetCenter([float(v) for v in template_centre])
