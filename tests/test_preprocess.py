@@ -319,6 +319,15 @@ def test_rerun_skips_up_to_date_and_cli_exit_code(cohort, tmp_path, capsys):
     assert exit_info.value.code == 1
     assert (out / "s000.h5").stat().st_mtime_ns == before
     assert "1 of 2 subjects failed: s999" in capsys.readouterr().err
+    # --overwrite prepares the up-to-date subject again
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["prepare", str(folder.parent.parent), "--out", str(out),
+                  "--config", str(config), "--overwrite"])
+    assert exit_info.value.code == 1
+    assert (out / "s000.h5").stat().st_mtime_ns != before
+    with open(out / "prepare_summary.csv") as handle:
+        assert {row["subject_id"]: row["status"] for row in csv.DictReader(handle)} == {
+            "s000": "prepared", "s999": "failed"}
 
 
 def test_cli_single_bad_file_and_bad_options_exit_2(cohort, tmp_path, capsys):
