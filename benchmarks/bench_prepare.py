@@ -143,7 +143,7 @@ def similarity_study(subject, use_t1: bool, config) -> dict:
     grid = loaded.flair_grid
     flair = to_sitk(loaded.flair, grid.working_affine)
     image = reg.downsample(flair, config.atlas_spacing_mm)
-    centre, image, mask = reg.head_geometry(image, stripped=False)
+    centre, image, mask = reg.head_geometry(image)
     atlas = load_atlas(config.atlas_spacing_mm)
     found = reg.register_atlas_affine(image, centre, atlas, config, mask)
     figures = {"found": reg._atlas_similarity(image, found.GetInverse(), atlas)}

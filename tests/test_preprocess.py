@@ -518,7 +518,7 @@ def test_head_geometry_crops_the_neck():
     image = np.where(head | (neck & (z < 0)), 100.0, 1.0).astype(np.float32)
     affine = np.diag([spacing] * 3 + [1.0])
     affine[:3, 3] = [0.0, 0.0, -100.0]
-    centre, cropped, mask = head_geometry(to_sitk(image, affine), stripped=False)
+    centre, cropped, mask = head_geometry(to_sitk(image, affine))
     top = np.percentile(z[head | (neck & (z < 0))], 99.5)  # the head's superior extent
     kept = from_sitk(cropped) > 0
     assert not kept[z < top - NECK_CROP_BELOW_TOP_MM - spacing].any()

@@ -288,24 +288,22 @@ SCALP_MM = 10.0  # skin, fat and bone above the brain at the vertex
 NECK_CROP_BELOW_TOP_MM = 190.0  # kept below the top of the head: brain, skull and 15 % more
 
 
-def head_geometry(image: sitk.Image, stripped: bool) -> tuple[np.ndarray, sitk.Image,
-                                                              sitk.Image]:
-    """Where the brain probably is, and the image without the neck.
+def head_geometry(image: sitk.Image) -> tuple[np.ndarray, sitk.Image, sitk.Image]:
+    """Where the brain of a head with skull probably is, and the image without the neck.
 
-    The head is the largest bright component (above the Otsu threshold, or nonzero for
-    skull-stripped input) with its holes filled. Its superior extent is the landmark a
-    neck or a cut field of view cannot move: everything more than
-    ``NECK_CROP_BELOW_TOP_MM`` below it (neck, shoulders) is set to 0 (skull-stripped
-    input is left as it is).
+    The head is the largest component above the Otsu threshold, with its holes filled.
+    Its superior extent (99.5th percentile of its voxels' heights) is the landmark a neck
+    cannot move: everything more than ``NECK_CROP_BELOW_TOP_MM`` below it (neck,
+    shoulders) is set to 0.
 
     Returns:
         The world (LPS) point where the brain's centre probably is (the cropped head's
         centroid in x and y; in z the top of the head minus ``SCALP_MM`` minus the MNI
-        brain's top-to-centroid height, or the foreground centroid when skull-stripped),
-        the cropped image and the cropped head mask (uint8).
+        brain's top-to-centroid height), the cropped image and the cropped head mask
+        (uint8). An image with no foreground comes back whole, centred on its grid.
     """
     array = from_sitk(image)
-    threshold = 0.0 if stripped else _otsu(array)
+    threshold = _otsu(array)
     head = ndimage.binary_opening(array > threshold, iterations=1)
     if not head.any():
         head = array > threshold
@@ -315,15 +313,11 @@ def head_geometry(image: sitk.Image, stripped: bool) -> tuple[np.ndarray, sitk.I
         head = components == int(np.argmax(sizes)) + 1
     head = ndimage.binary_fill_holes(head)
     affine = grid_affine(image)
+    if not head.any():
+        centre = affine[:3, :3] @ ((np.array(array.shape) - 1) / 2.0) + affine[:3, 3]
+        return _LPS @ centre, image, to_sitk(head.astype(np.uint8), affine)
     index = np.indices(array.shape, dtype=np.float32)
     height = sum(float(affine[2, axis]) * index[axis] for axis in range(3)) + affine[2, 3]
-    voxels = np.argwhere(head)
-    if stripped or len(voxels) == 0:
-        points = (affine[:3, :3] @ voxels.T + affine[:3, 3:]).T if len(voxels) else None
-        centre = points.mean(axis=0) if points is not None else affine[:3, :3] @ (
-            (np.array(array.shape) - 1) / 2.0) + affine[:3, 3]
-        mask = to_sitk(head.astype(np.uint8), affine)
-        return _LPS @ centre, image, mask
     top = float(np.percentile(height[head], 99.5))
     keep = height >= top - NECK_CROP_BELOW_TOP_MM
     head &= keep
@@ -381,7 +375,7 @@ def _atlas_registration(flair_native: sitk.Image, t1_native: Optional[sitk.Image
         subject_image = sitk.Mask(subject_image, subject_mask)
         centre = _centroid(subject_mask)
     else:
-        centre, subject_image, subject_mask = head_geometry(subject_image, stripped=False)
+        centre, subject_image, subject_mask = head_geometry(subject_image)
     affine_only = register_atlas_affine(subject_image, centre, atlas, config,
                                         subject_mask).GetInverse()
     threshold = float(config.min_similarity)
