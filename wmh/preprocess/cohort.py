@@ -143,7 +143,7 @@ def prepare_cohort(source: str | Path | list[Subject], out: str | Path,
 
     if workers <= 1 or len(pending) <= 1:
         for subject in pending:
-            record(_prepare_and_save(subject, config, use_t1, out))
+            record(_prepare_and_save(subject, config, use_t1, out, keys[subject.subject_id]))
     else:
         import concurrent.futures
         import multiprocessing
@@ -151,8 +151,8 @@ def prepare_cohort(source: str | Path | list[Subject], out: str | Path,
         context = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(max_workers=workers,
                                                     mp_context=context) as pool:
-            futures = [pool.submit(_prepare_and_save, subject, config, use_t1, out)
-                       for subject in pending]
+            futures = [pool.submit(_prepare_and_save, subject, config, use_t1, out,
+                                   keys[subject.subject_id]) for subject in pending]
             for future in concurrent.futures.as_completed(futures):
                 record(future.result())
     bar.close()
@@ -174,15 +174,18 @@ def write_summary(out: Path, report: PrepareReport) -> Path:
 
 
 def _prepare_and_save(subject: Subject, config: PreprocessConfig, use_t1: bool, out: Path,
+                      key: str,
                       ) -> tuple[str, Optional[Path], Optional[str], float, tuple[str, ...]]:
     """Worker: (subject id, written path or None, failure reason or None, seconds,
-    warnings)."""
+    warnings). The file stores ``key``, the cache key the manifest lists (computed
+    before the run, so code edited during a run cannot make them differ)."""
     import time
 
     start = time.perf_counter()
     path = out / f"{subject.subject_id}.h5"
     try:
         prepared = prepare_subject(subject, config, use_t1)
+        prepared.cache_key = key
         prepared.save(path)
         return (subject.subject_id, path, None, time.perf_counter() - start,
                 tuple(prepared.warnings))

@@ -50,7 +50,9 @@ _VOLUMES = ("images", "brain_mask", "labels", "labels_observer2", "location", "v
 
 
 class PreparationFailed(WMHError):
-    """A subject's preprocessing produced an implausible result (the message says why)."""
+    """A subject's preprocessing produced an implausible result. No longer raised by
+    :mod:`wmh.preprocess` (doubtful results become :attr:`PreparedSubject.warnings`);
+    kept so that code catching it still imports."""
 
 
 @dataclasses.dataclass
