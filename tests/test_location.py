@@ -94,6 +94,20 @@ def test_location_features_in_unit_range_with_expected_monotonicity():
     assert np.all(np.diff(features[5:55, 35, 4, 0]) > 0)
 
 
+def test_location_features_do_not_depend_on_the_slice_axis():
+    """A coronal working grid (axes R, S, A: the superior axis second) gives the same
+    features, voxel for voxel, as the axial grid it permutes: distances stay measured in
+    axial planes."""
+    mni, ventricles, brain = phantom()
+    prior = Prior(np.full((10, 10, 10), 0.2, np.float32), np.diag([30, 30, 30, 1.0]), "flat")
+    axial = location_features(mni, ventricles, brain, SPACING, prior)
+    order = (0, 2, 1)  # working (R, S, A) from (R, A, S)
+    coronal = location_features(np.transpose(mni, order + (3,)),
+                                np.transpose(ventricles, order), np.transpose(brain, order),
+                                np.asarray(SPACING)[list(order)], prior, axial_axis=1)
+    np.testing.assert_allclose(coronal, np.transpose(axial, order + (3,)), atol=1e-5)
+
+
 def test_build_prior_concentrates_where_lesions_are(tmp_path):
     shape, _ = mni_grid(4.0)
     rng = np.random.default_rng(0)

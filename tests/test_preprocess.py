@@ -54,6 +54,11 @@ def test_save_load_round_trip_and_slice_chunks(tmp_path):
     assert loaded.labels_observer2 is None and loaded.split is None
     assert loaded.site == "siteA" and loaded.channels == ("FLAIR", "T1")
     assert loaded.cache_key == "abc" and loaded.provenance == {"x": 1}
+    assert loaded.warnings == ()  # none by default
+    warned = dataclasses.replace(prepared, warnings=("atlas registration fell back to affine "
+                                                     "(NMI 0.031)",))
+    assert PreparedSubject.load(warned.save(tmp_path / "w" / "s01.h5")).warnings == \
+        warned.warnings
     assert loaded.brain_mask.dtype == bool and loaded.images.dtype == np.float32
     with h5py.File(saved) as file:
         x, y, _ = prepared.shape
@@ -114,6 +119,65 @@ def test_mask_written_back_lands_on_flair_grid(tmp_path):
     np.testing.assert_array_equal(np.asarray(image.dataobj), grid.to_native(back))
 
 
+def oriented_image(codes: str, spacing, shape, seed=0) -> nib.Nifti1Image:
+    """Random content stored with voxel axes ``codes`` (e.g. 'LIP'), ``spacing`` and
+    ``shape`` in the stored order, under an oblique-free affine."""
+    from nibabel.orientations import axcodes2ornt, inv_ornt_aff, ornt_transform
+
+    ras_shape = [0, 0, 0]
+    ras_spacing = [0.0, 0.0, 0.0]
+    ornt = ornt_transform(axcodes2ornt(tuple(codes)), axcodes2ornt("RAS"))
+    for stored_axis, (ras_axis, _) in enumerate(ornt):
+        ras_shape[int(ras_axis)] = shape[stored_axis]
+        ras_spacing[int(ras_axis)] = spacing[stored_axis]
+    ras_affine = np.diag(list(ras_spacing) + [1.0])
+    ras_affine[:3, 3] = [-40.0, 25.0, -30.0]
+    affine = ras_affine @ inv_ornt_aff(ornt_transform(axcodes2ornt("RAS"),
+                                                      axcodes2ornt(tuple(codes))), ras_shape)
+    data = np.random.default_rng(seed).random(tuple(shape)).astype(np.float32) + 0.1
+    return nib.Nifti1Image(data, affine)
+
+
+@pytest.mark.parametrize("codes, spacing, plane_axis, working_spacing", [
+    ("LIP", (1.0, 1.0, 5.5), 1, (1.0, 1.0, 5.5)),  # coronal 2D, slices stored last
+    ("PIL", (0.9, 0.9, 4.4), 0, (1.0, 1.0, 4.4)),  # sagittal 2D, resampled in plane
+    ("LAS", (0.9, 0.9, 6.5), 2, (1.0, 1.0, 6.5)),  # axial 2D
+    ("RAS", (1.0, 1.0, 1.2), 2, (1.0, 1.0, 1.2)),  # 3D: axial working grid
+    ("ASL", (4.0, 1.0, 1.0), 1, (1.0, 1.0, 4.0)),  # coronal slices stored first
+])
+def test_working_grid_slices_along_the_acquired_axis(tmp_path, codes, spacing, plane_axis,
+                                                     working_spacing):
+    from wmh.preprocess.grid import slice_axis
+
+    path = tmp_path / "scan.nii.gz"
+    nib.save(oriented_image(codes, spacing, (20, 18, 12)), path)
+    flair, grid = load_image(path)
+    assert slice_axis(grid) == plane_axis
+    shape, affine = working_grid(grid, 1.0)
+    np.testing.assert_allclose(np.sqrt((affine[:3, :3] ** 2).sum(0)), working_spacing,
+                               atol=1e-9)
+    # the working slices (last axis) run along the acquired axis of the RAS grid
+    to_native = np.linalg.solve(grid.working_affine, affine)
+    assert np.argmax(np.abs(to_native[:3, 2])) == plane_axis
+    assert shape[2] == grid.working_shape[plane_axis]
+    # labels drawn on the working grid map back onto the exact input grid and affine
+    prepared = make_prepared(grid, 1.0)
+    native = prepared.to_native(prepared.labels, order=0)
+    source = nib.load(path)
+    assert native.shape == source.shape
+    written = save_like(prepared.to_native_working(prepared.labels, order=0),
+                        prepared.native_grid(), tmp_path / "labels.nii.gz", np.uint8)
+    np.testing.assert_allclose(nib.load(written).affine, source.affine)
+    if np.allclose(spacing[:2], 1.0) or np.allclose(sorted(spacing)[:2], 1.0):
+        # unchanged spacing: working <-> native is a pure permutation, exact both ways
+        working = to_working_grid(flair, grid, shape, affine, order=1)
+        np.testing.assert_array_equal(prepared.to_native(working, order=1),
+                                      np.asarray(source.dataobj))
+        np.testing.assert_array_equal(
+            to_working_grid(grid.to_working(native), grid, shape, affine, order=0),
+            prepared.labels)
+
+
 def test_resample_voxels_nearest_identity():
     array = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
     np.testing.assert_array_equal(resample_voxels(array, np.eye(4), (2, 3, 4), 0), array)
@@ -132,6 +196,7 @@ def test_corrupt_prepared_file_names_it(tmp_path):
 # One tiny synthetic subject (the 'test' profile: 2 mm in plane, 6 mm slices) is
 # prepared once per module with a fast configuration and checked against its truth.
 
+import csv  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
@@ -141,7 +206,7 @@ import SimpleITK as sitk  # noqa: E402
 from wmh.cli import main as cli_main  # noqa: E402
 from wmh.config import PreprocessConfig  # noqa: E402
 from wmh.io import discover, load_labels  # noqa: E402
-from wmh.preprocess import (PreparationFailed, _check_brain_mask, cache_key,  # noqa: E402
+from wmh.preprocess import (check_brain_mask, cache_key,  # noqa: E402
                             from_sitk, load_atlas, mni_coordinate_map, prepare_cohort,
                             prepare_subject, register_atlas_affine, skull_stripped_mask,
                             to_sitk)
@@ -218,19 +283,31 @@ def test_failed_subject_is_reported_and_leaves_nothing(cohort):
     assert set(report.failed) == {"s999"}
     assert "s999" in report.failed["s999"] and "FLAIR.nii.gz" in report.failed["s999"]
     assert "FAILED s999" in report.summary()
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "s000.h5"]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "prepare_summary.csv",
+                                                     "s000.h5"]
+    with open(out / "prepare_summary.csv") as handle:
+        rows = {row["subject_id"]: row for row in csv.DictReader(handle)}
+    assert set(rows) == {"s000", "s999"}
+    assert rows["s000"]["status"] == "prepared" and rows["s000"]["error"] == ""
+    assert rows["s000"]["file"] == "s000.h5" and float(rows["s000"]["seconds"]) > 0
+    assert rows["s999"]["status"] == "failed" and "FLAIR.nii.gz" in rows["s999"]["error"]
+    assert rows["s999"]["file"] == ""
     manifest = json.loads((out / "manifest.json").read_text())
     assert [entry["subject_id"] for entry in manifest["subjects"]] == ["s000"]
     assert manifest["subjects"][0]["cache_key"] == PreparedSubject.load(out / "s000.h5").cache_key
     assert "s999" in manifest["failed"] and len(manifest["cohort_hash"]) == 16
 
 
-def test_rerun_skips_up_to_date_and_cli_exit_code(cohort, tmp_path):
+def test_rerun_skips_up_to_date_and_cli_exit_code(cohort, tmp_path, capsys):
     folder, out, _ = cohort
     before = (out / "s000.h5").stat().st_mtime_ns
     report = prepare_cohort(folder.parent.parent, out, FAST, progress=False)
     assert set(report.skipped) == {"s000"} and not report.prepared
+    assert report.warnings["s000"] == PreparedSubject.load(out / "s000.h5").warnings
     assert (out / "s000.h5").stat().st_mtime_ns == before
+    with open(out / "prepare_summary.csv") as handle:
+        assert {row["subject_id"]: row["status"] for row in csv.DictReader(handle)} == {
+            "s000": "skipped", "s999": "failed"}
     # the CLI lists the failure and exits 1 (the good subject is skipped again)
     config = tmp_path / "fast.yaml"
     config.write_text(json.dumps({"preprocess": {
@@ -241,6 +318,36 @@ def test_rerun_skips_up_to_date_and_cli_exit_code(cohort, tmp_path):
                   "--config", str(config)])
     assert exit_info.value.code == 1
     assert (out / "s000.h5").stat().st_mtime_ns == before
+    assert "1 of 2 subjects failed: s999" in capsys.readouterr().err
+    # --overwrite prepares the up-to-date subject again
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["prepare", str(folder.parent.parent), "--out", str(out),
+                  "--config", str(config), "--overwrite"])
+    assert exit_info.value.code == 1
+    assert (out / "s000.h5").stat().st_mtime_ns != before
+    with open(out / "prepare_summary.csv") as handle:
+        assert {row["subject_id"]: row["status"] for row in csv.DictReader(handle)} == {
+            "s000": "prepared", "s999": "failed"}
+
+
+def test_cli_single_bad_file_and_bad_options_exit_2(cohort, tmp_path, capsys):
+    folder, _, _ = cohort
+    broken = folder.parent / "s999" / "orig" / "FLAIR.nii.gz"
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["prepare", str(broken), "--out", str(tmp_path / "one")])
+    assert exit_info.value.code == 2
+    assert f"{broken}: corrupt or truncated gzip" in capsys.readouterr().err
+    assert not (tmp_path / "one").exists()  # nothing written
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["prepare", str(folder), "--out", str(tmp_path / "two"), "--workers", "0"])
+    assert exit_info.value.code == 2
+    assert "--workers 0: must be at least 1" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["prepare", str(folder), "--out", str(tmp_path / "file")])
+    assert exit_info.value.code == 2
+    assert "exists and is not a folder" in capsys.readouterr().err
+    assert not (tmp_path / "two").exists()
 
 
 def test_cache_key_follows_inputs_and_config(cohort):
@@ -285,16 +392,23 @@ def test_skull_stripped_input_detected():
     assert skull_stripped_mask(with_skull, spacing) is None
 
 
-def test_implausible_brain_mask_fails_with_reason():
+def test_implausible_brain_mask_gives_a_warning():
     spacing = np.array([1.0, 1.0, 1.0])
     tiny = np.zeros((50, 50, 50), dtype=bool)
     tiny[20:30, 20:30, 20:30] = True
-    with pytest.raises(PreparationFailed, match="implausible brain volume"):
-        _check_brain_mask(tiny, spacing, FAST, "x.nii.gz", {})
+    quality = {}
+    warnings = check_brain_mask(tiny, spacing, FAST, quality)
+    assert len(warnings) == 1 and "implausible brain volume 1 ml" in warnings[0]
+    assert quality["brain_volume_ml"] == pytest.approx(1.0)
     full = np.ones((120, 120, 120), dtype=bool)
-    with pytest.raises(PreparationFailed, match="field of view"):
-        _check_brain_mask(full, spacing, dataclasses.replace(FAST, brain_volume_ml=(0.0, 1e9)),
-                          "x.nii.gz", {})
+    anything = dataclasses.replace(FAST, brain_volume_ml=(0.0, 1e9))
+    warnings = check_brain_mask(full, spacing, anything, {})
+    assert len(warnings) == 1 and "field of view on 100%" in warnings[0]
+    # the border is the slice planes' border: a mask filling the slices only is fine
+    slab = np.zeros((120, 120, 120), dtype=bool)
+    slab[:, 10:110, :] = True  # fills the field of view along x and z
+    assert check_brain_mask(slab, spacing, anything, {}) == []
+    assert check_brain_mask(slab, spacing, anything, {}, slice_axis=1) != []
 
 
 def coregistered_copy(folder, destination):
@@ -344,3 +458,87 @@ def test_parallel_workers_match_serial(tmp_path):
         assert first.cache_key == second.cache_key
         np.testing.assert_array_equal(first.brain_mask, second.brain_mask)
         np.testing.assert_allclose(first.images, second.images, atol=1e-5)
+
+
+def test_coronal_acquisition_gives_a_brain_mask_on_its_own_grid(tmp_path):
+    """A coronal 2D FLAIR (slices along anterior-posterior, stored LIP): the working grid
+    slices coronally, and the brain mask written back onto the FLAIR's own grid overlaps
+    the generator's truth."""
+    from wmh.synth import synthesize_cohort
+
+    synthesize_cohort(tmp_path / "synth", 1, seed=5, profile="test-coronal", flair_only=True,
+                      cache_dir=None)
+    subject = discover(tmp_path / "synth")[0]
+    prepared = prepare_subject(subject, FAST, use_t1=False)
+    assert prepared.provenance["quality"]["slice_plane"] == "coronal"
+    np.testing.assert_allclose(prepared.spacing, [2.0, 2.0, 6.0], atol=1e-6)
+    # working z runs anterior-posterior: its direction is the world y axis
+    direction = prepared.affine[:3, 2] / np.linalg.norm(prepared.affine[:3, 2])
+    assert abs(direction[1]) > 0.99
+    source = nib.load(subject.flair)
+    native_mask = prepared.to_native(prepared.brain_mask.astype(np.uint8), order=0) > 0
+    assert native_mask.shape == source.shape
+    truth = np.asarray(nib.load(subject.flair.parent.parent / "truth" / "brainmask.nii.gz")
+                       .dataobj) > 0
+    assert dice(native_mask, truth) >= 0.95
+    # 2 mm in plane = the native spacing: the labels map back exactly
+    np.testing.assert_array_equal(prepared.to_native(prepared.labels, order=0),
+                                  np.asarray(nib.load(subject.labels).dataobj))
+    # location distances stay axial: the left-ventricle distance is 0 on the ventricle
+    left = prepared.ventricles == 1
+    assert left.any() and float(prepared.location[..., 3][left].max()) == 0.0
+
+
+def test_principal_axes_recover_a_known_tilt():
+    from wmh.preprocess.registration import _rotation_degrees, principal_axes_rotation
+
+    atlas = load_atlas(2.0)
+    template = atlas.image("brain") > 0.5
+    tilt = sitk.Euler3DTransform(template.TransformContinuousIndexToPhysicalPoint(
+        [s / 2 for s in template.GetSize()]), np.radians(18.0), 0.0, 0.0)
+    # the subject is the template turned 18 degrees about the left-right axis (nodding)
+    subject = sitk.Resample(template, template, tilt.GetInverse(), sitk.sitkNearestNeighbor, 0)
+    rotation = principal_axes_rotation(subject, template)
+    truth = np.reshape(tilt.GetMatrix(), (3, 3))
+    assert rotation is not None
+    assert _rotation_degrees(rotation.T @ truth) < 4.0
+    assert principal_axes_rotation(template, template) is not None
+    assert _rotation_degrees(principal_axes_rotation(template, template)) < 0.5
+
+
+def test_head_geometry_crops_the_neck():
+    from wmh.preprocess.registration import (MNI_BRAIN_TOP_ABOVE_CENTROID_MM,
+                                             NECK_CROP_BELOW_TOP_MM, SCALP_MM, head_geometry)
+
+    spacing = 2.0
+    x, y, z = np.indices((100, 110, 160)) * spacing  # RAS mm, z up from -100
+    z = z - 100.0
+    head = ((x - 100) / 72) ** 2 + ((y - 110) / 90) ** 2 + ((z - 40) / 75) ** 2 < 1
+    neck = ((x - 100) / 55) ** 2 + ((y - 105) / 50) ** 2 < 1
+    image = np.where(head | (neck & (z < 0)), 100.0, 1.0).astype(np.float32)
+    affine = np.diag([spacing] * 3 + [1.0])
+    affine[:3, 3] = [0.0, 0.0, -100.0]
+    centre, cropped, mask = head_geometry(to_sitk(image, affine))
+    top = np.percentile(z[head | (neck & (z < 0))], 99.5)  # the head's superior extent
+    kept = from_sitk(cropped) > 0
+    assert not kept[z < top - NECK_CROP_BELOW_TOP_MM - spacing].any()
+    assert kept[z > top - NECK_CROP_BELOW_TOP_MM + spacing].any()
+    ras_centre = np.diag([-1.0, -1.0, 1.0]) @ centre
+    expected_z = top - SCALP_MM - MNI_BRAIN_TOP_ABOVE_CENTROID_MM
+    assert abs(ras_centre[2] - expected_z) < 3.0 and abs(ras_centre[0] - 100) < 3.0
+    assert from_sitk(mask).sum() < (head | (neck & (z < 0))).sum()
+
+
+def test_nothing_but_an_unreadable_file_fails(tmp_path):
+    """Noise is no head: preparation still ends, with warnings saying what is doubtful."""
+    rng = np.random.default_rng(0)
+    affine = np.diag([3.0, 3.0, 6.0, 1.0])
+    affine[:3, 3] = [-90.0, -110.0, -70.0]
+    data = (100 * rng.random((60, 72, 26))).astype(np.float32)
+    (tmp_path / "site" / "n01" / "orig").mkdir(parents=True)
+    nib.save(nib.Nifti1Image(data, affine), tmp_path / "site" / "n01" / "orig" / "FLAIR.nii.gz")
+    subject = discover(tmp_path / "site")[0]
+    prepared = prepare_subject(subject, FAST, use_t1=False)
+    assert prepared.warnings, "a registration onto noise must be flagged"
+    assert any("atlas registration" in w or "brain" in w for w in prepared.warnings)
+    assert prepared.brain_mask.shape == prepared.shape

@@ -239,6 +239,34 @@ def test_oblique_profile_has_tilted_lps_slices(tmp_path):
     assert grid.working_shape[2] == 36
 
 
+@pytest.mark.parametrize("profile, codes, thick_axis", [
+    ("coronal", ("L", "I", "P"), 1), ("sagittal", ("P", "I", "L"), 0)])
+def test_coronal_and_sagittal_profiles_slice_along_their_plane(tmp_path, profile, codes,
+                                                               thick_axis):
+    record, flair = _one(tmp_path, profile, flair_only=True)
+    image = nib.load(str(flair))
+    assert nib.aff2axcodes(image.affine) == codes  # slices stored last
+    spacing = PROFILES[profile].slice_spacing_mm
+    np.testing.assert_allclose(image.header.get_zooms()[2], spacing, atol=1e-4)
+    _, grid = load_image(flair)
+    assert int(np.argmax(grid.working_spacing)) == thick_axis
+    assert record["acquisition"]["plane"] == profile
+    # the slice profile blurs across the slices only: in-plane edges stay sharp
+    data = np.asarray(image.dataobj, dtype=np.float32)
+    inplane = np.abs(np.diff(data, axis=0)).mean() / image.header.get_zooms()[0]
+    across = np.abs(np.diff(data, axis=2)).mean() / image.header.get_zooms()[2]
+    assert inplane > 2 * across
+
+
+def test_neck_profile_has_tissue_below_the_skull(tmp_path):
+    _, flair = _one(tmp_path, "clinical-neck", flair_only=True)
+    data, grid = load_image(flair)
+    truth = load_labels(flair.parent.parent / "truth" / "brainmask.nii.gz", grid)[0] > 0
+    lowest_brain = int(np.argwhere(truth)[:, 2].min())
+    below = data[:, :, : max(lowest_brain - 8, 1)]
+    assert below.size and np.percentile(below, 90) > 0.3 * np.percentile(data[truth], 50)
+
+
 def test_flair_only_and_skull_stripped(tmp_path):
     record, flair_path = _one(tmp_path, "test", flair_only=True, skull_stripped=True)
     subject = discover(tmp_path)[0]

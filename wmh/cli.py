@@ -188,24 +188,45 @@ def synth_command(out, subjects, seed, profile, flair_only, skull_stripped, prev
 @click.option("--workers", type=int, default=None,
               help="Subjects prepared in parallel processes [default: preprocess.workers].")
 @click.option("--no-t1", is_flag=True, help="FLAIR only, even where a T1 exists.")
+@click.option("--overwrite", is_flag=True,
+              help="Prepare every subject again, even those up to date.")
 @config_options
-def prepare_command(data, out_dir, workers, no_t1, config_path, overrides):
+def prepare_command(data, out_dir, workers, no_t1, overwrite, config_path, overrides):
     """Preprocess every subject of DATA into OUT/<subject_id>.h5.
 
-    Up-to-date subjects are skipped. A subject that fails is listed with its reason
-    and the others go on; the exit code is then 1 (2 for bad input or options).
+    DATA is a cohort (folder or CSV manifest) or one FLAIR NIfTI file. Subjects already
+    prepared with the same inputs, settings and code are skipped (unless --overwrite).
+    A subject that fails is listed with its reason and the others go on; every subject
+    gets a row (status, error, warnings) in OUT/prepare_summary.csv, and the exit code is
+    then 1. Bad options, or a single FLAIR file given directly that cannot be prepared,
+    exit 2.
     """
     from wmh.preprocess import prepare_cohort
 
     config = resolve_config(config_path, overrides)
     out_dir = out_dir or Path(config.data.cache_dir) / "prepared"
+    workers = config.preprocess.workers if workers is None else workers
+    if workers < 1:
+        raise WMHError(f"--workers {workers}: must be at least 1")
     check_outputs((out_dir, "--out"))
-    report = prepare_cohort(data, out_dir, config.preprocess,
-                            use_t1=config.data.use_t1 and not no_t1,
-                            workers=config.preprocess.workers if workers is None else workers)
+    source = data
+    if data.is_file() and data.name.lower().endswith((".nii", ".nii.gz")):
+        from wmh.io import Subject, load_image, strip_nifti_suffix
+
+        load_image(data)  # an unreadable file: one line, exit 2, nothing written
+        source = [Subject(strip_nifti_suffix(data.name), flair=data)]
+    report = prepare_cohort(source, out_dir, config.preprocess,
+                            use_t1=config.data.use_t1 and not no_t1, workers=workers,
+                            overwrite=overwrite)
+    if not isinstance(source, Path) and report.failed:  # one file given directly
+        raise WMHError(next(iter(report.failed.values())))
     click.echo(report.summary())
     click.echo(out_dir)
-    return 0 if report.ok else 1
+    if report.failed:
+        click.echo(f"wmh prepare: {len(report.failed)} of {len(report.order)} subjects failed: "
+                   f"{', '.join(sorted(report.failed))} (see {report.summary_path})", err=True)
+        return 1
+    return 0
 
 
 @cli.group("prior")

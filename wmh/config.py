@@ -52,8 +52,8 @@ class PreprocessConfig:
     deformable_iterations: int = 30  # demons iterations of the deformable atlas stage
     deformable_smoothing_mm: float = 2.0  # Gaussian smoothing of the demons displacement field
     n4_iterations: int = 30  # N4 iterations per fitting level (3 levels)
-    n4_shrink_mm: float = 4.0  # N4 fits the bias field on an image shrunk to about this size
-    min_similarity: float = 0.02  # lowest accepted normalised mutual information after registration
+    n4_shrink_mm: float = 6.0  # N4 fits the bias field on an image shrunk to about this size
+    min_similarity: float = 0.025  # NMI below this after registration: fallback + warning
     brain_volume_ml: tuple[float, float] = (700.0, 2500.0)  # plausible brain volume range
     prior_path: str = ""  # WMH prior NIfTI in MNI space; "" = the one shipped in wmh/data
 

@@ -48,15 +48,18 @@ MIN_GRADIENT = 0.2  # mm of MNI x per mm: floor for the midsagittal distance's d
 
 def location_features(mni_coordinates: np.ndarray, ventricles: np.ndarray,
                       brain_mask: np.ndarray, spacing: Iterable[float],
-                      prior: Optional["Prior"] = None) -> np.ndarray:
+                      prior: Optional["Prior"] = None, axial_axis: int = 2) -> np.ndarray:
     """The 8 location features of every voxel, each normalised per case to [0, 1].
 
     Args:
         mni_coordinates: (X, Y, Z, 3) float, each voxel's MNI coordinate in mm (RAS).
         ventricles: (X, Y, Z) uint8, 1 left and 2 right lateral ventricle.
         brain_mask: (X, Y, Z) bool.
-        spacing: (3,) working voxel size in mm; distances use the in-plane two.
+        spacing: (3,) working voxel size in mm.
         prior: the WMH prior; None loads the packaged default.
+        axial_axis: the voxel axis nearest to the superior direction: distances are
+            measured within the planes across it (axial planes, as the paper's in-plane
+            distances), whatever plane the scan was acquired in.
 
     Returns:
         (X, Y, Z, 8) float32 in [0, 1], order ``LOCATION_FEATURES``; 0 outside the brain.
@@ -64,7 +67,8 @@ def location_features(mni_coordinates: np.ndarray, ventricles: np.ndarray,
     spacing = np.asarray(tuple(spacing), dtype=np.float64)
     brain_mask = np.asarray(brain_mask, dtype=bool)
     prior = load_prior() if prior is None else prior
-    raw = raw_location_features(mni_coordinates, ventricles, brain_mask, spacing, prior)
+    raw = raw_location_features(mni_coordinates, ventricles, brain_mask, spacing, prior,
+                                axial_axis)
     features = np.stack([normalise_per_case(raw[..., k], brain_mask)
                          for k in range(raw.shape[-1])], axis=-1)
     features[~brain_mask] = 0.0
@@ -73,15 +77,25 @@ def location_features(mni_coordinates: np.ndarray, ventricles: np.ndarray,
 
 def raw_location_features(mni_coordinates: np.ndarray, ventricles: np.ndarray,
                           brain_mask: np.ndarray, spacing: np.ndarray,
-                          prior: "Prior") -> np.ndarray:
-    """The 8 features before normalisation: (X, Y, Z, 8) float32 in mm / probability."""
+                          prior: "Prior", axial_axis: int = 2) -> np.ndarray:
+    """The 8 features before normalisation: (X, Y, Z, 8) float32 in mm / probability;
+    distances within the planes across ``axial_axis``."""
     mni = np.asarray(mni_coordinates, dtype=np.float32)
     features = np.empty(mni.shape[:3] + (8,), dtype=np.float32)
     features[..., :3] = mni
-    features[..., 3] = inplane_distance(ventricles == 1, spacing)
-    features[..., 4] = inplane_distance(ventricles == 2, spacing)
-    features[..., 5] = inplane_distance(~brain_mask, spacing)
-    features[..., 6] = midsagittal_distance(mni[..., 0], spacing)
+    spacing = np.asarray(spacing, dtype=np.float64)
+    order = [axis for axis in range(3) if axis != axial_axis] + [axial_axis]
+
+    def axial(array):  # the axial axis last
+        return np.moveaxis(np.asarray(array), axial_axis, 2)
+
+    def back(array):
+        return np.moveaxis(array, 2, axial_axis)
+
+    features[..., 3] = back(inplane_distance(axial(ventricles == 1), spacing[order]))
+    features[..., 4] = back(inplane_distance(axial(ventricles == 2), spacing[order]))
+    features[..., 5] = back(inplane_distance(axial(~brain_mask), spacing[order]))
+    features[..., 6] = back(midsagittal_distance(axial(mni[..., 0]), spacing[order]))
     features[..., 7] = prior.sample(mni)
     return features
 

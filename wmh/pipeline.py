@@ -60,7 +60,8 @@ def ensure_cohort(config: ExperimentConfig) -> tuple[Path, bool]:
 
 def ensure_prepared(config: ExperimentConfig, cohort: Path) -> Path:
     """Prepared subjects of ``cohort`` under ``<cache>/prepared/<key>``. Subjects that fail
-    are listed with their reason on stderr and left out; raises when all fail."""
+    are listed with their reason on stderr and left out, as are the warnings of those
+    prepared; raises when all fail."""
     from wmh import preprocess
 
     key = _key(str(cohort.resolve()), dump_yaml(config.preprocess), str(config.data.use_t1))
@@ -68,8 +69,9 @@ def ensure_prepared(config: ExperimentConfig, cohort: Path) -> Path:
     report = preprocess.prepare_cohort(cohort, out, config.preprocess,
                                        use_t1=config.data.use_t1,
                                        workers=config.preprocess.workers)
-    if report.failed:
-        # The other subjects go on (as in `wmh prepare`); the failures are reported.
+    if report.failed or any(report.warnings.values()):
+        # The other subjects go on (as in `wmh prepare`); failures and warnings are
+        # reported (every subject's row: <out>/prepare_summary.csv).
         print(report.summary(), file=sys.stderr)
         if not report.prepared and not report.skipped:
             subject_id, reason = next(iter(sorted(report.failed.items())))

@@ -310,7 +310,7 @@ def _cored(core: np.ndarray, rim_levels: tuple, core_levels: tuple) -> tuple:
 # ------------------------------------------------------------------- observers
 
 def observer_two(rng: np.random.Generator, wmh_fraction: np.ndarray, spacing: np.ndarray,
-                 threshold_observer1: float) -> np.ndarray:
+                 threshold_observer1: float, slice_axis: int = 2) -> np.ndarray:
     """A second rater on the FLAIR grid: a smoothly varying boundary criterion (draws
     lesions a little larger or smaller, region by region), a per-rater bias, and small
     lesions missed in some slices (raters work slice by slice).
@@ -319,11 +319,13 @@ def observer_two(rng: np.random.Generator, wmh_fraction: np.ndarray, spacing: np
         wmh_fraction: (x, y, z) WMH partial-volume fraction seen in each FLAIR voxel.
         spacing: (3,) voxel size in mm.
         threshold_observer1: observer 1's fraction threshold.
+        slice_axis: the voxel axis across the acquired slices (the rater draws per slice).
 
     Returns:
         bool mask of observer 2's WMH.
     """
-    sigma = np.array([3.0, 3.0, 0.0]) / spacing  # in-plane smooth, independent per slice
+    inplane = [axis for axis in range(3) if axis != slice_axis]
+    sigma = np.where(np.arange(3) == slice_axis, 0.0, 3.0) / spacing  # in-plane smooth
     jitter = ndi.gaussian_filter(rng.standard_normal(wmh_fraction.shape, dtype=np.float32), sigma)
     jitter /= max(float(jitter.std()), 1e-6)
     bias = rng.normal(0.0, 0.06)
@@ -331,11 +333,11 @@ def observer_two(rng: np.random.Generator, wmh_fraction: np.ndarray, spacing: np
                  & (wmh_fraction + 0.16 * jitter > threshold_observer1 + bias))
     # per-slice 2D components: small ones are missed (or, rarely, small faint ones added)
     structure = np.zeros((3, 3, 3), bool)
-    structure[:, :, 1] = ndi.generate_binary_structure(2, 1)
+    np.moveaxis(structure, slice_axis, 2)[:, :, 1] = ndi.generate_binary_structure(2, 1)
     labels, count = ndi.label(observer2, structure)
     if count:
         sizes = ndi.sum_labels(observer2, labels, index=np.arange(1, count + 1))
-        voxel_mm2 = spacing[0] * spacing[1]
+        voxel_mm2 = spacing[inplane[0]] * spacing[inplane[1]]
         small = sizes * voxel_mm2 < 12.0
         missed = small & (rng.random(count) < 0.45)
         drop = np.concatenate([[False], missed])

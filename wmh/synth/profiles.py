@@ -33,6 +33,12 @@ class AcquisitionProfile:
         t1_matrix: T1 matrix (x, y, z).
         t1_orientation: stored voxel axis codes of the T1 file.
         snr: (low, high) range of the FLAIR white-matter signal-to-noise ratio.
+        plane: the acquired slice plane, 'axial', 'coronal' or 'sagittal': the slices are
+            stacked along working z, y or x; ``inplane_mm`` and ``matrix`` give the two
+            other axes in x, y, z order.
+        neck: the head continues below the skull (neck and shoulders tissue).
+        fov_shift_mm: the field of view's centre moved this far along the superior axis
+            (negative: towards the neck).
     """
 
     name: str
@@ -48,6 +54,9 @@ class AcquisitionProfile:
     t1_matrix: tuple[int, int, int] = (184, 220, 180)
     t1_orientation: str = "RAS"
     snr: tuple[float, float] = (14.0, 26.0)
+    plane: str = "axial"
+    neck: bool = False
+    fov_shift_mm: float = 0.0
 
     @property
     def site(self) -> str:
@@ -58,12 +67,22 @@ class AcquisitionProfile:
         return self.thickness_mm + self.gap_mm
 
     @property
+    def slice_axis(self) -> int:
+        """The working (RAS) axis the slices are stacked along."""
+        return {"axial": 2, "coronal": 1, "sagittal": 0}[self.plane]
+
+    def _by_axis(self, inplane, across):
+        values = list(inplane)
+        values.insert(self.slice_axis, across)
+        return values
+
+    @property
     def flair_spacing(self) -> np.ndarray:
-        return np.array([self.inplane_mm[0], self.inplane_mm[1], self.slice_spacing_mm])
+        return np.array(self._by_axis(self.inplane_mm, self.slice_spacing_mm), dtype=float)
 
     @property
     def flair_shape(self) -> tuple[int, int, int]:
-        return (self.matrix[0], self.matrix[1], self.slices)
+        return tuple(int(n) for n in self._by_axis(self.matrix, self.slices))
 
 
 PROFILES: dict[str, AcquisitionProfile] = {
@@ -87,10 +106,32 @@ PROFILES: dict[str, AcquisitionProfile] = {
     "flair-3d": AcquisitionProfile(
         "flair-3d", inplane_mm=(1.0, 1.0), matrix=(192, 232), thickness_mm=1.2, gap_mm=0.0,
         slices=132, orientation="RAS", three_d=True, t1_orientation="ASL", snr=(16.0, 30.0)),
+    # Clinical 1.5 T axial 2D FLAIR with skull, neck and shoulders in the field of view
+    # (0.9 x 0.9 x 6.5 mm, LAS), the case atlas registration used to fail on.
+    "clinical-neck": AcquisitionProfile(
+        "clinical-neck", inplane_mm=(0.9, 0.9), matrix=(256, 256), thickness_mm=6.0,
+        gap_mm=0.5, slices=36, orientation="LAS", t1_orientation="LAS", snr=(12.0, 22.0),
+        neck=True, fov_shift_mm=-25.0),
+    # Coronal 2D FLAIR: 5 mm slices along anterior-posterior, 0.9 x 0.9 mm in plane (L-R,
+    # S-I), stored LIP (slices last).
+    "coronal": AcquisitionProfile(
+        "coronal", inplane_mm=(0.9, 0.9), matrix=(200, 200), thickness_mm=5.0, gap_mm=0.5,
+        slices=36, orientation="LIP", plane="coronal", t1_orientation="RAS",
+        snr=(14.0, 26.0)),
+    # Sagittal 2D FLAIR: 4 mm slices along left-right, 0.9 x 0.9 mm in plane (A-P, S-I),
+    # stored PIL (slices last).
+    "sagittal": AcquisitionProfile(
+        "sagittal", inplane_mm=(0.9, 0.9), matrix=(240, 200), thickness_mm=4.0, gap_mm=0.4,
+        slices=36, orientation="PIL", plane="sagittal", t1_orientation="RAS",
+        snr=(14.0, 26.0)),
     # Small and coarse, for fast tests: not a real protocol.
     "test": AcquisitionProfile(
         "test", inplane_mm=(2.0, 2.0), matrix=(96, 116), thickness_mm=5.0, gap_mm=1.0,
         slices=26, t1_mm=2.0, t1_matrix=(88, 108, 90)),
+    # The test profile acquired coronally (slices along anterior-posterior), for tests.
+    "test-coronal": AcquisitionProfile(
+        "test-coronal", inplane_mm=(2.0, 2.0), matrix=(96, 96), thickness_mm=5.0, gap_mm=1.0,
+        slices=34, t1_mm=2.0, t1_matrix=(88, 108, 90), plane="coronal", orientation="LIP"),
 }
 MIXED = "mixed"  # draws one of MIXED_CHOICES per subject, with jitter
 MIXED_CHOICES = ("default", "clinical-thick", "research-3t", "oblique", "flair-3d")
@@ -118,8 +159,14 @@ def draw_profile(name: str, rng: np.random.Generator) -> AcquisitionProfile:
                                slices=slices, oblique_degrees=oblique)
 
 
+_OPTIONAL_DEFAULTS = {"plane": "axial", "neck": False, "fov_shift_mm": 0.0}
+
+
 def profile_as_dict(profile: AcquisitionProfile, resolved_from: Optional[str] = None) -> dict:
     values = dataclasses.asdict(profile)
+    for name, default in _OPTIONAL_DEFAULTS.items():  # older cohorts' records stay the same
+        if values[name] == default:
+            del values[name]
     values = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
     if resolved_from is not None:
         values["drawn_from"] = resolved_from

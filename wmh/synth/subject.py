@@ -230,6 +230,32 @@ def draw_contrast(rng: np.random.Generator) -> TissueContrast:
     return TissueContrast(flair, gamma, t1, lesion)
 
 
+NECK_TOP_MM = -30.0  # MNI z where the neck starts to widen out of the head
+NECK_RADII_MM = (62.0, 58.0)  # left-right and anterior-posterior half widths of the neck
+NECK_CENTRE_Y_MM = -12.0  # MNI y of the neck's axis
+NECK_FAT_MM = 6.0  # subcutaneous fat around the neck muscles
+
+
+def with_neck(signal: np.ndarray, mni_mm: np.ndarray, muscle: float, fat: float,
+              ) -> np.ndarray:
+    """Adds neck tissue (muscle inside a rim of fat, 1 mm soft edges) below the skull
+    where the image is otherwise empty (air).
+
+    Args:
+        signal: (X, Y, Z) noise-free image.
+        mni_mm: (X, Y, Z, 3) MNI coordinate of every voxel (mm).
+        muscle, fat: the two tissues' levels (white matter = 1).
+    """
+    x, y, z = (mni_mm[..., axis] for axis in range(3))
+    onset = np.clip((NECK_TOP_MM - z) / 15.0, 0.0, 1.0)
+    radius = np.sqrt((x / NECK_RADII_MM[0]) ** 2 + ((y - NECK_CENTRE_Y_MM) / NECK_RADII_MM[1]) ** 2)
+    depth = (1.0 - radius) * min(NECK_RADII_MM)  # mm inside the outline (approximately)
+    inside = np.clip(depth + 0.5, 0.0, 1.0)
+    core = np.clip(depth - NECK_FAT_MM + 0.5, 0.0, 1.0)
+    neck = (onset * (fat * inside + (muscle - fat) * core)).astype(np.float32)
+    return np.where(signal < 0.02, np.maximum(signal, neck), signal).astype(np.float32)
+
+
 def compose_mni_images(anatomy: Anatomy, overlay: Overlay, contrast: TissueContrast,
                        skull_stripped: bool, sulcal_widening: float = 1.0,
                        ) -> tuple[np.ndarray, np.ndarray]:
@@ -327,11 +353,12 @@ def generate_subject(subject_id: str, seed: int, profile: AcquisitionProfile,
     # --- FLAIR
     flair_affine = working_grid_affine(
         profile.flair_spacing, profile.flair_shape,
-        flair_pose[:3, :3] @ FLAIR_CENTRE_MM + flair_pose[:3, 3] + rng.uniform(-5, 5, size=3),
-        profile.oblique_degrees)
+        flair_pose[:3, :3] @ (FLAIR_CENTRE_MM + [0.0, 0.0, profile.fov_shift_mm])
+        + flair_pose[:3, 3] + rng.uniform(-5, 5, size=3), profile.oblique_degrees)
     flair_world_to_anatomy = np.linalg.inv(flair_pose)
+    slice_axis = profile.slice_axis
     if not profile.three_d:
-        normal = flair_affine[:3, 2] / np.linalg.norm(flair_affine[:3, 2])
+        normal = flair_affine[:3, slice_axis] / np.linalg.norm(flair_affine[:3, slice_axis])
         gradient = flair_pose[:3, :3].T @ normal  # slab normal in anatomy space (unnormalised)
         axis = int(np.argmax(np.abs(gradient)))
         width = profile.thickness_mm / abs(gradient[axis])
@@ -349,10 +376,13 @@ def generate_subject(subject_id: str, seed: int, profile: AcquisitionProfile,
     code = ndi.map_coordinates(codes, coordinates, order=0, prefilter=False, output=np.uint8)
     mni_mm = coordinates + anatomy.affine[:3, 3].astype(np.float32).reshape(3, 1, 1, 1)
     mni_mm = np.round(np.moveaxis(mni_mm, 0, -1) / COORDINATE_STEP_MM) * COORDINATE_STEP_MM
+    if profile.neck and not skull_stripped:
+        flair_signal = with_neck(flair_signal, mni_mm, muscle=0.45, fat=contrast.flair["fat"])
     del coordinates
 
     # fine tissue heterogeneity (a few per cent, ~1.5 mm grain, independent per slice)
-    grain = (1.5 / profile.flair_spacing[0], 1.5 / profile.flair_spacing[1], 0)
+    grain = tuple(0.0 if axis == slice_axis else 1.5 / profile.flair_spacing[axis]
+                  for axis in range(3))
     texture = ndi.gaussian_filter(rng.standard_normal(flair_signal.shape, dtype=np.float32),
                                   grain)
     flair_signal *= 1 + np.float32(0.03 / max(float(texture.std()), 1e-6)) * texture
@@ -365,7 +395,7 @@ def generate_subject(subject_id: str, seed: int, profile: AcquisitionProfile,
     infarct_mask = (code & CODE_INFARCT) > 0
     observer1 = (wmh_fraction >= OBSERVER1_THRESHOLD) & ~infarct_mask
     observer2 = observer_two(rng, wmh_fraction, profile.flair_spacing,
-                             OBSERVER1_THRESHOLD) & ~infarct_mask
+                             OBSERVER1_THRESHOLD, slice_axis) & ~infarct_mask
     labels1 = observer1.astype(np.uint8) + 2 * infarct_mask.astype(np.uint8)
     labels2 = observer2.astype(np.uint8) + 2 * infarct_mask.astype(np.uint8)
     hard_negatives = ((code & CODE_HARD) > 0) & (labels1 == 0)
@@ -383,6 +413,9 @@ def generate_subject(subject_id: str, seed: int, profile: AcquisitionProfile,
                                                warp, anatomy.affine)
         t1_signal = ndi.map_coordinates(t1_mni, t1_coordinates, order=1, prefilter=False,
                                         output=np.float32)
+        if profile.neck and not skull_stripped:
+            t1_mm = np.moveaxis(t1_coordinates, 0, -1) + anatomy.affine[:3, 3].astype(np.float32)
+            t1_signal = with_neck(t1_signal, t1_mm, muscle=0.6, fat=contrast.t1["fat"])
         if skull_stripped:
             t1_brain = ndi.map_coordinates(codes, t1_coordinates, order=0, prefilter=False,
                                            output=np.uint8) & CODE_BRAIN

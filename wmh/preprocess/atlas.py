@@ -1,0 +1,119 @@
+"""The MNI152 atlas (template, brain, tissues, lateral ventricles) and sampling it at
+MNI coordinates."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from wmh.preprocess.grid import resample_voxels
+from wmh.preprocess.sitk_bridge import from_sitk, grid_affine, to_sitk
+
+
+@dataclasses.dataclass(frozen=True)
+class Atlas:
+    """The MNI152 template (nilearn's ICBM 2009a symmetric, packaged in its wheel).
+
+    Attributes:
+        t1: (I, J, K) float32 template T1 in [0, 1] (brain only, 0 outside).
+        brain: (I, J, K) float32 brain mask (0/1).
+        ventricles: (I, J, K) uint8, 1 left and 2 right lateral ventricle.
+        affine: (4, 4) voxel -> MNI mm (RAS).
+        grey, white, csf: (I, J, K) float32 tissue probabilities (csf = brain - grey - white).
+    """
+
+    t1: np.ndarray
+    brain: np.ndarray
+    ventricles: np.ndarray
+    affine: np.ndarray
+    grey: np.ndarray
+    white: np.ndarray
+    csf: np.ndarray
+
+    def image(self, name: str) -> sitk.Image:
+        return to_sitk(np.asarray(getattr(self, name), dtype=np.float32), self.affine)
+
+
+@functools.lru_cache(maxsize=4)
+def load_atlas(spacing_mm: float = 1.0) -> Atlas:
+    """The MNI152 atlas at 1 mm, or smoothed and resampled to ``spacing_mm``.
+
+    The lateral ventricles are the two large cerebrospinal-fluid components (template
+    voxels with grey- and white-matter probability below 0.2) near the centre of the
+    brain, one each side of x = 0 (left is x < 0). Nothing is downloaded: the templates
+    ship inside the nilearn wheel.
+    """
+    if spacing_mm != 1.0:
+        return _coarse_atlas(load_atlas(1.0), spacing_mm)
+    from nilearn import datasets
+
+    template = datasets.load_mni152_template(resolution=1)
+    affine = np.array(template.affine, dtype=np.float64)
+    t1 = np.asarray(template.dataobj, dtype=np.float32)
+    t1 /= max(float(t1.max()), 1e-6)
+    grey = np.asarray(datasets.load_mni152_gm_template(resolution=1).dataobj, np.float32)
+    white = np.asarray(datasets.load_mni152_wm_template(resolution=1).dataobj, np.float32)
+    grey /= max(float(grey.max()), 1e-6)
+    white /= max(float(white.max()), 1e-6)
+    brain = ndimage.binary_fill_holes(t1 > 0)
+    csf = brain & (grey < 0.2) & (white < 0.2)
+    # the central box where the lateral ventricles lie (MNI mm); the affine is diagonal
+    x, y, z = (affine[axis, axis] * np.arange(t1.shape[axis]) + affine[axis, 3]
+               for axis in range(3))
+    box = np.zeros(t1.shape, dtype=bool)
+    box[np.ix_((np.abs(x) < 35) & (np.abs(x) > 2), (y > -50) & (y < 40), (z > -5) & (z < 40))] = True
+    ventricles = np.zeros(t1.shape, dtype=np.uint8)
+    for label, side in ((1, x < 0), (2, x > 0)):
+        region = csf & box
+        region[~side] = False
+        components, count = ndimage.label(region)
+        if count:
+            sizes = np.bincount(components.ravel())[1:]
+            ventricles[components == int(np.argmax(sizes)) + 1] = label
+    brain = brain.astype(np.float32)
+    return Atlas(t1, brain, ventricles, affine, grey * brain, white * brain,
+                 np.clip(brain - grey - white, 0, 1))
+
+
+def _coarse_atlas(atlas: Atlas, spacing_mm: float) -> Atlas:
+    shape = tuple(int(np.ceil(n / spacing_mm)) for n in atlas.t1.shape)
+    coarse_affine = atlas.affine @ np.diag([spacing_mm] * 3 + [1.0])
+    coarse_affine[:3, 3] = atlas.affine[:3, 3] + (spacing_mm - 1.0) / 2.0
+    to_fine = np.linalg.solve(atlas.affine, coarse_affine)
+    sigma = max(spacing_mm - 1.0, 0.0) / 2.0
+
+    def coarse(volume, order):
+        smooth = ndimage.gaussian_filter(volume.astype(np.float32), sigma) if order else volume
+        return resample_voxels(smooth, to_fine, shape, order)
+
+    return Atlas(coarse(atlas.t1, 1), coarse(atlas.brain, 1), coarse(atlas.ventricles, 0),
+                 coarse_affine, coarse(atlas.grey, 1), coarse(atlas.white, 1),
+                 coarse(atlas.csf, 1))
+
+
+def mni_coordinate_map(mni_from_subject: sitk.Transform, reference: sitk.Image) -> np.ndarray:
+    """(X, Y, Z, 3) MNI coordinate (RAS mm) of every voxel of ``reference``."""
+    field = sitk.TransformToDisplacementField(
+        mni_from_subject, sitk.sitkVectorFloat64, reference.GetSize(), reference.GetOrigin(),
+        reference.GetSpacing(), reference.GetDirection())
+    displacement = from_sitk(field)  # (X, Y, Z, 3), LPS mm
+    affine = grid_affine(reference)
+    shape = displacement.shape[:3]
+    points = np.einsum("ij,jxyz->xyzi", affine[:3, :3],
+                       np.indices(shape, dtype=np.float64)) + affine[:3, 3]
+    return points + displacement * np.array([-1.0, -1.0, 1.0])
+
+
+def sample_atlas(volume: np.ndarray, affine: np.ndarray, mni_coordinates: np.ndarray,
+                 ) -> np.ndarray:
+    """Trilinear samples of an MNI-space volume at (..., 3) MNI coordinates (mm)."""
+    inverse = np.linalg.inv(affine)
+    points = mni_coordinates.reshape(-1, 3).T
+    voxels = inverse[:3, :3] @ points + inverse[:3, 3:]
+    values = ndimage.map_coordinates(np.asarray(volume, np.float32), voxels, order=1,
+                                     mode="constant", cval=0.0)
+    return values.reshape(mni_coordinates.shape[:-1])
