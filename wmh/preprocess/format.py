@@ -16,8 +16,8 @@ dataset                        shape, dtype          meaning
 ``mni_coordinates``            (X, Y, Z, 3) float16  raw MNI x, y, z in mm (absent: none)
 ============================  ====================  ===========================================
 
-Root attributes: ``format_version`` (int), ``subject_id``, ``site`` and ``split``
-(absent when None), ``channels`` (JSON list), ``location_features`` (JSON list),
+Root attributes: ``format_version`` (int), ``subject_id``, ``site``, ``split`` and
+``participant`` (absent when None), ``channels`` (JSON list), ``location_features`` (JSON list),
 ``spacing`` (3,) mm, ``affine`` (4, 4) working voxel -> world (RAS mm),
 ``native_shape`` (3,), ``native_affine`` (4, 4), ``native_header`` (the FLAIR's 348-byte
 NIfTI-1 header, opaque bytes), ``cache_key``, ``provenance`` (JSON: code version,
@@ -85,6 +85,8 @@ class PreparedSubject:
         warnings: short strings, one per fallback or doubtful quality met while
             preparing (e.g. "atlas registration fell back to affine (NMI 0.031)");
             empty when all went as planned.
+        participant: the person scanned when the layout names one (BIDS ``sub-``, a
+            manifest's ``participant`` column), so splits keep their sessions together.
     """
 
     subject_id: str
@@ -106,6 +108,7 @@ class PreparedSubject:
     provenance: dict = dataclasses.field(default_factory=dict)
     mni_coordinates: Optional[np.ndarray] = None
     warnings: tuple[str, ...] = ()
+    participant: Optional[str] = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -193,6 +196,8 @@ class PreparedSubject:
             attrs["site"] = self.site
         if self.split is not None:
             attrs["split"] = self.split
+        if self.participant is not None:
+            attrs["participant"] = self.participant
         attrs["channels"] = json.dumps(list(self.channels))
         attrs["location_features"] = json.dumps(list(LOCATION_FEATURES))
         attrs["spacing"] = np.asarray(self.spacing, dtype=np.float64)
@@ -255,7 +260,8 @@ class PreparedSubject:
             cache_key=str(attrs["cache_key"]), provenance=json.loads(attrs["provenance"]),
             mni_coordinates=(None if "mni_coordinates" not in file
                              else file["mni_coordinates"][()].astype(np.float32)),
-            warnings=tuple(json.loads(attrs["warnings"])) if "warnings" in attrs else ())
+            warnings=tuple(json.loads(attrs["warnings"])) if "warnings" in attrs else (),
+            participant=text("participant"))
 
 
 def read_cache_key(path: str | Path) -> Optional[str]:

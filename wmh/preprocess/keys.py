@@ -50,6 +50,7 @@ def cache_key(subject: Subject, config: PreprocessConfig, use_t1: bool) -> str:
     files = _input_files(subject, use_t1)
     description = json.dumps({"roles": sorted(files), "subject": subject.subject_id,
                               "site": subject.site, "split": subject.split,
+                              "participant": subject.participant,
                               "coregistered": subject.coregistered,
                               "config": config_hash(config, use_t1),
                               "code": code_version()}, sort_keys=True)

@@ -123,6 +123,7 @@ def _prepare(subject: Subject, config: PreprocessConfig, use_t1: bool) -> Prepar
 
     return PreparedSubject(
         subject_id=subject.subject_id, site=subject.site, split=subject.split,
+        participant=subject.participant,
         images=images, channels=tuple(name for name, _ in channels),
         brain_mask=brain_mask, labels=on_working_grid(loaded.labels),
         labels_observer2=on_working_grid(loaded.labels_observer2), location=location,
