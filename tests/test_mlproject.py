@@ -38,8 +38,10 @@ def test_mlflow_run_main_entry_point_trains_msiw(tmp_path):
     assert run.data.params["train.epochs"] == "1"
     assert run.data.tags["data_label"] == "real"  # a prepared folder of unknown origin
     assert 0.0 <= run.data.metrics["threshold"] <= 1.0
-    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "model")}
-    assert "model/model.keras" in artifacts
+    from wmh import registry  # the model is the run's logged model (models:/<model id>)
+
+    folder = registry.model_folder(f"models:/{registry.run_model_id(run.info.run_id)}")
+    assert (folder / "model.keras").is_file()
 
 
 def test_mlflow_run_reproduce_entry_point(tmp_path, tiny_synthetic_cache):

@@ -13,7 +13,8 @@ allow-list; nothing is unpickled). The pyfunc is logged *from code*
 returns P(WMH), as the logged signature and input example show. The final metrics of a
 run are linked to its logged model.
 
-Registry rule (:func:`register`): a registered version always gets the alias ``latest``;
+Registry rule (:func:`register`): a registered version always gets the alias ``newest``
+(MLflow reserves the alias ``latest``; ``models:/NAME/latest`` means the same version);
 it also gets ``best`` when the model has no ``best`` yet, or when its run's validation
 Dice (``val_volume_dice``, whole validation volumes at the model's threshold) beats the
 ``best`` version's on the same data (the same ``dataset_hash`` tag). Otherwise ``best``
@@ -28,8 +29,6 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Optional
-
 import numpy as np
 
 from wmh.errors import WMHError
@@ -38,7 +37,7 @@ LOGGED_MODEL_NAME = "model"  # the logged model's name in its run: runs:/<run id
 URI_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
 ARTIFACTS_FOLDER = "artifacts"  # where a pyfunc keeps its artifacts, beside MLmodel
 BEST_METRIC = "val_volume_dice"  # what the `best` alias compares (higher is better)
-LATEST_ALIAS = "latest"
+NEWEST_ALIAS = "newest"  # MLflow reserves "latest" (models:/NAME/latest: highest version)
 BEST_ALIAS = "best"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 ENTRY_FILE = Path(__file__).with_name("mlflow_model.py")  # the pyfunc, logged from code
@@ -135,7 +134,7 @@ def register(run_id: str, name: str) -> dict:
 
     Returns:
         ``{"name", "version", "aliases", "model_uri"}`` (``model_uri``:
-        ``models:/NAME@latest``).
+        ``models:/NAME@newest``).
     """
     import mlflow
 
@@ -146,13 +145,13 @@ def register(run_id: str, name: str) -> dict:
         version = mlflow.register_model(f"models:/{model_id}", name)
     except mlflow.exceptions.MlflowException as error:
         raise WMHError(f"--register {name}: {str(error).splitlines()[0]}") from None
-    aliases = [LATEST_ALIAS]
+    aliases = [NEWEST_ALIAS]
     if _beats_best(client, name, run_id):
         aliases.append(BEST_ALIAS)
     for alias in aliases:
         client.set_registered_model_alias(name, alias, version.version)
     return {"name": name, "version": int(version.version), "aliases": aliases,
-            "model_uri": f"models:/{name}@{LATEST_ALIAS}"}
+            "model_uri": f"models:/{name}@{NEWEST_ALIAS}"}
 
 
 def _beats_best(client, name: str, run_id: str) -> bool:
@@ -218,12 +217,21 @@ def registered_versions(name: str) -> list[dict]:
     import mlflow
 
     client = mlflow.MlflowClient()
-    versions = client.search_model_versions(f"name = '{name}'")
-    return sorted(({"version": int(v.version), "run_id": v.run_id, "aliases": list(v.aliases),
-                    "model_id": getattr(v, "model_id", None)} for v in versions),
+    aliases = client.get_registered_model(name).aliases  # alias -> version (searching
+    versions = client.search_model_versions(f"name = '{name}'")  # versions omits them)
+    return sorted(({"version": int(v.version), "run_id": v.run_id,
+                    "aliases": sorted(a for a, n in aliases.items() if str(n) == str(v.version)),
+                    "model_id": v.model_id} for v in versions),
                   key=lambda row: -row["version"])
 
 
-def maybe_register(run_id: str, name: Optional[str]) -> Optional[dict]:
-    """:func:`register` when ``name`` is given, else None."""
-    return register(run_id, name) if name else None
+def best_run(run_ids: list[str]) -> str:
+    """The run with the highest validation Dice (:data:`BEST_METRIC`; the test subjects
+    are for reporting, not for choosing), the first on ties or when none has it."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    scores = [client.get_run(run_id).data.metrics.get(BEST_METRIC, -math.inf)
+              for run_id in run_ids]
+    scores = [-math.inf if math.isnan(score) else score for score in scores]
+    return run_ids[scores.index(max(scores))]
