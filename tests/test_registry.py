@@ -75,26 +75,6 @@ def test_best_alias_moves_only_on_a_better_validation_dice_on_the_same_data(
         registry.model_folder("models:/m-0123")
 
 
-def test_models_uri_without_a_store_is_one_line_and_creates_none(tmp_path, monkeypatch,
-                                                                 capsys):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")  # unset (restored after the test)
-    monkeypatch.setenv("WMH_HOME", str(tmp_path / "home"))
-    import nibabel as nib
-
-    flair = tmp_path / "FLAIR.nii.gz"
-    nib.save(nib.Nifti1Image(np.ones((8, 8, 4), np.float32), np.eye(4)), flair)
-    before = sorted(tmp_path.rglob("*"))
-    with pytest.raises(SystemExit) as exit_info:
-        main(["segment", "--model", "models:/wmh-demo@best", str(flair), "--out",
-              str(tmp_path / "seg")])
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and err.count("\n") == 1
-    assert err.startswith("wmh: error: --model models:/wmh-demo@best: no MLflow store at "
-                          f"{tmp_path / 'home' / 'mlflow.db'}")
-    assert sorted(tmp_path.rglob("*")) == before
-
-
 @pytest.mark.parametrize("command", ["train", "tune", "reproduce"])
 def test_bad_register_name_is_one_line_before_any_work(tmp_path, mlflow_tmp, capsys, command):
     with pytest.raises(SystemExit) as exit_info:
@@ -113,3 +93,34 @@ def test_register_needs_a_logged_model(tmp_path, mlflow_tmp):
         mlflow.log_text("old", "model/wmh_model.json")  # a run from before logged models
     with pytest.raises(WMHError, match=rf"^run {run.info.run_id}: no logged model 'model'"):
         registry.register(run.info.run_id, "tiny")
+
+
+def test_tune_and_reproduce_register_their_best_run(tmp_path, mlflow_tmp, tiny_model,
+                                                    monkeypatch, capsys):
+    """The CLI wiring: tune registers the study's best trial, reproduce the experiment
+    with the best validation Dice (the studies themselves are replaced by stand-ins)."""
+    from types import SimpleNamespace
+
+    from wmh import reproduce, tracking, tune
+
+    tracking.configure_mlflow("registry-test")
+    weaker, stronger = logged_run(tiny_model, 0.3), logged_run(tiny_model, 0.7)
+    monkeypatch.setattr(tune, "tune", lambda *a, **k: SimpleNamespace(best_run_id=weaker))
+    monkeypatch.setattr(tune, "format_summary", lambda summary: "study summary")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["tune", "--register", "tuned", "--set", f"data.cache_dir={tmp_path / 'c'}"])
+    assert exit_info.value.code == 0
+    assert "registered tuned version 1 (aliases newest, best)" in capsys.readouterr().out
+    assert registry.registered_versions("tuned")[0]["run_id"] == weaker
+
+    done = SimpleNamespace(outcomes=[SimpleNamespace(run_id=weaker),
+                                     SimpleNamespace(run_id=stronger)],
+                           report=SimpleNamespace(markdown="report.md"), data_label="synthetic",
+                           parent_run_id="parent", seconds=1.0)
+    monkeypatch.setattr(reproduce, "reproduce", lambda *a, **k: done)
+    monkeypatch.setattr(reproduce, "summary_table", lambda done: "table")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["reproduce", "--register", "tuned", "--out", str(tmp_path / "r")])
+    assert exit_info.value.code == 0
+    assert "registered tuned version 2 (aliases newest, best)" in capsys.readouterr().out
+    assert [v["run_id"] for v in registry.registered_versions("tuned")] == [stronger, weaker]

@@ -153,6 +153,8 @@ def test_killed_run_resumes_from_its_last_epoch(tmp_path, mlflow_tmp, tf_seeded,
     client = mlflow.tracking.MlflowClient()
     assert [m.step for m in client.get_metric_history(result.run_id, "val_auc")] == [1, 2, 3]
     assert client.get_run(result.run_id).data.tags["resumed_from_epoch"] == "1"
+    # the resumed run logged its datasets again: still one input per split
+    assert len(client.get_run(result.run_id).inputs.dataset_inputs) == 3
 
 
 def test_model_folder_errors(tmp_path):

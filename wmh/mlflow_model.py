@@ -15,8 +15,7 @@ class WMHModel(mlflow.pyfunc.PythonModel):
     :class:`wmh.registry.SuiteModel`."""
 
     def load_context(self, context):
-        self.suite = SuiteModel()
-        self.suite.load(context.artifacts)
+        self.suite = SuiteModel.from_artifacts(context.artifacts)
 
     def predict(self, context, model_input, params=None):
         return self.suite.predict(model_input)

@@ -48,10 +48,16 @@ class SuiteModel:
     """The pyfunc's behaviour (wrapped by ``wmh/mlflow_model.py``): load the model folder
     from the artifacts with the suite's safe loader; predict P(WMH)."""
 
-    def load(self, artifacts: dict[str, str]) -> None:
+    def __init__(self, model, contract):
+        self.model = model
+        self.contract = contract
+
+    @classmethod
+    def from_artifacts(cls, artifacts: dict[str, str]) -> "SuiteModel":
+        """From the pyfunc's artifacts (name -> local path), by the suite's loader."""
         from wmh.train import CONTRACT_FILE, load_model_dir
 
-        self.model, self.contract = load_model_dir(Path(artifacts[CONTRACT_FILE]).parent)
+        return cls(*load_model_dir(Path(artifacts[CONTRACT_FILE]).parent))
 
     def predict(self, model_input) -> np.ndarray:
         """Patches ``{"s1", "s2", "s3": (N, 32, 32, C), "loc": (N, 8)}`` (CNN) or (N, F)
@@ -72,7 +78,7 @@ def validate_name(name: str, option: str = "--register") -> str:
     return name
 
 
-def network_example(model, dataset, rows: int = 2) -> dict[str, np.ndarray]:
+def network_example(dataset, rows: int = 2) -> dict[str, np.ndarray]:
     """The first ``rows`` samples of a patch dataset's first batch, as numpy arrays."""
     inputs, _ = next(iter(dataset))
     return {key: np.asarray(value)[:rows].astype(np.float32) for key, value in inputs.items()}
@@ -95,9 +101,8 @@ def log_model(model_dir: Path, input_example, metrics: dict[str, float],
     from wmh.tracking import library_versions
     from wmh.train import load_model_dir
 
-    model, contract = load_model_dir(model_dir)
-    suite = SuiteModel()
-    suite.model, suite.contract = model, contract
+    suite = SuiteModel(*load_model_dir(model_dir))
+    contract = suite.contract
     signature = mlflow.models.infer_signature(input_example, suite.predict(input_example))
     versions = library_versions()
     requirements = [f"{name}=={versions[name]}" for name in REQUIREMENTS if name in versions]

@@ -308,7 +308,7 @@ def train(config: ExperimentConfig, samples_dir: Path, prepared_dir: Path,
                                  inplane_spacing_mm=config.preprocess.inplane_spacing_mm,
                                  threshold=threshold)
         model_dir = save_model_dir(best, contract, run_dir / "model")
-        registry.log_model(model_dir, registry.network_example(best, validation_data), {
+        registry.log_model(model_dir, registry.network_example(validation_data), {
             "best_epoch": state["best_epoch"], "best_val_auc": state["best_auc"],
             "threshold": threshold, "val_volume_dice": validation_dice,
             "val_volume_auc": volume_auc}, datasets["validation"])

@@ -26,7 +26,6 @@ from wmh.segment.subject import (SegmentModel, SegmentOptions, input_provenance,
                                  segment_subject, write_failure)
 
 
-
 @dataclasses.dataclass
 class CohortResult:
     """What a ``wmh segment`` call did.
