@@ -222,12 +222,11 @@ def registered_versions(name: str) -> list[dict]:
     import mlflow
 
     client = mlflow.MlflowClient()
-    aliases = client.get_registered_model(name).aliases  # alias -> version (searching
-    versions = client.search_model_versions(f"name = '{name}'")  # versions omits them)
-    return sorted(({"version": int(v.version), "run_id": v.run_id,
-                    "aliases": sorted(a for a, n in aliases.items() if str(n) == str(v.version)),
-                    "model_id": v.model_id} for v in versions),
-                  key=lambda row: -row["version"])
+    found = client.search_model_versions(f"name = '{name}'")
+    # a search leaves aliases and model ids out: each version is read in full
+    versions = [client.get_model_version(name, str(v.version)) for v in found]
+    return sorted(({"version": int(v.version), "run_id": v.run_id, "aliases": sorted(v.aliases),
+                    "model_id": v.model_id} for v in versions), key=lambda row: -row["version"])
 
 
 def best_run(run_ids: list[str]) -> str:
