@@ -56,7 +56,7 @@ def test_demo_runs_every_stage_and_labels_results_synthetic(tmp_path, mlflow_tmp
     versions = registry.registered_versions("wmh-demo")
     assert [(v["version"], v["run_id"]) for v in versions] == [(1, run.info.run_id)]
     assert sorted(versions[0]["aliases"]) == ["best", "newest"]
-    assert versions[0]["model_id"] == registry.run_model_id(run.info.run_id)
+    assert versions[0]["source"] == f"models:/{registry.run_model_id(run.info.run_id)}"
     contexts = sorted(tag.value for dataset_input in run.inputs.dataset_inputs
                       for tag in dataset_input.tags if tag.key == "mlflow.data.context")
     assert contexts == ["test", "training", "validation"]

@@ -46,6 +46,7 @@ def test_best_alias_moves_only_on_a_better_validation_dice_on_the_same_data(
         ["newest", "best"], ["newest"], ["newest"], ["newest", "best"]]
     by_version = {v["version"]: v for v in registry.registered_versions("tiny")}
     assert sorted(by_version[4]["aliases"]) == ["best", "newest"]
+    assert by_version[4]["source"] == f"models:/{registry.run_model_id(better)}"
     assert all(not by_version[v]["aliases"] for v in (1, 2, 3))
     assert registry.best_run([first, worse, other_data, better]) == other_data
 

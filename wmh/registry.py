@@ -217,8 +217,8 @@ def model_folder(source: str | Path, option: str = "--model") -> Path:
 
 
 def registered_versions(name: str) -> list[dict]:
-    """Versions of a registered model with their aliases, newest first (for tests and
-    reports)."""
+    """Versions of a registered model, newest first: version, run id, aliases and source
+    (``models:/<model id>``: the logged model registered)."""
     import mlflow
 
     client = mlflow.MlflowClient()
@@ -226,7 +226,7 @@ def registered_versions(name: str) -> list[dict]:
     # a search leaves aliases and model ids out: each version is read in full
     versions = [client.get_model_version(name, str(v.version)) for v in found]
     return sorted(({"version": int(v.version), "run_id": v.run_id, "aliases": sorted(v.aliases),
-                    "model_id": v.model_id} for v in versions), key=lambda row: -row["version"])
+                    "source": v.source} for v in versions), key=lambda row: -row["version"])
 
 
 def best_run(run_ids: list[str]) -> str:
