@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from pathlib import Path
+
 import numpy as np
 
 from wmh.errors import WMHError
@@ -106,13 +108,17 @@ def log_model(model_dir: Path, input_example, metrics: dict[str, float],
     signature = mlflow.models.infer_signature(input_example, suite.predict(input_example))
     versions = library_versions()
     requirements = [f"{name}=={versions[name]}" for name in REQUIREMENTS if name in versions]
-    info = mlflow.pyfunc.log_model(
-        name=LOGGED_MODEL_NAME, python_model=str(ENTRY_FILE),
-        artifacts={path.name: str(path) for path in sorted(model_dir.iterdir())
-                   if path.is_file()},
-        signature=signature, input_example=input_example, pip_requirements=requirements,
-        metadata={"wmh_version": contract.wmh_version, "arch": contract.model.arch,
-                  "threshold": contract.threshold, "channels": list(contract.channels)})
+    with warnings.catch_warnings():
+        # MLflow suggests type hints on predict; dicts of arrays and feature frames have
+        # none it supports, and the signature is given explicitly.
+        warnings.filterwarnings("ignore", message=".*type hints.*")
+        info = mlflow.pyfunc.log_model(
+            name=LOGGED_MODEL_NAME, python_model=str(ENTRY_FILE),
+            artifacts={path.name: str(path) for path in sorted(model_dir.iterdir())
+                       if path.is_file()},
+            signature=signature, input_example=input_example, pip_requirements=requirements,
+            metadata={"wmh_version": contract.wmh_version, "arch": contract.model.arch,
+                      "threshold": contract.threshold, "channels": list(contract.channels)})
     mlflow.log_metrics({name: float(value) for name, value in metrics.items()
                         if not (isinstance(value, float) and math.isnan(value))},
                        model_id=info.model_id, dataset=dataset)
