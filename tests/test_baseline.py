@@ -245,11 +245,23 @@ def test_arch_rf_run_logs_like_the_cnns(trained):
     assert metrics["val_auc"] == pytest.approx(result.validation_auc)
     assert metrics["val_volume_dice"] == pytest.approx(result.validation_dice)
     assert metrics["feature_seconds_per_case"] > 0 and metrics["train_samples"] > 100
-    paths = {a.path for folder in ("", "model", "figures")
+    paths = {a.path for folder in ("", "figures")
              for a in client.list_artifacts(result.run_id, folder)}
-    assert {"model/forest.skops", "model/wmh_model.json", "figures/roc.png",
-            "figures/dice_vs_threshold.png", "feature_importances.json",
+    assert {"figures/roc.png", "figures/dice_vs_threshold.png", "feature_importances.json",
             "config.yaml"} <= paths
+    # the forest is a logged model: its folder as artifacts, feature rows in, P(WMH) out
+    from wmh import registry
+
+    model_id = registry.run_model_id(result.run_id)
+    logged = client.get_logged_model(model_id)
+    assert {m.key: m.value for m in logged.metrics}["threshold"] == pytest.approx(
+        result.threshold)
+    assert sorted(p.name for p in registry.model_folder(f"models:/{model_id}").iterdir()) == [
+        "forest.skops", "wmh_model.json"]
+    info = mlflow.models.get_model_info(f"models:/{model_id}")
+    assert info.signature.inputs.input_names() == baseline.feature_names(True)
+    assert {d.dataset.name.rsplit("-", 1)[1] for d in run.inputs.dataset_inputs} == {
+        "train", "validation", "test"}
     importances = mlflow.artifacts.load_dict(f"runs:/{result.run_id}/feature_importances.json")
     assert list(importances) == baseline.feature_names(True)
     assert sum(importances.values()) == pytest.approx(1.0)

@@ -38,8 +38,10 @@ def test_mlflow_run_main_entry_point_trains_msiw(tmp_path):
     assert run.data.params["train.epochs"] == "1"
     assert run.data.tags["data_label"] == "real"  # a prepared folder of unknown origin
     assert 0.0 <= run.data.metrics["threshold"] <= 1.0
-    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "model")}
-    assert "model/model.keras" in artifacts
+    from wmh import registry  # the model is the run's logged model (models:/<model id>)
+
+    folder = registry.model_folder(f"models:/{registry.run_model_id(run.info.run_id)}")
+    assert (folder / "model.keras").is_file()
 
 
 def test_mlflow_run_reproduce_entry_point(tmp_path, tiny_synthetic_cache):
@@ -199,3 +201,15 @@ def test_precision_parameter_empty_keeps_the_config_and_given_overrides(monkeypa
     segment = cli.get_command(cli.make_context("wmh", list(argv), resilient_parsing=True),
                               "segment")
     assert segment.make_context("segment", argv[1:]).params["precision"] == "fp32"
+
+
+def test_register_parameter_reaches_train_and_tune():
+    from wmh.cli import cli
+
+    for entry, extra in (("main", {}), ("tune", {"n_trials": 2})):
+        argv = _render(entry, register="my-model", **extra)
+        command = cli.get_command(cli.make_context("wmh", list(argv), resilient_parsing=True),
+                                  argv[0])
+        assert command.make_context(argv[0], argv[1:]).params["register_name"] == "my-model"
+        argv = _render(entry, **extra)  # empty: nothing registered
+        assert command.make_context(argv[0], argv[1:]).params["register_name"] == ""

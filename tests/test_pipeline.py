@@ -49,3 +49,37 @@ def test_demo_runs_every_stage_and_labels_results_synthetic(tmp_path, mlflow_tmp
     assert result.name == "MSWS + Loc" and result.case_ids == (subject,)
     assert result.dice(1) == pytest.approx(run.data.metrics["test_dice_obs1"])
     assert result.threshold == pytest.approx(run.data.metrics["threshold"])
+
+    # The demo registers its model (alias newest, and best: the first version) and the run
+    # shows its data: training, validation and test datasets.
+    from wmh import io, registry
+    versions = registry.registered_versions("wmh-demo")
+    assert [(v["version"], v["run_id"]) for v in versions] == [(1, run.info.run_id)]
+    assert sorted(versions[0]["aliases"]) == ["best", "newest"]
+    assert versions[0]["source"] == f"models:/{registry.run_model_id(run.info.run_id)}"
+    contexts = sorted(tag.value for dataset_input in run.inputs.dataset_inputs
+                      for tag in dataset_input.tags if tag.key == "mlflow.data.context")
+    assert contexts == ["test", "training", "validation"]
+    assert "registered wmh-demo version 1 (aliases newest, best)" in out
+
+    # `wmh segment --model models:/wmh-demo@best` segments a synthetic subject as the
+    # demo did (same model, same threshold, same volume).
+    found = [s for root in tiny_synthetic_cache.glob("synth/*") for s in io.discover(root)
+             if s.subject_id == subject]
+    files = [str(path) for path in (found[0].flair, found[0].t1) if path is not None]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["segment", "--model", "models:/wmh-demo@best", *files, "--subject-id", subject,
+              "--out", str(tmp_path / "by-alias"), "--quiet"])
+    assert exit_info.value.code == 0
+    with open(tmp_path / "by-alias" / "volumes.csv") as handle:
+        again = list(csv.DictReader(handle))
+    assert [row["status"] for row in again] == ["ok"]
+    assert float(again[0]["total_ml"]) == pytest.approx(float(rows[0]["total_ml"]), abs=1e-6)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["segment", "--model", "models:/wmh-demo@nope", *files, "--out",
+              str(tmp_path / "nope")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1
+    assert err.startswith("wmh: error: --model models:/wmh-demo@nope: cannot download (")
+    assert not (tmp_path / "nope").exists()

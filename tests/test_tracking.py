@@ -57,7 +57,9 @@ def test_runs_go_to_the_anchored_store_from_any_folder(tmp_path, monkeypatch):
     assert list(elsewhere.iterdir()) == []
 
 
-def test_missing_run_is_one_line_and_creates_no_store(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("uri", ["runs:/0123456789abcdef/model", "models:/wmh-demo@best",
+                                 "models:/m-0123456789abcdef"])
+def test_missing_run_is_one_line_and_creates_no_store(tmp_path, monkeypatch, capsys, uri):
     import nibabel as nib
     import numpy as np
 
@@ -70,11 +72,10 @@ def test_missing_run_is_one_line_and_creates_no_store(tmp_path, monkeypatch, cap
     nib.save(nib.Nifti1Image(np.ones((8, 8, 4), np.float32), np.eye(4)), flair)
     before = sorted(tmp_path.rglob("*"))
     with pytest.raises(SystemExit) as exit_info:
-        main(["segment", "--model", "runs:/0123456789abcdef/model", str(flair), "--out",
-              str(tmp_path / "seg")])
+        main(["segment", "--model", uri, str(flair), "--out", str(tmp_path / "seg")])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.count("\n") == 1
-    assert err.startswith("wmh: error: --model runs:/0123456789abcdef/model: no MLflow store "
+    assert err.startswith(f"wmh: error: --model {uri}: no MLflow store "
                           f"at {tmp_path / 'home' / 'mlflow.db'}")
     assert sorted(tmp_path.rglob("*")) == before  # no mlflow.db anywhere, no folders
     with pytest.raises(WMHError, match=r"^--run abc: no MLflow store at "):

@@ -50,9 +50,7 @@ def test_training_learns_logs_and_saves_a_loadable_model(tmp_path, mlflow_tmp, t
     history = mlflow.tracking.MlflowClient().get_metric_history(result.run_id, "val_auc")
     assert [m.step for m in history] == [1, 2, 3]
     assert max(m.value for m in history) == pytest.approx(result.validation_auc)
-    artifacts = {a.path for a in mlflow.tracking.MlflowClient().list_artifacts(result.run_id,
-                                                                               "model")}
-    assert {"model/model.keras", "model/wmh_model.json"} <= artifacts
+    check_logged_model(result, samples, prepared)
     figures = {a.path for a in mlflow.tracking.MlflowClient().list_artifacts(result.run_id,
                                                                              "figures")}
     assert {"figures/roc.png", "figures/dice_vs_threshold.png"} <= figures
@@ -71,6 +69,49 @@ def test_training_learns_logs_and_saves_a_loadable_model(tmp_path, mlflow_tmp, t
     wmh = probabilities[subject.labels == 1].mean()
     background = probabilities[subject.brain_mask & (subject.labels == 0)].mean()
     assert wmh > background + 0.3
+
+
+def check_logged_model(result, samples, prepared):
+    """The run's model is an MLflow 3 logged model (pyfunc wrapping the model folder) with
+    a signature, an input example and the final metrics; the run has its three datasets
+    and system metrics."""
+    from wmh import registry, sampling, train
+
+    client = mlflow.tracking.MlflowClient()
+    model_id = registry.run_model_id(result.run_id)
+    logged = client.get_logged_model(model_id)
+    assert logged.source_run_id == result.run_id and logged.name == "model"
+    linked = {m.key: m.value for m in logged.metrics}
+    assert linked["threshold"] == pytest.approx(result.threshold)
+    assert linked["val_volume_dice"] == pytest.approx(result.validation_dice)
+    info = mlflow.models.get_model_info(f"models:/{model_id}")
+    assert info.signature is not None and info.saved_input_example_info is not None
+    assert "python_function" in info.flavors
+    folder = registry.model_folder(f"models:/{model_id}")
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        p.name for p in result.model_dir.iterdir())
+    _, contract = train.load_model_dir(f"models:/{model_id}")
+    assert contract.threshold == pytest.approx(result.threshold)
+    # MLflow's own pyfunc loader (from code, no pickle) predicts P(WMH) from the example
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{model_id}")
+    example = mlflow.models.Model.load(f"models:/{model_id}").load_input_example(
+        mlflow.artifacts.download_artifacts(f"models:/{model_id}"))
+    scores = np.asarray(pyfunc.predict(example))
+    assert scores.shape == (2,) and np.all((scores >= 0) & (scores <= 1))
+
+    run = client.get_run(result.run_id)
+    contexts = {}
+    for dataset_input in run.inputs.dataset_inputs:
+        tags = {tag.key: tag.value for tag in dataset_input.tags}
+        contexts[tags["mlflow.data.context"]] = dataset_input.dataset
+    assert sorted(contexts) == ["test", "training", "validation"]
+    splits = sampling.load_splits(samples)
+    assert json.loads(contexts["validation"].profile) == {
+        "subjects": len(splits["validation"])}
+    assert len({d.digest for d in contexts.values()}) == 3
+    assert contexts["training"].name == f"{prepared.name}-train"
+    assert any(key.startswith("system/cpu_utilization") for key in run.data.metrics)
+    assert any(key.startswith("system/system_memory_usage") for key in run.data.metrics)
 
 
 class Interrupted(Exception):
@@ -112,6 +153,8 @@ def test_killed_run_resumes_from_its_last_epoch(tmp_path, mlflow_tmp, tf_seeded,
     client = mlflow.tracking.MlflowClient()
     assert [m.step for m in client.get_metric_history(result.run_id, "val_auc")] == [1, 2, 3]
     assert client.get_run(result.run_id).data.tags["resumed_from_epoch"] == "1"
+    # the resumed run logged its datasets again: still one input per split
+    assert len(client.get_run(result.run_id).inputs.dataset_inputs) == 3
 
 
 def test_model_folder_errors(tmp_path):

@@ -642,7 +642,9 @@ def train_baseline(config, samples_dir: Path, prepared_dir: Path, callbacks: Seq
     """
     import mlflow
 
-    from wmh import data, sampling, tracking
+    import pandas as pd
+
+    from wmh import data, registry, sampling, tracking
     from wmh.train import ModelContract, TrainResult, run_key
 
     if config.model.arch != "rf":
@@ -662,8 +664,10 @@ def train_baseline(config, samples_dir: Path, prepared_dir: Path, callbacks: Seq
 
     if not nested:
         tracking.configure_mlflow(config.train.experiment)
-    with mlflow.start_run(run_name=run_name or "rf", nested=nested) as run:
+    with mlflow.start_run(run_name=run_name or "rf", nested=nested,
+                          log_system_metrics=tracking.system_metrics()) as run:
         tracking.log_context(config, dataset_hash)
+        datasets = tracking.log_datasets(samples_dir, prepared_dir)
         mlflow.set_tags({"data_label": data_label, "channels": ",".join(channels),
                          "run_key": key})
         index = sampling.load_index(samples_dir, "train")
@@ -677,6 +681,7 @@ def train_baseline(config, samples_dir: Path, prepared_dir: Path, callbacks: Seq
                            "voxels to fit the random forest")
         features, labels, feature_seconds = gather_features(index, prepared_dir, use_t1,
                                                             progress="rf features")
+        example = pd.DataFrame(features[:2], columns=feature_names(use_t1))  # input example
         start = time.perf_counter()
         forest.fit(features, labels)
         fit_seconds = time.perf_counter() - start
@@ -699,7 +704,6 @@ def train_baseline(config, samples_dir: Path, prepared_dir: Path, callbacks: Seq
                                  threshold=validation["threshold"],
                                  patch=describe_features(use_t1))
         model_dir = save_model_dir(model, contract, run_dir / "model")
-        mlflow.log_artifacts(str(model_dir), "model")
         summary = {"best_epoch": 1, "best_val_auc": validation["val_auc"],
                    "threshold": validation["threshold"],
                    "val_volume_dice": validation["val_volume_dice"],
@@ -707,8 +711,7 @@ def train_baseline(config, samples_dir: Path, prepared_dir: Path, callbacks: Seq
                    "train_samples": len(labels), "fit_seconds": fit_seconds,
                    "feature_seconds_per_case": feature_seconds,
                    "validation_seconds": validation_seconds}
-        mlflow.log_metrics({name: float(value) for name, value in summary.items()
-                            if not (isinstance(value, float) and math.isnan(value))})
+        registry.log_model(model_dir, example, summary, datasets["validation"])
         run_id = run.info.run_id
     return TrainResult(run_id=run_id, model_dir=model_dir, best_epoch=1,
                        validation_auc=validation["val_auc"],

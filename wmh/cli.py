@@ -94,6 +94,31 @@ def with_precision(config, precision):
     return config if precision is None else replace(config, **{"train.precision": precision})
 
 
+def register_option(what: str):
+    """--register NAME: register ``what`` in the MLflow model registry (the name is checked
+    before any work)."""
+    def check(context, parameter, value):
+        if value:
+            from wmh.registry import validate_name
+
+            validate_name(value)
+        return value
+
+    return click.option("--register", "register_name", default="", metavar="NAME",
+                        callback=check,
+                        help=f"Register {what} as a new version of NAME in the MLflow model "
+                             "registry, with the alias 'newest', and 'best' when its "
+                             "validation Dice beats the current best on the same data.")
+
+
+def echo_registration(run_id: str, name: str) -> None:
+    """Registers the run's logged model under ``name`` (when given) and says so."""
+    if name:
+        from wmh.registry import format_registration, register
+
+        click.echo(format_registration(register(run_id, name)))
+
+
 def resolve_config(config_path, overrides, override_list: str = ""):
     """The config from --config (empty = defaults), --set, then --set-list overrides."""
     from wmh.config import load_config
@@ -289,7 +314,8 @@ def sample_command(prepared, out_dir, config_path, overrides):
               help="Whitespace-separated overrides, applied last (used by MLproject).")
 @model_options
 @precision_option
-def train_command(config_path, overrides, override_list, precision):
+@register_option("the trained model")
+def train_command(config_path, overrides, override_list, precision, register_name):
     """Prepare the data (cached) and train the configured model, tracked in MLflow."""
     from wmh.pipeline import run_training
 
@@ -299,12 +325,14 @@ def train_command(config_path, overrides, override_list, precision):
                f"{result.validation_auc:.4f}, threshold {result.threshold:.3f}, "
                f"validation Dice {result.validation_dice:.4f}")
     click.echo(f"model: {result.model_dir}  (also runs:/{result.run_id}/model)")
+    echo_registration(result.run_id, register_name)
 
 # --- segment commands ---
 
 @cli.command("segment")
 @click.option("--model", "model_source", required=True,
-              help="A model folder from `wmh train`, its model.keras, or runs:/<run id>/model.")
+              help="A model folder from `wmh train`, its model.keras, runs:/<run id>/model, "
+                   "models:/<model id>, or a registered model models:/NAME@ALIAS.")
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Output folder, shared by several calls: <subject>/wmh_probability.nii.gz, "
@@ -477,8 +505,10 @@ def report_command(methods, runs, truth, observer2, brain_mask, threshold, outpu
 @click.option("--data-label", type=click.Choice(["real", "synthetic"]), default="real",
               show_default=True, help="What the --samples are (recorded on every run).")
 @precision_option
+@register_option("the study's best trial")
 def tune_command(config_path, overrides, override_list, storage, study, n_trials, timeout,
-                 objective, samples_dir, prepared_dir, data_label, precision):
+                 objective, samples_dir, prepared_dir, data_label, precision,
+                 register_name):
     """Optuna search over alpha, injection layer, architecture, learning rate and dropout."""
     from wmh.config import replace
     from wmh.tune import format_summary, tune
@@ -505,6 +535,9 @@ def tune_command(config_path, overrides, override_list, storage, study, n_trials
                             prepared=prepared_dir, samples=samples_dir)
     summary = tune(config, stages, progress=click.echo)
     click.echo(format_summary(summary))
+    if register_name and not summary.best_run_id:
+        raise WMHError(f"--register {register_name}: the study has no complete trial yet")
+    echo_registration(summary.best_run_id, register_name)
 
 # --- pipeline commands ---
 
@@ -515,6 +548,7 @@ def tune_command(config_path, overrides, override_list, storage, study, n_trials
 def demo_command(config_path, overrides, out_dir):
     """The main job on the synthetic default: data, MSWS+Loc, segment, evaluate."""
     from wmh.pipeline import demo, format_table
+    from wmh.registry import format_registration
     from wmh.reproduce import experiments_dir
     from wmh.tracking import tracking_uri
 
@@ -531,6 +565,7 @@ def demo_command(config_path, overrides, out_dir):
     click.echo(f"\nSegmentations, QC images and volumes.csv: {out_dir / 'segment'}")
     click.echo(f"MLflow run {summary['run_id']} in {tracking_uri()}; open the UI with "
                "`make ui` (http://127.0.0.1:5000)")
+    click.echo(format_registration(summary["registered"]))
 
 
 @cli.command("reproduce")
@@ -550,8 +585,9 @@ def demo_command(config_path, overrides, out_dir):
 @click.option("--experiments-dir", default=None, type=click.Path(path_type=Path),
               help="Folder of the experiment YAMLs (default: this checkout's experiments/).")
 @click.option("--dry-run", is_flag=True, help="Print the resolved plan and stop.")
+@register_option("the experiment with the best validation Dice")
 def reproduce_command(scale, out_dir, experiments, overrides, override_list, data_label,
-                      experiments_dir, dry_run):
+                      experiments_dir, dry_run, register_name):
     """Run the paper's experiments (Tables 2-6) and write the comparison report."""
     from wmh import reproduce
 
@@ -566,6 +602,11 @@ def reproduce_command(scale, out_dir, experiments, overrides, override_list, dat
     click.echo(f"\nReport ({done.data_label} data): {done.report.markdown}")
     click.echo(f"MLflow parent run {done.parent_run_id} ({done.seconds / 60:.1f} min); open "
                "the UI with `make ui` (http://127.0.0.1:5000)")
+    if register_name:
+        from wmh.registry import best_run
+
+        echo_registration(best_run([outcome.run_id for outcome in done.outcomes]),
+                          register_name)
 
 
 # Operating-system errors that are the user's to fix (disk full, permissions, read-only

@@ -19,6 +19,7 @@ from wmh.config import ExperimentConfig, SynthConfig, dump_yaml
 from wmh.errors import WMHError
 
 DEFAULT_COHORT = "data_cache/synth/default"  # data.root placeholder: the synthetic default
+DEMO_MODEL_NAME = "wmh-demo"  # the registered model `wmh demo` adds a version to
 
 
 def _key(*parts: str) -> str:
@@ -232,16 +233,18 @@ def format_table(rows: list[dict], columns=SUMMARY_COLUMNS) -> str:
 
 def demo(config: ExperimentConfig, out_dir: Path = Path("outputs/demo")) -> dict:
     """The main job on the embedded default: synthesise, prepare, sample, train
-    MSWS+Loc, segment the test subjects, evaluate, log it all to MLflow.
+    MSWS+Loc, segment the test subjects, evaluate, log it all to MLflow, and register the
+    model as a new version of ``wmh-demo`` (aliases: :func:`wmh.registry.register`).
 
     Returns:
         {"run_id", "model_dir", "rows" (per test subject), "mean" (metric means),
-        "evaluation" (the :class:`wmh.report.MethodResult` logged to the run), ...}.
+        "evaluation" (the :class:`wmh.report.MethodResult` logged to the run),
+        "registered" (name, version, aliases), ...}.
     """
     import mlflow
     import numpy as np
 
-    from wmh import report
+    from wmh import registry, report
 
     stages = ensure_data(config)
     result = train_model(config, stages)
@@ -259,6 +262,7 @@ def demo(config: ExperimentConfig, out_dir: Path = Path("outputs/demo")) -> dict
         for row in rows:
             mlflow.log_artifact(str(out_dir / "segment" / row["subject_id"] / "qc.png"),
                                 f"test/qc/{row['subject_id']}")
+    registered = registry.register(result.run_id, DEMO_MODEL_NAME)
     return {"run_id": result.run_id, "model_dir": result.model_dir, "rows": rows,
             "mean": means, "synthetic": stages.synthetic, "train": result,
-            "evaluation": evaluation}
+            "evaluation": evaluation, "registered": registered}

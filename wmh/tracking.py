@@ -25,6 +25,7 @@ import importlib.metadata
 import os
 import platform
 import subprocess
+import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -201,3 +202,86 @@ def log_context(config: Any, dataset_hash: str | None = None) -> None:
     if dataset_hash is not None:
         tags["dataset_hash"] = dataset_hash
     mlflow.set_tags(tags)
+
+
+SYSTEM_METRICS_INTERVAL_S = 2.0  # short runs still get samples; MLflow's default is 10 s
+DATASET_CONTEXTS = {"train": "training", "validation": "validation", "test": "test"}
+
+
+def system_metrics() -> bool:
+    """Whether training runs log CPU and memory (``system/*`` metrics) and, if so, sets
+    MLflow's sampling interval to :data:`SYSTEM_METRICS_INTERVAL_S`. On by default;
+    ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false`` turns it off, and
+    ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` sets another interval."""
+    import mlflow
+
+    setting = os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "").strip().lower()
+    if setting in ("false", "0", "no"):
+        return False
+    mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
+    return True
+
+
+def split_datasets(samples_dir: str | Path, prepared_dir: str | Path) -> dict[str, Any]:
+    """The training, validation and test data of a sample set as MLflow datasets.
+
+    Each dataset's digest hashes its split name and subject ids, the sample set's key
+    (which hashes the prepared cohort and the sampling config), the prepared folder and
+    the synthetic cohort's version (0 for real data); its source is the sample set
+    folder and its profile the subject count.
+
+    Returns:
+        {"training", "validation", "test"} -> :class:`mlflow.data.meta_dataset.MetaDataset`.
+    """
+    import json
+
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    from wmh.sampling import load_splits, open_samples
+
+    samples_dir, prepared_dir = Path(samples_dir), Path(prepared_dir)
+    key = open_samples(samples_dir).key
+    synth_version = 0
+    try:
+        origin = json.loads((prepared_dir / "origin.json").read_text())
+        cohort = json.loads((Path(origin["cohort"]) / "cohort.json").read_text())
+        synth_version = int(cohort.get("synth_version", 0))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # real data, or a prepared folder without its origin
+    with warnings.catch_warnings():  # MLflow registers the local source twice and says so
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(str(samples_dir.resolve()))
+
+    class SplitDataset(MetaDataset):
+        def __init__(self, subjects: int, **kwargs):
+            self._subjects = subjects
+            super().__init__(**kwargs)
+
+        @property
+        def profile(self):
+            return {"subjects": self._subjects}
+
+        def to_dict(self):  # MetaDataset records no profile
+            return {**super().to_dict(), "profile": json.dumps(self.profile)}
+
+    datasets = {}
+    for split, subjects in load_splits(samples_dir).items():
+        context = DATASET_CONTEXTS.get(split, split)
+        text = json.dumps({"split": split, "subjects": sorted(subjects), "samples_key": key,
+                           "prepared": prepared_dir.name, "synth_version": synth_version})
+        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+        datasets[context] = SplitDataset(len(subjects), source=source, digest=digest,
+                                         name=f"{prepared_dir.name}-{split}")
+    return datasets
+
+
+def log_datasets(samples_dir: str | Path, prepared_dir: str | Path) -> dict[str, Any]:
+    """Logs :func:`split_datasets` as the active run's inputs, each in its context
+    ("training", "validation", "test"); returns them."""
+    import mlflow
+
+    datasets = split_datasets(samples_dir, prepared_dir)
+    for context, dataset in datasets.items():
+        mlflow.log_input(dataset, context=context)
+    return datasets

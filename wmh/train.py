@@ -9,7 +9,8 @@ file are written atomically under ``<cache>/runs/<run key>/``, where the run key
 resolved config and the dataset. Started again with the same config and data, an
 unfinished run continues from its last finished epoch in the same MLflow run.
 
-The trained model is a folder (logged to MLflow as the artifact ``model``):
+The trained model is a folder (logged to MLflow as the logged model ``model``, a pyfunc
+wrapping the folder: :mod:`wmh.registry`):
 
 * ``model.keras``: the best-epoch patch network (stock layers only; loads with safe_mode);
 * ``wmh_model.json``: its input contract: channels, in-plane spacing, model config, the
@@ -108,7 +109,8 @@ def save_model_dir(model, contract: ModelContract, folder: Path) -> Path:
 
 
 def load_model_dir(source: str | Path):
-    """Loads a trained model: a folder, its ``model.keras``, or an MLflow ``runs:/`` URI.
+    """Loads a trained model: a folder, its ``model.keras``, or an MLflow URI
+    (``runs:/<run id>/model``, ``models:/<model id>``, ``models:/NAME@ALIAS``).
 
     Loading never executes code from the file (``safe_mode=True``; a random forest
     folder, ``model.arch=rf``, is read with skops by :func:`wmh.baseline.load_model_dir`).
@@ -116,17 +118,9 @@ def load_model_dir(source: str | Path):
     Returns:
         (keras model, or :class:`wmh.baseline.RandomForestBaseline`, ModelContract).
     """
-    text = str(source)
-    if text.startswith(("runs:/", "models:/", "mlflow-artifacts:/")):
-        from wmh.tracking import require_store
-        import mlflow
+    from wmh.registry import model_folder
 
-        mlflow.set_tracking_uri(require_store(f"--model {text}"))  # creates no store
-        try:
-            source = Path(mlflow.artifacts.download_artifacts(text))
-        except Exception as error:  # mlflow raises several types for a bad URI
-            raise WMHError(f"--model {text}: cannot download ({str(error).splitlines()[0]})")
-    folder = Path(source)
+    folder = model_folder(source)  # a URI is downloaded; creates no store
     if folder.is_file() and folder.name.endswith((".keras", ".skops")):
         folder = folder.parent
     from wmh import baseline
@@ -290,7 +284,7 @@ def train(config: ExperimentConfig, samples_dir: Path, prepared_dir: Path,
     """
     import mlflow
 
-    from wmh import data, tracking
+    from wmh import data, registry, tracking
     from wmh.models import build_model
     from wmh.models.precision import precision_scope
 
@@ -314,7 +308,7 @@ def train(config: ExperimentConfig, samples_dir: Path, prepared_dir: Path,
         tracking.configure_mlflow(config.train.experiment)
     name = run_name or f"{config.model.arch}+{config.model.loc}"
     run = mlflow.start_run(run_id=state.get("run_id"), run_name=None if state else name,
-                           nested=nested)
+                           nested=nested, log_system_metrics=tracking.system_metrics())
     with run:
         run_id = run.info.run_id
         if not state:
@@ -326,6 +320,7 @@ def train(config: ExperimentConfig, samples_dir: Path, prepared_dir: Path,
                      **precisions}
         # A run resumes in the precision it started in (runs from before: fp32).
         precision = state.get("precision", "fp32")
+        datasets = tracking.log_datasets(samples_dir, prepared_dir)  # again on resume: no-op
         keras.utils.set_random_seed(config.train.seed + state["epoch"])
         strategy = distribution_strategy()
         with strategy.scope(), precision_scope(precision):
@@ -357,10 +352,10 @@ def train(config: ExperimentConfig, samples_dir: Path, prepared_dir: Path,
                                  inplane_spacing_mm=config.preprocess.inplane_spacing_mm,
                                  threshold=threshold, precision=precision)
         model_dir = save_model_dir(best, contract, run_dir / "model")
-        mlflow.log_artifacts(str(model_dir), "model")
-        mlflow.log_metrics({"best_epoch": state["best_epoch"], "best_val_auc": state["best_auc"],
-                            "threshold": threshold, "val_volume_dice": validation_dice,
-                            "val_volume_auc": volume_auc})
+        registry.log_model(model_dir, registry.network_example(validation_data), {
+            "best_epoch": state["best_epoch"], "best_val_auc": state["best_auc"],
+            "threshold": threshold, "val_volume_dice": validation_dice,
+            "val_volume_auc": volume_auc}, datasets["validation"])
         state["finished"] = True
         state["result"] = {"threshold": threshold, "validation_dice": validation_dice,
                            "validation_volume_auc": volume_auc}

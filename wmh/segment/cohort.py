@@ -26,8 +26,6 @@ from wmh.segment.layouts import REPORT_FILE, get_layout
 from wmh.segment.subject import (SegmentModel, SegmentOptions, input_provenance,
                                  segment_subject, write_failure)
 
-MODEL_URI_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
-
 
 @dataclasses.dataclass
 class CohortResult:
@@ -53,19 +51,10 @@ def resolve_model(source: str | Path) -> SegmentModel:
     """
     from wmh import baseline, train
 
+    from wmh.registry import model_folder
+
     text = str(source)
-    folder = Path(source)
-    if text.startswith(MODEL_URI_SCHEMES):
-        import mlflow
-
-        from wmh.tracking import require_store
-
-        mlflow.set_tracking_uri(require_store(f"--model {text}"))  # creates no store
-        try:
-            folder = Path(mlflow.artifacts.download_artifacts(text))
-        except Exception as error:  # mlflow raises several types for a bad URI
-            raise WMHError(f"--model {text}: cannot download "
-                           f"({str(error).splitlines()[0]})") from None
+    folder = model_folder(source)  # runs:/, models:/ URIs downloaded; creates no store
     if folder.is_file() and folder.name.endswith((".keras", ".skops")):
         folder = folder.parent
     if (folder / baseline.FOREST_FILE).is_file():
