@@ -67,6 +67,8 @@ def _isolate_mlflow():
         while mlflow.active_run() is not None:
             mlflow.end_run()
         fluent._active_experiment_id = None
+        from mlflow.tracking._model_registry import utils as registry_utils
+        registry_utils._registry_uri = None  # the registry follows the tracking store
 
 
 @pytest.fixture

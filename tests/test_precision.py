@@ -224,7 +224,7 @@ def test_bf16_training_records_precision_restores_policy_and_segments_both_ways(
     assert keras.config.dtype_policy().name == "float32"  # nothing leaks out of training
     assert result.validation_auc > 0.85  # it learned, in bf16
     params = mlflow.get_run(result.run_id).data.params
-    assert params["precision"] == "bf16" and params["train.precision"] == "bf16"
+    assert params["train_precision"] == "bf16" and params["train.precision"] == "bf16"
     assert params["inference_precision"] == "bf16"
 
     model, contract = train.load_model_dir(result.model_dir)

@@ -205,8 +205,7 @@ def model_folder(source: str | Path, option: str = "--model") -> Path:
     from wmh.tracking import require_store
 
     uri = require_store(f"{option} {text}")  # creates no store
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    mlflow.set_tracking_uri(uri)  # the registry follows the tracking store
     try:
         local = Path(mlflow.artifacts.download_artifacts(text))
     except Exception as error:  # mlflow raises several types for a bad URI

@@ -180,8 +180,10 @@ def run_key(config: ExperimentConfig, dataset_hash: str) -> str:
 
 def log_precision(config: ExperimentConfig) -> dict:
     """Resolves ``train.precision`` on this CPU for training and for the whole-volume
-    validation, and records both in the active MLflow run (params ``precision`` and
-    ``inference_precision``, tag ``cpu_bf16_isa``). Returns those two params."""
+    validation, and records both in the active MLflow run (params ``train_precision`` and
+    ``inference_precision``, tag ``cpu_bf16_isa``; not ``precision``, which is the
+    MLproject parameter ``mlflow run`` logs as given, possibly empty). Returns
+    ``{"precision": train's, "inference_precision": inference's}``."""
     import mlflow
 
     from wmh.models.precision import cpu_bf16_isa, resolve_precision
@@ -189,7 +191,8 @@ def log_precision(config: ExperimentConfig) -> dict:
     precisions = {job_param: resolve_precision(config.train.precision, job)
                   for job_param, job in (("precision", "train"),
                                          ("inference_precision", "inference"))}
-    mlflow.log_params(precisions)
+    mlflow.log_params({"train_precision": precisions["precision"],
+                       "inference_precision": precisions["inference_precision"]})
     mlflow.set_tag("cpu_bf16_isa", cpu_bf16_isa())
     return precisions
 
