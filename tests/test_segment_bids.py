@@ -263,6 +263,13 @@ def test_inputs_from_two_bids_datasets_are_refused(tmp_path):
                                        r"belongs to one raw dataset: use one --out per "
                                        r"dataset$"):
         run_cohort(tmp_path / "m", subjects, tmp_path / "out", SegmentOptions(layout="bids"))
+    # A later call from another dataset into an OUT already linked to the first one.
+    out = tmp_path / "d1" / "derivatives" / "wmh"
+    out.mkdir(parents=True)
+    (out / "dataset_description.json").write_text('{"DatasetLinks": {"raw": "../.."}}')
+    with pytest.raises(WMHError, match=r"name 2 BIDS datasets \(.*d1, .*d2\)"):
+        run_cohort(tmp_path / "m", subjects[1:], out, SegmentOptions(layout="bids"))
+    assert sorted(p.name for p in out.iterdir()) == ["dataset_description.json"]
 
 
 def test_readme_documents_the_bids_files():
@@ -279,10 +286,3 @@ def test_readme_documents_the_bids_files():
     for pattern in BIDSIGNORE:
         assert f"`{pattern}`" in section, pattern
     assert "--layout bids" in section and "`index.html`" in section
-    # A later call from another dataset into an OUT already linked to the first one.
-    out = tmp_path / "d1" / "derivatives" / "wmh"
-    out.mkdir(parents=True)
-    (out / "dataset_description.json").write_text('{"DatasetLinks": {"raw": "../.."}}')
-    with pytest.raises(WMHError, match=r"name 2 BIDS datasets \(.*d1, .*d2\)"):
-        run_cohort(tmp_path / "m", subjects[1:], out, SegmentOptions(layout="bids"))
-    assert sorted(p.name for p in out.iterdir()) == ["dataset_description.json"]
