@@ -215,3 +215,15 @@ def test_randomised_cohort_records_its_own_version(tmp_path, monkeypatch):
         assert set(drawn) >= {"gamma", "snr", "skull", "load_ml", "lesion_contrast"}
         image = nib.load(str(out / record["files"]["flair"]))
         assert "".join(nib.aff2axcodes(image.affine)) == record["acquisition"]["orientation"]
+
+
+def test_coverage_summarises_draws():
+    summary = rz.sampler_coverage(300, seed=1)
+    assert summary["subjects"] == 300
+    assert sum(summary["thickness_mm"]["histogram"]["counts"]) == 300
+    assert sum(summary["load_ml"]["histogram"]["counts"]) == 300
+    assert set(summary["plane"]) == {"axial", "coronal", "sagittal"}
+    assert abs(sum(summary["skull"].values()) - 1) < 0.01
+    assert 0.15 < summary["three_d_fraction"] < 0.45 and 0.2 < summary["neck_fraction"] < 0.5
+    assert summary["snr"]["min"] >= rz.SNR[0] and summary["snr"]["max"] <= rz.SNR[1]
+    assert summary["distinct_orientations"] >= 30

@@ -363,3 +363,76 @@ def imperfect_strip_mask(rng: np.random.Generator, brainmask: np.ndarray, spacin
     noise = noise[tuple(slice(0, n) for n in brainmask.shape)]
     limit = np.clip(margin_mm * (1 + 0.8 * noise), 0, None)
     return brainmask | (outside_mm <= limit)
+
+
+# ------------------------------------------------------------------- coverage
+
+COVERAGE_BINS = {
+    "inplane_mm": [0.4, 0.6, 0.8, 1.0, 1.2, 1.31],
+    "thickness_mm": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.01],
+    "gap_mm": [0.0, 0.01, 0.5, 1.0, 1.5, 2.0, 2.41],
+    "snr": [5.0, 10.0, 20.0, 30.0, 45.0, 60.01],
+    "lesion_contrast": [1.1, 1.3, 1.5, 1.8, 2.2, 2.61],
+    "gamma": [0.7, 0.85, 1.0, 1.15, 1.3, 1.41],
+    "bias_amplitude": [0.0, 0.1, 0.2, 0.3, 0.41],
+    "load_ml": [0.0, 0.01, 1.0, 5.0, 15.0, 30.0, 60.0, 100.0, 150.01],
+    "lesion_volume_ml": [0.0, 0.01, 1.0, 5.0, 15.0, 30.0, 60.0, 100.0, 200.0],
+    "head_scale": [0.85, 0.95, 1.05, 1.151],
+    "atrophy": [0.0, 0.1, 0.2, 0.3, 0.381],
+}
+
+
+def coverage_row(acquisition: dict, randomisation: dict, lesion_volume_ml=None) -> dict:
+    """One subject's spanned quantities from its acquisition and randomisation dicts (as
+    recorded in cohort.json or from :meth:`Randomisation.as_dict`)."""
+    row = {"inplane_mm": float(min(acquisition["inplane_mm"])),
+           "thickness_mm": float(acquisition["thickness_mm"]),
+           "gap_mm": float(acquisition["gap_mm"]),
+           "plane": acquisition.get("plane", "axial"),
+           "three_d": bool(acquisition["three_d"]),
+           "neck": bool(acquisition.get("neck", False)),
+           "orientation": acquisition["orientation"],
+           "oblique_degrees": float(acquisition["oblique_degrees"]),
+           **{key: randomisation[key] for key in (
+               "snr", "lesion_contrast", "gamma", "bias_amplitude", "load_ml", "skull",
+               "pattern", "head_scale", "atrophy")}}
+    if lesion_volume_ml is not None:
+        row["lesion_volume_ml"] = float(lesion_volume_ml)
+    return row
+
+
+def coverage(rows: list[dict]) -> dict:
+    """What a set of subjects spans: min/median/max and a histogram of each number, and the
+    share of each category (plane, 2D/3D, skull, neck, pattern, orientations)."""
+    summary: dict = {"subjects": len(rows)}
+    for key, bins in COVERAGE_BINS.items():
+        values = np.array([row[key] for row in rows if key in row], dtype=float)
+        if values.size == 0:
+            continue
+        counts = np.histogram(np.clip(values, bins[0], bins[-1] - 1e-9), bins=bins)[0]
+        summary[key] = {"min": round(float(values.min()), 3),
+                        "median": round(float(np.median(values)), 3),
+                        "max": round(float(values.max()), 3),
+                        "histogram": {"edges": bins, "counts": counts.tolist()}}
+    for key in ("plane", "skull", "pattern"):
+        values = [row[key] for row in rows]
+        summary[key] = {value: round(values.count(value) / len(values), 3)
+                        for value in sorted(set(values))}
+    summary["three_d_fraction"] = round(float(np.mean([r["three_d"] for r in rows])), 3)
+    summary["neck_fraction"] = round(float(np.mean([r["neck"] for r in rows])), 3)
+    summary["distinct_orientations"] = len({r["orientation"] for r in rows})
+    oblique = np.abs([r["oblique_degrees"] for r in rows])
+    summary["oblique_degrees_abs"] = {"median": round(float(np.median(oblique)), 2),
+                                      "max": round(float(oblique.max()), 2)}
+    return summary
+
+
+def sampler_coverage(draws: int, seed: int = 0) -> dict:
+    """:func:`coverage` of ``draws`` randomisations (nothing rendered)."""
+    from wmh.synth.profiles import profile_as_dict
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(draws):
+        r = draw_randomisation(rng)
+        rows.append(coverage_row(profile_as_dict(r.acquisition), r.as_dict()))
+    return coverage(rows)
