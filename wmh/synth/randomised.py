@@ -3,9 +3,10 @@ model that segments real scans of any protocol.
 
 Per subject a seeded RNG draws a :class:`Randomisation` (:func:`draw_randomisation`, no
 rendering): the acquisition (2D or 3D; axial, coronal or sagittal slices; in-plane
-0.4-1.3 mm; slices 1-8 mm with gaps; any stored orientation; obliquity; field of view with
-or without the neck; matrix and voxel count capped), the contrast (FLAIR-plausible levels
-of WM, GM, deep GM, CSF, lesion, skull, marrow, scalp fat and skin, then a gamma), the
+0.4-1.3 mm; slices 1-8 mm with gaps; any stored orientation; obliquity: slab tilt up to
+25 degrees and head rotation up to 20 degrees about each axis; field of view with or
+without the neck; matrix and voxel count capped), the contrast (FLAIR-plausible levels of
+WM, GM, deep GM, CSF, lesion, skull, marrow, scalp fat and skin, then a gamma), the
 artefacts (bias field strength, Rician SNR), the anatomy (head scale, warp strength,
 ventricle enlargement and sulcal widening) and the lesions (a heavy-tailed load of 0-150 mL
 split between SVD-like confluent caps and bands, punctate deep lesions and MS-like ovoid
@@ -59,6 +60,7 @@ LESION_CONTRAST = (1.1, 2.6)  # lesion / WM after the gamma (log-uniform)
 BIAS_AMPLITUDE = (0.0, 0.4)
 SNR = (5.0, 60.0)  # log-uniform
 HEAD_SCALE = (0.85, 1.15)
+POSE_ROTATION_DEG = 20.0  # head rotation about each axis, up to (default profiles: 10)
 WARP_AMPLITUDE_MM = (1.0, 4.5)
 ATROPHY = (0.0, 0.38)  # ventricle enlargement (see subject.Warp)
 SULCAL_WIDENING = (1.0, 3.0)

@@ -32,7 +32,7 @@ from wmh.synth.anatomy import Anatomy
 from wmh.synth.pathology import (Contrast, Overlay, draw_load_ml, observer_two,
                                  place_hard_negatives, place_infarct, place_wmh)
 from wmh.synth.profiles import AcquisitionProfile
-from wmh.synth.randomised import (Randomisation, imperfect_strip_mask,
+from wmh.synth.randomised import (POSE_ROTATION_DEG, Randomisation, imperfect_strip_mask,
                                   place_randomised_wmh)
 
 ANATOMY_CENTRE_MM = np.array([0.0, -18.0, 12.0])  # the head centre in MNI mm
@@ -361,6 +361,8 @@ def generate_subject(subject_id: str, seed: int, profile: AcquisitionProfile,
 
     # pose, T1 motion, warp (atrophy grows with the load, as in SVD cohorts)
     rotation = rng.uniform(-10, 10, size=3)
+    if randomisation is not None:  # any head position, beside the slab's own tilt
+        rotation *= POSE_ROTATION_DEG / 10
     head_scale = (float(np.clip(rng.normal(1.0, 0.05), 0.9, 1.1)) if randomisation is None
                   else randomisation.head_scale)
     scale = head_scale * rng.uniform(0.97, 1.03, size=3)
