@@ -209,6 +209,8 @@ def test_randomised_cohort_records_its_own_version(tmp_path, monkeypatch):
     assert cohort["arguments"]["synth_version"] == rz.RANDOMISED_SYNTH_VERSION
     assert cohort_module.synth_version("default") == cohort_module.SYNTH_VERSION
     assert rz.RANDOMISED_SYNTH_VERSION != cohort_module.SYNTH_VERSION
+    ranges = cohort["generator"]["profile"]["randomised"]
+    assert ranges["snr"] == list(rz.SNR) and ranges["max_voxels"] == rz.MAX_VOXELS
     for record in cohort["subjects"]:
         assert record["site"] == "synth-randomised"
         drawn = record["randomisation"]

@@ -29,7 +29,8 @@ from wmh.synth import pathology, subject as subject_module
 from wmh.synth.anatomy import ANATOMY_VERSION, get_anatomy
 from wmh.synth.profiles import (MIXED, PROFILE_NAMES, PROFILES, RANDOMISED, draw_profile,
                                 profile_as_dict)
-from wmh.synth.randomised import RANDOMISED_SYNTH_VERSION, draw_randomisation
+from wmh.synth.randomised import (RANDOMISED_SYNTH_VERSION, draw_randomisation,
+                                  generator_ranges)
 
 SYNTH_VERSION = 3  # bump when generated arrays change for the same seed
 COHORT_FILE = "cohort.json"
@@ -248,7 +249,7 @@ def _generator_parameters(profile: str) -> dict:
     return {
         "templates": "MNI ICBM152 2009 (nilearn wheel, 1 mm)",
         "profile": (profile_as_dict(PROFILES[profile]) if profile in PROFILES
-                    else {"randomised": "wmh.synth.randomised"} if profile == RANDOMISED
+                    else {"randomised": generator_ranges()} if profile == RANDOMISED
                     else {"mixed_from": list(p for p in PROFILES if p != "test")}),
         "wmh_load_ml": {"lognormal_median": pathology.LOAD_MEDIAN_ML,
                         "lognormal_log_sd": pathology.LOAD_LOG_SD,

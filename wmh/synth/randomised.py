@@ -120,6 +120,20 @@ class Randomisation:
         return float(self.lesion_contrast ** (1.0 / self.gamma))
 
 
+def generator_ranges() -> dict:
+    """Every range and probability the sampler draws from (for cohort.json)."""
+    names = ("INPLANE_2D_MM", "INPLANE_3D_MM", "THICKNESS_2D_MM", "THICKNESS_3D_MM",
+             "GAP_FRACTION", "OBLIQUE_DEGREES", "FOV_MM", "COVERAGE_MM", "NECK_SHIFT_MM",
+             "PLANE_P", "THREE_D_P", "NECK_P", "SKULL_P", "STRIP_MARGIN_MM", "FLAIR_LEVELS",
+             "GAMMA", "LESION_CONTRAST", "BIAS_AMPLITUDE", "SNR", "HEAD_SCALE",
+             "POSE_ROTATION_DEG", "WARP_AMPLITUDE_MM", "ATROPHY", "SULCAL_WIDENING",
+             "LOAD_ZERO_P", "LOAD_MEDIAN_ML", "LOAD_LOG_SD", "LOAD_RANGE_ML", "MAX_MATRIX",
+             "MAX_VOXELS")
+    values = globals()
+    return {name.lower(): (list(values[name]) if isinstance(values[name], tuple)
+                           else values[name]) for name in names}
+
+
 def _rounded(value):
     if isinstance(value, dict):
         return {k: _rounded(v) for k, v in value.items()}
