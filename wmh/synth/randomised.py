@@ -198,8 +198,10 @@ def draw_acquisition(rng: np.random.Generator, max_voxels: int = MAX_VOXELS,
         if max(spacing) < limit:  # coarser in plane first, then fewer slices
             spacing = [min(s * 1.05, limit) for s in spacing]
             matrix, slices = grid(spacing)
+        elif slices > 1:
+            slices = max(max_voxels // (matrix[0] * matrix[1]), 1)
         else:
-            slices = max_voxels // (matrix[0] * matrix[1])
+            break  # one slice at the coarsest spacing: nothing left to give
     profile = AcquisitionProfile(
         RANDOMISED, inplane_mm=tuple(round(s, 4) for s in spacing), matrix=tuple(matrix),
         thickness_mm=round(thickness, 3), gap_mm=round(gap, 3), slices=int(slices),
