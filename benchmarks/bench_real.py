@@ -81,8 +81,12 @@ def floor_curve(flair: np.ndarray, brain: np.ndarray, truth: np.ndarray,
 
 
 def slice_axis(affine: np.ndarray) -> int:
-    """The voxel axis with the largest spacing (across the slices)."""
-    return int(np.argmax(np.sqrt((affine[:3, :3] ** 2).sum(axis=0))))
+    """The voxel axis across the slices, for HD95: the one with the largest spacing, or on
+    a near-isotropic grid (spacings within 20 %) the one closest to superior-inferior."""
+    spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    if spacing.max() > 1.2 * spacing.min():
+        return int(np.argmax(spacing))
+    return int(np.argmax(np.abs(affine[2, :3]) / spacing))
 
 
 def evaluate_case(subject, segmentation: Optional[Path]) -> dict:

@@ -119,3 +119,10 @@ def test_bad_input_is_one_line_and_exit_2(bench, tmp_path, monkeypatch, capsys, 
     assert len(error) == 1 and message in error[0]
     if case == "missing":
         assert "nothing.csv" in error[0]
+
+
+def test_slice_axis_is_the_thick_one_or_superior_inferior(bench):
+    assert bench.slice_axis(np.diag([0.5, 0.5, 6.0, 1.0])) == 2
+    assert bench.slice_axis(np.diag([5.0, 0.9, 0.9, 1.0])) == 0
+    sagittal_stored = np.array([[0, 0, -1.0, 0], [1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 0, 1]])
+    assert bench.slice_axis(sagittal_stored) == 1  # isotropic: voxel axis 1 runs along z
