@@ -135,6 +135,10 @@ def test_rendered_subject_is_reproducible(anatomy):
                              randomisation=r)
     for name in ("flair", "observer1", "observer2", "hard_negatives"):
         np.testing.assert_array_equal(getattr(first, name), getattr(again, name))
+    # the hard negatives and the second observer are kept
+    assert first.hard_negatives.sum() > 0
+    assert (first.observer1 == 1).sum() > 0
+    assert not np.array_equal(first.observer1, first.observer2)
 
 
 @pytest.mark.parametrize("contrast", [1.12, 2.0])
