@@ -28,8 +28,9 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from wmh.synth.anatomy import Anatomy
-from wmh.synth.pathology import Contrast, Overlay, _blob, _choose_voxels, smooth_noise
-from wmh.synth.profiles import RANDOMISED, AcquisitionProfile
+from wmh.synth.pathology import (Contrast, Overlay, _ball_box, _blob, _choose_voxels,
+                                 smooth_noise)
+from wmh.synth.profiles import RANDOMISED, AcquisitionProfile, profile_as_dict
 
 RANDOMISED_SYNTH_VERSION = 4  # the generator version of cohorts of this profile
 MAX_MATRIX = 512  # in-plane matrix cap (a 0.4 mm grid then spans 205 mm)
@@ -271,7 +272,6 @@ def _paint(overlay: Overlay, box, soft, level, t1_level) -> float:
 def _ovoid(centre: np.ndarray, direction: np.ndarray, long_mm: float, short_mm: float,
            shape: tuple) -> tuple[tuple, np.ndarray]:
     """An ellipsoid (Dawson finger) with its long axis along ``direction``."""
-    from wmh.synth.pathology import _ball_box
     box, offsets = _ball_box(centre, long_mm, shape)
     along = np.tensordot(direction.astype(np.float32), offsets, axes=1)
     across = np.maximum((offsets ** 2).sum(axis=0) - along ** 2, 0)
@@ -447,7 +447,6 @@ def coverage(rows: list[dict]) -> dict:
 
 def sampler_coverage(draws: int, seed: int = 0) -> dict:
     """:func:`coverage` of ``draws`` randomisations (nothing rendered)."""
-    from wmh.synth.profiles import profile_as_dict
     rng = np.random.default_rng(seed)
     rows = []
     for _ in range(draws):
