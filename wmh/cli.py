@@ -187,7 +187,9 @@ def check_command(data, no_t1):
               help="Cohort seed: same seed and version give identical images.")
 @click.option("--profile", default="default", show_default=True,
               help="Acquisition profile (default, clinical-thick, research-3t, oblique, "
-                   "flair-3d, test) or 'mixed' to draw one per subject.")
+                   "flair-3d, clinical-neck, coronal, sagittal, test), 'mixed' to draw one "
+                   "per subject, or 'randomised' to draw every contrast, artefact, "
+                   "geometry and lesion parameter per subject.")
 @click.option("--flair-only", is_flag=True, help="Write no T1 images.")
 @click.option("--skull-stripped", is_flag=True, help="Zero everything outside the brain.")
 @click.option("--preview", is_flag=True, help="Write a PNG montage per subject.")

@@ -6,8 +6,11 @@ and Rician noise, WMH placed by an explicit spatial prior, WMH look-alikes (hard
 and territorial infarcts, thick-slice acquisition per scanner profile, two observers.
 
 Modules: ``anatomy`` (reference maps, cached), ``profiles`` (scanner protocols),
-``pathology`` (lesions, look-alikes, observer 2), ``subject`` (one subject's images),
-``cohort`` (the folder, cohort.json), ``preview`` (PNG montage).
+``pathology`` (lesions, look-alikes, observer 2), ``randomised`` (the ``randomised``
+profile: per-subject domain randomisation of acquisition, contrast, artefacts, anatomy and
+lesions, placed without the WMH prior; synth version 4), ``subject`` (one subject's
+images), ``cohort`` (the folder, cohort.json), ``preview`` (PNG montage), ``realism``
+(measures of a written cohort).
 """
 
 from wmh.synth.cohort import (SYNTH_VERSION, subject_seed, synthesize_cohort,

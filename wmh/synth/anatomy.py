@@ -102,13 +102,21 @@ class Anatomy:
         supratentorial = self.lesion_region.any(axis=(0, 1))
         return ((self.cortex & (self.gm > 0.5)) | juxtacortical) & supratentorial[None, None, :]
 
+    def _basal_ganglia(self, medial_mm: float, posterior_mm: float) -> np.ndarray:
+        x, y, z = self.axes_mm()
+        return ((self.gm > 0.5) & ~self.cortex & (np.abs(x) > medial_mm) & (np.abs(x) < 32)
+                & (y > posterior_mm) & (y < 25) & (z > -8) & (z < 18))
+
     @functools.cached_property
     def lacune_sites(self) -> np.ndarray:
         """Deep white matter and basal ganglia, not touching the ventricles."""
-        x, y, z = self.axes_mm()
-        basal_ganglia = ((self.gm > 0.5) & ~self.cortex & (np.abs(x) > 8) & (np.abs(x) < 32)
-                         & (y > -25) & (y < 25) & (z > -8) & (z < 18))
-        return (self.lesion_region | basal_ganglia) & (self.d_ventricles > 3)
+        return (self.lesion_region | self._basal_ganglia(8, -25)) & (self.d_ventricles > 3)
+
+    @functools.cached_property
+    def deep_grey(self) -> np.ndarray:
+        """Basal ganglia and thalami (float32 0/1, smoothed 1 mm): deep grey matter."""
+        mask = self._basal_ganglia(2, -38).astype(np.float32)
+        return ndi.gaussian_filter(mask, 1.0)
 
     @functools.cached_property
     def infarct_sites(self) -> dict[int, np.ndarray]:

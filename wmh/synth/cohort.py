@@ -27,8 +27,10 @@ from wmh.errors import WMHError
 from wmh.io import atomic_save, atomic_write_text
 from wmh.synth import pathology, subject as subject_module
 from wmh.synth.anatomy import ANATOMY_VERSION, get_anatomy
-from wmh.synth.profiles import (MIXED, PROFILE_NAMES, PROFILES, draw_profile,
+from wmh.synth.profiles import (MIXED, PROFILE_NAMES, PROFILES, RANDOMISED, draw_profile,
                                 profile_as_dict)
+from wmh.synth.randomised import (RANDOMISED_SYNTH_VERSION, draw_randomisation,
+                                  generator_ranges)
 
 SYNTH_VERSION = 3  # bump when generated arrays change for the same seed
 COHORT_FILE = "cohort.json"
@@ -44,11 +46,17 @@ def subject_id(index: int) -> str:
     return f"s{index:03d}"
 
 
+def synth_version(profile: str) -> int:
+    """The generator version of a cohort of ``profile``: the randomised profile has its
+    own (RANDOMISED_SYNTH_VERSION), so caches and records tell its data apart."""
+    return RANDOMISED_SYNTH_VERSION if profile == RANDOMISED else SYNTH_VERSION
+
+
 def _arguments(subjects: int, seed: int, profile: str, flair_only: bool,
                skull_stripped: bool) -> dict:
     return {"subjects": int(subjects), "seed": int(seed), "profile": profile,
             "flair_only": bool(flair_only), "skull_stripped": bool(skull_stripped),
-            "synth_version": SYNTH_VERSION}
+            "synth_version": synth_version(profile)}
 
 
 def check_arguments(out: Path, subjects: int, seed: int, profile: str) -> None:
@@ -120,16 +128,21 @@ def synthesize_subject(out: Path, index: int, seed: int, profile: str = "default
     """
     own_seed = subject_seed(seed, index)
     rng = np.random.default_rng([own_seed, 1])  # the acquisition draw, apart from the anatomy
-    acquisition = draw_profile(profile, rng)
+    randomisation = draw_randomisation(rng) if profile == RANDOMISED else None
+    acquisition = (draw_profile(profile, rng) if randomisation is None
+                   else randomisation.acquisition)
     anatomy = get_anatomy(cache_dir)
     result = subject_module.generate_subject(subject_id(index), own_seed, acquisition, anatomy,
                                              flair_only=flair_only,
-                                             skull_stripped=skull_stripped)
+                                             skull_stripped=skull_stripped,
+                                             randomisation=randomisation)
     folder = Path(out) / acquisition.site / result.subject_id
     files = subject_module.write_subject(result, folder)
     record = result.record
     record["acquisition"] = profile_as_dict(acquisition,
                                             resolved_from=MIXED if profile == MIXED else None)
+    if randomisation is not None:
+        record["randomisation"] = randomisation.as_dict()
     record["files"] = {name: f"{acquisition.site}/{result.subject_id}/{path}"
                        for name, path in files.items()}
     if preview:
@@ -196,7 +209,8 @@ def synthesize_cohort(out: Path, subjects: int, seed: int, profile: str = "defau
             for index in range(subjects)]
     records = list(_run(jobs, workers, progress))
     cohort = {
-        "format": "wmh-synth", "synth_version": SYNTH_VERSION, "wmh_version": __version__,
+        "format": "wmh-synth", "synth_version": synth_version(profile),
+        "wmh_version": __version__,
         "nilearn_version": _nilearn_version(), "anatomy_version": ANATOMY_VERSION,
         "arguments": arguments,
         "labels": {"0": "background", "1": "WMH", "2": "other pathology (territorial infarct)"},
@@ -235,6 +249,7 @@ def _generator_parameters(profile: str) -> dict:
     return {
         "templates": "MNI ICBM152 2009 (nilearn wheel, 1 mm)",
         "profile": (profile_as_dict(PROFILES[profile]) if profile in PROFILES
+                    else {"randomised": generator_ranges()} if profile == RANDOMISED
                     else {"mixed_from": list(p for p in PROFILES if p != "test")}),
         "wmh_load_ml": {"lognormal_median": pathology.LOAD_MEDIAN_ML,
                         "lognormal_log_sd": pathology.LOAD_LOG_SD,

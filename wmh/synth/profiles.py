@@ -135,7 +135,8 @@ PROFILES: dict[str, AcquisitionProfile] = {
 }
 MIXED = "mixed"  # draws one of MIXED_CHOICES per subject, with jitter
 MIXED_CHOICES = ("default", "clinical-thick", "research-3t", "oblique", "flair-3d")
-PROFILE_NAMES = tuple(PROFILES) + (MIXED,)
+RANDOMISED = "randomised"  # domain randomisation per subject (wmh.synth.randomised)
+PROFILE_NAMES = tuple(PROFILES) + (MIXED, RANDOMISED)
 
 
 def draw_profile(name: str, rng: np.random.Generator) -> AcquisitionProfile:

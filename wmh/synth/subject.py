@@ -32,6 +32,8 @@ from wmh.synth.anatomy import Anatomy
 from wmh.synth.pathology import (Contrast, Overlay, draw_load_ml, observer_two,
                                  place_hard_negatives, place_infarct, place_wmh)
 from wmh.synth.profiles import AcquisitionProfile
+from wmh.synth.randomised import (POSE_ROTATION_DEG, Randomisation, imperfect_strip_mask,
+                                  place_randomised_wmh)
 
 ANATOMY_CENTRE_MM = np.array([0.0, -18.0, 12.0])  # the head centre in MNI mm
 FLAIR_CENTRE_MM = np.array([0.0, -18.0, 20.0])  # where operators centre the FLAIR slab
@@ -142,11 +144,12 @@ class Warp:
         return out
 
 
-def random_warp(rng: np.random.Generator, anatomy: Anatomy, enlargement: float) -> Warp:
+def random_warp(rng: np.random.Generator, anatomy: Anatomy, enlargement: float,
+                amplitude_mm: float = WARP_AMPLITUDE_MM) -> Warp:
     lo = anatomy.affine[:3, 3] - 2 * WARP_CONTROL_MM
     extent = np.array(anatomy.shape) + 4 * WARP_CONTROL_MM
     count = tuple(int(np.ceil(e / WARP_CONTROL_MM)) + 1 for e in extent)
-    raw = rng.standard_normal((3,) + count) * WARP_AMPLITUDE_MM
+    raw = rng.standard_normal((3,) + count) * amplitude_mm
     control = np.stack([ndi.spline_filter(c, order=3) for c in raw])
     return Warp(lo, control, float(enlargement), anatomy.ventricle_centroids.astype(np.float64))
 
@@ -230,6 +233,17 @@ def draw_contrast(rng: np.random.Generator) -> TissueContrast:
     return TissueContrast(flair, gamma, t1, lesion)
 
 
+def randomised_contrast(rng: np.random.Generator, randomisation: Randomisation,
+                        ) -> TissueContrast:
+    """The randomised profile's FLAIR levels (drawn with the randomisation; the gamma is
+    applied to the image later) and a T1 contrast drawn as by :func:`draw_contrast`."""
+    t1_contrast = draw_contrast(rng)
+    flair = dict(randomisation.flair)
+    lesion = dataclasses.replace(t1_contrast.lesion, wmh_flair=randomisation.lesion_flair,
+                                 csf_flair=flair["csf"])
+    return TissueContrast(flair, t1_contrast.t1_gamma, t1_contrast.t1, lesion)
+
+
 NECK_TOP_MM = -30.0  # MNI z where the neck starts to widen out of the head
 NECK_RADII_MM = (62.0, 58.0)  # left-right and anterior-posterior half widths of the neck
 NECK_CENTRE_Y_MM = -12.0  # MNI y of the neck's axis
@@ -268,6 +282,9 @@ def compose_mni_images(anatomy: Anatomy, overlay: Overlay, contrast: TissueContr
     csf = np.minimum(anatomy.csf * np.float32(sulcal_widening), 1)
     tissue_scale = (1 - csf) / np.maximum(1 - anatomy.csf, np.float32(1e-3))
     flair = (contrast.flair["gm"] * anatomy.gm + contrast.flair["wm"] * anatomy.wm) * tissue_scale
+    if "deep_gm" in contrast.flair:  # basal ganglia and thalami at their own level
+        flair += ((contrast.flair["deep_gm"] - contrast.flair["gm"]) * anatomy.gm
+                  * anatomy.deep_grey * tissue_scale)
     flair += contrast.flair["csf"] * csf
     t1 = np.power(anatomy.t1 / np.float32(0.86), np.float32(contrast.t1_gamma))
     # the added CSF replaces tissue of the template's own mixture in each voxel
@@ -320,19 +337,35 @@ def to_int16(image: np.ndarray) -> np.ndarray:
 
 def generate_subject(subject_id: str, seed: int, profile: AcquisitionProfile,
                      anatomy: Anatomy, flair_only: bool = False,
-                     skull_stripped: bool = False) -> SubjectResult:
-    """Generates one subject's arrays (nothing written). Deterministic in ``seed``."""
+                     skull_stripped: bool = False,
+                     randomisation: Optional[Randomisation] = None) -> SubjectResult:
+    """Generates one subject's arrays (nothing written). Deterministic in ``seed``.
+
+    With ``randomisation`` (the randomised profile) its draws replace the contrast, load,
+    lesion placement, head scale, warp strength, atrophy, skull state, gamma, bias and
+    noise of the default generator; ``profile`` is then its acquisition."""
     rng = np.random.default_rng(seed)
-    contrast = draw_contrast(rng)
-    load_ml = draw_load_ml(rng)
     overlay = Overlay.empty(anatomy.shape)
-    wmh_summary = place_wmh(rng, anatomy, overlay, load_ml, contrast.lesion)
+    if randomisation is None:
+        contrast = draw_contrast(rng)
+        load_ml = draw_load_ml(rng)
+        wmh_summary = place_wmh(rng, anatomy, overlay, load_ml, contrast.lesion)
+    else:
+        contrast = randomised_contrast(rng, randomisation)
+        load_ml = randomisation.load_ml
+        skull_stripped = skull_stripped or randomisation.skull == "absent"
+        wmh_summary = place_randomised_wmh(rng, anatomy, overlay, randomisation,
+                                           contrast.lesion)
     negatives = place_hard_negatives(rng, anatomy, overlay, load_ml, contrast.lesion)
     infarct = place_infarct(rng, anatomy, overlay, contrast.lesion)
 
     # pose, T1 motion, warp (atrophy grows with the load, as in SVD cohorts)
     rotation = rng.uniform(-10, 10, size=3)
-    scale = float(np.clip(rng.normal(1.0, 0.05), 0.9, 1.1)) * rng.uniform(0.97, 1.03, size=3)
+    if randomisation is not None:  # any head position, beside the slab's own tilt
+        rotation *= POSE_ROTATION_DEG / 10
+    head_scale = (float(np.clip(rng.normal(1.0, 0.05), 0.9, 1.1)) if randomisation is None
+                  else randomisation.head_scale)
+    scale = head_scale * rng.uniform(0.97, 1.03, size=3)
     translation = rng.uniform(-10, 10, size=3)
     flair_pose = pose_matrix(rotation, scale, translation)
     # the head moves rigidly in the scanner between the FLAIR and the T1
@@ -340,12 +373,18 @@ def generate_subject(subject_id: str, seed: int, profile: AcquisitionProfile,
     motion = pose_matrix(rng.uniform(-3, 3, size=3), np.ones(3),
                          head_world + rng.uniform(-4, 4, size=3), centre_mm=head_world)
     t1_pose = motion @ flair_pose
-    enlargement = float(np.clip(0.05 + 0.07 * np.log(load_ml / 2.0) + rng.normal(0, 0.04),
-                                0.0, 0.33))
-    warp = random_warp(rng, anatomy, enlargement)
+    if randomisation is None:
+        enlargement = float(np.clip(0.05 + 0.07 * np.log(load_ml / 2.0)
+                                    + rng.normal(0, 0.04), 0.0, 0.33))
+        warp = random_warp(rng, anatomy, enlargement)
+        widening = 1.2 + 2.0 * enlargement
+    else:
+        enlargement = randomisation.atrophy
+        warp = random_warp(rng, anatomy, enlargement, randomisation.warp_amplitude_mm)
+        widening = randomisation.sulcal_widening
 
     flair_mni, t1_mni = compose_mni_images(anatomy, overlay, contrast, skull_stripped,
-                                           sulcal_widening=1.2 + 2.0 * enlargement)
+                                           sulcal_widening=widening)
     codes = code_map(anatomy, overlay)
     wmh_mni = overlay.wmh
     del overlay
@@ -387,11 +426,20 @@ def generate_subject(subject_id: str, seed: int, profile: AcquisitionProfile,
                                   grain)
     flair_signal *= 1 + np.float32(0.03 / max(float(texture.std()), 1e-6)) * texture
     flair_gain = float(rng.uniform(250, 700))
-    snr = float(rng.uniform(*profile.snr))
-    flair = acquire(rng, flair_signal, flair_gain, snr, bias_amplitude=0.12)
+    if randomisation is None:
+        snr = float(rng.uniform(*profile.snr))
+        flair = acquire(rng, flair_signal, flair_gain, snr, bias_amplitude=0.12)
+    else:
+        snr = randomisation.snr
+        np.power(np.maximum(flair_signal, 0), np.float32(randomisation.gamma), out=flair_signal)
+        flair = acquire(rng, flair_signal, flair_gain, snr, randomisation.bias_amplitude)
+    del flair_signal
     brainmask = (code & CODE_BRAIN) > 0
     if skull_stripped:
         flair *= brainmask
+    elif randomisation is not None and randomisation.skull == "imperfect":
+        flair *= imperfect_strip_mask(rng, brainmask, profile.flair_spacing,
+                                      randomisation.strip_margin_mm)
     infarct_mask = (code & CODE_INFARCT) > 0
     observer1 = (wmh_fraction >= OBSERVER1_THRESHOLD) & ~infarct_mask
     observer2 = observer_two(rng, wmh_fraction, profile.flair_spacing,
