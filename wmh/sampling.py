@@ -350,6 +350,10 @@ def make_splits(records: list[PreparedRecord], config: SamplingConfig) -> dict[s
             raise WMHError(f"options sampling.test_fraction and validation_fraction leave no "
                            f"training participant among {len(people)} (sessions of one "
                            "participant stay together)")
+    if splits["train"] and not splits["validation"]:
+        raise WMHError(f"option sampling.validation_fraction: {config.validation_fraction} "
+                       "leaves no validation subject and the manifest fixes none; training "
+                       "needs one to keep the best epoch and choose the threshold")
     used = training_subset(splits["train"], config.train_size_fraction, config.seed)
     splits["train_unused"] = sorted(set(splits["train"]) - set(used))
     splits["train"] = sorted(used)

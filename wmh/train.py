@@ -224,6 +224,20 @@ def predict_samples(model, dataset) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(scores), np.concatenate(labels)
 
 
+def is_better_epoch(validation_auc: float, state: dict) -> bool:
+    """Whether an epoch becomes the best one (``best.keras``): a finite validation AUC
+    above the best so far; while no epoch had a finite AUC (NaN: the validation samples
+    hold one class, or the scores are not finite), every epoch, so the last is kept."""
+    if math.isfinite(validation_auc):
+        return validation_auc > state["best_auc"]
+    return state["best_auc"] < 0  # -1: no finite AUC yet
+
+
+def finite_auc(value: float) -> float:
+    """The stored best AUC, NaN for the sentinel -1 (no epoch had a finite AUC)."""
+    return float(value) if value >= 0 else math.nan
+
+
 class EpochTracker(keras.callbacks.Callback):
     """After each epoch: validation AUC (into ``logs["val_auc"]``), MLflow metrics,
     best/last checkpoints and the resumable state file; stops on a NaN loss."""
@@ -254,8 +268,10 @@ class EpochTracker(keras.callbacks.Callback):
         mlflow.log_metrics({"loss": loss, "accuracy": float(logs.get("accuracy", math.nan)),
                             "val_auc": validation_auc, "val_loss": validation_loss}, step=epoch)
         state = self.state
-        if validation_auc > state["best_auc"]:
-            state.update(best_auc=float(validation_auc), best_epoch=epoch)
+        if is_better_epoch(validation_auc, state):
+            if math.isfinite(validation_auc):
+                state["best_auc"] = float(validation_auc)
+            state["best_epoch"] = epoch
             _atomic_keras_save(self.model, self.run_dir / "best.keras")
         _atomic_keras_save(self.model, self.run_dir / "last.keras")
         state["epoch"] = epoch
@@ -305,8 +321,8 @@ def train(config: ExperimentConfig, samples_dir: Path, prepared_dir: Path,
     if (reuse_finished and state.get("finished") and "result" in state
             and (run_dir / "model").is_dir()):
         return TrainResult(run_id=state["run_id"], model_dir=run_dir / "model",
-                           best_epoch=state["best_epoch"], validation_auc=state["best_auc"],
-                           **state["result"])
+                           best_epoch=state["best_epoch"],
+                           validation_auc=finite_auc(state["best_auc"]), **state["result"])
     if state.get("finished"):
         state = {}  # a finished run is not resumed: this is a new run of the same config
 
@@ -347,6 +363,9 @@ def train(config: ExperimentConfig, samples_dir: Path, prepared_dir: Path,
                 model.fit(train_data, epochs=config.train.epochs, initial_epoch=state["epoch"],
                           verbose=0, shuffle=False, callbacks=[tracker, *callbacks])
 
+        if not (run_dir / "best.keras").is_file():
+            raise WMHError(f"{run_dir / 'best.keras'}: no epoch was kept (train.epochs is "
+                           f"{config.train.epochs}); train at least one epoch")
         best = float32_model(keras.saving.load_model(run_dir / "best.keras", safe_mode=True,
                                                      compile=False),
                              config.model, len(channels))
@@ -358,7 +377,7 @@ def train(config: ExperimentConfig, samples_dir: Path, prepared_dir: Path,
                                  threshold=threshold, precision=precision)
         model_dir = save_model_dir(best, contract, run_dir / "model")
         mlflow.log_artifacts(str(model_dir), "model")
-        mlflow.log_metrics({"best_epoch": state["best_epoch"], "best_val_auc": state["best_auc"],
+        mlflow.log_metrics({"best_epoch": state["best_epoch"], "best_val_auc": finite_auc(state["best_auc"]),
                             "threshold": threshold, "val_volume_dice": validation_dice,
                             "val_volume_auc": volume_auc})
         state["finished"] = True
@@ -366,7 +385,7 @@ def train(config: ExperimentConfig, samples_dir: Path, prepared_dir: Path,
                            "validation_volume_auc": volume_auc}
         atomic_write_text(state_path, json.dumps(state))
     return TrainResult(run_id=run_id, model_dir=model_dir, best_epoch=state["best_epoch"],
-                       validation_auc=state["best_auc"], threshold=threshold,
+                       validation_auc=finite_auc(state["best_auc"]), threshold=threshold,
                        validation_dice=validation_dice, validation_volume_auc=volume_auc)
 
 
