@@ -159,8 +159,7 @@ def run_experiment(experiment: Experiment, config: ExperimentConfig, out_dir: Pa
 
     start = time.time()
     stages = pipeline.ensure_data(config)
-    # The key of the training checkpoint: same config, same data, same wmh version.
-    key = run_key(config, dataset_hash(stages.samples))
+    key = result_key(run_key(config, dataset_hash(stages.samples)))
     folder = out_dir / experiment.name
     stored = _read_json(folder / RESULT_FILE)
     if stored is not None and stored.get("key") == key:
@@ -177,6 +176,15 @@ def run_experiment(experiment: Experiment, config: ExperimentConfig, out_dir: Pa
         {"key": key, "run_id": trained.run_id, "experiment": experiment.name,
          "seconds": time.time() - start, "result": result.to_dict()}))
     return Outcome(experiment, result, trained.run_id, False, time.time() - start, stages)
+
+
+def result_key(training_key: str) -> str:
+    """An experiment's result key: its training run's key (config, data, training code) and
+    the code that segments and scores the test subjects (``evaluate`` stage of
+    :data:`wmh.tracking.STAGE_CODE`)."""
+    from wmh.tracking import stage_code_hash
+
+    return f"{training_key}-{stage_code_hash('evaluate')}"
 
 
 def _read_json(path: Path) -> Optional[dict]:

@@ -182,8 +182,11 @@ def compile_model(model, learning_rate: float):
 
 
 def run_key(config: ExperimentConfig, dataset_hash: str) -> str:
-    """Names a run's checkpoint folder: the same config on the same data resumes there."""
-    text = dump_yaml(config) + dataset_hash + __version__
+    """Names a run's checkpoint folder: the same config on the same data and training code
+    (the ``train`` stage of :data:`wmh.tracking.STAGE_CODE`) resumes there."""
+    from wmh.tracking import stage_code_hash
+
+    text = dump_yaml(config) + dataset_hash + stage_code_hash("train")
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -16,13 +16,14 @@ _CACHE_IRRELEVANT = ("workers", "threads")  # change speed, not results
 
 
 def code_version() -> str:
-    """The package version plus a hash of the preprocessing code (every module of this
-    package and :mod:`wmh.location`) and the packaged prior."""
+    """The package version plus a hash of the preprocessing code (the modules of the
+    ``prepare`` stage, :data:`wmh.tracking.STAGE_CODE`) and the packaged prior."""
     from wmh import location
+    from wmh.tracking import stage_code_hash
 
-    sources = sorted(Path(__file__).parent.glob("*.py")) + [Path(location.__file__)]
     prior = location.default_prior_path()
-    return f"{__version__}+{hash_files(sources + ([prior] if prior else []))}"
+    return (f"{__version__}+{stage_code_hash('prepare')}"
+            + (f"+{hash_files([prior])}" if prior else ""))
 
 
 def config_hash(config: PreprocessConfig, use_t1: bool) -> str:
