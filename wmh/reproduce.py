@@ -275,6 +275,7 @@ def reproduce(scale: str = "demo", out_dir: str | Path = "outputs/reproduce",
             figure_methods=tuple(n for n in FIGURE4_METHODS if n in names))
         files = report.write_report(results, out_dir / "report", label, options)
         _append_runs(files.markdown, outcomes, scale, time.time() - start)
+        _append_failures(files.markdown, outcomes, out_dir)
         mlflow.log_artifacts(str(out_dir / "report"), artifact_path="report")
         mlflow.log_metric("seconds", time.time() - start)
     return Reproduction(outcomes, files, label, parent_id, time.time() - start)
@@ -312,6 +313,45 @@ def _append_runs(markdown: Path, outcomes: Sequence[Outcome], scale: str,
                      f"{outcome.seconds:.0f} | {'reused' if outcome.reused else 'run'} |")
     lines += ["", f"This invocation: {seconds / 60:.1f} min (reused experiments count only "
               "their data check)."]
+    with open(markdown, "a") as handle:
+        handle.write("\n".join(lines) + "\n")
+
+
+def failed_subjects(outcome: Outcome, out_dir: Path) -> dict[str, dict[str, str]]:
+    """The subjects an experiment lost: {"prepare": {id: reason}, "segment": {id: reason}}
+    (its prepared folder's manifest and its test segmentation's volumes.csv)."""
+    import csv
+
+    from wmh import pipeline
+
+    listing = {"prepare": pipeline.preparation_failures(outcome.stages.prepared)
+               if outcome.stages is not None else {}, "segment": {}}
+    try:
+        with open(out_dir / outcome.experiment.name / "segment" / "volumes.csv",
+                  newline="") as handle:
+            listing["segment"] = {row["subject_id"]: row.get("error", "")
+                                  for row in csv.DictReader(handle)
+                                  if row.get("status") == "failed"}
+    except OSError:
+        pass
+    return listing
+
+
+def _append_failures(markdown: Path, outcomes: Sequence[Outcome], out_dir: Path) -> None:
+    """Adds every subject the experiments lost to the report (none vanish silently)."""
+    lines = ["", "## Failed subjects", ""]
+    rows = [(outcome.experiment.name, stage, subject_id, reason)
+            for outcome in outcomes
+            for stage, failures in failed_subjects(outcome, out_dir).items()
+            for subject_id, reason in sorted(failures.items())]
+    if not rows:
+        lines.append("None: every subject was prepared and every test subject segmented.")
+    else:
+        lines += ["A failed test subject counts as Dice 0 (`evaluate.on_failure: zero`); "
+                  "a subject that failed preparation is in no split.", "",
+                  "| Experiment | Stage | Subject | Reason |", "|---|---|---|---|"]
+        lines += [f"| {name} | {stage} | {subject_id} | {reason.replace('|', '/')} |"
+                  for name, stage, subject_id, reason in rows]
     with open(markdown, "a") as handle:
         handle.write("\n".join(lines) + "\n")
 
