@@ -247,7 +247,7 @@ def test_arch_rf_run_logs_like_the_cnns(trained):
     assert metrics["feature_seconds_per_case"] > 0 and metrics["train_samples"] > 100
     paths = {a.path for folder in ("", "model", "figures")
              for a in client.list_artifacts(result.run_id, folder)}
-    assert {"model/forest.skops", "model/wmh_model.json", "figures/roc.png",
+    assert {"model/forest.skops", "model/wmh_model.json", "model/plan.json", "figures/roc.png",
             "figures/dice_vs_threshold.png", "feature_importances.json",
             "config.yaml"} <= paths
     importances = mlflow.artifacts.load_dict(f"runs:/{result.run_id}/feature_importances.json")
@@ -334,6 +334,12 @@ def test_wmh_segment_with_a_forest_model(trained, tmp_path):
                  folder / "pre" / f"{name}.nii.gz")
     nib.save(nib.Nifti1Image(prepared.labels, np.eye(4)), folder / "wmh.nii.gz")
     (tmp_path / "prepared").mkdir()
+    # as if prepared with the model's plan (a cached file made otherwise is prepared again)
+    from wmh import io, preprocess
+    from wmh.preprocess.plan import plan_config, read_plan
+    model_dir = trained["result"].model_dir
+    prepared.cache_key = preprocess.cache_key(io.discover(tmp_path / "cohort")[0],
+                                              plan_config(read_plan(model_dir), model_dir), True)
     prepared.save(tmp_path / "prepared" / "case1.h5")
     rows = segment(trained["result"].model_dir, [tmp_path / "cohort"], tmp_path / "out",
                    SegmentOptions(mc_samples=1), progress=False,

@@ -63,6 +63,13 @@ def test_single_validation_subject_chooses_a_threshold(tmp_path, mlflow_tmp, tf_
     assert 0.0 < result.threshold < 1.0
     assert 0.0 < result.validation_dice <= 1.0
     assert np.isfinite(result.validation_auc)
+    # every model folder carries its preprocessing plan (training split only)
+    import json
+
+    from wmh import sampling
+    plan = json.loads((result.model_dir / "plan.json").read_text())
+    assert plan["training"]["subjects"] == len(sampling.load_splits(samples)["train"])
+    assert plan["use_t1"] is True and (result.model_dir / "prior.nii.gz").is_file()
 
 
 def test_validation_fraction_zero_is_a_one_line_error():

@@ -640,7 +640,7 @@ def train_baseline(config, samples_dir: Path, prepared_dir: Path, callbacks: Seq
     import mlflow
 
     from wmh import data, sampling, tracking
-    from wmh.train import ModelContract, TrainResult, run_key
+    from wmh.train import ModelContract, TrainResult, run_key, write_model_plan
 
     if config.model.arch != "rf":
         raise WMHError(f"option model.arch: train_baseline trains 'rf', got "
@@ -696,6 +696,7 @@ def train_baseline(config, samples_dir: Path, prepared_dir: Path, callbacks: Seq
                                  threshold=validation["threshold"],
                                  patch=describe_features(use_t1))
         model_dir = save_model_dir(model, contract, run_dir / "model")
+        write_model_plan(model_dir, config, samples_dir, prepared_dir)
         mlflow.log_artifacts(str(model_dir), "model")
         summary = {"best_epoch": 1, "best_val_auc": validation["val_auc"],
                    "threshold": validation["threshold"],

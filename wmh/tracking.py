@@ -178,6 +178,16 @@ def hash_files(paths: Iterable[str | Path], extra: str = "") -> str:
     return digest.hexdigest()[:16]
 
 
+def content_hash(path: str | Path) -> str:
+    """SHA-256 of a file's bytes alone (not its name), 16 hex digits: the same data under
+    another name (a model folder's copy of a prior) hashes the same."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
 # The wmh modules whose source produces each cached stage: a stage's key hashes them (and the
 # key of the stage before it), so a code change invalidates exactly the stages it touches.
 STAGE_CODE = {

@@ -382,6 +382,7 @@ def train(config: ExperimentConfig, samples_dir: Path, prepared_dir: Path,
                                  inplane_spacing_mm=config.preprocess.inplane_spacing_mm,
                                  threshold=threshold, precision=precision)
         model_dir = save_model_dir(best, contract, run_dir / "model")
+        write_model_plan(model_dir, config, samples_dir, prepared_dir)
         mlflow.log_artifacts(str(model_dir), "model")
         mlflow.log_metrics({"best_epoch": state["best_epoch"], "best_val_auc": finite_auc(state["best_auc"]),
                             "threshold": threshold, "val_volume_dice": validation_dice,
@@ -393,6 +394,16 @@ def train(config: ExperimentConfig, samples_dir: Path, prepared_dir: Path,
     return TrainResult(run_id=run_id, model_dir=model_dir, best_epoch=state["best_epoch"],
                        validation_auc=finite_auc(state["best_auc"]), threshold=threshold,
                        validation_dice=validation_dice, validation_volume_auc=volume_auc)
+
+
+def write_model_plan(model_dir: Path, config: ExperimentConfig, samples_dir: Path,
+                     prepared_dir: Path) -> dict:
+    """The preprocessing plan (:mod:`wmh.preprocess.plan`) of a model trained on a sample
+    set, written into its folder (CNN and forest alike)."""
+    from wmh.preprocess.plan import training_files, write_plan
+
+    return write_plan(model_dir, config.preprocess, config.data.use_t1,
+                      training_files(samples_dir, prepared_dir))
 
 
 def predict_volume(model, model_config: ModelConfig, images: np.ndarray, location: np.ndarray,

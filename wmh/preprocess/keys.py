@@ -9,7 +9,7 @@ from wmh import __version__
 from wmh.config import PreprocessConfig, to_dict
 from wmh.errors import WMHError
 from wmh.io import Subject
-from wmh.tracking import hash_files
+from wmh.tracking import content_hash, hash_files
 
 
 _CACHE_IRRELEVANT = ("workers", "threads")  # change speed, not results
@@ -28,10 +28,14 @@ def code_version() -> str:
 
 def config_hash(config: PreprocessConfig, use_t1: bool) -> str:
     """Hash of the options that change a PreparedSubject (not workers or threads)."""
-    values = {k: v for k, v in to_dict(config).items() if k not in _CACHE_IRRELEVANT}
+    from wmh import location
+
+    values = {k: v for k, v in to_dict(config).items()
+              if k not in _CACHE_IRRELEVANT and k != "prior_path"}
     values["use_t1"] = bool(use_t1)
-    if config.prior_path:
-        values["prior_file"] = hash_files([config.prior_path])
+    # The prior by content, not by path: a model folder's copy keys like the original.
+    prior = config.prior_path or location.default_prior_path()
+    values["prior_file"] = content_hash(prior) if prior else ""
     return hash_files([], extra=json.dumps(values, sort_keys=True))
 
 
