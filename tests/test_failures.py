@@ -106,3 +106,22 @@ def test_reproduce_report_lists_failed_subjects(tmp_path):
     markdown.write_text("")
     reproduce._append_failures(markdown, [outcome], tmp_path)
     assert "None: every subject was prepared" in markdown.read_text()
+
+
+def test_reproduce_report_states_the_suites_own_settings(tmp_path):
+    from wmh import reproduce
+
+    chosen = [e for e in reproduce.EXPERIMENTS if e.name in ("ss", "msws_loc")]
+    configs = [reproduce.resolve(e, "demo") for e in chosen]
+    outcomes = [reproduce.Outcome(e, None, "r", False, 1.0) for e in chosen]
+    markdown = tmp_path / "report.md"
+    markdown.write_text("")
+    reproduce._append_choices(markdown, outcomes, configs)
+    text = markdown.read_text()
+    demo = reproduce.SCALES["demo"]
+    assert "## Settings the paper does not give (this suite's choices)" in text
+    assert (f"| ss | {demo['train.learning_rate']:g} | {demo['train.epochs']} | "
+            f"{demo['train.max_train_samples']} | {demo['train.max_validation_samples']} | "
+            f"{demo['model.width']:g} | - |") in text
+    assert f"| msws_loc | {demo['train.learning_rate']:g} |" in text
+    assert "1, fixed (not tuned on validation subjects as in the paper) |" in text
