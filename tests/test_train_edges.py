@@ -5,16 +5,16 @@ import math
 import numpy as np
 import pytest
 
-from cohorts import make_config, write_prepared_cohort
+from cohorts import write_prepared_cohort
+from test_train import tiny_config
 from wmh.errors import WMHError
 
 
 def edge_config(tmp_path, **overrides):
-    return make_config(tmp_path, {
-        "train.epochs": 2, "train.batch_size": 32, "train.learning_rate": 1e-3,
-        "model.width": 0.15, "model.arch": "ss", "model.loc": "none",
-        "sampling.validation_fraction": 0.1, "sampling.test_fraction": 0.125,
-        "train.experiment": "edges"}, overrides)
+    """test_train's tiny config with one validation subject of 8 and a plain network."""
+    return tiny_config(tmp_path, epochs=2, **{
+        "model.arch": "ss", "model.loc": "none", "sampling.validation_fraction": 0.1,
+        "train.experiment": "edges", **overrides})
 
 
 @pytest.fixture(scope="module")
