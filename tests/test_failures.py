@@ -43,10 +43,12 @@ def test_stop_ends_the_experiment_naming_the_option(tmp_path, monkeypatch, mlflo
     from wmh import pipeline
 
     config, stages = experiment(tmp_path, monkeypatch, "stop")
+    trained = trained_run(tiny_model)
     with pytest.raises(WMHError, match=r"test subject 'a2' failed to segment \(a2: atlas "
                                        r"registration failed .*option evaluate\.on_failure"):
-        pipeline.evaluate_test_subjects(config, stages, trained_run(tiny_model),
-                                        tmp_path / "out", "SS")
+        pipeline.evaluate_test_subjects(config, stages, trained, tmp_path / "out", "SS")
+    tags = mlflow.get_run(trained.run_id).data.tags  # listed on the run before it stopped
+    assert tags["failed_subjects"] == "2" and tags["failed_test_subjects"] == "1"
 
 
 def test_zero_scores_the_failed_subject_as_dice_0_and_lists_it(tmp_path, monkeypatch,

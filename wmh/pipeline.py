@@ -159,8 +159,10 @@ SUMMARY_COLUMNS = ("subject_id", "dice", "hd95_mm", "avd_percent", "lesion_recal
 
 
 def segment_test_subjects(config: ExperimentConfig, stages: DataStages, model_dir: Path,
-                          out_dir: Path) -> list[dict]:
-    """Segments the held-out test subjects of the sample split (cached preparation)."""
+                          out_dir: Path, run_id: Optional[str] = None) -> list[dict]:
+    """Segments the held-out test subjects of the sample split (cached preparation);
+    with ``run_id``, the subjects lost are recorded on that run first
+    (:func:`record_failures`), even when a failure then stops the experiment."""
     from wmh import io, sampling
     from wmh.segment import SegmentOptions, segment
 
@@ -175,6 +177,8 @@ def segment_test_subjects(config: ExperimentConfig, stages: DataStages, model_di
                        "(raise sampling.test_fraction or add subjects)")
     rows = segment(model_dir, subjects, out_dir, SegmentOptions.from_config(config.segment),
                    prepared_dir=stages.prepared)
+    if run_id is not None:
+        record_failures(run_id, stages, rows)
     failed = [row for row in rows if row.get("status") == "failed"]
     if failed and config.evaluate.on_failure == "stop":
         # a test subject must not drop out of the evaluation silently
@@ -243,10 +247,10 @@ def evaluate_test_subjects(config: ExperimentConfig, stages: DataStages, trained
     """
     from wmh import report
 
-    rows = segment_test_subjects(config, stages, trained.model_dir, out_dir)
-    failures = record_failures(trained.run_id, stages, rows)
+    rows = segment_test_subjects(config, stages, trained.model_dir, out_dir, trained.run_id)
     labels = {s.subject_id: s.labels for s in io.discover(stages.cohort)}
-    zero = {case: labels[case] for case in failures["segment"] if labels.get(case)}
+    zero = {row["subject_id"]: labels[row["subject_id"]] for row in rows  # on_failure: zero
+            if row.get("status") == "failed" and labels.get(row["subject_id"])}
     has_observer2 = has_second_rater(stages.cohort, [row["subject_id"] for row in rows])
     threshold = trained.threshold if config.segment.threshold is None \
         else config.segment.threshold
