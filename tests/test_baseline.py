@@ -257,7 +257,7 @@ def test_arch_rf_run_logs_like_the_cnns(trained):
     assert {m.key: m.value for m in logged.metrics}["threshold"] == pytest.approx(
         result.threshold)
     assert sorted(p.name for p in registry.model_folder(f"models:/{model_id}").iterdir()) == [
-        "forest.skops", "wmh_model.json"]
+        "forest.skops", "plan.json", "prior.nii.gz", "wmh_model.json"]  # the plan travels
     info = mlflow.models.get_model_info(f"models:/{model_id}")
     assert info.signature.inputs.input_names() == baseline.feature_names(True)
     assert {d.dataset.name.rsplit("-", 1)[1] for d in run.inputs.dataset_inputs} == {
@@ -346,6 +346,12 @@ def test_wmh_segment_with_a_forest_model(trained, tmp_path):
                  folder / "pre" / f"{name}.nii.gz")
     nib.save(nib.Nifti1Image(prepared.labels, np.eye(4)), folder / "wmh.nii.gz")
     (tmp_path / "prepared").mkdir()
+    # as if prepared with the model's plan (a cached file made otherwise is prepared again)
+    from wmh import io, preprocess
+    from wmh.preprocess.plan import plan_config, read_plan
+    model_dir = trained["result"].model_dir
+    prepared.cache_key = preprocess.cache_key(io.discover(tmp_path / "cohort")[0],
+                                              plan_config(read_plan(model_dir), model_dir), True)
     prepared.save(tmp_path / "prepared" / "case1.h5")
     rows = segment(trained["result"].model_dir, [tmp_path / "cohort"], tmp_path / "out",
                    SegmentOptions(mc_samples=1), progress=False,

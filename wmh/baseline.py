@@ -58,7 +58,7 @@ Training (:func:`train_baseline`) reads the sample coordinates of the split
 prepared file (float32, the same values whole-volume prediction sees) and gathers the
 samples' rows; ``train.max_train_samples`` caps them with a seeded subset. Validation
 predicts the validation subjects whole: the sample AUC reads those maps at the validation
-samples, and the threshold maximises the overall Dice inside the brain, as for the CNNs.
+samples, and the threshold is :func:`wmh.train.choose_threshold`'s, as for the CNNs.
 
 The model folder holds ``forest.skops`` (the fitted scikit-learn forest, written with
 skops, so loading never executes code from the file: only an allowlist of types is
@@ -581,12 +581,12 @@ def validate(model: RandomForestBaseline, samples_dir: Path, prepared_dir: Path,
     """
     from wmh import metrics, report, sampling
     from wmh.preprocess import PreparedSubject
-    from wmh.train import VALIDATION_THRESHOLDS
+    from wmh.train import choose_threshold
 
     subject_ids = sampling.load_splits(samples_dir)["validation"]
     index = sampling.load_index(samples_dir, "validation")
     scores = np.zeros(len(index), np.float32)
-    probabilities, truths, masks = [], [], []
+    probabilities, subjects = [], []
     for subject_id in subject_ids:
         prepared = _load_prepared(prepared_dir, subject_id, PreparedSubject)
         volume = model.predict_volume(prepared.images, prepared.location,
@@ -595,8 +595,7 @@ def validate(model: RandomForestBaseline, samples_dir: Path, prepared_dir: Path,
             rows = np.flatnonzero(index.subject == index.subject_ids.index(subject_id))
             scores[rows] = volume[index.row[rows], index.col[rows], index.slice[rows]]
         probabilities.append(volume)
-        truths.append(prepared.labels)
-        masks.append(prepared.brain_mask)
+        subjects.append(prepared)
     labels = np.asarray(index.label)
     result = {"val_auc": metrics.roc_auc(scores, labels) if len(index) else math.nan,
               "val_loss": float(np.mean(-np.log(np.clip(
@@ -605,9 +604,7 @@ def validate(model: RandomForestBaseline, samples_dir: Path, prepared_dir: Path,
     if not subject_ids:
         return dict(result, threshold=0.5, val_volume_dice=math.nan, val_volume_auc=math.nan,
                     figures={})
-    curve = metrics.dice_threshold_curve(probabilities, truths, VALIDATION_THRESHOLDS, masks,
-                                         subject_ids)
-    threshold, dice = metrics.best_threshold(curve)
+    threshold, dice, curve = choose_threshold(subjects, probabilities, subject_ids)
     figures = report.validation_figures(curve, threshold, title=title)
     return dict(result, threshold=threshold, val_volume_dice=dice,
                 val_volume_auc=curve.auc(), figures=figures)
@@ -645,7 +642,7 @@ def train_baseline(config, samples_dir: Path, prepared_dir: Path, callbacks: Seq
     import pandas as pd
 
     from wmh import data, registry, sampling, tracking
-    from wmh.train import ModelContract, TrainResult, run_key
+    from wmh.train import ModelContract, TrainResult, run_key, write_model_plan
 
     if config.model.arch != "rf":
         raise WMHError(f"option model.arch: train_baseline trains 'rf', got "
@@ -704,6 +701,7 @@ def train_baseline(config, samples_dir: Path, prepared_dir: Path, callbacks: Seq
                                  threshold=validation["threshold"],
                                  patch=describe_features(use_t1))
         model_dir = save_model_dir(model, contract, run_dir / "model")
+        write_model_plan(model_dir, config, samples_dir, prepared_dir)
         summary = {"best_epoch": 1, "best_val_auc": validation["val_auc"],
                    "threshold": validation["threshold"],
                    "val_volume_dice": validation["val_volume_dice"],

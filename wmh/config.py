@@ -110,6 +110,14 @@ class SegmentConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class EvaluateConfig:
+    # A test subject that fails preparation or segmentation in an experiment (pipeline,
+    # reproduce): "stop" ends the experiment with its error; "zero" scores it as an empty
+    # prediction (Dice 0), as the challenge counted a missing result. Either way it is listed.
+    on_failure: Literal["stop", "zero"] = "stop"
+
+
+@dataclasses.dataclass(frozen=True)
 class TuneConfig:
     study: str = "wmh-tune"  # Optuna study name; workers on one storage and name share it
     storage: str = ""  # "" = journal file <cache>/optuna/journal.log; or postgresql://, sqlite:///
@@ -144,6 +152,7 @@ class ExperimentConfig:
     baseline: BaselineConfig = dataclasses.field(default_factory=BaselineConfig)
     segment: SegmentConfig = dataclasses.field(default_factory=SegmentConfig)
     tune: TuneConfig = dataclasses.field(default_factory=TuneConfig)
+    evaluate: EvaluateConfig = dataclasses.field(default_factory=EvaluateConfig)
 
 
 

@@ -160,23 +160,65 @@ SUMMARY_COLUMNS = ("subject_id", "dice", "hd95_mm", "avd_percent", "lesion_recal
 
 
 def segment_test_subjects(config: ExperimentConfig, stages: DataStages, model_dir: Path,
-                          out_dir: Path) -> list[dict]:
-    """Segments the held-out test subjects of the sample split (cached preparation)."""
+                          out_dir: Path, run_id: Optional[str] = None) -> list[dict]:
+    """Segments the held-out test subjects of the sample split (cached preparation);
+    with ``run_id``, the subjects lost are recorded on that run first
+    (:func:`record_failures`), even when a failure then stops the experiment."""
     from wmh import io, sampling
     from wmh.segment import SegmentOptions, segment
 
     test_ids = set(sampling.load_splits(stages.samples)["test"])
+    # Subjects the manifest fixes as test but whose preparation failed are in no split:
+    # segmenting them again fails again and lists them (they never vanish).
+    test_ids |= {s.subject_id for s in io.discover(stages.cohort)
+                 if s.split == "test" and s.subject_id in preparation_failures(stages.prepared)}
     subjects = [s for s in io.discover(stages.cohort) if s.subject_id in test_ids]
     if not subjects:
         raise WMHError(f"{stages.samples}: the split has no test subjects "
                        "(raise sampling.test_fraction or add subjects)")
     rows = segment(model_dir, subjects, out_dir, SegmentOptions.from_config(config.segment),
                    prepared_dir=stages.prepared)
+    if run_id is not None:
+        record_failures(run_id, stages, rows)
     failed = [row for row in rows if row.get("status") == "failed"]
-    if failed:  # a test subject must not drop out of the evaluation silently
+    if failed and config.evaluate.on_failure == "stop":
+        # a test subject must not drop out of the evaluation silently
         raise WMHError(f"{out_dir}: test subject '{failed[0]['subject_id']}' failed to "
-                       f"segment ({failed[0]['error']}); see {out_dir / 'volumes.csv'}")
+                       f"segment ({failed[0]['error']}); see {out_dir / 'volumes.csv'} "
+                       "(option evaluate.on_failure: 'zero' scores it as Dice 0)")
     return rows
+
+
+def preparation_failures(prepared: Path) -> dict[str, str]:
+    """Subject id -> reason for the subjects whose preparation failed (the prepared
+    folder's manifest.json; empty for a folder without one)."""
+    try:
+        return dict(json.loads((Path(prepared) / "manifest.json").read_text())
+                    .get("failed", {}))
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+FAILURES_ARTIFACT = "failed_subjects.json"
+
+
+def record_failures(run_id: str, stages: DataStages, rows: list[dict]) -> dict:
+    """Lists every subject an experiment lost, on its MLflow run: tag ``failed_subjects``
+    (the count; ``failed_test_subjects`` those of the test split) and the artifact
+    ``failed_subjects.json`` ({"prepare": {id: reason}, "segment": {id: reason}}).
+    Returns that listing."""
+    from mlflow.tracking import MlflowClient
+
+    listing = {"prepare": preparation_failures(stages.prepared),
+               "segment": {row["subject_id"]: row.get("error", "") for row in rows
+                           if row.get("status") == "failed"}}
+    client = MlflowClient()
+    client.set_tag(run_id, "failed_subjects", len(set(listing["prepare"])
+                                                   | set(listing["segment"])))
+    client.set_tag(run_id, "failed_test_subjects", len(listing["segment"]))
+    if listing["prepare"] or listing["segment"]:
+        client.log_text(run_id, json.dumps(listing, indent=1), FAILURES_ARTIFACT)
+    return listing
 
 
 def has_second_rater(cohort: Path, case_ids) -> bool:
@@ -206,14 +248,18 @@ def evaluate_test_subjects(config: ExperimentConfig, stages: DataStages, trained
     """
     from wmh import report
 
-    rows = segment_test_subjects(config, stages, trained.model_dir, out_dir)
+    rows = segment_test_subjects(config, stages, trained.model_dir, out_dir, trained.run_id)
+    labels = {s.subject_id: s.labels for s in io.discover(stages.cohort)}
+    zero = {row["subject_id"]: labels[row["subject_id"]] for row in rows  # on_failure: zero
+            if row.get("status") == "failed" and labels.get(row["subject_id"])}
     has_observer2 = has_second_rater(stages.cohort, [row["subject_id"] for row in rows])
     threshold = trained.threshold if config.segment.threshold is None \
         else config.segment.threshold
     return rows, report.method_result_from_predictions(
         name, out_dir, stages.cohort, brain_mask=out_dir,
         observer2=stages.cohort if has_observer2 else None, threshold=threshold,
-        validation_az=trained.validation_volume_auc, training_size=training_size)
+        validation_az=trained.validation_volume_auc, training_size=training_size,
+        failed_cases=zero)
 
 
 def format_table(rows: list[dict], columns=SUMMARY_COLUMNS) -> str:

@@ -300,7 +300,8 @@ def method_result_from_predictions(name: str, prediction: str | Path, truth: str
                                    threshold: Optional[float] = None,
                                    validation_az: Optional[float] = None,
                                    training_size: Optional[int] = None,
-                                   notes: Optional[list] = None) -> MethodResult:
+                                   notes: Optional[list] = None,
+                                   failed_cases: Optional[dict] = None) -> MethodResult:
     """A method's results from a folder of probability maps (or masks) and the truths.
 
     Args:
@@ -311,10 +312,13 @@ def method_result_from_predictions(name: str, prediction: str | Path, truth: str
             the segmentation recorded (``<id>/report.json``; 0.5 for maps without one).
         validation_az, training_size: as :func:`method_result_from_arrays`.
         notes: lines are appended when ``threshold`` differs from the recorded one.
+        failed_cases: case id -> labels file of test cases with no prediction (failed
+            preparation or segmentation): scored as an empty prediction (Dice 0).
 
     Raises:
         WMHError: without ``threshold``, cases segmented at different thresholds.
     """
+    failed_cases = failed_cases or {}
     metrics.check_threshold(threshold)
     cases, _ = metrics.match_cases(prediction, truth, brain_mask,
                                    metrics.PROBABILITY_FILE_NAMES)
@@ -325,7 +329,7 @@ def method_result_from_predictions(name: str, prediction: str | Path, truth: str
         raise WMHError(f"--method {name}={prediction}: its cases were segmented at "
                        f"different thresholds ({', '.join(f'{t:g}' for t in used)}); "
                        "give one with --threshold")
-    threshold = used[0]
+    threshold = used[0] if used else (0.5 if threshold is None else threshold)
     if differing and notes is not None:
         notes.append(f"{name}: thresholding wmh_probability at {threshold:g}, not the "
                      f"segmentation's {metrics.recorded_threshold(cases[0].prediction):g}")
@@ -337,9 +341,17 @@ def method_result_from_predictions(name: str, prediction: str | Path, truth: str
         for files in _observer2_cases(observer2, truth, brain_mask, case_ids):
             observer2_labels[files.case_id], _ = metrics.load_label_map(
                 files.prediction, grids[files.case_id])
+    predictions = [case.prediction for case in loaded]
+    truths = [case.truth for case in loaded]
+    masks = [case.brain_mask for case in loaded]
+    for case_id, labels_file in sorted(failed_cases.items()):  # no prediction: empty
+        labels, _ = metrics.load_label_map(labels_file)
+        predictions.append(np.zeros(labels.shape, np.float32))
+        truths.append(labels)
+        masks.append(np.ones(labels.shape, bool))
+        case_ids.append(case_id)
     result = method_result_from_arrays(
-        name, [case.prediction for case in loaded], [case.truth for case in loaded],
-        masks_per_case=[case.brain_mask for case in loaded],
+        name, predictions, truths, masks_per_case=masks,
         observer2_per_case=[observer2_labels.get(case_id) for case_id in case_ids],
         case_ids=case_ids, threshold=threshold, validation_az=validation_az,
         training_size=training_size)

@@ -159,8 +159,7 @@ def run_experiment(experiment: Experiment, config: ExperimentConfig, out_dir: Pa
 
     start = time.time()
     stages = pipeline.ensure_data(config)
-    # The key of the training checkpoint: same config, same data, same wmh version.
-    key = run_key(config, dataset_hash(stages.samples))
+    key = result_key(run_key(config, dataset_hash(stages.samples)))
     folder = out_dir / experiment.name
     stored = _read_json(folder / RESULT_FILE)
     if stored is not None and stored.get("key") == key:
@@ -177,6 +176,15 @@ def run_experiment(experiment: Experiment, config: ExperimentConfig, out_dir: Pa
         {"key": key, "run_id": trained.run_id, "experiment": experiment.name,
          "seconds": time.time() - start, "result": result.to_dict()}))
     return Outcome(experiment, result, trained.run_id, False, time.time() - start, stages)
+
+
+def result_key(training_key: str) -> str:
+    """An experiment's result key: its training run's key (config, data, training code) and
+    the code that segments and scores the test subjects (``evaluate`` stage of
+    :data:`wmh.tracking.STAGE_CODE`)."""
+    from wmh.tracking import stage_code_hash
+
+    return f"{training_key}-{stage_code_hash('evaluate')}"
 
 
 def _read_json(path: Path) -> Optional[dict]:
@@ -267,6 +275,8 @@ def reproduce(scale: str = "demo", out_dir: str | Path = "outputs/reproduce",
             figure_methods=tuple(n for n in FIGURE4_METHODS if n in names))
         files = report.write_report(results, out_dir / "report", label, options)
         _append_runs(files.markdown, outcomes, scale, time.time() - start)
+        _append_failures(files.markdown, outcomes, out_dir)
+        _append_choices(files.markdown, outcomes, configs)
         mlflow.log_artifacts(str(out_dir / "report"), artifact_path="report")
         mlflow.log_metric("seconds", time.time() - start)
     return Reproduction(outcomes, files, label, parent_id, time.time() - start)
@@ -304,6 +314,79 @@ def _append_runs(markdown: Path, outcomes: Sequence[Outcome], scale: str,
                      f"{outcome.seconds:.0f} | {'reused' if outcome.reused else 'run'} |")
     lines += ["", f"This invocation: {seconds / 60:.1f} min (reused experiments count only "
               "their data check)."]
+    with open(markdown, "a") as handle:
+        handle.write("\n".join(lines) + "\n")
+
+
+def failed_subjects(outcome: Outcome, out_dir: Path) -> dict[str, dict[str, str]]:
+    """The subjects an experiment lost: {"prepare": {id: reason}, "segment": {id: reason}}
+    (its prepared folder's manifest and its test segmentation's volumes.csv)."""
+    import csv
+
+    from wmh import pipeline
+
+    listing = {"prepare": pipeline.preparation_failures(outcome.stages.prepared)
+               if outcome.stages is not None else {}, "segment": {}}
+    try:
+        with open(out_dir / outcome.experiment.name / "segment" / "volumes.csv",
+                  newline="") as handle:
+            listing["segment"] = {row["subject_id"]: row.get("error", "")
+                                  for row in csv.DictReader(handle)
+                                  if row.get("status") == "failed"}
+    except OSError:
+        pass
+    return listing
+
+
+def _append_failures(markdown: Path, outcomes: Sequence[Outcome], out_dir: Path) -> None:
+    """Adds every subject the experiments lost to the report (none vanish silently)."""
+    lines = ["", "## Failed subjects", ""]
+    rows = [(outcome.experiment.name, stage, subject_id, reason)
+            for outcome in outcomes
+            for stage, failures in failed_subjects(outcome, out_dir).items()
+            for subject_id, reason in sorted(failures.items())]
+    if not rows:
+        lines.append("None: every subject was prepared and every test subject segmented.")
+    else:
+        lines += ["A failed test subject counts as Dice 0 (`evaluate.on_failure: zero`); "
+                  "a subject that failed preparation is in no split.", "",
+                  "| Experiment | Stage | Subject | Reason |", "|---|---|---|---|"]
+        lines += [f"| {name} | {stage} | {subject_id} | {reason.replace('|', '/')} |"
+                  for name, stage, subject_id, reason in rows]
+    with open(markdown, "a") as handle:
+        handle.write("\n".join(lines) + "\n")
+
+
+def suite_choices(experiment: Experiment, config: ExperimentConfig) -> dict[str, str]:
+    """The settings of one experiment that the paper does not give: this suite's choices,
+    as the report states them."""
+    choices = {
+        "learning rate": f"{config.train.learning_rate:g}",
+        "epochs": str(config.train.epochs),
+        "training samples / epoch": str(config.train.max_train_samples or "all"),
+        "validation samples": str(config.train.max_validation_samples or "all"),
+        "network width": f"{config.model.width:g}",
+    }
+    if config.model.loc != "none":
+        choices["α (location scale)"] = (f"{config.model.alpha:g}, fixed (not tuned on "
+                                         "validation subjects as in the paper)")
+    return choices
+
+
+def _append_choices(markdown: Path, outcomes: Sequence[Outcome],
+                    configs: Sequence[ExperimentConfig]) -> None:
+    """Adds the settings the paper does not state, per experiment, to the report."""
+    table = {outcome.experiment.name: suite_choices(outcome.experiment, config)
+             for outcome, config in zip(outcomes, configs)}
+    columns = list(dict.fromkeys(key for row in table.values() for key in row))
+    lines = ["", "## Settings the paper does not give (this suite's choices)", "",
+             "The paper does not state these; the values below are this suite's choices for "
+             "this scale, not the paper's. The threshold is chosen on the validation "
+             "subjects' native grids by an exact Dice search.", "",
+             "| Experiment | " + " | ".join(columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    lines += [f"| {name} | " + " | ".join(row.get(column, "-") for column in columns) + " |"
+              for name, row in table.items()]
     with open(markdown, "a") as handle:
         handle.write("\n".join(lines) + "\n")
 

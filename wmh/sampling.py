@@ -237,9 +237,13 @@ def cohort_hash(prepared_dir: str | Path, records: list[PreparedRecord]) -> str:
 
 
 def config_hash(config: SamplingConfig) -> str:
-    """Hash of the sampling config and the sample format/code version (16 hex digits)."""
+    """Hash of the sampling config, the sample format and the sampling code (the ``sample``
+    stage of :data:`wmh.tracking.STAGE_CODE`), 16 hex digits."""
+    from wmh.tracking import stage_code_hash
+
     text = json.dumps(dataclasses.asdict(config), sort_keys=True)
-    return hashlib.sha256(f"{text}|{FORMAT_VERSION}|{__version__}".encode()).hexdigest()[:16]
+    code = stage_code_hash("sample")
+    return hashlib.sha256(f"{text}|{FORMAT_VERSION}|{code}".encode()).hexdigest()[:16]
 
 
 def samples_key(cohort: str, config: str) -> str:
@@ -350,6 +354,10 @@ def make_splits(records: list[PreparedRecord], config: SamplingConfig) -> dict[s
             raise WMHError(f"options sampling.test_fraction and validation_fraction leave no "
                            f"training participant among {len(people)} (sessions of one "
                            "participant stay together)")
+    if splits["train"] and not splits["validation"]:
+        raise WMHError(f"option sampling.validation_fraction: {config.validation_fraction} "
+                       "leaves no validation subject and the manifest fixes none; training "
+                       "needs one to keep the best epoch and choose the threshold")
     used = training_subset(splits["train"], config.train_size_fraction, config.seed)
     splits["train_unused"] = sorted(set(splits["train"]) - set(used))
     splits["train"] = sorted(used)

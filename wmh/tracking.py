@@ -179,6 +179,51 @@ def hash_files(paths: Iterable[str | Path], extra: str = "") -> str:
     return digest.hexdigest()[:16]
 
 
+def content_hash(path: str | Path) -> str:
+    """SHA-256 of a file's bytes alone (not its name), 16 hex digits: the same data under
+    another name (a model folder's copy of a prior) hashes the same."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+# The wmh modules whose source produces each cached stage: a stage's key hashes them (and the
+# key of the stage before it), so a code change invalidates exactly the stages it touches.
+STAGE_CODE = {
+    "prepare": ("wmh.preprocess", "wmh.location", "wmh.io"),
+    "sample": ("wmh.sampling",),
+    "train": ("wmh.train", "wmh.models", "wmh.data", "wmh.baseline"),
+    "evaluate": ("wmh.segment", "wmh.metrics", "wmh.pipeline"),
+}
+
+
+def source_files(module: str) -> list[Path]:
+    """The source files of a wmh module: its file, or every ``.py`` file of a package."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(module)  # finds the files without importing the module
+    if spec is None or spec.origin is None:
+        raise ValueError(f"no source for module {module}")
+    if spec.submodule_search_locations:
+        return sorted(path for folder in spec.submodule_search_locations
+                      for path in Path(folder).rglob("*.py"))
+    return [Path(spec.origin)]
+
+
+def code_hash(*modules: str) -> str:
+    """Hash of the source files of ``modules`` (dotted names; packages over their ``.py``
+    files), 16 hex digits: what cache and run keys hold instead of ``__version__``."""
+    files = [path for module in modules for path in source_files(module)]
+    return hash_files(files, extra="|".join(modules))
+
+
+def stage_code_hash(stage: str) -> str:
+    """:func:`code_hash` of the modules of one stage of :data:`STAGE_CODE`."""
+    return code_hash(*STAGE_CODE[stage])
+
+
 def flatten(values: dict, prefix: str = "") -> dict[str, Any]:
     """{'model': {'alpha': 1}} -> {'model.alpha': 1}."""
     flat = {}

@@ -1,8 +1,11 @@
 """Training: fit, keep the best epoch, pick the threshold, log everything to MLflow.
 
 The paper's recipe: RMSprop, mini-batches of 128, cross-entropy, dropout 0.3; the epoch
-with the highest validation AUC is kept; the binarisation threshold is the one that
-maximises Dice on the validation subjects (voxel-wise over whole volumes, inside the brain).
+with the highest validation AUC is kept (while no epoch has a finite AUC, the last one); the
+binarisation threshold is the one that maximises the overall Dice of the validation subjects
+as the test is scored: whole volumes resampled to their native FLAIR grids as ``wmh segment``
+does, searched exactly over every distinct probability (:func:`choose_threshold`, shared by
+the CNNs and the random forest).
 
 A run is resumable: after every epoch the model (with optimiser state) and a small state
 file are written atomically under ``<cache>/runs/<run key>/``, where the run key hashes the
@@ -173,8 +176,11 @@ def compile_model(model, learning_rate: float):
 
 
 def run_key(config: ExperimentConfig, dataset_hash: str) -> str:
-    """Names a run's checkpoint folder: the same config on the same data resumes there."""
-    text = dump_yaml(config) + dataset_hash + __version__
+    """Names a run's checkpoint folder: the same config on the same data and training code
+    (the ``train`` stage of :data:`wmh.tracking.STAGE_CODE`) resumes there."""
+    from wmh.tracking import stage_code_hash
+
+    text = dump_yaml(config) + dataset_hash + stage_code_hash("train")
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -221,6 +227,20 @@ def predict_samples(model, dataset) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(scores), np.concatenate(labels)
 
 
+def is_better_epoch(validation_auc: float, state: dict) -> bool:
+    """Whether an epoch becomes the best one (``best.keras``): a finite validation AUC
+    above the best so far; while no epoch had a finite AUC (NaN: the validation samples
+    hold one class, or the scores are not finite), every epoch, so the last is kept."""
+    if math.isfinite(validation_auc):
+        return validation_auc > state["best_auc"]
+    return state["best_auc"] < 0  # -1: no finite AUC yet
+
+
+def finite_auc(value: float) -> float:
+    """The stored best AUC, NaN for the sentinel -1 (no epoch had a finite AUC)."""
+    return float(value) if value >= 0 else math.nan
+
+
 class EpochTracker(keras.callbacks.Callback):
     """After each epoch: validation AUC (into ``logs["val_auc"]``), MLflow metrics,
     best/last checkpoints and the resumable state file; stops on a NaN loss."""
@@ -251,8 +271,10 @@ class EpochTracker(keras.callbacks.Callback):
         mlflow.log_metrics({"loss": loss, "accuracy": float(logs.get("accuracy", math.nan)),
                             "val_auc": validation_auc, "val_loss": validation_loss}, step=epoch)
         state = self.state
-        if validation_auc > state["best_auc"]:
-            state.update(best_auc=float(validation_auc), best_epoch=epoch)
+        if is_better_epoch(validation_auc, state):
+            if math.isfinite(validation_auc):
+                state["best_auc"] = float(validation_auc)
+            state["best_epoch"] = epoch
             _atomic_keras_save(self.model, self.run_dir / "best.keras")
         _atomic_keras_save(self.model, self.run_dir / "last.keras")
         state["epoch"] = epoch
@@ -302,8 +324,8 @@ def train(config: ExperimentConfig, samples_dir: Path, prepared_dir: Path,
     if (reuse_finished and state.get("finished") and "result" in state
             and (run_dir / "model").is_dir()):
         return TrainResult(run_id=state["run_id"], model_dir=run_dir / "model",
-                           best_epoch=state["best_epoch"], validation_auc=state["best_auc"],
-                           **state["result"])
+                           best_epoch=state["best_epoch"],
+                           validation_auc=finite_auc(state["best_auc"]), **state["result"])
     if state.get("finished"):
         state = {}  # a finished run is not resumed: this is a new run of the same config
 
@@ -345,18 +367,22 @@ def train(config: ExperimentConfig, samples_dir: Path, prepared_dir: Path,
                 model.fit(train_data, epochs=config.train.epochs, initial_epoch=state["epoch"],
                           verbose=0, shuffle=False, callbacks=[tracker, *callbacks])
 
+        if not (run_dir / "best.keras").is_file():
+            raise WMHError(f"{run_dir / 'best.keras'}: no epoch was kept (train.epochs is "
+                           f"{config.train.epochs}); train at least one epoch")
         best = float32_model(keras.saving.load_model(run_dir / "best.keras", safe_mode=True,
                                                      compile=False),
                              config.model, len(channels))
-        threshold, validation_dice, volume_auc = choose_threshold(
+        threshold, validation_dice, volume_auc = validate_volumes(
             best, config, samples_dir, prepared_dir, channels,
             state.get("inference_precision", "fp32"))
         contract = ModelContract(model=config.model, channels=tuple(channels),
                                  inplane_spacing_mm=config.preprocess.inplane_spacing_mm,
                                  threshold=threshold, precision=precision)
         model_dir = save_model_dir(best, contract, run_dir / "model")
+        write_model_plan(model_dir, config, samples_dir, prepared_dir)
         registry.log_model(model_dir, registry.network_example(validation_data), {
-            "best_epoch": state["best_epoch"], "best_val_auc": state["best_auc"],
+            "best_epoch": state["best_epoch"], "best_val_auc": finite_auc(state["best_auc"]),
             "threshold": threshold, "val_volume_dice": validation_dice,
             "val_volume_auc": volume_auc}, datasets["validation"])
         state["finished"] = True
@@ -364,8 +390,18 @@ def train(config: ExperimentConfig, samples_dir: Path, prepared_dir: Path,
                            "validation_volume_auc": volume_auc}
         atomic_write_text(state_path, json.dumps(state))
     return TrainResult(run_id=run_id, model_dir=model_dir, best_epoch=state["best_epoch"],
-                       validation_auc=state["best_auc"], threshold=threshold,
+                       validation_auc=finite_auc(state["best_auc"]), threshold=threshold,
                        validation_dice=validation_dice, validation_volume_auc=volume_auc)
+
+
+def write_model_plan(model_dir: Path, config: ExperimentConfig, samples_dir: Path,
+                     prepared_dir: Path) -> dict:
+    """The preprocessing plan (:mod:`wmh.preprocess.plan`) of a model trained on a sample
+    set, written into its folder (CNN and forest alike)."""
+    from wmh.preprocess.plan import training_files, write_plan
+
+    return write_plan(model_dir, config.preprocess, config.data.use_t1,
+                      training_files(samples_dir, prepared_dir))
 
 
 def predict_volume(model, model_config: ModelConfig, images: np.ndarray, location: np.ndarray,
@@ -406,9 +442,66 @@ def predict_volume(model, model_config: ModelConfig, images: np.ndarray, locatio
     return np.moveaxis(result, 0, 2)
 
 
-def choose_threshold(model, config: ExperimentConfig, samples_dir: Path, prepared_dir: Path,
+def native_validation(prepared, probability: np.ndarray):
+    """A validation subject as the test is scored: the working-grid probability resampled
+    to the native FLAIR grid exactly as ``wmh segment`` does (linear, clipped to [0, 1],
+    kept to the resampled brain mask) and the native labels (the labels file the subject
+    was prepared from when it is still readable, else the working labels resampled by
+    nearest neighbour).
+
+    Returns:
+        (probability float32, labels uint8, brain bool), each on the native grid in
+        working orientation.
+    """
+    from wmh import io
+
+    brain = prepared.to_native_working(prepared.brain_mask.astype(np.uint8), 0) > 0
+    native = np.clip(prepared.to_native_working(probability, order=1), 0, 1) * brain
+    source = (prepared.provenance or {}).get("inputs", {}).get("labels", {}).get("path")
+    if source and Path(source).is_file():
+        truth, _ = io.load_labels(source, prepared.native_grid())
+    else:
+        truth = prepared.to_native_working(prepared.labels, 0)
+    return native.astype(np.float32), truth.astype(np.uint8), brain
+
+
+def choose_threshold(subjects, probabilities, subject_ids):
+    """The binarisation threshold of a model (CNN or forest): the one that maximises the
+    overall Dice of the validation subjects on their native grids, searched exactly over
+    every distinct probability (:func:`wmh.metrics.exact_best_threshold`).
+
+    Args:
+        subjects: the validation PreparedSubjects.
+        probabilities: their working-grid probability volumes, in the same order.
+        subject_ids: their ids (the curve's case ids).
+
+    Returns:
+        (threshold, overall native Dice at it, DiceCurve of the native volumes for the
+        figures and the voxel-wise AUC inside the brain).
+
+    Raises:
+        WMHError: a probability volume holds NaN or inf (training diverged).
+    """
+    from wmh import metrics
+
+    natives = []
+    for subject_id, prepared, probability in zip(subject_ids, subjects, probabilities):
+        if not np.all(np.isfinite(probability)):
+            raise WMHError(f"validation subject {subject_id}: the model's probabilities are "
+                           "not finite (training diverged; lower train.learning_rate)")
+        natives.append(native_validation(prepared, probability))
+    scores, truths, brains = (list(part) for part in zip(*natives))
+    threshold, dice = metrics.exact_best_threshold(scores, truths, brains)
+    inside = np.concatenate([score[brain] for score, brain in zip(scores, brains)])
+    fine = np.quantile(inside, np.linspace(0, 1, 201)) if inside.size else []
+    grid = np.unique(np.concatenate([VALIDATION_THRESHOLDS, fine, [threshold]]).clip(0, 1))
+    curve = metrics.dice_threshold_curve(scores, truths, grid, brains, subject_ids)
+    return threshold, dice, curve
+
+
+def validate_volumes(model, config: ExperimentConfig, samples_dir: Path, prepared_dir: Path,
                      channels, precision: str = "fp32") -> tuple[float, float, float]:
-    """Whole-volume prediction of the validation subjects; the Dice-maximising threshold.
+    """Whole-volume prediction of the validation subjects and :func:`choose_threshold`.
 
     Logs the ROC and Dice-vs-threshold figures of the validation subjects to MLflow.
     ``precision`` is the inference precision of the whole-volume prediction.
@@ -418,26 +511,23 @@ def choose_threshold(model, config: ExperimentConfig, samples_dir: Path, prepare
     """
     import mlflow
 
-    from wmh import metrics, report, sampling
+    from wmh import report, sampling
     from wmh.models import build_dense_model
     from wmh.preprocess import PreparedSubject
 
     subject_ids = sampling.load_splits(samples_dir)["validation"]
     network = model if config.model.arch == "msef" else build_dense_model(
         model, config.model, len(channels))
-    probabilities, truths, masks = [], [], []
+    subjects, probabilities = [], []
     for subject_id in subject_ids:
         prepared = PreparedSubject.load(Path(prepared_dir) / f"{subject_id}.h5")
         images = prepared.images[..., :len(channels)]
         probabilities.append(predict_volume(network, config.model, images, prepared.location,
                                             prepared.brain_mask, precision=precision))
-        truths.append(prepared.labels)
-        masks.append(prepared.brain_mask)
+        subjects.append(prepared)
     if not subject_ids:
         return 0.5, math.nan, math.nan
-    curve = metrics.dice_threshold_curve(probabilities, truths, VALIDATION_THRESHOLDS, masks,
-                                         subject_ids)
-    threshold, dice = metrics.best_threshold(curve)
+    threshold, dice, curve = choose_threshold(subjects, probabilities, subject_ids)
     figures = report.validation_figures(curve, threshold, title=f"{config.model.arch}+"
                                         f"{config.model.loc} (validation)")
     for name, figure in figures.items():

@@ -51,6 +51,7 @@ The package, one module per job (each imports only modules above it in this list
 - :mod:`~wmh.preprocess.brain_mask`: brain masks and their checks;
 - :mod:`~wmh.preprocess.ventricles`: lateral ventricles;
 - :mod:`~wmh.preprocess.keys`: cache keys and provenance;
+- :mod:`~wmh.preprocess.plan`: the preprocessing plan a model folder carries;
 - :mod:`~wmh.preprocess.subject`: one subject, all steps;
 - :mod:`~wmh.preprocess.cohort`: a cohort, with skips, failures and a summary.
 """

@@ -9,28 +9,33 @@ from wmh import __version__
 from wmh.config import PreprocessConfig, to_dict
 from wmh.errors import WMHError
 from wmh.io import Subject
-from wmh.tracking import hash_files
+from wmh.tracking import content_hash, hash_files
 
 
 _CACHE_IRRELEVANT = ("workers", "threads")  # change speed, not results
 
 
 def code_version() -> str:
-    """The package version plus a hash of the preprocessing code (every module of this
-    package and :mod:`wmh.location`) and the packaged prior."""
+    """The package version plus a hash of the preprocessing code (the modules of the
+    ``prepare`` stage, :data:`wmh.tracking.STAGE_CODE`) and the packaged prior."""
     from wmh import location
+    from wmh.tracking import stage_code_hash
 
-    sources = sorted(Path(__file__).parent.glob("*.py")) + [Path(location.__file__)]
     prior = location.default_prior_path()
-    return f"{__version__}+{hash_files(sources + ([prior] if prior else []))}"
+    return (f"{__version__}+{stage_code_hash('prepare')}"
+            + (f"+{hash_files([prior])}" if prior else ""))
 
 
 def config_hash(config: PreprocessConfig, use_t1: bool) -> str:
     """Hash of the options that change a PreparedSubject (not workers or threads)."""
-    values = {k: v for k, v in to_dict(config).items() if k not in _CACHE_IRRELEVANT}
+    from wmh import location
+
+    values = {k: v for k, v in to_dict(config).items()
+              if k not in _CACHE_IRRELEVANT and k != "prior_path"}
     values["use_t1"] = bool(use_t1)
-    if config.prior_path:
-        values["prior_file"] = hash_files([config.prior_path])
+    # The prior by content, not by path: a model folder's copy keys like the original.
+    prior = config.prior_path or location.default_prior_path()
+    values["prior_file"] = content_hash(prior) if prior else ""
     return hash_files([], extra=json.dumps(values, sort_keys=True))
 
 

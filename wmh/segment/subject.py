@@ -138,6 +138,7 @@ def segment_subject(model: SegmentModel, subject: io.Subject, out_dir: Path,
         The subject's report (the contents of report.json).
     """
     from wmh import metrics, preprocess
+    from wmh.preprocess.plan import geometry_warnings, plan_config, read_plan
     from wmh.train import predict_volume
 
     contract = model.contract
@@ -153,10 +154,14 @@ def segment_subject(model: SegmentModel, subject: io.Subject, out_dir: Path,
         clock = now
 
     use_t1 = "T1" in contract.channels
+    plan = read_plan(model.folder)
+    config = (plan_config(plan, model.folder) if plan
+              else PreprocessConfig(inplane_spacing_mm=contract.inplane_spacing_mm))
+    if prepared is not None and plan and \
+            prepared.cache_key != preprocess.cache_key(subject, config, use_t1):
+        prepared = None  # prepared otherwise than the model's plan: prepare it again
     if prepared is None:
-        prepared = preprocess.prepare_subject(
-            subject, PreprocessConfig(inplane_spacing_mm=contract.inplane_spacing_mm),
-            use_t1=use_t1)
+        prepared = preprocess.prepare_subject(subject, config, use_t1=use_t1)
     if tuple(prepared.channels[:len(contract.channels)]) != tuple(contract.channels):
         raise WMHError(f"{subject.flair}: prepared channels {prepared.channels} do not match "
                        f"the model's {contract.channels}")
@@ -189,7 +194,8 @@ def segment_subject(model: SegmentModel, subject: io.Subject, out_dir: Path,
         report.update(dice=scores["dice"], hd95_mm=scores["hd95"],
                       avd_percent=scores["avd"], lesion_recall=scores["lesion_recall"],
                       lesion_f1=scores["lesion_f1"])
-    report["warnings"] = list(getattr(prepared, "warnings", ()))
+    report["warnings"] = list(getattr(prepared, "warnings", ())) + geometry_warnings(
+        plan, prepared.spacing, prepared.native_affine)
     report.update(model.provenance(), date_utc=utc_now(), **inputs)
     table = measures.lesion_table(lesions, probability, zone, grid.working_affine)
     flair, _ = io.load_image(subject.flair)

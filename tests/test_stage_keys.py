@@ -1,0 +1,59 @@
+"""Code-aware keys: a change to one stage's source changes that stage's key (and those after
+it), never an earlier stage's."""
+
+import pytest
+
+from wmh import tracking
+from wmh.config import ExperimentConfig, PreprocessConfig, SamplingConfig
+
+
+def keys():
+    from wmh import reproduce, sampling, train
+    from wmh.preprocess import keys as prepare_keys
+
+    sample = sampling.samples_key("cohort-hash", sampling.config_hash(SamplingConfig()))
+    run = train.run_key(ExperimentConfig(), sample)
+    return {"prepare": prepare_keys.code_version(),
+            "prepare_config": prepare_keys.config_hash(PreprocessConfig(), True),
+            "sample": sample, "train": run, "evaluate": reproduce.result_key(run)}
+
+
+def edit_module(monkeypatch, tmp_path, module):
+    """As if ``module``'s source changed: one more file among its sources."""
+    extra = tmp_path / "edit.py"
+    extra.write_text("# a bug fix\n")
+    original = tracking.source_files
+    monkeypatch.setattr(tracking, "source_files", lambda name: original(name)
+                        + ([extra] if name == module else []))
+
+
+def test_source_files_of_modules_and_packages():
+    assert [path.name for path in tracking.source_files("wmh.sampling")] == ["sampling.py"]
+    names = {path.name for path in tracking.source_files("wmh.segment")}
+    assert {"__init__.py", "subject.py", "cohort.py"} <= names
+    assert tracking.code_hash("wmh.sampling") != tracking.code_hash("wmh.metrics")
+    assert tracking.code_hash("wmh.sampling") == tracking.code_hash("wmh.sampling")
+    with pytest.raises(ValueError, match="no source for module wmh.nothing_here"):
+        tracking.code_hash("wmh.nothing_here")
+
+
+@pytest.mark.parametrize("module, changed", [
+    ("wmh.location", "prepare"),
+    ("wmh.sampling", "sample"),
+    ("wmh.models", "train"),
+    ("wmh.metrics", "evaluate"),
+])
+def test_a_code_change_invalidates_its_stage_and_later_ones_only(monkeypatch, tmp_path,
+                                                                 module, changed):
+    before = keys()
+    edit_module(monkeypatch, tmp_path, module)
+    after = keys()
+    order = ["prepare", "sample", "train", "evaluate"]
+    position = order.index(changed)
+    assert before["prepare_config"] == after["prepare_config"]
+    for stage in order[:position]:
+        assert before[stage] == after[stage], stage
+    assert before[changed] != after[changed]
+    if changed != "prepare":  # prepared files reach the samples through their cache keys
+        for stage in order[position:]:
+            assert before[stage] != after[stage], stage

@@ -1,0 +1,98 @@
+"""The validation threshold: exact over the probabilities, on the native grid (as scored)."""
+
+import dataclasses
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from cohorts import tiny_prepared_subject
+
+
+def test_exact_threshold_matches_brute_force_and_ignores_label_two():
+    from wmh import metrics
+
+    rng = np.random.default_rng(3)
+    probabilities = [rng.random((9, 8, 3)).astype(np.float32) for _ in range(2)]
+    truths = [(p + rng.normal(0, 0.3, p.shape) > 0.8).astype(np.uint8) for p in probabilities]
+    truths[0][0, 0, :] = 2
+    masks = [np.ones(p.shape, bool) for p in probabilities]
+    masks[1][:, :2] = False
+    threshold, dice = metrics.exact_best_threshold(probabilities, truths, masks)
+
+    def pooled(t):
+        tp = fp = fn = 0
+        for p, truth, mask in zip(probabilities, truths, masks):
+            keep = truth != 2
+            predicted = (p >= np.float32(t)) & mask & keep
+            wmh = (truth == 1) & keep
+            tp += np.sum(predicted & wmh)
+            fp += np.sum(predicted & ~wmh)
+            fn += np.sum(~predicted & wmh)
+        return 2 * tp / (2 * tp + fp + fn)
+
+    candidates = np.unique(np.concatenate([p.ravel() for p in probabilities]))
+    assert dice == pytest.approx(max(pooled(t) for t in candidates))
+    assert pooled(threshold) == pytest.approx(dice)
+    assert metrics.exact_best_threshold([np.zeros(4)], [np.zeros(4, np.uint8)])[0] == 1.0
+
+
+def native_subject(tmp_path):
+    """A tiny subject whose native FLAIR grid is twice as fine in-plane as its working
+    grid, its labels file on that native grid."""
+    working = tiny_prepared_subject("val-0", shape=(24, 24, 3), seed=1)
+    native_shape = (48, 48, 3)
+    affine = np.diag([0.5, 0.5, 1.0, 1.0])
+    affine[:2, 3] = -0.25  # native voxel centres around the working ones
+    header = nib.Nifti1Header()
+    header.set_data_shape(native_shape)
+    header.set_sform(affine, code=1)
+    labels = np.repeat(np.repeat(working.labels, 2, 0), 2, 1)
+    labels_file = tmp_path / "val-0_labels.nii.gz"
+    nib.save(nib.Nifti1Image(labels, affine, header), labels_file)
+    return dataclasses.replace(
+        working, native_shape=native_shape, native_affine=affine,
+        native_header=header.binaryblock,
+        provenance={"inputs": {"labels": {"path": str(labels_file)}}})
+
+
+def test_native_search_beats_the_coarse_working_grid(tmp_path):
+    """Probabilities crowded in 0.980-0.990 (as the demo's are): the 201-point grid on
+    working labels cannot separate them; the exact native search can."""
+    from wmh import metrics, train
+
+    subject = native_subject(tmp_path)
+    assert not subject.is_identity_mapping()
+    rng = np.random.default_rng(0)
+    lesion = subject.labels == 1
+    probability = np.where(lesion, rng.uniform(0.9887, 0.9895, lesion.shape),
+                           rng.uniform(0.980, 0.9884, lesion.shape))
+    probability = (probability * subject.brain_mask).astype(np.float32)
+
+    old_curve = metrics.dice_threshold_curve([probability], [subject.labels],
+                                             train.VALIDATION_THRESHOLDS, [subject.brain_mask])
+    old_threshold, _ = metrics.best_threshold(old_curve)
+    threshold, dice, curve = train.choose_threshold([subject], [probability], ["val-0"])
+
+    native, truth, brain = train.native_validation(subject, probability)
+    assert native.shape == truth.shape == brain.shape == (48, 48, 3)
+
+    def native_dice(t):  # as `wmh segment` scores the test
+        return metrics.dice((native >= t) & brain, truth)
+
+    assert dice == pytest.approx(native_dice(threshold))
+    assert 0.980 < threshold < 0.9895  # the edges of native lesions interpolate lower
+    assert native_dice(threshold) > native_dice(old_threshold) + 0.2
+    assert threshold in curve.thresholds
+    assert 0.85 < curve.auc() <= 1.0  # native: lesion edges interpolate into background
+
+
+def test_threshold_rejects_non_finite_probabilities(tmp_path):
+    from wmh import train
+    from wmh.errors import WMHError
+
+    subject = native_subject(tmp_path)
+    probability = np.full(subject.shape, np.nan, np.float32)
+    with pytest.raises(WMHError, match="validation subject val-0: the model's probabilities "
+                                       "are not finite"):
+        train.choose_threshold([subject], [probability], ["val-0"])
