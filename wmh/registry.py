@@ -105,13 +105,14 @@ def log_model(model_dir: Path, input_example, metrics: dict[str, float],
 
     suite = SuiteModel(*load_model_dir(model_dir))
     contract = suite.contract
-    signature = mlflow.models.infer_signature(input_example, suite.predict(input_example))
     versions = library_versions()
     requirements = [f"{name}=={versions[name]}" for name in REQUIREMENTS if name in versions]
     with warnings.catch_warnings():
         # MLflow suggests type hints on predict; dicts of arrays and feature frames have
         # none it supports, and the signature is given explicitly.
-        warnings.filterwarnings("ignore", message=".*type hints.*")
+        warnings.filterwarnings("ignore", message=".*type hint")
+        signature = mlflow.models.infer_signature(input_example,
+                                                  suite.predict(input_example))
         info = mlflow.pyfunc.log_model(
             name=LOGGED_MODEL_NAME, python_model=str(ENTRY_FILE),
             artifacts={path.name: str(path) for path in sorted(model_dir.iterdir())
