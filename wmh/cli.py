@@ -68,10 +68,12 @@ def model_options(function):
 
 def _precision_value(context, parameter, value):
     """--precision: auto, fp32 or bf16; empty (an MLproject default) = not given."""
+    from wmh.models.precision import PRECISIONS  # pure Python: TensorFlow stays unloaded
+
     if value is None or not value.strip():
         return None
-    if value.strip() not in ("auto", "fp32", "bf16"):
-        raise click.BadParameter(f"{value!r} is not one of auto, fp32, bf16")
+    if value.strip() not in PRECISIONS:
+        raise click.BadParameter(f"{value!r} is not one of {', '.join(PRECISIONS)}")
     return value.strip()
 
 

@@ -187,10 +187,14 @@ def format_registration(registered: dict) -> str:
             f"{registered['aliases'][-1]}")
 
 
+WEIGHTS_SUFFIXES = (".keras", ".skops")  # a weights file given for its model folder
+
+
 def model_folder(source: str | Path, option: str = "--model") -> Path:
     """The local model folder (weights + ``wmh_model.json``) behind ``source``.
 
-    A folder or file path is returned as given. A URI (``runs:/``, ``models:/<model id>``,
+    A folder is returned as given, a weights file (``model.keras``, ``forest.skops``) as
+    its folder. A URI (``runs:/``, ``models:/<model id>``,
     ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``mlflow-artifacts:/``) is downloaded
     from the tracking store; a logged model's folder is its ``artifacts/``.
 
@@ -200,7 +204,7 @@ def model_folder(source: str | Path, option: str = "--model") -> Path:
     """
     text = str(source)
     if not text.startswith(URI_SCHEMES):
-        return Path(source)
+        return _folder_of(Path(source))
     import mlflow
 
     from wmh.tracking import require_store
@@ -219,7 +223,12 @@ def model_folder(source: str | Path, option: str = "--model") -> Path:
             raise WMHError(f"{option} {text}: not a wmh model (its artifacts hold no "
                            f"{CONTRACT_FILE})")
         return local / ARTIFACTS_FOLDER
-    return local
+    return _folder_of(local)  # e.g. runs:/<id>/model/model.keras downloads the file
+
+
+def _folder_of(path: Path) -> Path:
+    """``path``, or its folder when it is a weights file."""
+    return path.parent if path.is_file() and path.name.endswith(WEIGHTS_SUFFIXES) else path
 
 
 def registered_versions(name: str) -> list[dict]:

@@ -123,9 +123,7 @@ def load_model_dir(source: str | Path):
     """
     from wmh.registry import model_folder
 
-    folder = model_folder(source)  # a URI is downloaded; creates no store
-    if folder.is_file() and folder.name.endswith((".keras", ".skops")):
-        folder = folder.parent
+    folder = model_folder(source)  # URI downloaded, weights file -> its folder
     from wmh import baseline
 
     if (folder / baseline.FOREST_FILE).is_file():  # model.arch=rf: a random forest folder

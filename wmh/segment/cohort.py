@@ -54,9 +54,7 @@ def resolve_model(source: str | Path) -> SegmentModel:
     from wmh.registry import model_folder
 
     text = str(source)
-    folder = model_folder(source)  # runs:/, models:/ URIs downloaded; creates no store
-    if folder.is_file() and folder.name.endswith((".keras", ".skops")):
-        folder = folder.parent
+    folder = model_folder(source)  # URI downloaded, weights file -> its folder
     if (folder / baseline.FOREST_FILE).is_file():
         weights = baseline.FOREST_FILE
         contract = train.read_model_folder(folder, weights, "by `wmh train` with model.arch=rf")
