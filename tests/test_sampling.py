@@ -222,3 +222,32 @@ def test_conflicting_fixed_sessions_of_one_participant_are_refused():
     with pytest.raises(WMHError, match=r"sub-03_ses-1.h5: participant 'sub-03' is fixed to "
                                        r"split 'train' here and 'test' in .*sub-03_ses-0.h5"):
         make_splits(sessions(fixed=fixed), SamplingConfig(seed=0))
+
+
+def test_stored_crop_holds_samples_outside_the_brain(tmp_path):
+    """A labelled lesion voxel outside the brain mask, where the images are zero (an
+    imperfect mask on a randomised synthetic head), is still sampled: its slice must lie
+    inside the stored crop (it once did not: 'Index (26) out of range for (0-24)')."""
+    import h5py
+
+    from wmh import sampling
+
+    images = np.zeros((20, 18, 30, 1), np.float32)
+    brain = np.zeros((20, 18, 30), bool)
+    brain[5:15, 4:14, 3:25] = True
+    images[brain] = 1.0
+    coordinates = np.array([[6, 6, 10], [2, 16, 27]], np.int64)  # the second: outside
+    box = sampling.crop_box(images, brain, coordinates)
+    assert box == (slice(2, 15), slice(4, 17), slice(3, 28))
+    assert sampling.crop_box(images, brain) == (slice(5, 15), slice(4, 14), slice(3, 25))
+    with sampling.SampleWriter(tmp_path / "samples.h5", ("FLAIR",), {}) as writer:
+        writer.add_subject("train", "s0", images, brain, coordinates,
+                           np.array([1, 1], np.uint8), np.zeros((2, 8), np.float32))
+    with h5py.File(tmp_path / "samples.h5", "r") as file:
+        volume = file["volumes"]["0"]
+        origin = volume.attrs["origin"]
+        for x, y, z in coordinates:  # stored as (Z, X, Y, C) from the origin
+            assert 0 <= z - origin[2] < volume.shape[0]
+            assert 0 <= x - origin[0] < volume.shape[1]
+            assert 0 <= y - origin[1] < volume.shape[2]
+        assert float(volume[10 - origin[2], 6 - origin[0], 6 - origin[1], 0]) == 1.0

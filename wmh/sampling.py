@@ -485,17 +485,23 @@ def sample_subject(labels: np.ndarray, brain_mask: np.ndarray, config: SamplingC
 
 # ------------------------------------------------------------------------- the sample set
 
-def crop_box(images: np.ndarray, brain_mask: np.ndarray) -> tuple[slice, slice, slice]:
-    """Bounding box of brain or non-zero voxels: outside it the images are 0, so cutting
-    patches from the crop (zero-padded) gives exactly the patches of the full grid."""
+def crop_box(images: np.ndarray, brain_mask: np.ndarray,
+             coordinates: Optional[np.ndarray] = None) -> tuple[slice, slice, slice]:
+    """Bounding box of brain or non-zero voxels, grown to hold every sample ``coordinates``
+    (N, 3) x, y, z: a labelled lesion voxel may lie outside the brain mask where the images
+    were zeroed (an imperfect mask), and its slice must still be stored. Outside the box the
+    images are 0, so cutting patches from the crop (zero-padded) gives exactly the patches
+    of the full grid."""
     occupied = brain_mask | np.any(images != 0, axis=-1)
-    if not occupied.any():
+    samples = np.zeros((0, 3), np.int64) if coordinates is None else np.asarray(coordinates)
+    if not occupied.any() and not len(samples):
         return slice(0, 1), slice(0, 1), slice(0, 1)
     box = []
     for axis in range(3):
         other = tuple(a for a in range(3) if a != axis)
-        present = np.flatnonzero(occupied.any(axis=other))
-        box.append(slice(int(present[0]), int(present[-1]) + 1))
+        present = np.concatenate([np.flatnonzero(occupied.any(axis=other)),
+                                  samples[:, axis]]).astype(np.int64)
+        box.append(slice(int(present.min()), int(present.max()) + 1))
     return tuple(box)
 
 
@@ -559,7 +565,7 @@ class SampleWriter:
             raise WMHError(f"subject {subject_id}: working grid {images.shape[:3]} too large")
         index = len(self.subject_ids)
         self.subject_ids.append(subject_id)
-        box = crop_box(images, brain_mask)
+        box = crop_box(images, brain_mask, coordinates)
         cropped = np.ascontiguousarray(
             np.moveaxis(images[box[0], box[1], box[2]], 2, 0).astype(np.float16))
         dataset = self._file["volumes"].create_dataset(
