@@ -4,7 +4,8 @@ prints JSON (trains nothing).
 Usage::
 
     .venv/bin/python benchmarks/bench_calibration.py MODEL --data DATA \\
-        --fit s004,s005 --test s002,s007,s009 [--method platt] [--data-label synthetic]
+        --fit s004,s005 --test s002,s007,s009 [--method platt|prior|none] \
+        [--samples SAMPLE_SET] [--data-label synthetic]
 
 MODEL is a model folder (or MLflow URI); DATA a labelled cohort folder, CSV manifest or
 ``wmh prepare`` folder (prepared with the model's plan), as ``wmh calibrate`` takes them.
@@ -72,9 +73,12 @@ def main() -> None:
     parser.add_argument("--test", default="", help="ID,ID: held-out scans to check on")
     parser.add_argument("--method", default="platt", choices=("platt", "prior", "none"))
     parser.add_argument("--data-label", default="synthetic")
+    parser.add_argument("--samples", default="",
+                        help="the model's sample set: its training positive share for "
+                             "--method prior (default: the one the contract records)")
     args = parser.parse_args()
 
-    from wmh import train
+    from wmh import data, train
     from wmh.recalibrate import labelled_inputs, predict_labelled
     from wmh.segment import resolve_model
 
@@ -92,13 +96,15 @@ def main() -> None:
             natives[name] = (subjects, volumes, found)
     predict_seconds = time.perf_counter() - start
     subjects, volumes, ids = natives["fit"]
-    choice = train.calibrated_threshold(subjects, volumes, ids, args.method,
-                                        contract.calibrator().sample_positive_share)
+    share = (data.positive_share(args.samples) if args.samples
+             else contract.calibrator().sample_positive_share)
+    choice = train.calibrated_threshold(subjects, volumes, ids, args.method, share)
     thresholds = {"uncalibrated": choice.uncalibrated_threshold,
                   "calibrated": choice.threshold}
     output = {"benchmark": "calibration", "data_label": args.data_label.upper(),
               "machine": describe(), "load_average_1min": os.getloadavg()[0],
               "model": str(args.model), "method": choice.calibration.method,
+              "sample_positive_share": share,
               "parameters": choice.calibration.parameters,
               "contract_threshold": contract.threshold,
               "threshold_uncalibrated": float(thresholds["uncalibrated"]),

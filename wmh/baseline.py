@@ -588,7 +588,7 @@ def validate(model: RandomForestBaseline, samples_dir: Path, prepared_dir: Path,
         subjects), "figures" (name -> matplotlib Figure)}; threshold 0.5 and NaN when
         there is no validation subject.
     """
-    from wmh import metrics, report, sampling
+    from wmh import data, metrics, report, sampling
     from wmh.preprocess import PreparedSubject
     from wmh.train import calibrated_threshold
 
@@ -614,7 +614,7 @@ def validate(model: RandomForestBaseline, samples_dir: Path, prepared_dir: Path,
         return dict(result, threshold=0.5, val_volume_dice=math.nan, val_volume_auc=math.nan,
                     choice=None, figures={})
     choice = calibrated_threshold(subjects, probabilities, subject_ids, calibration,
-                                  sampling.positive_share(samples_dir))
+                                  data.positive_share(samples_dir))
     figures = report.validation_figures(choice.curve, choice.threshold, title=title)
     return dict(result, threshold=choice.threshold, val_volume_dice=choice.dice,
                 val_volume_auc=choice.auc, choice=choice, figures=figures)

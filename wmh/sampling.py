@@ -822,20 +822,3 @@ def load_index(samples_dir: str | Path, split: str) -> SampleIndex:
                        slice=table["slice"].astype(np.int32),
                        row=table["row"].astype(np.int32), col=table["col"].astype(np.int32),
                        label=table["label"])
-
-
-def positive_share(samples_dir: str | Path, split: str = "train") -> float:
-    """The WMH share of a split's samples: the class prior the network was trained at
-    (:mod:`wmh.calibration` corrects for it). NaN for an empty split.
-
-    Raises:
-        WMHError: unknown split or a bad sample set.
-    """
-    import h5py
-
-    if split not in SAMPLED_SPLITS:
-        raise WMHError(f"split '{split}': only {', '.join(SAMPLED_SPLITS)} are sampled")
-    info = open_samples(samples_dir)
-    with h5py.File(info.samples_path, "r") as file:
-        labels = file[split]["samples"].fields("label")[()]
-    return float(np.mean(labels == 1)) if labels.size else float("nan")

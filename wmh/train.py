@@ -645,7 +645,7 @@ def validate_volumes(model, config: ExperimentConfig, samples_dir: Path, prepare
     """
     import mlflow
 
-    from wmh import report, sampling
+    from wmh import data, report, sampling
     from wmh.calibration import Calibration
     from wmh.models import build_dense_model
     from wmh.preprocess import PreparedSubject
@@ -665,7 +665,7 @@ def validate_volumes(model, config: ExperimentConfig, samples_dir: Path, prepare
     title = f"{config.model.arch}+{config.model.loc} (validation)"
     choice = calibrated_threshold(subjects, probabilities, subject_ids,
                                   config.train.calibration,
-                                  sampling.positive_share(samples_dir))
+                                  data.positive_share(samples_dir))
     figures = report.validation_figures(choice.curve, choice.threshold, title=title)
     for name, figure in figures.items():
         mlflow.log_figure(figure, f"figures/{name}.png")
