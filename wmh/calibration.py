@@ -238,10 +238,6 @@ class Calibration:
             result = result * np.asarray(brain_mask, bool)
         return np.clip(result, 0.0, 1.0).astype(np.float32)
 
-    def threshold_to(self, threshold: float) -> float:
-        """A threshold on the network's output mapped onto this calibration's scale."""
-        return float(np.float32(self.transform(np.float64(threshold))))
-
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
