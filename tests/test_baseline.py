@@ -247,8 +247,16 @@ def test_arch_rf_run_logs_like_the_cnns(trained):
     assert metrics["feature_seconds_per_case"] > 0 and metrics["train_samples"] > 100
     paths = {a.path for folder in ("", "figures")
              for a in client.list_artifacts(result.run_id, folder)}
-    assert {"figures/roc.png", "figures/dice_vs_threshold.png", "feature_importances.json",
-            "config.yaml"} <= paths
+    assert {"figures/roc.png", "figures/dice_vs_threshold.png", "figures/reliability.png",
+            "feature_importances.json", "config.yaml"} <= paths
+    # calibrated as the CNNs are (train.calibration, default platt), before the threshold
+    from wmh import train
+    _, contract = train.load_model_dir(result.model_dir)
+    calibration = contract.calibrator()
+    assert calibration.method == "platt" and run.data.params["calibration"] == "platt"
+    assert metrics["val_ece"] == pytest.approx(calibration.validation_ece_after)
+    assert metrics["val_ece"] <= metrics["val_ece_uncalibrated"]
+    assert contract.uncalibrated_threshold is not None
     # the forest is a logged model: its folder as artifacts, feature rows in, P(WMH) out
     from wmh import registry
 
@@ -356,7 +364,7 @@ def test_wmh_segment_with_a_forest_model(trained, tmp_path):
     rows = segment(trained["result"].model_dir, [tmp_path / "cohort"], tmp_path / "out",
                    SegmentOptions(mc_samples=1), progress=False,
                    prepared_dir=tmp_path / "prepared")
-    assert rows[0]["dice"] > 0.5
+    assert rows[0]["dice"] > 0.5 and rows[0]["calibration"] == "platt"
     outputs = {path.name for path in (tmp_path / "out" / "case1").iterdir()}
     assert {"wmh_probability.nii.gz", "wmh_mask.nii.gz", "wmh_uncertainty.nii.gz",
             "qc.png", "report.json"} <= outputs

@@ -32,6 +32,7 @@ COMMANDS = {
     "demo": (["demo", "--out", "OUT"], "--out"),
     "tune": (["tune", "--set", "data.cache_dir=OUT"], "data.cache_dir"),
     "prior": (["prior", "build", "DATA", "--out", "OUT/prior.nii.gz"], "--out"),
+    "calibrate": (["calibrate", "DATA", "--data", "DATA", "--out", "OUT"], "--out"),
 }
 
 

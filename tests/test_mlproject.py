@@ -178,6 +178,10 @@ def test_segment_and_reproduce_entry_points_parse():
     parsed = segment.make_context("segment", argv[1:], resilient_parsing=True).params
     assert parsed["model_source"] == "runs:/abc/model"
     assert parsed["inputs"] == ("data/s1",) and str(parsed["out_dir"]) == "outputs/segment"
+    assert parsed["calibration"] == "model"
+    argv = _render("segment", model="m", inputs="d", calibration="none")
+    assert segment.make_context("segment", argv[1:],
+                                resilient_parsing=True).params["calibration"] == "none"
     argv = _render("reproduce", experiments="ss,ss_loc")
     assert argv[0] == "reproduce"
     reproduce = cli.get_command(context, "reproduce")

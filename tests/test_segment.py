@@ -102,3 +102,86 @@ def test_segment_mc_dropout_writes_uncertainty(tmp_path, model_and_subject):
     uncertainty = nib.load(tmp_path / "out" / "case1" / "wmh_uncertainty.nii.gz").get_fdata()
     assert uncertainty[prepared.brain_mask].max() > 0
     assert np.all(uncertainty[~prepared.brain_mask] == 0)
+
+
+@pytest.fixture
+def calibrated_models(tmp_path, model_and_subject):
+    """The fixture's model folder twice: as it is (a contract from before calibration)
+    and with a Platt calibration, its threshold and an uncalibrated threshold."""
+    import dataclasses
+    import shutil
+
+    from wmh import train
+    from wmh.calibration import Calibration
+
+    model_dir = model_and_subject[0]
+    calibration = Calibration("platt", {"slope": 0.8, "intercept": -1.5})
+    calibrated = tmp_path / "calibrated"
+    shutil.copytree(model_dir, calibrated)
+    contract = train.ModelContract.from_json((model_dir / "wmh_model.json").read_text(), "x")
+    contract = dataclasses.replace(contract, threshold=0.3, uncalibrated_threshold=0.6,
+                                   calibration=calibration.to_dict())
+    (calibrated / "wmh_model.json").write_text(contract.to_json())
+    return model_dir, calibrated, calibration
+
+
+def _outputs(folder):
+    return (nib.load(folder / "wmh_probability.nii.gz").get_fdata(dtype=np.float32),
+            np.asarray(nib.load(folder / "wmh_mask.nii.gz").dataobj),
+            json.loads((folder / "report.json").read_text()))
+
+
+def test_segment_applies_the_model_calibration(tmp_path, model_and_subject, calibrated_models):
+    _, cohort, prepared_dir, prepared = model_and_subject
+    old_model, calibrated_model, calibration = calibrated_models
+    runs = {"old": (old_model, SegmentOptions()),
+            "calibrated": (calibrated_model, SegmentOptions()),
+            "uncalibrated": (calibrated_model, SegmentOptions(calibration="none"))}
+    results = {}
+    for name, (model_dir, options) in runs.items():
+        segment(model_dir, [cohort], tmp_path / name, options, progress=False,
+                prepared_dir=prepared_dir)
+        results[name] = _outputs(tmp_path / name / "case1")
+    old, calibrated, uncalibrated = results["old"], results["calibrated"], results["uncalibrated"]
+    brain = prepared.brain_mask
+    # The calibrated map is exactly the transform of the network's output.
+    np.testing.assert_array_equal(calibrated[0], calibration.apply(old[0], brain))
+    assert not np.allclose(calibrated[0][brain], old[0][brain])
+    np.testing.assert_array_equal(calibrated[1], calibrated[0] >= 0.3)
+    assert calibrated[2]["calibration"] == "platt" and calibrated[2]["threshold"] == 0.3
+    # --calibration none: the old output and the contract's uncalibrated threshold.
+    np.testing.assert_array_equal(uncalibrated[0], old[0])
+    np.testing.assert_array_equal(uncalibrated[1], old[0] >= 0.6)
+    assert uncalibrated[2]["calibration"] == "none" and uncalibrated[2]["threshold"] == 0.6
+    # A model from before calibration: as before (its threshold, no transform).
+    assert old[2]["calibration"] == "none" and old[2]["threshold"] == 0.5
+    np.testing.assert_array_equal(old[1], old[0] >= 0.5)
+
+
+def test_mc_dropout_calibrates_every_pass(model_and_subject):
+    """The transform runs on each pass before the mean: with an indicator transform the
+    mean over n passes is a multiple of 1/n and the spread matches it exactly."""
+    from wmh import train
+
+    model_dir, _, _, prepared = model_and_subject
+    model, contract = train.load_model_dir(model_dir)
+    passes = 3
+    mean, spread = train.predict_volume(
+        model, contract.model, prepared.images, prepared.location, prepared.brain_mask,
+        mc_samples=passes, transform=lambda p: (p >= np.median(p)).astype(np.float32))
+    counts = mean[prepared.brain_mask] * passes
+    np.testing.assert_allclose(counts, np.round(counts), atol=1e-4)
+    share = mean[prepared.brain_mask]
+    np.testing.assert_allclose(spread[prepared.brain_mask], np.sqrt(share * (1 - share)),
+                               atol=1e-3)
+
+
+def test_segment_calibration_option_is_checked(tmp_path, capsys):
+    from wmh import cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["segment", "--model", str(tmp_path), str(tmp_path / "f.nii.gz"), "--out",
+                  str(tmp_path / "out"), "--calibration", "isotonic"])
+    assert exit_info.value.code == 2
+    assert "Invalid value for '--calibration'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

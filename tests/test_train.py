@@ -53,12 +53,14 @@ def test_training_learns_logs_and_saves_a_loadable_model(tmp_path, mlflow_tmp, t
     check_logged_model(result, samples, prepared)
     figures = {a.path for a in mlflow.tracking.MlflowClient().list_artifacts(result.run_id,
                                                                              "figures")}
-    assert {"figures/roc.png", "figures/dice_vs_threshold.png"} <= figures
+    assert {"figures/roc.png", "figures/dice_vs_threshold.png",
+            "figures/reliability.png"} <= figures
 
     # the saved model (safe_mode) is the best epoch's, and carries its input contract
     model, contract = train.load_model_dir(f"runs:/{result.run_id}/model")
     assert contract.channels == ("FLAIR", "T1")
     assert contract.threshold == pytest.approx(result.threshold)
+    check_calibration(run, contract, samples)
     assert contract.model == cfg.model
     from wmh.preprocess import PreparedSubject
     subject = PreparedSubject.load(next(prepared.glob("*.h5")))
@@ -69,6 +71,23 @@ def test_training_learns_logs_and_saves_a_loadable_model(tmp_path, mlflow_tmp, t
     wmh = probabilities[subject.labels == 1].mean()
     background = probabilities[subject.brain_mask & (subject.labels == 0)].mean()
     assert wmh > background + 0.3
+
+
+def check_calibration(run, contract, samples):
+    """train.calibration platt (the default): fitted on the validation voxels, recorded in
+    the contract and the run; the sample share is the real one of the training samples."""
+    from wmh import sampling
+
+    calibration = contract.calibrator()
+    assert calibration.method == "platt" and run.data.params["calibration"] == "platt"
+    labels = sampling.load_index(samples, "train").label
+    assert calibration.sample_positive_share == pytest.approx(np.mean(labels == 1))
+    assert 0.0 < calibration.validation_prevalence < 0.5
+    assert run.data.metrics["val_ece"] == pytest.approx(calibration.validation_ece_after)
+    assert run.data.metrics["val_ece_uncalibrated"] == pytest.approx(
+        calibration.validation_ece_before)
+    assert calibration.validation_ece_after <= calibration.validation_ece_before
+    assert 0.0 < contract.uncalibrated_threshold <= 1.0
 
 
 def check_logged_model(result, samples, prepared):

@@ -383,14 +383,18 @@ class RandomForestBaseline:
         probabilities = self.forest.predict_proba(np.asarray(features, np.float32))
         return probabilities[:, _positive_column(self.forest)].astype(np.float32)
 
-    def tree_mean_std(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(N,) mean and standard deviation of P(WMH) over the individual trees."""
+    def tree_mean_std(self, features: np.ndarray, transform=None
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """(N,) mean and standard deviation of P(WMH) over the individual trees, each
+        tree's P passed through ``transform`` first (e.g. a calibration) when given."""
         column = _positive_column(self.forest)
         features = np.asarray(features, np.float32)
         total = np.zeros(len(features), np.float64)
         total_square = np.zeros(len(features), np.float64)
         for tree in self.forest.estimators_:
             share = tree.predict_proba(features)[:, column]
+            if transform is not None:
+                share = np.asarray(transform(share), np.float64)
             total += share
             total_square += share * share
         count = len(self.forest.estimators_)
@@ -399,7 +403,7 @@ class RandomForestBaseline:
         return mean.astype(np.float32), std.astype(np.float32)
 
     def predict_volume(self, images: np.ndarray, location: np.ndarray,
-                       brain_mask: np.ndarray, spacing, mc_samples: int = 0):
+                       brain_mask: np.ndarray, spacing, mc_samples: int = 0, transform=None):
         """P(WMH) of every brain voxel of a working-grid volume.
 
         Args:
@@ -408,6 +412,8 @@ class RandomForestBaseline:
             spacing: (3,) voxel size in mm.
             mc_samples: > 0 also returns the spread of the trees (the forest's own
                 ensemble; there is no dropout to sample), whatever the number.
+            transform: with ``mc_samples``, applied to every tree's P before the mean
+                and spread (e.g. a calibration); ignored otherwise.
 
         Returns:
             (X, Y, Z) float32 probabilities, 0 outside the brain; with ``mc_samples`` > 0
@@ -419,7 +425,7 @@ class RandomForestBaseline:
         probability = np.zeros(brain.shape, np.float32)
         if mc_samples:
             spread = np.zeros(brain.shape, np.float32)
-            probability[voxels], spread[voxels] = self.tree_mean_std(features)
+            probability[voxels], spread[voxels] = self.tree_mean_std(features, transform)
             return probability, spread
         probability[voxels] = self.predict_features(features)
         return probability
@@ -568,20 +574,23 @@ def _subset(index, keep: np.ndarray):
 
 
 def validate(model: RandomForestBaseline, samples_dir: Path, prepared_dir: Path,
-             title: str) -> dict:
-    """Whole-volume prediction of the validation subjects: sample AUC, threshold, figures.
+             title: str, calibration: str = "none") -> dict:
+    """Whole-volume prediction of the validation subjects: sample AUC, calibration and
+    threshold (:func:`wmh.train.calibrated_threshold`, as for the CNNs: the forest's
+    leaf shares come from the same balanced samples), figures.
 
     The sample AUC reads the whole-volume probabilities at the validation samples (the
     same values as predicting the samples alone, each subject's features computed once).
 
     Returns:
-        {"val_auc", "val_loss" (samples), "threshold", "val_volume_dice",
-        "val_volume_auc", "figures" (name -> matplotlib Figure)}; threshold 0.5 and NaN
-        figures when there is no validation subject.
+        {"val_auc", "val_loss" (samples, uncalibrated), "threshold", "val_volume_dice",
+        "val_volume_auc", "choice" (the ThresholdChoice, None without validation
+        subjects), "figures" (name -> matplotlib Figure)}; threshold 0.5 and NaN when
+        there is no validation subject.
     """
-    from wmh import metrics, report, sampling
+    from wmh import data, metrics, report, sampling
     from wmh.preprocess import PreparedSubject
-    from wmh.train import choose_threshold
+    from wmh.train import calibrated_threshold
 
     subject_ids = sampling.load_splits(samples_dir)["validation"]
     index = sampling.load_index(samples_dir, "validation")
@@ -603,11 +612,12 @@ def validate(model: RandomForestBaseline, samples_dir: Path, prepared_dir: Path,
               if len(index) else math.nan}
     if not subject_ids:
         return dict(result, threshold=0.5, val_volume_dice=math.nan, val_volume_auc=math.nan,
-                    figures={})
-    threshold, dice, curve = choose_threshold(subjects, probabilities, subject_ids)
-    figures = report.validation_figures(curve, threshold, title=title)
-    return dict(result, threshold=threshold, val_volume_dice=dice,
-                val_volume_auc=curve.auc(), figures=figures)
+                    choice=None, figures={})
+    choice = calibrated_threshold(subjects, probabilities, subject_ids, calibration,
+                                  data.positive_share(samples_dir))
+    figures = report.validation_figures(choice.curve, choice.threshold, title=title)
+    return dict(result, threshold=choice.threshold, val_volume_dice=choice.dice,
+                val_volume_auc=choice.auc, choice=choice, figures=figures)
 
 
 def train_baseline(config, samples_dir: Path, prepared_dir: Path, callbacks: Sequence = (),
@@ -642,7 +652,8 @@ def train_baseline(config, samples_dir: Path, prepared_dir: Path, callbacks: Seq
     import pandas as pd
 
     from wmh import data, registry, sampling, tracking
-    from wmh.train import ModelContract, TrainResult, run_key, write_model_plan
+    from wmh.train import (ModelContract, TrainResult, log_calibration, run_key,
+                           write_model_plan)
 
     if config.model.arch != "rf":
         raise WMHError(f"option model.arch: train_baseline trains 'rf', got "
@@ -686,10 +697,14 @@ def train_baseline(config, samples_dir: Path, prepared_dir: Path, callbacks: Seq
         del features
 
         start = time.perf_counter()
-        validation = validate(model, samples_dir, prepared_dir, title="rf (validation)")
+        validation = validate(model, samples_dir, prepared_dir, title="rf (validation)",
+                              calibration=config.train.calibration)
         validation_seconds = time.perf_counter() - start
         for name, figure in validation.pop("figures").items():
             mlflow.log_figure(figure, f"figures/{name}.png")
+        choice = validation.pop("choice")
+        if choice is not None:
+            log_calibration(choice, "rf (validation)")
         mlflow.log_metrics({"val_auc": validation["val_auc"],
                             "val_loss": validation["val_loss"]}, step=1)
         mlflow.log_dict(dict(zip(model.feature_names,
@@ -699,7 +714,8 @@ def train_baseline(config, samples_dir: Path, prepared_dir: Path, callbacks: Seq
         contract = ModelContract(model=config.model, channels=tuple(channels),
                                  inplane_spacing_mm=config.preprocess.inplane_spacing_mm,
                                  threshold=validation["threshold"],
-                                 patch=describe_features(use_t1))
+                                 patch=describe_features(use_t1),
+                                 **(choice.contract_fields() if choice is not None else {}))
         model_dir = save_model_dir(model, contract, run_dir / "model")
         write_model_plan(model_dir, config, samples_dir, prepared_dir)
         summary = {"best_epoch": 1, "best_val_auc": validation["val_auc"],

@@ -363,9 +363,14 @@ def train_command(config_path, overrides, override_list, precision, register_nam
                    "label-WMH_desc-wmh_probseg.nii.gz, ..._mask.nii.gz with JSON sidecars, "
                    "dataset_description.json, wmh_volumes.tsv.")
 @click.option("--quiet", is_flag=True, help="No progress bar and no per-stage lines.")
+@click.option("--calibration", type=click.Choice(["model", "none"]), default="model",
+              show_default=True,
+              help="model: P(WMH) calibrated as the model was on its validation subjects, "
+                   "and its threshold; none: the paper's uncorrected output and its "
+                   "threshold (the model's uncalibrated validation-optimal one).")
 @precision_option(job="segment")
 def segment_command(model_source, inputs, out_dir, subject_id, threshold, mc_samples,
-                    periventricular_mm, overwrite, layout, quiet, precision):
+                    periventricular_mm, overwrite, layout, quiet, calibration, precision):
     """Segment WMH in INPUTS: a subject folder, a cohort, or FLAIR [T1] files.
 
     A subject that fails in a cohort is recorded (status 'failed' in volumes.csv) and the
@@ -378,7 +383,8 @@ def segment_command(model_source, inputs, out_dir, subject_id, threshold, mc_sam
                         SegmentOptions(threshold=threshold, mc_samples=mc_samples,
                                        periventricular_mm=periventricular_mm,
                                        overwrite=overwrite, layout=layout,
-                                       precision=precision or "auto"),
+                                       precision=precision or "auto",
+                                       calibration=None if calibration == "model" else "none"),
                         progress=not quiet, subject_id=subject_id)
     for row in result.rows:
         if row["subject_id"] in result.segmented:
@@ -394,6 +400,40 @@ def segment_command(model_source, inputs, out_dir, subject_id, threshold, mc_sam
                    f"{', '.join(result.failed)} (see {out_dir / 'volumes.csv'})", err=True)
         return 1
     return 0
+
+@cli.command("calibrate")
+@click.argument("model_source", metavar="MODEL")
+@click.option("--data", required=True, type=click.Path(path_type=Path),
+              help="Labelled scans (every one with a manual WMH mask): a cohort folder, a "
+                   "CSV manifest, or a `wmh prepare` folder prepared with the model's plan.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="The new model folder (must not exist or be empty): a copy of MODEL with "
+                   "the new calibration and threshold in wmh_model.json.")
+@click.option("--method", type=click.Choice(["platt", "prior", "none"]), default="platt",
+              show_default=True,
+              help="platt: logistic scaling of the log-odds; prior: the prior-shift "
+                   "correction for the training samples' WMH share; none: the network's "
+                   "uncorrected output (only the threshold is chosen again).")
+@click.option("--subjects", default="", metavar="ID,ID",
+              help="Use only these subjects of --data (default: all).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def calibrate_command(model_source, data, out_dir, method, subjects, quiet):
+    """Recalibrate MODEL (a folder or MLflow model URI) on labelled scans.
+
+    The scans are prepared with the model's own preprocessing plan, the calibration of
+    P(WMH) is fitted on their brain voxels (native grid), and the Dice-optimal threshold
+    is chosen on the calibrated probabilities. MODEL is never modified. Prints one JSON
+    line: ECE before and after, thresholds, Dice.
+    """
+    import json
+
+    from wmh.recalibrate import recalibrate, summary
+
+    chosen = [name.strip() for name in subjects.split(",") if name.strip()]
+    result = recalibrate(model_source, data, out_dir, method, chosen or None,
+                         progress=not quiet)
+    click.echo(json.dumps(summary(result)))
+    click.echo(f"model: {result.out_dir}")
 
 # --- evaluate commands ---
 

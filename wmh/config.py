@@ -91,6 +91,9 @@ class TrainConfig:
     max_validation_samples: int = 0  # cap on validation samples; 0 = all
     experiment: str = "wmh"  # MLflow experiment name
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # bf16: mixed_bfloat16; auto: per CPU
+    # P(WMH) corrected for the balanced sampling (wmh.calibration), fitted on the validation
+    # subjects before the threshold is chosen: platt, prior (shift), or none (the paper's)
+    calibration: Literal["platt", "prior", "none"] = "platt"
 
 
 @dataclasses.dataclass(frozen=True)

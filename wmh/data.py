@@ -634,6 +634,21 @@ def count_samples(samples_dir, split: str) -> int:
     return counts[split]
 
 
+def positive_share(samples_dir, split: str = "train") -> float:
+    """The WMH share of a split's samples: the class prior the network was trained at
+    (:mod:`wmh.calibration` corrects for it). NaN for an empty split."""
+    import h5py
+
+    from wmh.sampling import open_samples
+
+    info = open_samples(samples_dir)
+    if split not in info.counts:
+        raise WMHError(f"split '{split}': only {', '.join(info.counts)} are sampled")
+    with h5py.File(info.samples_path, "r") as file:
+        labels = file[split]["samples"].fields("label")[()]
+    return float(np.mean(labels == 1)) if labels.size else float("nan")
+
+
 def dataset_hash(samples_dir) -> str:
     """The sample set's key: a hash of the prepared cohort, the sampling config and the
     format version (what MLflow records as the dataset hash)."""

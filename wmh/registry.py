@@ -63,12 +63,15 @@ class SuiteModel:
 
     def predict(self, model_input) -> np.ndarray:
         """Patches ``{"s1", "s2", "s3": (N, 32, 32, C), "loc": (N, 8)}`` (CNN) or (N, F)
-        feature rows (forest) -> (N,) float32 P(WMH)."""
+        feature rows (forest) -> (N,) float32 P(WMH), calibrated as the contract says (so
+        it matches the contract's threshold)."""
         if self.contract.model.arch == "rf":
-            return self.model.predict_features(np.asarray(model_input, np.float32))
-        inputs = {key: np.asarray(model_input[key], np.float32)
-                  for key in ("s1", "s2", "s3", "loc")}
-        return np.asarray(self.model(inputs, training=False), np.float32)[:, 1]
+            probability = self.model.predict_features(np.asarray(model_input, np.float32))
+        else:
+            inputs = {key: np.asarray(model_input[key], np.float32)
+                      for key in ("s1", "s2", "s3", "loc")}
+            probability = np.asarray(self.model(inputs, training=False), np.float32)[:, 1]
+        return self.contract.calibrator().apply(probability)
 
 
 def validate_name(name: str, option: str = "--register") -> str:

@@ -1030,6 +1030,31 @@ def validation_figures(curve: metrics.DiceCurve, threshold: float,
     return {"roc": roc, "dice_vs_threshold": dice}
 
 
+def reliability_figure(curves: dict, title: str = "validation: reliability"):
+    """Reliability diagram: observed WMH fraction against mean P per bin, one line per
+    :class:`wmh.calibration.Reliability` (e.g. {"uncalibrated": ..., "calibrated": ...}),
+    with each curve's ECE in the legend and the diagonal of perfect calibration.
+
+    Returns:
+        A matplotlib Figure.
+    """
+    figure, axis = _new_figure(5, 5)
+    axis.plot([0, 1], [0, 1], color="0.6", linestyle="--", label="perfectly calibrated")
+    for index, (name, curve) in enumerate(curves.items()):
+        filled = curve.counts > 0
+        axis.plot(curve.mean_probability[filled], curve.observed[filled], marker="o",
+                  color=_COLOURS[index % len(_COLOURS)], label=f"{name} (ECE {curve.ece():.4f})")
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1)
+    axis.set_xlabel("Mean P(WMH) in bin (brain voxels)")
+    axis.set_ylabel("Observed WMH fraction")
+    axis.set_title(title, fontsize=10)
+    axis.grid(alpha=0.3)
+    axis.legend(loc="upper left", fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
 def _draw_figures(results: Sequence[MethodResult], grouped: dict, output_dir: Path,
                   data_label: str, options: ReportOptions) -> dict[str, Path]:
     """Draws the report's figures that apply and saves them as PNGs."""

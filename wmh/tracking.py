@@ -194,7 +194,7 @@ def content_hash(path: str | Path) -> str:
 STAGE_CODE = {
     "prepare": ("wmh.preprocess", "wmh.location", "wmh.io"),
     "sample": ("wmh.sampling",),
-    "train": ("wmh.train", "wmh.models", "wmh.data", "wmh.baseline"),
+    "train": ("wmh.train", "wmh.models", "wmh.data", "wmh.baseline", "wmh.calibration"),
     "evaluate": ("wmh.segment", "wmh.metrics", "wmh.pipeline"),
 }
 

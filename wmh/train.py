@@ -5,7 +5,11 @@ with the highest validation AUC is kept (while no epoch has a finite AUC, the la
 binarisation threshold is the one that maximises the overall Dice of the validation subjects
 as the test is scored: whole volumes resampled to their native FLAIR grids as ``wmh segment``
 does, searched exactly over every distinct probability (:func:`choose_threshold`, shared by
-the CNNs and the random forest).
+the CNNs and the random forest). Before the threshold is chosen, the probabilities are
+calibrated (``train.calibration``, :mod:`wmh.calibration`): the balanced training samples
+push every bright voxel towards P = 1; the correction is fitted on the same native
+validation voxels (:func:`calibrated_threshold`), and the threshold is chosen on the
+calibrated probabilities.
 
 A run is resumable: after every epoch the model (with optimiser state) and a small state
 file are written atomically under ``<cache>/runs/<run key>/``, where the run key hashes the
@@ -17,7 +21,8 @@ wrapping the folder: :mod:`wmh.registry`):
 
 * ``model.keras``: the best-epoch patch network (stock layers only; loads with safe_mode);
 * ``wmh_model.json``: its input contract: channels, in-plane spacing, model config, the
-  validation-optimal threshold, the patch definition and the precision it was trained with.
+  validation-optimal threshold (on calibrated probabilities), the calibration and the
+  threshold of the uncalibrated output, the patch definition and the training precision.
 
 Precision (``train.precision``, :mod:`wmh.models.precision`): bf16 trains with Keras
 ``mixed_bfloat16`` inside a policy scope (float32 master weights, float32 loss and
@@ -85,6 +90,24 @@ class ModelContract:
     wmh_version: str = __version__
     patch: str = "s1/s2/s3: 32x32 windows at scales 1/2/4 pooled to 32x32 (wmh.data)"
     precision: str = "fp32"  # resolved training precision; contracts without it: fp32
+    # wmh.calibration.Calibration.to_dict(), applied to P(WMH) before ``threshold``;
+    # None (contracts from before calibration): method none
+    calibration: Optional[dict] = None
+    # the validation-optimal threshold of the network's uncalibrated output (the paper's);
+    # None: ``threshold`` (an uncalibrated model)
+    uncalibrated_threshold: Optional[float] = None
+
+    def calibrator(self):
+        """The :class:`wmh.calibration.Calibration` of P(WMH) (method none when absent)."""
+        from wmh.calibration import Calibration
+
+        return Calibration.from_dict(self.calibration)
+
+    def threshold_for(self, calibrated: bool = True) -> float:
+        """The mask threshold for calibrated probabilities, or for the network's output."""
+        if calibrated or self.uncalibrated_threshold is None:
+            return float(self.threshold)
+        return float(self.uncalibrated_threshold)
 
     def to_json(self) -> str:
         values = dataclasses.asdict(self)
@@ -98,7 +121,9 @@ class ModelContract:
             values = json.loads(text)
             values["model"] = from_dict(values["model"], ModelConfig)
             values["channels"] = tuple(values["channels"])
-            return cls(**values)
+            contract = cls(**values)
+            contract.calibrator()  # a bad calibration fails here, naming the file
+            return contract
         except (ValueError, KeyError, TypeError) as error:
             raise WMHError(f"{source}: not a valid {CONTRACT_FILE} ({error})") from None
 
@@ -371,12 +396,13 @@ def train(config: ExperimentConfig, samples_dir: Path, prepared_dir: Path,
         best = float32_model(keras.saving.load_model(run_dir / "best.keras", safe_mode=True,
                                                      compile=False),
                              config.model, len(channels))
-        threshold, validation_dice, volume_auc = validate_volumes(
-            best, config, samples_dir, prepared_dir, channels,
-            state.get("inference_precision", "fp32"))
+        choice = validate_volumes(best, config, samples_dir, prepared_dir, channels,
+                                  state.get("inference_precision", "fp32"))
+        threshold, validation_dice, volume_auc = choice.threshold, choice.dice, choice.auc
         contract = ModelContract(model=config.model, channels=tuple(channels),
                                  inplane_spacing_mm=config.preprocess.inplane_spacing_mm,
-                                 threshold=threshold, precision=precision)
+                                 threshold=threshold, precision=precision,
+                                 **choice.contract_fields())
         model_dir = save_model_dir(best, contract, run_dir / "model")
         write_model_plan(model_dir, config, samples_dir, prepared_dir)
         registry.log_model(model_dir, registry.network_example(validation_data), {
@@ -404,7 +430,7 @@ def write_model_plan(model_dir: Path, config: ExperimentConfig, samples_dir: Pat
 
 def predict_volume(model, model_config: ModelConfig, images: np.ndarray, location: np.ndarray,
                    brain_mask: np.ndarray, mc_samples: int = 0, spacing=None,
-                   precision: str = "auto"):
+                   precision: str = "auto", transform=None):
     """P(WMH) over a working-grid volume, slice by slice (dense, exact to the patch net).
 
     Args:
@@ -418,6 +444,9 @@ def predict_volume(model, model_config: ModelConfig, images: np.ndarray, locatio
         precision: "auto" (bf16 towers where this CPU's measurements justify it, else
             fp32), "fp32" or "bf16"; applies to a given dense twin as well (for this
             call), whatever precision the model was trained in; ignored by the forest.
+        transform: applied to every Monte Carlo pass (every tree of a forest) before
+            the mean and standard deviation, e.g. :meth:`wmh.calibration.Calibration.apply`;
+            None keeps the probabilities.
 
     Returns:
         (X, Y, Z) float32 probabilities (0 outside the brain), or with ``mc_samples`` > 0
@@ -427,14 +456,15 @@ def predict_volume(model, model_config: ModelConfig, images: np.ndarray, locatio
         if spacing is None:
             raise ValueError("predict_volume: a random forest needs the voxel spacing")
         return model.predict_volume(images, location, brain_mask, spacing,
-                                    mc_samples=mc_samples)
+                                    mc_samples=mc_samples, transform=transform)
     from wmh.models import predict_slices
 
     def to_slices(volume):  # (X, Y, Z, ...) -> (Z, X, Y, ...): rows = x, columns = y
         return np.moveaxis(np.asarray(volume), 2, 0)
 
     result = predict_slices(model, model_config, to_slices(images), to_slices(location),
-                            to_slices(brain_mask), mc_samples=mc_samples, precision=precision)
+                            to_slices(brain_mask), mc_samples=mc_samples, precision=precision,
+                            transform=transform)
     if mc_samples:
         return tuple(np.moveaxis(part, 0, 2) for part in result)
     return np.moveaxis(result, 0, 2)
@@ -463,25 +493,16 @@ def native_validation(prepared, probability: np.ndarray):
     return native.astype(np.float32), truth.astype(np.uint8), brain
 
 
-def choose_threshold(subjects, probabilities, subject_ids):
-    """The binarisation threshold of a model (CNN or forest): the one that maximises the
-    overall Dice of the validation subjects on their native grids, searched exactly over
-    every distinct probability (:func:`wmh.metrics.exact_best_threshold`).
-
-    Args:
-        subjects: the validation PreparedSubjects.
-        probabilities: their working-grid probability volumes, in the same order.
-        subject_ids: their ids (the curve's case ids).
+def native_validations(subjects, probabilities, subject_ids):
+    """The validation subjects as the test is scored (:func:`native_validation`), each
+    probability volume checked to be finite.
 
     Returns:
-        (threshold, overall native Dice at it, DiceCurve of the native volumes for the
-        figures and the voxel-wise AUC inside the brain).
+        (native probabilities, native labels, native brain masks): three lists.
 
     Raises:
         WMHError: a probability volume holds NaN or inf (training diverged).
     """
-    from wmh import metrics
-
     natives = []
     for subject_id, prepared, probability in zip(subject_ids, subjects, probabilities):
         if not np.all(np.isfinite(probability)):
@@ -489,6 +510,15 @@ def choose_threshold(subjects, probabilities, subject_ids):
                            "not finite (training diverged; lower train.learning_rate)")
         natives.append(native_validation(prepared, probability))
     scores, truths, brains = (list(part) for part in zip(*natives))
+    return scores, truths, brains
+
+
+def threshold_curve(scores, truths, brains, subject_ids):
+    """The Dice-optimal threshold of native validation volumes, searched exactly over
+    every distinct probability (:func:`wmh.metrics.exact_best_threshold`), its Dice, and
+    their DiceCurve (for the figures and the voxel-wise AUC inside the brain)."""
+    from wmh import metrics
+
     threshold, dice = metrics.exact_best_threshold(scores, truths, brains)
     inside = np.concatenate([score[brain] for score, brain in zip(scores, brains)])
     fine = np.quantile(inside, np.linspace(0, 1, 201)) if inside.size else []
@@ -497,19 +527,126 @@ def choose_threshold(subjects, probabilities, subject_ids):
     return threshold, dice, curve
 
 
-def validate_volumes(model, config: ExperimentConfig, samples_dir: Path, prepared_dir: Path,
-                     channels, precision: str = "fp32") -> tuple[float, float, float]:
-    """Whole-volume prediction of the validation subjects and :func:`choose_threshold`.
+def choose_threshold(subjects, probabilities, subject_ids):
+    """The binarisation threshold of the network's uncalibrated output: the one that
+    maximises the overall Dice of the validation subjects on their native grids
+    (:func:`threshold_curve`); :func:`calibrated_threshold` calibrates first.
 
-    Logs the ROC and Dice-vs-threshold figures of the validation subjects to MLflow.
-    ``precision`` is the inference precision of the whole-volume prediction.
+    Args:
+        subjects: the validation PreparedSubjects.
+        probabilities: their working-grid probability volumes, in the same order.
+        subject_ids: their ids (the curve's case ids).
 
     Returns:
-        (threshold, overall validation Dice at it, voxel-wise AUC inside the brain).
+        (threshold, overall native Dice at it, DiceCurve of the native volumes).
+
+    Raises:
+        WMHError: a probability volume holds NaN or inf (training diverged).
+    """
+    return threshold_curve(*native_validations(subjects, probabilities, subject_ids),
+                           subject_ids)
+
+
+@dataclasses.dataclass(frozen=True)
+class ThresholdChoice:
+    """The validation subjects' verdict: the calibration, then the threshold on it.
+
+    Attributes:
+        threshold: Dice-optimal threshold of the calibrated probabilities.
+        dice: overall native Dice at it.
+        auc: voxel-wise AUC inside the brain (of ``curve``).
+        uncalibrated_threshold: Dice-optimal threshold of the network's own output.
+        calibration: the fitted :class:`wmh.calibration.Calibration`.
+        curve: DiceCurve of the calibrated native volumes (None: no validation subject).
+        reliability: {"uncalibrated", "calibrated"} -> :class:`wmh.calibration.Reliability`
+            of the brain voxels.
+    """
+
+    threshold: float
+    dice: float
+    auc: float
+    uncalibrated_threshold: float
+    calibration: object
+    curve: object = None
+    reliability: dict = dataclasses.field(default_factory=dict)
+
+    def contract_fields(self) -> dict:
+        """The :class:`ModelContract` fields it decides besides ``threshold``."""
+        return {"calibration": self.calibration.to_dict(),
+                "uncalibrated_threshold": float(self.uncalibrated_threshold)}
+
+
+def calibrated_threshold(subjects, probabilities, subject_ids, method: str,
+                         sample_positive_share: Optional[float] = None) -> ThresholdChoice:
+    """Fits the calibration on the validation subjects' native brain voxels (the arrays
+    :func:`choose_threshold` scores, built once), then chooses the threshold on the
+    calibrated probabilities.
+
+    Args:
+        subjects, probabilities, subject_ids: as :func:`choose_threshold`.
+        method: "platt", "prior" or "none" (``train.calibration``).
+        sample_positive_share: WMH share of the training samples (needed by "prior").
+
+    Raises:
+        WMHError: non-finite probabilities, or "prior" without a sample share.
+    """
+    from wmh import calibration as calibration_module
+    from wmh import metrics
+
+    scores, truths, brains = native_validations(subjects, probabilities, subject_ids)
+    inside = np.concatenate([score[brain] for score, brain in zip(scores, brains)])
+    labels = np.concatenate([truth[brain] for truth, brain in zip(truths, brains)])
+    try:
+        calibration = calibration_module.fit_calibration(method, inside, labels,
+                                                         sample_positive_share)
+    except ValueError as error:
+        raise WMHError(f"train.calibration {method}: {error}") from None
+    uncalibrated, _ = metrics.exact_best_threshold(scores, truths, brains)
+    calibrated = [calibration.apply(score, brain) for score, brain in zip(scores, brains)]
+    threshold, dice, curve = threshold_curve(calibrated, truths, brains, subject_ids)
+    reliability = {"uncalibrated": calibration_module.reliability(inside, labels),
+                   "calibrated": calibration_module.reliability(calibration.apply(inside),
+                                                                labels)}
+    return ThresholdChoice(threshold, dice, curve.auc(), uncalibrated, calibration, curve,
+                           reliability)
+
+
+def log_calibration(choice: ThresholdChoice, title: str) -> None:
+    """Records the calibration in the active MLflow run: param ``calibration``, metrics
+    ``val_ece`` / ``val_ece_uncalibrated`` / ``uncalibrated_threshold`` and the figure
+    ``figures/reliability.png``."""
+    import mlflow
+
+    from wmh import report
+
+    calibration = choice.calibration
+    mlflow.log_param("calibration", calibration.method)
+    values = {"val_ece": calibration.validation_ece_after,
+              "val_ece_uncalibrated": calibration.validation_ece_before,
+              "uncalibrated_threshold": choice.uncalibrated_threshold}
+    mlflow.log_metrics({name: float(value) for name, value in values.items()
+                        if value is not None and math.isfinite(value)})
+    figure = report.reliability_figure(choice.reliability, title=f"{title}: reliability")
+    mlflow.log_figure(figure, "figures/reliability.png")
+
+
+def validate_volumes(model, config: ExperimentConfig, samples_dir: Path, prepared_dir: Path,
+                     channels, precision: str = "fp32") -> ThresholdChoice:
+    """Whole-volume prediction of the validation subjects and :func:`calibrated_threshold`
+    (``train.calibration``; the prior shift reads the training samples' positive share).
+
+    Logs the ROC, Dice-vs-threshold and reliability figures of the validation subjects and
+    the calibration (:func:`log_calibration`) to MLflow. ``precision`` is the inference
+    precision of the whole-volume prediction.
+
+    Returns:
+        A :class:`ThresholdChoice`; with no validation subject, threshold 0.5 and NaN
+        Dice and AUC, uncalibrated.
     """
     import mlflow
 
-    from wmh import report, sampling
+    from wmh import data, report, sampling
+    from wmh.calibration import Calibration
     from wmh.models import build_dense_model
     from wmh.preprocess import PreparedSubject
 
@@ -524,10 +661,13 @@ def validate_volumes(model, config: ExperimentConfig, samples_dir: Path, prepare
                                             prepared.brain_mask, precision=precision))
         subjects.append(prepared)
     if not subject_ids:
-        return 0.5, math.nan, math.nan
-    threshold, dice, curve = choose_threshold(subjects, probabilities, subject_ids)
-    figures = report.validation_figures(curve, threshold, title=f"{config.model.arch}+"
-                                        f"{config.model.loc} (validation)")
+        return ThresholdChoice(0.5, math.nan, math.nan, 0.5, Calibration())
+    title = f"{config.model.arch}+{config.model.loc} (validation)"
+    choice = calibrated_threshold(subjects, probabilities, subject_ids,
+                                  config.train.calibration,
+                                  data.positive_share(samples_dir))
+    figures = report.validation_figures(choice.curve, choice.threshold, title=title)
     for name, figure in figures.items():
         mlflow.log_figure(figure, f"figures/{name}.png")
-    return threshold, dice, curve.auc()
+    log_calibration(choice, title)
+    return choice

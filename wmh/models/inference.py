@@ -11,6 +11,8 @@ Both take a ``precision``: "fp32", "bf16" (towers in bfloat16, the rest float32;
 
 from __future__ import annotations
 
+from typing import Callable, Optional
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -60,7 +62,8 @@ def is_dense_model(model: keras.Model) -> bool:
 def predict_slices(model: keras.Model, config: ModelConfig, image_slices: np.ndarray,
                    loc_maps: np.ndarray, brain_mask: np.ndarray, batch_size: int = 4,
                    mc_samples: int = 0, fft_size: int = DEFAULT_FFT_SIZE,
-                   precision: str = "auto") -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+                   precision: str = "auto", transform: Optional[Callable] = None
+                   ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """P(WMH) of every brain voxel of a stack of axial slices.
 
     Args:
@@ -76,6 +79,9 @@ def predict_slices(model: keras.Model, config: ModelConfig, image_slices: np.nda
         precision: "auto" (default: bf16 towers where this CPU's measurements justify
             it, else fp32), "fp32" or "bf16". It applies to a given dense model too,
             for this call only; probabilities are float32 either way.
+        transform: applied to every pass's brain-voxel probabilities before the mean
+            and standard deviation (e.g. a calibration, :mod:`wmh.calibration`); None
+            keeps them.
 
     Returns:
         (Z, H, W) float32 probabilities, 0 outside the mask; with ``mc_samples`` > 0 a
@@ -88,6 +94,7 @@ def predict_slices(model: keras.Model, config: ModelConfig, image_slices: np.nda
     loc_maps = np.asarray(loc_maps, np.float32)
     brain_mask = np.asarray(brain_mask, bool)
     _check_slices(image_slices, loc_maps, brain_mask, mc_samples)
+    transform = transform or (lambda probabilities: probabilities)
     precision = resolve_precision(precision, "inference")
     # Running sums over Monte Carlo samples (one plain sample when mc_samples == 0).
     sums = np.zeros((2,) + brain_mask.shape, np.float64)
@@ -98,9 +105,9 @@ def predict_slices(model: keras.Model, config: ModelConfig, image_slices: np.nda
         for z in np.flatnonzero(brain_mask.any(axis=(1, 2))):
             rows, cols = np.nonzero(brain_mask[z])
             for _ in range(max(mc_samples, 1)):
-                probabilities = predict_patchwise(model, image_slices[z], loc_maps[z], rows,
-                                                  cols, training=mc_samples > 0,
-                                                  precision=precision)
+                probabilities = transform(predict_patchwise(
+                    model, image_slices[z], loc_maps[z], rows, cols,
+                    training=mc_samples > 0, precision=precision))
                 sums[0, z, rows, cols] += probabilities
                 sums[1, z, rows, cols] += np.square(probabilities, dtype=np.float64)
     else:
@@ -108,7 +115,7 @@ def predict_slices(model: keras.Model, config: ModelConfig, image_slices: np.nda
             model, config, image_slices.shape[-1], fft_size)
         with tower_precision(dense, precision):
             _predict_dense(dense, config, image_slices, loc_maps, brain_mask, batch_size,
-                           mc_samples, sums)
+                           mc_samples, sums, transform)
 
     mean = sums[0] / max(mc_samples, 1) * brain_mask
     if mc_samples == 0:
@@ -131,7 +138,7 @@ def _check_slices(image_slices, loc_maps, brain_mask, mc_samples) -> None:
 
 
 def _predict_dense(dense, config, image_slices, loc_maps, brain_mask, batch_size,
-                   mc_samples, sums) -> None:
+                   mc_samples, sums, transform) -> None:
     """Adds each sample's probabilities and their squares to ``sums`` (2, Z, H, W), a
     batch of similar-sized brain windows at a time."""
     trunk, head = dense.get_layer("trunk"), dense.get_layer("head")
@@ -165,7 +172,7 @@ def _predict_dense(dense, config, image_slices, loc_maps, brain_mask, batch_size
         cols = positions[:, 2] + np.asarray([boxes[z][1] for z in batch])[positions[:, 0]]
         for _ in range(max(mc_samples, 1)):
             probabilities = head({"features": features, "loc": loc}, training=mc_samples > 0)
-            probabilities = keras.ops.convert_to_numpy(probabilities)[0, :, 0, 1]
+            probabilities = transform(keras.ops.convert_to_numpy(probabilities)[0, :, 0, 1])
             sums[0, slices, rows, cols] += probabilities
             sums[1, slices, rows, cols] += np.square(probabilities, dtype=np.float64)
 

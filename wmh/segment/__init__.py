@@ -5,7 +5,9 @@ with the model's in-plane spacing), every brain voxel classified by the dense tw
 patch network (:func:`wmh.train.predict_volume`; equal to the sliding window), then, on the
 native FLAIR grid with the input's affine and header, in ``OUT/<subject_id>/``:
 
-* ``wmh_probability.nii.gz``: P(WMH), float32, exactly 0 outside ``brain_mask``;
+* ``wmh_probability.nii.gz``: P(WMH), float32, exactly 0 outside ``brain_mask``, with the
+  model's calibration applied (:mod:`wmh.calibration`; with ``--mc-samples`` to every pass;
+  ``--calibration none``: the network's uncorrected output and uncalibrated threshold);
 * ``wmh_mask.nii.gz``: uint8, probability >= threshold inside the brain mask; the model's
   validation-optimal threshold unless ``--threshold`` is given (report.json records it);
 * ``wmh_lesions.nii.gz``: int32 lesion labels (26-connected), the rows of ``lesions.csv``

@@ -132,7 +132,7 @@ def run_cohort(model_source: str | Path, inputs: Sequence[str | Path | io.Subjec
                 problems[subject.subject_id] = error
 
     run = _Run(model, out_dir, options, progress, prepared_dir, resolved.direct)
-    settings = options.settings(model.contract.threshold)
+    settings = options.settings(model.contract)
     todo = []
     for subject in resolved.subjects:
         if subject.subject_id in problems:  # its files may not even be readable: no hashes

@@ -70,7 +70,7 @@ BIDS_OUTPUT_FILES = {
 REPORT_COLUMNS = (
     "subject_id", "status", "error",
     "total_ml", "periventricular_ml", "deep_ml", "lesion_count", "brain_ml",
-    "threshold", "mask_rule", "periventricular_mm", "mc_samples", "precision",
+    "threshold", "calibration", "mask_rule", "periventricular_mm", "mc_samples", "precision",
     "dice", "hd95_mm", "avd_percent", "lesion_recall", "lesion_f1",
     "warnings", "model", "model_path", "model_arch", "model_sha256", "wmh_version",
     "date_utc",

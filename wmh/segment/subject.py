@@ -37,6 +37,9 @@ class SegmentOptions:
     layout: str = dataclasses.field(  # 'folders' (OUT/<id>/) or 'bids' (derivatives)
         default="folders", metadata={"result": False})
     precision: str = "auto"  # inference precision: fp32, bf16, or auto (wmh.models.precision)
+    # None: the model's calibration of P(WMH) and its threshold; "none": the network's
+    # uncorrected output (the paper's) and the model's uncalibrated threshold
+    calibration: Optional[str] = None
 
     @classmethod
     def from_config(cls, config: SegmentConfig) -> "SegmentOptions":
@@ -54,13 +57,23 @@ class SegmentOptions:
                            "than 0")
         get_layout(self.layout)
         check_precision(self.precision, "--precision")
+        if self.calibration not in (None, "none"):
+            raise WMHError(f"--calibration {self.calibration}: must be 'none' or not given")
 
-    def settings(self, model_threshold: float) -> dict:
-        """The settings that shape the outputs, the threshold resolved."""
+    def calibration_for(self, contract):
+        """The :class:`wmh.calibration.Calibration` applied: the model's, or none."""
+        from wmh.calibration import Calibration
+
+        return contract.calibrator() if self.calibration is None else Calibration()
+
+    def settings(self, contract) -> dict:
+        """The settings that shape the outputs, the threshold and calibration resolved
+        for the model (:class:`wmh.train.ModelContract`)."""
         values = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)
                   if field.metadata.get("result", True)}
+        values["calibration"] = self.calibration_for(contract).method
         if values["threshold"] is None:
-            values["threshold"] = float(model_threshold)
+            values["threshold"] = contract.threshold_for(calibrated=self.calibration is None)
         values["precision"] = resolve_precision(self.precision, "inference")  # as run
         return values
 
@@ -142,7 +155,8 @@ def segment_subject(model: SegmentModel, subject: io.Subject, out_dir: Path,
     from wmh.train import predict_volume
 
     contract = model.contract
-    settings = options.settings(contract.threshold)
+    settings = options.settings(contract)
+    calibration = options.calibration_for(contract)
     threshold = settings["threshold"]
     start = clock = time.perf_counter()
 
@@ -167,10 +181,12 @@ def segment_subject(model: SegmentModel, subject: io.Subject, out_dir: Path,
                        f"the model's {contract.channels}")
     stage("prepare")
     images = prepared.images[..., :len(contract.channels)]
+    # Monte Carlo passes are calibrated one by one, before their mean and spread.
     prediction = predict_volume(model.network, contract.model, images, prepared.location,
                                 prepared.brain_mask, mc_samples=options.mc_samples,
                                 spacing=prepared.spacing,
-                                precision=resolve_precision(options.precision, "inference"))
+                                precision=resolve_precision(options.precision, "inference"),
+                                transform=calibration.apply if options.mc_samples else None)
     probability, uncertainty = prediction if options.mc_samples else (prediction, None)
     stage("infer")
 
@@ -179,6 +195,8 @@ def segment_subject(model: SegmentModel, subject: io.Subject, out_dir: Path,
     brain = prepared.to_native_working(prepared.brain_mask.astype(np.uint8), 0) > 0
     # Linear resampling smears probability across the brain edge: keep it to the mask.
     probability = np.clip(prepared.to_native_working(probability, order=1), 0, 1) * brain
+    if not options.mc_samples:  # on the native grid, where the calibration was fitted
+        probability = calibration.apply(probability, brain)
     mask = (probability >= threshold) & brain
     distance = measures.ventricle_distance(prepared.to_native_working(prepared.ventricles, 0),
                                            spacing)
