@@ -113,7 +113,8 @@ def save_model_dir(model, contract: ModelContract, folder: Path) -> Path:
 
 def load_model_dir(source: str | Path):
     """Loads a trained model: a folder, its ``model.keras``, or an MLflow URI
-    (``runs:/<run id>/model``, ``models:/<model id>``, ``models:/NAME@ALIAS``).
+    (``runs:/<run id>/model``, ``models:/<model id>``, ``models:/NAME@ALIAS``). Weights
+    stored in float16 (a shipped model) come back as a float32-policy network.
 
     Loading never executes code from the file (``safe_mode=True``; a random forest
     folder, ``model.arch=rf``, is read with skops by :func:`wmh.baseline.load_model_dir`).
@@ -135,6 +136,9 @@ def load_model_dir(source: str | Path):
     except Exception as error:
         raise WMHError(f"{model_path}: cannot load model ({str(error).splitlines()[0]})") \
             from None
+    if any(str(weight.dtype) == "float16" for weight in model.weights):
+        # stored in float16 to ship it small (wmh.pretrained.export): run in float32
+        model = float32_model(model, contract.model, len(contract.channels))
     return model, contract
 
 
