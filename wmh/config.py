@@ -91,6 +91,7 @@ class TrainConfig:
     max_validation_samples: int = 0  # cap on validation samples; 0 = all
     experiment: str = "wmh"  # MLflow experiment name
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # bf16: mixed_bfloat16; auto: per CPU
+    init_model: str = ""  # fine-tune from pretrained[:NAME], a model folder or URI; "" = none
 
 
 @dataclasses.dataclass(frozen=True)

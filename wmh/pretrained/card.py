@@ -38,10 +38,12 @@ medical device and has not been validated for clinical decisions; check every re
 the QC images `wmh segment` writes. To adapt it to a protocol and its manual labels,
 fine-tune it: `wmh train --set train.init_model=pretrained ...` (README)."""
 
-LIMITATIONS = """\
+SYNTHETIC_ONLY = """\
 - Trained on SYNTHETIC images alone (no real scan was used in training): how well it
   transfers to a scanner or protocol is known only from the figures above; check results
   on your own data (QC images) and fine-tune on a few labelled cases when they disagree.
+"""
+LIMITATIONS = """\
 - Scans outside the training geometry (in-plane spacing and slice thickness above) get a
   warning in report.json; results on them are less certain.
 - Lesions of other causes that look bright on FLAIR (infarcts, tumours, MS plaques in
@@ -100,8 +102,8 @@ def render_card(record: dict, contract: dict, plan: dict | None) -> str:
     data_label = training.get("data_label") or NOT_RECORDED
     lines = [
         f"# Model card: {record['uri']} (version {record['version']})", "",
-        f"A {model.get('arch', '?').upper()} + location ({model.get('loc', '?')}) network "
-        f"of Ghafoorian et al. 2017 for {' + '.join(channels)}, shipped inside the wmh "
+        f"The {model.get('arch', '?').upper()} + location ({model.get('loc', '?')}) "
+        f"network of Ghafoorian et al. 2017 on {' + '.join(channels)}, shipped in the wmh "
         f"package (`wmh segment SCAN --out OUT` uses the default one). Created "
         f"{record['created']} with wmh {record['wmh_version']}.", "",
         "## Intended use", "", INTENDED_USE, "",
@@ -127,8 +129,8 @@ def render_card(record: dict, contract: dict, plan: dict | None) -> str:
         f"- **Generator version:** {synth.get('synth_version', NOT_RECORDED)}",
         f"- **Profile:** {synth.get('profile', NOT_RECORDED)}",
         f"- **Seed:** {synth.get('seed', NOT_RECORDED)}",
-        f"- **Subjects:** {synth.get('subjects', NOT_RECORDED)} in the cohort, "
-        f"{geometry.get('subjects', NOT_RECORDED)} of them in the training split", "",
+        f"- **Subjects:** {synth.get('subjects', NOT_RECORDED)} in the cohort; "
+        f"{geometry.get('subjects', NOT_RECORDED)} in the training split", "",
         "## Recipe and commit", "",
         f"- **Recipe:** `{record.get('recipe', {}).get('path') or NOT_RECORDED}`"
         + (f" (SHA-256 {record['recipe']['sha256'][:16]})"
@@ -153,9 +155,11 @@ def render_card(record: dict, contract: dict, plan: dict | None) -> str:
                      f"{value_text(contract.get('uncalibrated_threshold'), 4)}")
     else:
         lines.append(f"{NOT_RECORDED.capitalize()}: the contract holds no calibration; the "
-                     "probabilities are the network's own (trained on balanced samples, so "
-                     "they overstate P(WMH)).")
-    lines += ["", "## Limitations", "", LIMITATIONS, "", "## Files", "",
+                     "probabilities are the network's own, trained on balanced samples, so "
+                     "they tend to overstate P(WMH).")
+    lines += ["", "## Limitations", "",
+              (SYNTHETIC_ONLY if data_label == "synthetic" else "") + LIMITATIONS,
+              "", "## Files", "",
               "The SHA-256 of every file is in `pretrained.json` (checked each time the "
               "model loads).", ""]
     return "\n".join(lines)

@@ -324,16 +324,16 @@ def _json_object(text: str) -> Optional[dict]:
 
 
 def _finite(value):
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value) if math.isfinite(value) else None
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
     return value
 
 
 def _mean(rows: list[dict], key: str):
     values = [_finite(row.get(key)) for row in rows]
-    if not rows or any(not isinstance(value, float) for value in values):
+    if not rows or any(not isinstance(value, (int, float)) for value in values):
         return None
-    return sum(values) / len(values)
+    return float(sum(values) / len(values))
 
 
 METRIC_KEYS = (("mean_hd95_mm", "hd95"), ("mean_avd_percent", "avd"),
