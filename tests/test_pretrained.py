@@ -293,3 +293,30 @@ def test_every_model_shipped_in_this_checkout_is_complete_and_small():
         assert (model.folder / pretrained.CARD_FILE).is_file()
         assert sum(p.stat().st_size for p in model.folder.iterdir()) <= \
             pretrained.MAX_MODEL_BYTES
+
+
+def test_synthetic_cohort_of_a_run_from_its_cache(tmp_path):
+    """Runs from before the synth_* tags: the prepared folder their datasets name leads
+    to the cohort's generator version, seed, subjects and profile."""
+    from types import SimpleNamespace
+
+    from wmh.tracking import synthetic_cohort
+
+    cohort = tmp_path / "synth" / "randomised-n160"
+    cohort.mkdir(parents=True)
+    (cohort / "cohort.json").write_text(json.dumps({
+        "synth_version": 4, "arguments": {"subjects": 160, "seed": 17,
+                                          "profile": "randomised", "synth_version": 4}}))
+    prepared = tmp_path / "cache" / "prepared" / "randomised-n160-ab12"
+    prepared.mkdir(parents=True)
+    assert synthetic_cohort(prepared) == {}  # no origin.json: real data, or unknown
+    (prepared / "origin.json").write_text(json.dumps({"cohort": str(cohort),
+                                                      "synthetic": True}))
+    assert synthetic_cohort(prepared)["seed"] == 17
+    folder = tmp_path / "cache" / "runs" / "key" / "model"
+    folder.mkdir(parents=True)
+    run = SimpleNamespace(inputs=SimpleNamespace(dataset_inputs=[
+        SimpleNamespace(dataset=SimpleNamespace(name="randomised-n160-ab12-train"))]))
+    assert exporter._cohort_from_cache(run, folder) == {
+        "synth_version": 4, "seed": 17, "subjects": 160, "profile": "randomised"}
+    assert exporter._cohort_from_cache(run, tmp_path / "elsewhere" / "model") == {}

@@ -212,7 +212,8 @@ def training_provenance(source: str, folder: Path, run_id: Optional[str] = None)
     if run is None:
         if run_id:
             print(f"note: MLflow run {run_id} not found in the tracking store: training "
-                  "provenance not recorded", file=sys.stderr)
+                  "provenance not recorded (set MLFLOW_TRACKING_URI to the store of the "
+                  "training run, e.g. sqlite:///<its checkout>/mlflow.db)", file=sys.stderr)
         return info
     params, tags = run.data.params, run.data.tags
     info.update({key: value for key, value in (
