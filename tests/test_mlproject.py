@@ -178,6 +178,9 @@ def test_segment_and_reproduce_entry_points_parse():
     parsed = segment.make_context("segment", argv[1:], resilient_parsing=True).params
     assert parsed["model_source"] == "runs:/abc/model"
     assert parsed["inputs"] == ("data/s1",) and str(parsed["out_dir"]) == "outputs/segment"
+    argv = _render("segment", inputs="data/s1")  # no model: the one shipped with wmh
+    parsed = segment.make_context("segment", argv[1:], resilient_parsing=True).params
+    assert parsed["model_source"] == "" and parsed["inputs"] == ("data/s1",)
     argv = _render("reproduce", experiments="ss,ss_loc")
     assert argv[0] == "reproduce"
     reproduce = cli.get_command(context, "reproduce")

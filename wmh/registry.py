@@ -204,9 +204,9 @@ def model_folder(source: str | Path, option: str = "--model") -> Path:
         WMHError: a missing store (none is created), an unknown run, model, name, alias or
             version, or a logged model that is not a wmh model; one line naming ``option``.
     """
-    text = str(source)
     from wmh import pretrained
 
+    text = str(source)
     if pretrained.is_pretrained(text):  # a model shipped inside the package, verified
         return pretrained.find(text, option).folder
     if not text.startswith(URI_SCHEMES):
