@@ -263,6 +263,32 @@ def test_segment_without_model_uses_the_shipped_one_and_reports_it(tmp_path, roo
                      r"\.md$", out.strip()), out
 
 
+def test_segment_one_flair_file_with_a_shipped_flair_model(tmp_path, root, monkeypatch,
+                                                          capsys):
+    """The README's first command: `wmh segment FLAIR --out OUT`, a FLAIR-only model."""
+    from wmh import train
+    from wmh.config import ModelConfig, PreprocessConfig
+    from wmh.models import build_model
+    from wmh.preprocess.plan import write_plan
+
+    config = ModelConfig(arch="msws", loc="ffcl", width=0.1)
+    contract = train.ModelContract(model=config, channels=("FLAIR",),
+                                   inplane_spacing_mm=1.0, threshold=0.5)
+    folder = train.save_model_dir(build_model(config, 1), contract, tmp_path / "flair")
+    write_subject(tmp_path / "training", tmp_path / "training-prepared", "t1")
+    write_plan(folder, PreprocessConfig(), False, [tmp_path / "training-prepared" / "t1.h5"])
+    exporter.export(folder, "flair", version="1")
+    write_subject(tmp_path / "cohort", tmp_path / "prepared", "p7")
+    prepare_from_files(monkeypatch, tmp_path / "prepared")
+    flair = tmp_path / "cohort" / "site" / "p7" / "pre" / "FLAIR.nii.gz"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["segment", str(flair), "--out", str(tmp_path / "o"), "--quiet"])
+    assert exit_info.value.code == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "o" / "p7" / "report.json").read_text())
+    assert report["status"] == "ok" and report["model"] == "pretrained:flair"
+    assert report["model_version"] == "1" and report["t1"] is None
+
+
 def test_package_data_installs_the_shipped_model_files(tmp_path):
     """A wheel built from the package holds every file of a shipped model folder."""
     source = tmp_path / "src"
