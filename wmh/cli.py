@@ -413,7 +413,7 @@ def models_command():
 
     models = pretrained.shipped_models()
     if not models:
-        click.echo(f"no shipped models: {pretrained.NONE_SHIPPED}")
+        click.echo(f"no shipped models: {pretrained.NONE_SHIPPED.format(option='--model')}")
         return
     for model in models:
         path = model.folder / CONTRACT_FILE

@@ -29,7 +29,7 @@ DEFAULT_NAME = "flair"  # the FLAIR-only model `wmh segment` uses without --mode
 PREFIX = "pretrained"  # --model pretrained | pretrained:<name>
 MAX_MODEL_BYTES = 25_000_000  # every shipped model folder, all files together (25 MB)
 NONE_SHIPPED = ("no model is shipped with this installation of wmh (wmh/pretrained/ holds "
-                "none); give --model FOLDER or URI of a model trained with `wmh train`")
+                "none); give {option} FOLDER or URI of a model trained with `wmh train`")
 
 
 def package_root() -> Path:
@@ -126,7 +126,7 @@ def find(source: str = PREFIX, option: str = "--model", root: Path | None = None
     name = str(source).partition(":")[2] or DEFAULT_NAME
     models = {model.name: model for model in shipped_models(root)}
     if not models:
-        raise WMHError(f"{label}: {NONE_SHIPPED}")
+        raise WMHError(f"{label}: {NONE_SHIPPED.format(option=option)}")
     if name not in models:
         raise WMHError(f"{label}: no shipped model named '{name}' (shipped: "
                        f"{', '.join(sorted(models))}; see `wmh models`)")

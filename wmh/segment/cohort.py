@@ -59,11 +59,12 @@ def resolve_model(source: str | Path | None) -> SegmentModel:
     from wmh.registry import model_folder
 
     text = str(source or "")
-    version = None
+    version = sha256 = None
     if not text or pretrained.is_pretrained(text):  # name and version go in the reports
         shipped = pretrained.find(text or pretrained.PREFIX,
                                   label="--model not given" if not text else None)
         folder, text, version = shipped.folder, shipped.uri, shipped.version
+        sha256 = shipped.weights_sha256  # just verified
     else:
         folder = model_folder(source)  # URI downloaded, weights file -> its folder
     if (folder / baseline.FOREST_FILE).is_file():
@@ -74,7 +75,8 @@ def resolve_model(source: str | Path | None) -> SegmentModel:
         contract = train.read_model_folder(folder, weights,
                                            "by `wmh train`, or runs:/<run id>/model")
     return SegmentModel(source=text, folder=folder, contract=contract,
-                        sha256=outputs.sha256_file(folder / weights), weights_file=weights,
+                        sha256=sha256 or outputs.sha256_file(folder / weights),
+                        weights_file=weights,
                         version=version)
 
 
