@@ -110,6 +110,7 @@ def test_export_reads_provenance_from_the_training_run(tmp_path, root, mlflow_tm
     import mlflow
 
     folder = model_folder(tmp_path)
+    mlflow.set_tracking_uri(mlflow_tmp)  # an earlier test may have set another store
     mlflow.set_experiment("tiny")
     with mlflow.start_run() as run:
         mlflow.log_params({"name": "pretrained_flair", "synth.seed": 17})
@@ -142,13 +143,16 @@ def test_export_bad_input_is_one_line_and_leaves_nothing(tmp_path, root, capsys)
     (tmp_path / "empty").mkdir()
     cases = [
         ([str(folder), "--name", "Bad Name"], r"--name 'Bad Name': 1-40 lower-case"),
-        ([str(tmp_path / "empty"), "--name", "x"], r"empty: missing model\.keras"),
+        ([str(tmp_path / "empty"), "--name", "x"], r"^.*error: MODEL .*empty: missing "
+                                                   r"model\.keras"),
         ([str(folder), "--name", "x", "--figures", str(tmp_path / "no.json")],
          r"--figures .*no\.json: file not found"),
         ([str(folder), "--name", "x", "--figures", str(folder / "plan.json")],
          r"--figures .*plan\.json: say what the figures were measured on"),
         ([str(folder), "--name", "x", "--recipe", str(tmp_path / "none.yaml")],
          r"--recipe .*none\.yaml: file not found"),
+        ([str(folder), "--name", "x", "--figures", str(bench_json(tmp_path)), "--figures",
+          f"real={bench_json(tmp_path)}"], r"a second file of real figures"),
     ]
     for argv, message in cases:
         assert exporter.main(argv) == 2

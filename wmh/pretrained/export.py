@@ -76,9 +76,14 @@ def export(source: str | Path, name: str, figures: Sequence[str] = (),
     if not NAME_PATTERN.match(name):
         raise WMHError(f"--name {name!r}: 1-40 lower-case letters, digits, '-' or '_', "
                        "starting with a letter or digit")
-    blocks = dict(read_figures(spec) for spec in figures)
+    blocks: dict = {}
+    for spec in figures:
+        kind, block = read_figures(spec)
+        if kind in blocks:
+            raise WMHError(f"--figures {spec}: a second file of {kind} figures (give one)")
+        blocks[kind] = block
     folder = model_folder(source, "MODEL")
-    contract = train.read_model_folder(folder, train.MODEL_FILE, "by `wmh train`")
+    contract = train.read_model_folder(folder, train.MODEL_FILE, "by `wmh train`", "MODEL")
     plan = read_plan(folder)
     if plan is None:
         raise WMHError(f"MODEL {folder}: no plan.json (a shipped model must carry its "
@@ -388,6 +393,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                        args.run_id, args.float16)
     except WMHError as error:
         print(f"wmh.pretrained.export: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # e.g. a read-only installation: one line too
+        print(f"wmh.pretrained.export: error: {error.filename or 'output'}: "
+              f"{error.strerror}", file=sys.stderr)
         return 2
     print(f"shipped {PREFIX}:{args.name} in {final} (card: {final / CARD_FILE})")
     return 0
