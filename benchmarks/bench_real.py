@@ -1,6 +1,6 @@
 """Segmentation quality on real scans with manual masks (issue 17); prints a table, then JSON.
 
-Usage: ``.venv/bin/python benchmarks/bench_real.py MANIFEST --model M [--out DIR]``
+Usage: ``.venv/bin/python benchmarks/bench_real.py MANIFEST [--model M] [--out DIR]``
 or ``... MANIFEST --floor-only``.
 
 Segments every case of a CSV manifest (``wmh.io.discover_manifest``; every case needs a
@@ -8,7 +8,7 @@ Segments every case of a CSV manifest (``wmh.io.discover_manifest``; every case 
 folder, removed after), and prints per case, against the manual mask on the FLAIR grid
 (label 2 ignored), with :func:`wmh.metrics.challenge_metrics`: Dice, HD95 (mm), AVD (%),
 lesion recall and F1, true and predicted volume (mL) and the seconds the segmentation
-took. ``--model`` is required until the package ships a model.
+took. Without ``--model``, the model shipped with wmh (``pretrained``, :mod:`wmh.pretrained`).
 
 Beside it, the **floor**: the best single global FLAIR threshold chosen with the truth.
 The FLAIR is divided by its median inside the brain mask (the one the segmentation wrote,
@@ -21,8 +21,8 @@ beats ``floor_dice`` on every case.
 
 The JSON last line: ``mean_dice``, ``cases``, ``failed``, ``seconds_per_case``,
 ``mean_floor_dice``, ``shared_floor``, the per-case rows, the model and the machine.
-Bad input (a missing manifest, a case without a mask, no ``--model`` without
-``--floor-only``, a bad ``--out``) is one line on stderr and exit status 2.
+Bad input (a missing manifest, a case without a mask, no ``--model`` while no model is
+shipped, a bad ``--out``) is one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -44,8 +44,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from machine import cpu_model  # noqa: E402  benchmarks/machine.py
 
 FLOOR_THRESHOLDS = np.round(np.arange(1.0, 4.0 + 1e-9, 0.02), 3)
-NO_MODEL = ("bench_real: --model is required (no shipped model yet); "
-            "give --model M, or --floor-only for the global-threshold floor alone")
 
 
 def load_native(path: Path, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
@@ -166,7 +164,10 @@ def run(manifest: Path, model: Optional[str], out: Optional[Path], floor_only: b
                 if failed:
                     row["error"] = report.get("error")
             rows.append(row)
-    return summarise(rows, model, floor_only)
+    summary = summarise(rows, None if floor_only else (model or "pretrained"), floor_only)
+    summary["model_version"] = next((report.get("model_version") for report in
+                                     reports.values() if report.get("model_version")), None)
+    return summary
 
 
 def summarise(rows: list[dict], model: Optional[str], floor_only: bool) -> dict:
@@ -196,7 +197,9 @@ def summarise(rows: list[dict], model: Optional[str], floor_only: bool) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("manifest", type=Path)
-    parser.add_argument("--model", default=None, help="model folder or runs:/ URI")
+    parser.add_argument("--model", default=None,
+                        help="model folder, runs:/ URI or pretrained[:NAME] (default: the "
+                             "shipped model)")
     parser.add_argument("--out", type=Path, default=None,
                         help="segmentation folder (default: temporary, removed after)")
     parser.add_argument("--floor-only", action="store_true",
@@ -207,8 +210,6 @@ def main(argv=None) -> int:
     from wmh.errors import WMHError
 
     try:
-        if args.model is None and not args.floor_only:
-            raise WMHError(NO_MODEL)
         if args.out is not None:
             io.check_output_dir(args.out, "--out")
         summary = run(args.manifest, args.model, args.out, args.floor_only)

@@ -102,11 +102,15 @@ def test_floor_only_needs_no_model(bench, tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("case, message", [
-    ("no-model", "--model is required"),
+    ("no-model", "--model not given: no model is shipped"),
     ("missing", "manifest not found"),
     ("no-mask", "has no mask"),
 ])
 def test_bad_input_is_one_line_and_exit_2(bench, tmp_path, monkeypatch, capsys, case, message):
+    from wmh import pretrained
+
+    (tmp_path / "no-models").mkdir()
+    monkeypatch.setattr(pretrained, "package_root", lambda: tmp_path / "no-models")
     if case == "missing":
         argv = [str(tmp_path / "nothing.csv"), "--floor-only"]
     else:

@@ -182,6 +182,9 @@ def test_segment_and_reproduce_entry_points_parse():
     argv = _render("segment", model="m", inputs="d", calibration="none")
     assert segment.make_context("segment", argv[1:],
                                 resilient_parsing=True).params["calibration"] == "none"
+    argv = _render("segment", inputs="data/s1")  # no model: the one shipped with wmh
+    parsed = segment.make_context("segment", argv[1:], resilient_parsing=True).params
+    assert parsed["model_source"] == "" and parsed["inputs"] == ("data/s1",)
     argv = _render("reproduce", experiments="ss,ss_loc")
     assert argv[0] == "reproduce"
     reproduce = cli.get_command(context, "reproduce")

@@ -334,9 +334,11 @@ def train_command(config_path, overrides, override_list, precision, register_nam
 # --- segment commands ---
 
 @cli.command("segment")
-@click.option("--model", "model_source", required=True,
+@click.option("--model", "model_source", default="",
               help="A model folder from `wmh train`, its model.keras, runs:/<run id>/model, "
-                   "models:/<model id>, or a registered model models:/NAME@ALIAS.")
+                   "models:/<model id>, a registered model models:/NAME@ALIAS, or a model "
+                   "shipped with wmh: pretrained (the default FLAIR model) or "
+                   "pretrained:NAME (see `wmh models`) [default: pretrained].")
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Output folder, shared by several calls: <subject>/wmh_probability.nii.gz, "
@@ -372,6 +374,8 @@ def train_command(config_path, overrides, override_list, precision, register_nam
 def segment_command(model_source, inputs, out_dir, subject_id, threshold, mc_samples,
                     periventricular_mm, overwrite, layout, quiet, calibration, precision):
     """Segment WMH in INPUTS: a subject folder, a cohort, or FLAIR [T1] files.
+
+    Without --model, the FLAIR model shipped with wmh does it (`wmh models`).
 
     A subject that fails in a cohort is recorded (status 'failed' in volumes.csv) and the
     others go on; the exit code is then 1. Bad options or a bad file given directly
@@ -434,6 +438,34 @@ def calibrate_command(model_source, data, out_dir, method, subjects, quiet):
                          progress=not quiet)
     click.echo(json.dumps(summary(result)))
     click.echo(f"model: {result.out_dir}")
+
+
+@cli.command("models")
+def models_command():
+    """List the models shipped with wmh (use one with --model pretrained:NAME).
+
+    Each line: name, version, input channels, threshold, size, the first 12 hex digits of
+    the weights' SHA-256, and its model card. `wmh segment` without --model uses
+    pretrained:flair.
+    """
+    from wmh import pretrained
+    from wmh.train import CONTRACT_FILE, ModelContract
+
+    models = pretrained.shipped_models()
+    if not models:
+        click.echo(f"no shipped models: {pretrained.NONE_SHIPPED.format(option='--model')}")
+        return
+    for model in models:
+        path = model.folder / CONTRACT_FILE
+        try:
+            contract = ModelContract.from_json(path.read_text(), str(path))
+        except OSError as error:
+            raise WMHError(f"{path}: cannot read ({error.strerror}); reinstall wmh") from None
+        default = " (default)" if model.name == pretrained.DEFAULT_NAME else ""
+        click.echo(f"{model.uri}{default}  version {model.version}  channels "
+                   f"{'+'.join(contract.channels)}  threshold {contract.threshold:.3f}  "
+                   f"{model.total_bytes / 1e6:.1f} MB  sha256 {model.weights_sha256[:12]}  "
+                   f"card {model.folder / pretrained.CARD_FILE}")
 
 # --- evaluate commands ---
 

@@ -94,6 +94,7 @@ class TrainConfig:
     # P(WMH) corrected for the balanced sampling (wmh.calibration), fitted on the validation
     # subjects before the threshold is chosen: platt, prior (shift), or none (the paper's)
     calibration: Literal["platt", "prior", "none"] = "platt"
+    init_model: str = ""  # fine-tune from pretrained[:NAME], a model folder or URI; "" = none
 
 
 @dataclasses.dataclass(frozen=True)

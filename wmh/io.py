@@ -21,6 +21,7 @@ import contextlib
 import csv
 import dataclasses
 import gzip
+import hashlib
 import os
 import re
 import tempfile
@@ -292,6 +293,15 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     with atomic_output(path) as temporary:
         temporary.write_text(text)
     return Path(path)
+
+
+def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(chunk_bytes), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 # ------------------------------------------------------------------------- discovery

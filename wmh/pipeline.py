@@ -151,7 +151,11 @@ def train_model(config: ExperimentConfig, stages: DataStages, **train_kwargs):
 
 
 def run_training(config: ExperimentConfig, **train_kwargs):
-    """Data stages, then training (``wmh train`` and the MLproject ``main`` entry)."""
+    """Data stages, then training (``wmh train`` and the MLproject ``main`` entry); a
+    fine-tune (``train.init_model``) prepares its data with the source model's plan."""
+    from wmh.train import with_source_preprocess
+
+    config = with_source_preprocess(config, say=lambda line: print(line, file=sys.stderr))
     return train_model(config, ensure_data(config), **train_kwargs)
 
 

@@ -21,7 +21,8 @@ Dice (``val_volume_dice``, whole validation volumes at the model's threshold) be
 stays where it is: runs on other data are not comparable.
 
 ``--model`` takes a folder, ``runs:/<run id>/model``, ``models:/<model id>`` or
-``models:/NAME@ALIAS`` (or ``models:/NAME/VERSION``); see :func:`model_folder`.
+``models:/NAME@ALIAS`` (or ``models:/NAME/VERSION``), or a shipped model
+``pretrained[:<name>]``; see :func:`model_folder`.
 """
 
 from __future__ import annotations
@@ -197,7 +198,8 @@ def model_folder(source: str | Path, option: str = "--model") -> Path:
     """The local model folder (weights + ``wmh_model.json``) behind ``source``.
 
     A folder is returned as given, a weights file (``model.keras``, ``forest.skops``) as
-    its folder. A URI (``runs:/``, ``models:/<model id>``,
+    its folder, ``pretrained[:<name>]`` as the shipped model's folder (its files checked
+    against their SHA-256: :mod:`wmh.pretrained`). A URI (``runs:/``, ``models:/<model id>``,
     ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``mlflow-artifacts:/``) is downloaded
     from the tracking store; a logged model's folder is its ``artifacts/``.
 
@@ -205,7 +207,11 @@ def model_folder(source: str | Path, option: str = "--model") -> Path:
         WMHError: a missing store (none is created), an unknown run, model, name, alias or
             version, or a logged model that is not a wmh model; one line naming ``option``.
     """
+    from wmh import pretrained
+
     text = str(source)
+    if pretrained.is_pretrained(text):  # a model shipped inside the package, verified
+        return pretrained.find(text, option).folder
     if not text.startswith(URI_SCHEMES):
         return _folder_of(Path(source))
     import mlflow

@@ -287,13 +287,7 @@ def split_datasets(samples_dir: str | Path, prepared_dir: str | Path) -> dict[st
 
     samples_dir, prepared_dir = Path(samples_dir), Path(prepared_dir)
     key = open_samples(samples_dir).key
-    synth_version = 0
-    try:
-        origin = json.loads((prepared_dir / "origin.json").read_text())
-        cohort = json.loads((Path(origin["cohort"]) / "cohort.json").read_text())
-        synth_version = int(cohort.get("synth_version", 0))
-    except (OSError, ValueError, KeyError, TypeError):
-        pass  # real data, or a prepared folder without its origin
+    synth_version = int(synthetic_cohort(prepared_dir).get("synth_version", 0))
     with warnings.catch_warnings():  # MLflow registers the local source twice and says so
         warnings.simplefilter("ignore", UserWarning)
         source = resolve_dataset_source(str(samples_dir.resolve()))
@@ -321,12 +315,35 @@ def split_datasets(samples_dir: str | Path, prepared_dir: str | Path) -> dict[st
     return datasets
 
 
+def synthetic_cohort(prepared_dir: str | Path) -> dict:
+    """The arguments of the synthetic cohort a prepared folder came from (its
+    ``cohort.json``: ``subjects``, ``seed``, ``profile``, ``synth_version``, ...), or {}
+    for real data or a prepared folder that does not record its origin."""
+    import json
+
+    try:
+        origin = json.loads((Path(prepared_dir) / "origin.json").read_text())
+        cohort = json.loads((Path(origin["cohort"]) / "cohort.json").read_text())
+        return {**cohort.get("arguments", {}), "synth_version": int(cohort["synth_version"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+SYNTH_TAGS = ("synth_version", "seed", "subjects", "profile")  # tagged as synth_<name>
+
+
 def log_datasets(samples_dir: str | Path, prepared_dir: str | Path) -> dict[str, Any]:
     """Logs :func:`split_datasets` as the active run's inputs, each in its context
-    ("training", "validation", "test"); returns them."""
+    ("training", "validation", "test"), and for a synthetic cohort the generator version,
+    seed, subject count and profile it was made with (tags ``synth_version``,
+    ``synth_seed``, ``synth_subjects``, ``synth_profile``: a shipped model's card
+    reads them); returns the datasets."""
     import mlflow
 
     datasets = split_datasets(samples_dir, prepared_dir)
     for context, dataset in datasets.items():
         mlflow.log_input(dataset, context=context)
+    cohort = synthetic_cohort(prepared_dir)
+    mlflow.set_tags({("" if name == "synth_version" else "synth_") + name: cohort[name]
+                     for name in SYNTH_TAGS if name in cohort})
     return datasets

@@ -24,6 +24,14 @@ wrapping the folder: :mod:`wmh.registry`):
   validation-optimal threshold (on calibrated probabilities), the calibration and the
   threshold of the uncalibrated output, the patch definition and the training precision.
 
+Fine-tuning (``train.init_model``: ``pretrained[:NAME]``, a model folder or an MLflow URI):
+the run starts from that model's weights (a fresh optimiser) after checking that this
+config builds the same network on the same inputs (:func:`check_init_source`: arch, loc,
+width, channels, patch, preprocessing); ``wmh train`` prepares the data with the source's
+preprocessing plan (:func:`with_source_preprocess`), so the fine-tuned model prepares
+scans as the source did. The source and its weights' SHA-256 are recorded in the MLflow
+params and in the contract, and are part of the run key.
+
 Precision (``train.precision``, :mod:`wmh.models.precision`): bf16 trains with Keras
 ``mixed_bfloat16`` inside a policy scope (float32 master weights, float32 loss and
 softmax); ``auto`` resolves per CPU and job. The saved ``model.keras`` is always a
@@ -97,6 +105,9 @@ class ModelContract:
     # None: ``threshold`` (an uncalibrated model)
     uncalibrated_threshold: Optional[float] = None
 
+    init_model: str = ""  # fine-tuned from this model (train.init_model); "" = from scratch
+    init_model_sha256: str = ""  # SHA-256 of that model's weights file
+
     def calibrator(self):
         """The :class:`wmh.calibration.Calibration` of P(WMH) (method none when absent)."""
         from wmh.calibration import Calibration
@@ -138,7 +149,8 @@ def save_model_dir(model, contract: ModelContract, folder: Path) -> Path:
 
 def load_model_dir(source: str | Path):
     """Loads a trained model: a folder, its ``model.keras``, or an MLflow URI
-    (``runs:/<run id>/model``, ``models:/<model id>``, ``models:/NAME@ALIAS``).
+    (``runs:/<run id>/model``, ``models:/<model id>``, ``models:/NAME@ALIAS``). Weights
+    stored in float16 (a shipped model) come back as a float32-policy network.
 
     Loading never executes code from the file (``safe_mode=True``; a random forest
     folder, ``model.arch=rf``, is read with skops by :func:`wmh.baseline.load_model_dir`).
@@ -160,15 +172,20 @@ def load_model_dir(source: str | Path):
     except Exception as error:
         raise WMHError(f"{model_path}: cannot load model ({str(error).splitlines()[0]})") \
             from None
+    if any(str(weight.dtype) == "float16" for weight in model.weights):
+        # stored in float16 to ship it small (wmh.pretrained.export): run in float32
+        model = float32_model(model, contract.model, len(contract.channels))
     return model, contract
 
 
-def read_model_folder(folder: Path, model_file: str, made_by: str) -> ModelContract:
+def read_model_folder(folder: Path, model_file: str, made_by: str,
+                      option: str = "--model") -> ModelContract:
     """Checks a model folder holds ``model_file`` and ``wmh_model.json``; returns the
-    contract. ``made_by`` completes the error message ("expected a folder made ...")."""
+    contract. ``made_by`` completes the error message ("expected a folder made ..."),
+    which starts with ``option``."""
     for name in (model_file, CONTRACT_FILE):
         if not (folder / name).is_file():
-            raise WMHError(f"--model {folder}: missing {name} (expected a folder made "
+            raise WMHError(f"{option} {folder}: missing {name} (expected a folder made "
                            f"{made_by})")
     contract_path = folder / CONTRACT_FILE
     return ModelContract.from_json(contract_path.read_text(), str(contract_path))
@@ -200,11 +217,116 @@ def compile_model(model, learning_rate: float):
 
 def run_key(config: ExperimentConfig, dataset_hash: str) -> str:
     """Names a run's checkpoint folder: the same config on the same data and training code
-    (the ``train`` stage of :data:`wmh.tracking.STAGE_CODE`) resumes there."""
+    (the ``train`` stage of :data:`wmh.tracking.STAGE_CODE`), and for a fine-tune the same
+    starting weights (``train.init_model``'s SHA-256), resumes there."""
     from wmh.tracking import stage_code_hash
 
     text = dump_yaml(config) + dataset_hash + stage_code_hash("train")
+    if config.train.init_model.strip():
+        text += init_source(config, check=False).sha256
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------- fine-tuning
+
+@dataclasses.dataclass(frozen=True)
+class InitSource:
+    """The trained model a fine-tune starts from (``train.init_model``)."""
+
+    source: str  # as the config gives it
+    folder: Path
+    contract: ModelContract
+    sha256: str  # of its weights file
+    plan: Optional[dict]  # its preprocessing plan (None for models from before plans)
+
+
+def init_source(config: ExperimentConfig, check: bool = True) -> Optional[InitSource]:
+    """The model ``train.init_model`` names (``pretrained[:NAME]``, a model folder or an
+    MLflow URI), checked against ``config`` by :func:`check_init_source` unless
+    ``check`` is False; None when the field is empty.
+
+    Raises:
+        WMHError: a missing model, or an incompatible one; named ``train.init_model``.
+    """
+    from wmh.io import sha256_file
+    from wmh.preprocess.plan import read_plan
+    from wmh.registry import model_folder
+
+    text = config.train.init_model.strip()
+    if not text:
+        return None
+    option = "train.init_model"
+    folder = model_folder(text, option)
+    contract = read_model_folder(folder, MODEL_FILE, "by `wmh train` (a network, not a "
+                                 "random forest)", option)
+    source = InitSource(text, folder, contract, sha256_file(folder / MODEL_FILE),
+                        read_plan(folder))
+    if check:
+        check_init_source(config, source)
+    return source
+
+
+def source_preprocess(config: ExperimentConfig, source: InitSource):
+    """The PreprocessConfig a fine-tune of ``source`` must prepare its data with: the
+    source's plan (this config's workers and threads), or for a model without a plan
+    this config's with the source's in-plane spacing."""
+    from wmh.preprocess.plan import plan_config
+
+    if source.plan is None:
+        return dataclasses.replace(config.preprocess,
+                                   inplane_spacing_mm=source.contract.inplane_spacing_mm)
+    planned = plan_config(source.plan, source.folder)
+    return dataclasses.replace(planned, workers=config.preprocess.workers,
+                               threads=config.preprocess.threads)
+
+
+def check_init_source(config: ExperimentConfig, source: InitSource,
+                      preprocess: bool = True) -> None:
+    """A fine-tune must build the source's network on the source's inputs: model.arch,
+    model.loc, model.width, the channels (data.use_t1), the patch definition and (with
+    ``preprocess``) the preprocessing (:func:`source_preprocess`) must match.
+
+    Raises:
+        WMHError: the first field that differs, named with ``train.init_model``.
+    """
+    from wmh.preprocess.keys import config_hash
+
+    theirs = source.contract
+    channels = ("FLAIR", "T1") if config.data.use_t1 else ("FLAIR",)
+    for field, ours, given in (("model.arch", config.model.arch, theirs.model.arch),
+                               ("model.loc", config.model.loc, theirs.model.loc),
+                               ("model.width", config.model.width, theirs.model.width),
+                               ("data.use_t1 (channels)", "+".join(channels),
+                                "+".join(theirs.channels)),
+                               ("patch", ModelContract.patch, theirs.patch)):
+        if ours != given:
+            raise WMHError(f"train.init_model {source.source}: {field} is {given} in that "
+                           f"model but {ours} in this config (set {field.split()[0]} to "
+                           "match, e.g. with the recipe it was trained with)")
+    if preprocess and config_hash(config.preprocess, config.data.use_t1) != config_hash(
+            source_preprocess(config, source), config.data.use_t1):
+        raise WMHError(f"train.init_model {source.source}: the config's preprocess differs "
+                       "from that model's plan.json (`wmh train` prepares the data as the "
+                       "plan says; give the same preprocess.* here)")
+
+
+def with_source_preprocess(config: ExperimentConfig, say=None) -> ExperimentConfig:
+    """``config`` with the preprocessing of ``train.init_model``'s plan (unchanged when
+    the field is empty), so a fine-tune prepares its data as the source model did;
+    ``say`` (e.g. print) gets one line when that changes the config's preprocess.
+
+    Raises:
+        WMHError: the source is missing or its network or channels differ.
+    """
+    source = init_source(config, check=False)
+    if source is None:
+        return config
+    check_init_source(config, source, preprocess=False)
+    preprocess = source_preprocess(config, source)
+    if preprocess != config.preprocess and say is not None:
+        say(f"train.init_model {source.source}: preparing the data with that model's "
+            "preprocessing plan (its plan.json), not the config's preprocess")
+    return dataclasses.replace(config, preprocess=preprocess)
 
 
 def log_precision(config: ExperimentConfig) -> dict:
@@ -338,6 +460,7 @@ def train(config: ExperimentConfig, samples_dir: Path, prepared_dir: Path,
 
     use_t1 = config.data.use_t1
     channels = data.sample_channels(samples_dir, use_t1)
+    source = init_source(config)  # a fine-tune: checked before anything starts
     dataset_hash = data.dataset_hash(samples_dir)
     key = run_key(config, dataset_hash)
     run_dir = Path(config.data.cache_dir) / "runs" / key
@@ -364,6 +487,9 @@ def train(config: ExperimentConfig, samples_dir: Path, prepared_dir: Path,
             precisions = log_precision(config)
             mlflow.set_tags({"data_label": data_label,
                              "channels": ",".join(channels), "run_key": key})
+            if source is not None:
+                mlflow.log_params({"train.init_model_sha256": source.sha256,
+                                   "train.init_model_folder": str(source.folder)})
             state = {"run_id": run_id, "epoch": 0, "best_auc": -1.0, "best_epoch": 0,
                      **precisions}
         # A run resumes in the precision it started in (runs from before: fp32).
@@ -378,6 +504,8 @@ def train(config: ExperimentConfig, samples_dir: Path, prepared_dir: Path,
             else:
                 model = compile_model(build_model(config.model, len(channels)),
                                       config.train.learning_rate)
+                if source is not None:  # fine-tune: the source's weights, fresh optimiser
+                    model.set_weights(load_model_dir(source.folder)[0].get_weights())
         train_data = data.make_dataset(samples_dir, "train", config.train.batch_size,
                                        seed=config.train.seed + state["epoch"], shuffle=True,
                                        use_t1=use_t1, max_samples=config.train.max_train_samples)
@@ -402,7 +530,9 @@ def train(config: ExperimentConfig, samples_dir: Path, prepared_dir: Path,
         contract = ModelContract(model=config.model, channels=tuple(channels),
                                  inplane_spacing_mm=config.preprocess.inplane_spacing_mm,
                                  threshold=threshold, precision=precision,
-                                 **choice.contract_fields())
+                                 **choice.contract_fields(),
+                                 init_model=source.source if source else "",
+                                 init_model_sha256=source.sha256 if source else "")
         model_dir = save_model_dir(best, contract, run_dir / "model")
         write_model_plan(model_dir, config, samples_dir, prepared_dir)
         registry.log_model(model_dir, registry.network_example(validation_data), {

@@ -18,8 +18,12 @@ native FLAIR grid with the input's affine and header, in ``OUT/<subject_id>/``:
 * ``qc.png``: FLAIR + mask and probability + periventricular band on evenly spaced slices;
 * ``report.json``: volumes (mL: total, periventricular within ``periventricular_mm`` of the
   lateral ventricles, deep, brain), lesion count, settings, challenge metrics when labels
-  exist, warnings, provenance (inputs with SHA-256, model and its weights' SHA-256, wmh
-  version, UTC date); for a failed subject only status 'failed' and the error.
+  exist, warnings, provenance (inputs with SHA-256, model (folder or URI, or a shipped
+  model's ``pretrained:<name>`` and version) and its weights' SHA-256, wmh version, UTC
+  date); for a failed subject only status 'failed' and the error.
+
+Without a model (``--model`` not given or empty) the default model shipped in the package
+segments (:mod:`wmh.pretrained`); with none shipped, a one-line error asks for ``--model``.
 
 ``OUT/volumes.csv`` and the cohort QC page ``OUT/index.html`` are rebuilt from every
 subject folder in OUT after each subject (under a lock, so several calls can share OUT).

@@ -43,18 +43,30 @@ class CohortResult:
     failed: list[str]
 
 
-def resolve_model(source: str | Path) -> SegmentModel:
+def resolve_model(source: str | Path | None) -> SegmentModel:
     """The model folder, contract and weights hash, without loading the weights.
 
+    ``source`` is a model folder, its weights file, an MLflow URI, or a shipped model:
+    ``pretrained``, ``pretrained:<name>``, or empty/None for the default shipped one
+    (:mod:`wmh.pretrained`, its files verified against their SHA-256).
+
     Raises:
-        WMHError: a missing folder or file, or a bad contract (named with ``--model``).
+        WMHError: a missing folder or file, a bad contract (named with ``--model``), no
+            shipped model, or a corrupted one.
     """
-    from wmh import baseline, train
+    from wmh import baseline, pretrained, train
 
     from wmh.registry import model_folder
 
-    text = str(source)
-    folder = model_folder(source)  # URI downloaded, weights file -> its folder
+    text = str(source or "")
+    version = sha256 = None
+    if not text or pretrained.is_pretrained(text):  # name and version go in the reports
+        shipped = pretrained.find(text or pretrained.PREFIX,
+                                  label="--model not given" if not text else None)
+        folder, text, version = shipped.folder, shipped.uri, shipped.version
+        sha256 = shipped.weights_sha256  # just verified
+    else:
+        folder = model_folder(source)  # URI downloaded, weights file -> its folder
     if (folder / baseline.FOREST_FILE).is_file():
         weights = baseline.FOREST_FILE
         contract = train.read_model_folder(folder, weights, "by `wmh train` with model.arch=rf")
@@ -63,7 +75,9 @@ def resolve_model(source: str | Path) -> SegmentModel:
         contract = train.read_model_folder(folder, weights,
                                            "by `wmh train`, or runs:/<run id>/model")
     return SegmentModel(source=text, folder=folder, contract=contract,
-                        sha256=outputs.sha256_file(folder / weights), weights_file=weights)
+                        sha256=sha256 or outputs.sha256_file(folder / weights),
+                        weights_file=weights,
+                        version=version)
 
 
 def check_files(subject: io.Subject) -> None:
@@ -87,14 +101,15 @@ def is_done(report: Optional[dict], expected: dict) -> bool:
             and all(report.get(key) == value for key, value in expected.items()))
 
 
-def run_cohort(model_source: str | Path, inputs: Sequence[str | Path | io.Subject],
+def run_cohort(model_source: str | Path | None, inputs: Sequence[str | Path | io.Subject],
                out_dir: str | Path, options: SegmentOptions = SegmentOptions(),
                progress: bool = True, prepared_dir: Optional[Path] = None,
                subject_id: Optional[str] = None) -> CohortResult:
     """Segments every subject of ``inputs``; see the module docstring for the order.
 
     Args:
-        model_source: a model folder, its ``model.keras`` or ``runs:/<id>/model``.
+        model_source: a model folder, its ``model.keras``, an MLflow URI, or a shipped
+            model (``pretrained[:<name>]``; empty or None: the default shipped one).
         inputs: paths as ``wmh segment`` takes them, or :class:`wmh.io.Subject` records.
         out_dir: output folder (created when there is something to write).
         options: threshold, Monte Carlo samples, periventricular distance, overwrite.
@@ -224,7 +239,7 @@ class _Run:
                                 s_per_subject=f"{(time.perf_counter() - began) / finished:.1f}")
 
 
-def segment(model_source: str | Path, inputs: Sequence[str | Path | io.Subject],
+def segment(model_source: str | Path | None, inputs: Sequence[str | Path | io.Subject],
             out_dir: str | Path, options: SegmentOptions = SegmentOptions(),
             progress: bool = True, prepared_dir: Optional[Path] = None) -> list[dict]:
     """Segments every subject of ``inputs`` with the model; keeps ``volumes.csv`` current.

@@ -167,7 +167,8 @@ class BidsLayout(FolderLayout):
             "Threshold": report.get("threshold"),
             "MaskRule": report.get("mask_rule"),
             "Model": {key: report.get(key) for key in
-                      ("model", "model_arch", "model_sha256", "wmh_version")},
+                      ("model", "model_version", "model_arch", "model_sha256",
+                       "wmh_version")},
             "Volumes": {key: report.get(key) for key in
                         ("total_ml", "periventricular_ml", "deep_ml", "lesion_count",
                          "brain_ml", "periventricular_mm")},

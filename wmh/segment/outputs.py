@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -72,8 +71,8 @@ REPORT_COLUMNS = (
     "total_ml", "periventricular_ml", "deep_ml", "lesion_count", "brain_ml",
     "threshold", "calibration", "mask_rule", "periventricular_mm", "mc_samples", "precision",
     "dice", "hd95_mm", "avd_percent", "lesion_recall", "lesion_f1",
-    "warnings", "model", "model_path", "model_arch", "model_sha256", "wmh_version",
-    "date_utc",
+    "warnings", "model", "model_version", "model_path", "model_arch", "model_sha256",
+    "wmh_version", "date_utc",
     "flair", "flair_sha256", "t1", "t1_sha256", "seconds",
 )
 
@@ -264,10 +263,4 @@ def _write_table(path: Path, columns, rows: list[dict], delimiter: str) -> None:
         writer.writerows(rows)
 
 
-def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(chunk_bytes), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+sha256_file = io.sha256_file  # kept here for the callers of wmh.segment.outputs

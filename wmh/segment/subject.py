@@ -87,6 +87,7 @@ class SegmentModel:
         folder: the local model folder.
         contract: its :class:`wmh.train.ModelContract`.
         sha256: SHA-256 of its weights file (model.keras or forest.skops).
+        version: a shipped model's version (``pretrained.json``); None for others.
         model: the loaded patch model (None until :meth:`load`); ``network`` its dense twin.
     """
 
@@ -95,6 +96,7 @@ class SegmentModel:
     contract: object
     sha256: str
     weights_file: str
+    version: Optional[str] = None
     model: object = None
     network: object = None
 
@@ -111,7 +113,8 @@ class SegmentModel:
 
     def provenance(self) -> dict:
         model = self.contract.model
-        return {"model": self.source, "model_path": str(self.folder),
+        return {"model": self.source, "model_version": self.version,
+                "model_path": str(self.folder),
                 "model_arch": f"{model.arch}+{model.loc}" if model.loc != "none"
                 else model.arch, "model_sha256": self.sha256, "wmh_version": __version__}
 
