@@ -94,6 +94,21 @@ def test_location_features_in_unit_range_with_expected_monotonicity():
     assert np.all(np.diff(features[5:55, 35, 4, 0]) > 0)
 
 
+def test_prior_feature_alone_equals_the_prepared_one_from_stored_coordinates():
+    """Feature 8 recomputed from a prepared file's float16 MNI coordinates (the prior stage)
+    is exactly the one preparing the subject with that prior gives."""
+    from wmh.location import analytic_prior, prior_feature
+
+    mni, ventricles, brain = phantom()
+    mni = mni + np.random.default_rng(0).normal(0, 0.3, mni.shape)  # off the float16 grid
+    prior = analytic_prior()
+    features = location_features(mni, ventricles, brain, SPACING, prior)
+    stored = mni.astype(np.float32).astype(np.float16)  # as PreparedSubject keeps them
+    recomputed = prior_feature(stored, brain, prior)
+    assert recomputed.max() == 1.0 and np.all(recomputed[~brain] == 0)
+    np.testing.assert_array_equal(recomputed, features[..., 7])
+
+
 def test_location_features_do_not_depend_on_the_slice_axis():
     """A coronal working grid (axes R, S, A: the superior axis second) gives the same
     features, voxel for voxel, as the axial grid it permutes: distances stay measured in
