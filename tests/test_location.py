@@ -197,3 +197,63 @@ def test_prior_build_command_from_prepared_files(tmp_path, capsys):
     prior = load_prior(out)
     lesion, elsewhere = prior.sample(np.array([[12.0, 0.0, 0.0], [-12.0, 0.0, 0.0]]))
     assert lesion > 5 * elsewhere
+
+
+def test_prior_build_command_takes_a_split(tmp_path, capsys):
+    """--samples (its training split) or --subjects FILE choose the subjects; without
+    either the command says it uses every subject."""
+    import json
+
+    from wmh.cli import main as cli_main
+    from wmh.preprocess import PreparedSubject
+
+    mni, ventricles, brain = phantom()
+    shape = brain.shape
+    header = nib.Nifti1Header()
+    for number, centre in enumerate((12.0, -12.0)):  # p0's lesion on the right, p1's left
+        labels = np.zeros(shape, np.uint8)
+        labels[(np.abs(mni[..., 0] - centre) < 4) & (np.abs(mni[..., 1]) < 4)] = 1
+        PreparedSubject(
+            subject_id=f"p{number}", site=None, split=None,
+            images=np.zeros(shape + (1,), np.float32), channels=("FLAIR",),
+            brain_mask=brain, labels=labels, labels_observer2=None,
+            location=np.zeros(shape + (8,), np.float32), ventricles=ventricles,
+            spacing=SPACING, affine=np.diag(list(SPACING) + [1.0]), native_shape=shape,
+            native_affine=np.diag(list(SPACING) + [1.0]), native_header=header.binaryblock,
+            mni_coordinates=mni).save(tmp_path / "prepared" / f"p{number}.h5")
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    (samples / "splits.json").write_text(json.dumps(
+        {"train": ["p1"], "validation": [], "test": ["p0"], "key": "k"}))
+    listing = tmp_path / "subjects.txt"
+    listing.write_text("# training subjects\np0\n\n")
+
+    def build(*options):
+        out = tmp_path / f"prior{len(list(tmp_path.glob('prior*')))}.nii.gz"
+        with pytest.raises(SystemExit) as exit_info:
+            cli_main(["prior", "build", str(tmp_path / "prepared"), "--out", str(out),
+                      *options])
+        captured = capsys.readouterr()
+        return exit_info.value.code, captured, out
+
+    right, left = np.array([[12.0, 0.0, 0.0]]), np.array([[-12.0, 0.0, 0.0]])
+    code, captured, out = build("--samples", str(samples))
+    assert code == 0 and "1 labelled subjects" in captured.out and not captured.err
+    assert load_prior(out).sample(right)[0] == 0.0 < load_prior(out).sample(left)[0]
+    code, captured, out = build("--subjects", str(listing))
+    assert code == 0 and "1 labelled subjects" in captured.out
+    assert load_prior(out).sample(left)[0] == 0.0 < load_prior(out).sample(right)[0]
+    code, captured, out = build()
+    assert code == 0 and "2 labelled subjects" in captured.out
+    assert captured.err.startswith("warning: the prior uses every labelled subject of DATA, "
+                                   "test subjects included")
+
+    listing.write_text("p0\nnobody\n")
+    code, captured, out = build("--subjects", str(listing))
+    assert code == 2 and not out.exists()
+    assert f"--subjects {listing}: subject 'nobody' is not among the prepared subjects" \
+        in captured.err
+    code, captured, _ = build("--subjects", str(tmp_path / "none.txt"))
+    assert code == 2 and "none.txt: cannot read" in captured.err
+    code, captured, _ = build("--subjects", str(listing), "--samples", str(samples))
+    assert code == 2 and "--samples and --subjects: give one of them" in captured.err

@@ -371,7 +371,8 @@ def build_prior_from_files(paths: Iterable[str | Path], spacing_mm: float = 4.0,
 
 def build_prior_from_cohort(data: str | Path, config, spacing_mm: float = 4.0,
                             smoothing_mm: float = 4.0, workers: Optional[int] = None,
-                            ) -> Prior:
+                            subject_ids: Optional[Iterable[str]] = None,
+                            option: str = "--subjects") -> Prior:
     """The prior of a prepared folder (``*.h5``) or of a raw cohort, prepared first into
     ``<config.data.cache_dir>/prepared``.
 
@@ -379,12 +380,16 @@ def build_prior_from_cohort(data: str | Path, config, spacing_mm: float = 4.0,
         data: prepared folder, cohort folder or CSV manifest.
         config: the experiment config (data and preprocess sections are used).
         workers: parallel subjects when preparing; None = ``preprocess.workers``.
+        subject_ids: only these subjects (e.g. a training split); None = every labelled
+            subject of ``data``, test subjects included.
+        option: the option that gave ``subject_ids``, for error messages.
 
     Returns:
         The prior (``prior.subjects``: the labelled subjects it was built from).
 
     Raises:
-        WMHError: nothing usable in ``data`` (named).
+        WMHError: nothing usable in ``data`` (named), or a subject of ``subject_ids`` not
+            in it.
     """
     from wmh.preprocess import prepare_cohort
 
@@ -396,4 +401,29 @@ def build_prior_from_cohort(data: str | Path, config, spacing_mm: float = 4.0,
                                 workers=config.preprocess.workers if workers is None
                                 else workers)
         files = sorted({**report.skipped, **report.prepared}.values())
+    if subject_ids is not None:
+        wanted = set(subject_ids)
+        missing = sorted(wanted - {path.stem for path in files})
+        if missing:
+            raise WMHError(f"{option}: subject '{missing[0]}' is not among the prepared "
+                           f"subjects of {data} ({len(missing)} missing)")
+        files = [path for path in files if path.stem in wanted]
     return build_prior_from_files(files, spacing_mm, smoothing_mm)
+
+
+def read_subject_list(path: str | Path) -> list[str]:
+    """Subject ids from a text file, one per line (blank lines and ``#`` comments skipped).
+
+    Raises:
+        WMHError: an unreadable or empty file (``--subjects`` and the path).
+    """
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or type(error).__name__
+        raise WMHError(f"--subjects {path}: cannot read ({reason})") from None
+    ids = [line.split("#", 1)[0].strip() for line in lines]
+    ids = [subject_id for subject_id in ids if subject_id]
+    if not ids:
+        raise WMHError(f"--subjects {path}: no subject ids (one per line)")
+    return ids
