@@ -609,20 +609,25 @@ def demo_command(config_path, overrides, out_dir):
               help="What the data are, shown on every table (default: synthetic/real).")
 @click.option("--experiments-dir", default=None, type=click.Path(path_type=Path),
               help="Folder of the experiment YAMLs (default: this checkout's experiments/).")
+@click.option("--alphas", default="", metavar="A,B",
+              help="α values tried on the validation subjects for every experiment with "
+                   "location features (default: the scale's, demo 0.3,1,3; one value fixes "
+                   "α).")
 @click.option("--dry-run", is_flag=True, help="Print the resolved plan and stop.")
 @register_option("the experiment with the best validation Dice")
 def reproduce_command(scale, out_dir, experiments, overrides, override_list, data_label,
-                      experiments_dir, dry_run, register_name):
+                      experiments_dir, alphas, dry_run, register_name):
     """Run the paper's experiments (Tables 2-6) and write the comparison report."""
     from wmh import reproduce
 
     overrides = [*overrides, *override_list.split()]
+    alphas = reproduce.parse_alphas(alphas) if alphas.strip() else None
     if dry_run:
-        click.echo(reproduce.describe(scale, experiments, overrides, experiments_dir))
+        click.echo(reproduce.describe(scale, experiments, overrides, experiments_dir, alphas))
         return
     check_outputs((out_dir, "--out"))
     done = reproduce.reproduce(scale, out_dir, experiments, overrides, data_label,
-                               experiments_dir, progress=click.echo)
+                               experiments_dir, progress=click.echo, alphas=alphas)
     click.echo(f"\n{reproduce.summary_table(done)}")
     click.echo(f"\nReport ({done.data_label} data): {done.report.markdown}")
     click.echo(f"MLflow parent run {done.parent_run_id} ({done.seconds / 60:.1f} min); open "
