@@ -171,24 +171,31 @@ def test_analytic_prior_is_periventricular():
     assert near > 0.1 > far
 
 
-def test_prior_build_command_from_prepared_files(tmp_path, capsys):
-    from wmh.cli import main as cli_main
+def save_phantom_subject(path, labels):
+    """The phantom as a FLAIR-only prepared subject file with ``labels`` and MNI
+    coordinates (what `wmh prior build` reads)."""
     from wmh.preprocess import PreparedSubject
 
     mni, ventricles, brain = phantom()
     shape = brain.shape
-    labels = np.zeros(shape, np.uint8)
+    PreparedSubject(
+        subject_id=path.stem, site=None, split=None,
+        images=np.zeros(shape + (1,), np.float32), channels=("FLAIR",),
+        brain_mask=brain, labels=labels, labels_observer2=None,
+        location=np.zeros(shape + (8,), np.float32), ventricles=ventricles,
+        spacing=SPACING, affine=np.diag(list(SPACING) + [1.0]), native_shape=shape,
+        native_affine=np.diag(list(SPACING) + [1.0]),
+        native_header=nib.Nifti1Header().binaryblock, mni_coordinates=mni).save(path)
+
+
+def test_prior_build_command_from_prepared_files(tmp_path, capsys):
+    from wmh.cli import main as cli_main
+
+    mni, _, brain = phantom()
+    labels = np.zeros(brain.shape, np.uint8)
     labels[(np.abs(mni[..., 0] - 12) < 4) & (np.abs(mni[..., 1]) < 4)] = 1
-    header = nib.Nifti1Header()
     for number in range(2):
-        PreparedSubject(
-            subject_id=f"p{number}", site=None, split=None,
-            images=np.zeros(shape + (1,), np.float32), channels=("FLAIR",),
-            brain_mask=brain, labels=labels, labels_observer2=None,
-            location=np.zeros(shape + (8,), np.float32), ventricles=ventricles,
-            spacing=SPACING, affine=np.diag(list(SPACING) + [1.0]), native_shape=shape,
-            native_affine=np.diag(list(SPACING) + [1.0]), native_header=header.binaryblock,
-            mni_coordinates=mni).save(tmp_path / "prepared" / f"p{number}.h5")
+        save_phantom_subject(tmp_path / "prepared" / f"p{number}.h5", labels)
     out = tmp_path / "prior.nii.gz"
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["prior", "build", str(tmp_path / "prepared"), "--out", str(out)])
@@ -205,22 +212,12 @@ def test_prior_build_command_takes_a_split(tmp_path, capsys):
     import json
 
     from wmh.cli import main as cli_main
-    from wmh.preprocess import PreparedSubject
 
-    mni, ventricles, brain = phantom()
-    shape = brain.shape
-    header = nib.Nifti1Header()
+    mni, _, brain = phantom()
     for number, centre in enumerate((12.0, -12.0)):  # p0's lesion on the right, p1's left
-        labels = np.zeros(shape, np.uint8)
+        labels = np.zeros(brain.shape, np.uint8)
         labels[(np.abs(mni[..., 0] - centre) < 4) & (np.abs(mni[..., 1]) < 4)] = 1
-        PreparedSubject(
-            subject_id=f"p{number}", site=None, split=None,
-            images=np.zeros(shape + (1,), np.float32), channels=("FLAIR",),
-            brain_mask=brain, labels=labels, labels_observer2=None,
-            location=np.zeros(shape + (8,), np.float32), ventricles=ventricles,
-            spacing=SPACING, affine=np.diag(list(SPACING) + [1.0]), native_shape=shape,
-            native_affine=np.diag(list(SPACING) + [1.0]), native_header=header.binaryblock,
-            mni_coordinates=mni).save(tmp_path / "prepared" / f"p{number}.h5")
+        save_phantom_subject(tmp_path / "prepared" / f"p{number}.h5", labels)
     samples = tmp_path / "samples"
     samples.mkdir()
     (samples / "splits.json").write_text(json.dumps(

@@ -84,8 +84,9 @@ FIGURE4_METHODS = ("Conventional", "SS", "MSWS", "SS + Loc", "MSWS + Loc")
 
 # Each scale overrides the experiment files (the user's --set go on top).
 SCALES: dict[str, dict[str, object]] = {
-    # 2 CPU cores, within an hour: 24 synthetic subjects (16 train, 2 validation, 6 test),
-    # a quarter-width network, 15 000 balanced samples per epoch for 3 epochs.
+    # 2 CPU cores: 24 synthetic subjects (16 train, 2 validation, 6 test), a quarter-width
+    # network, 15 000 balanced samples per epoch for 3 epochs (35.7 min before the α
+    # search, which trains the 8 experiments with location features once per α).
     "demo": {
         "synth.subjects": 24, "preprocess.workers": 2,
         "sampling.validation_fraction": 0.08, "sampling.test_fraction": 0.25,
