@@ -214,8 +214,10 @@ def test_tiny_reproduction_reports_every_table_and_resumes(tmp_path, mlflow_tmp,
         searched = {float(r.data.params["model.alpha"]): r for r in runs
                     if r.data.tags.get("alpha_search") == experiment}
         assert sorted(searched) == [0.5, 2.0]
-        dice = {alpha: r.data.metrics["val_volume_dice"] for alpha, r in searched.items()}
-        best = max(sorted(dice), key=lambda alpha: dice[alpha])  # first maximum: smaller α
+        validation = {alpha: r.data.metrics["val_volume_dice"]
+                      for alpha, r in searched.items()}
+        # the first maximum in increasing α: ties go to the smaller α
+        best = max(sorted(validation), key=lambda alpha: validation[alpha])
         result = json.loads((out_dir / experiment / "result.json").read_text())
         assert result["alpha_search"]["chosen"] == best
         assert result["run_id"] == searched[best].info.run_id
