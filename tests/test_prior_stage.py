@@ -12,7 +12,7 @@ import pytest
 from cohorts import make_config, tiny_prepared_subject
 from wmh import location, pipeline
 from wmh.preprocess import PreparedSubject
-from wmh.preprocess import prior as prior_stage
+from wmh import prior as prior_stage
 from wmh.tracking import content_hash
 
 SHAPE = (40, 40, 5)

@@ -57,7 +57,7 @@ class PreprocessConfig:
     brain_volume_ml: tuple[float, float] = (700.0, 2500.0)  # plausible brain volume range
     prior_path: str = ""  # WMH prior NIfTI in MNI space; set, it wins over `prior`
     # Location feature 8's prior when prior_path is "": "training" = built by the pipeline
-    # from the training split's labels only (leak-free; wmh.preprocess.prior), "shipped" =
+    # from the training split's labels only (leak-free; wmh.prior), "shipped" =
     # the synthetic prior in wmh/data (for cohorts too small to build one)
     prior: Literal["training", "shipped"] = "training"
 

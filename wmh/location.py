@@ -20,7 +20,7 @@ nothing is sampled or segmented there, and the zeros keep the files small):
 The WMH prior is a probability map in MNI space: :func:`build_prior` (``wmh prior
 build``) makes one from labelled, prepared subjects. The experiment pipeline builds it
 from the training split only (``preprocess.prior: training``,
-:mod:`wmh.preprocess.prior`) and recomputes feature 7 of every subject with it
+:mod:`wmh.prior`) and recomputes feature 7 of every subject with it
 (:func:`prior_feature`), so no test label reaches a test feature. The package ships a
 default built from **synthetic** subjects (``wmh/data/wmh_prior_mni.nii.gz``, 4 mm,
 uint8 with a scale factor; ``preprocess.prior: shipped``). When that file is absent,

@@ -127,14 +127,14 @@ class PriorStage:
 def ensure_prior(config: ExperimentConfig, cohort: Path, prepared: Path) -> PriorStage:
     """The prior stage: with ``preprocess.prior: training`` (and no ``prior_path``), the
     WMH prior of the training split's labels only and the prepared subjects' view with
-    feature 8 recomputed from it (:mod:`wmh.preprocess.prior`), under
+    feature 8 recomputed from it (:mod:`wmh.prior`), under
     ``<cache>/prior/<prepared folder>-<key>``. The key hashes the prepared cohort, the
     training split's subject ids, the preprocessing config and the stage's code
     (:data:`wmh.tracking.STAGE_CODE`), so another split builds another prior. Too few
     training lesions fall back to the shipped prior, with a warning (stderr, and the
     run's ``prior_warning`` tag)."""
     from wmh import preprocess, sampling
-    from wmh.preprocess import prior as prior_stage
+    from wmh import prior as prior_stage
     from wmh.tracking import stage_code_hash
 
     mode = prior_mode(config)

@@ -53,9 +53,11 @@ The package, one module per job (each imports only modules above it in this list
 - :mod:`~wmh.preprocess.keys`: cache keys and provenance;
 - :mod:`~wmh.preprocess.plan`: the preprocessing plan a model folder carries;
 - :mod:`~wmh.preprocess.subject`: one subject, all steps;
-- :mod:`~wmh.preprocess.cohort`: a cohort, with skips, failures and a summary;
-- :mod:`~wmh.preprocess.prior`: the training split's WMH prior and the prepared subjects
-  seen through it (feature 8 recomputed; the pipeline's prior stage).
+- :mod:`~wmh.preprocess.cohort`: a cohort, with skips, failures and a summary.
+
+The training split's WMH prior and the prepared subjects seen through it (feature 8
+recomputed after the split) are the next stage, :mod:`wmh.prior`: editing it leaves the
+prepared files' keys alone.
 """
 
 

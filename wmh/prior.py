@@ -1,4 +1,5 @@
-"""The WMH prior of a training split, and the prepared subjects seen through it.
+"""The prior stage: the WMH prior of a training split, and the prepared subjects seen
+through it (after :mod:`wmh.preprocess`, before :mod:`wmh.sampling`).
 
 Location feature 8 (the WMH prior at each voxel's MNI coordinate) must not carry test
 labels. With ``preprocess.prior: training`` (the default) the pipeline
