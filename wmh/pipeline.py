@@ -274,14 +274,15 @@ def train_model(config: ExperimentConfig, stages: DataStages, **train_kwargs):
 
 
 def record_prior(run_id: str, stages: DataStages) -> dict:
-    """Tags a run with the prior its location feature 8 came from: ``prior`` (the mode),
-    ``prior_sha256`` (of the training split's prior) and ``prior_warning`` (a fallback
-    to the shipped prior). Returns the tags."""
+    """Tags a run with the prior its location feature 8 came from: ``prior`` (the mode:
+    training, shipped, path, or "as prepared" for stages made by hand), ``prior_sha256``
+    (of the training split's prior) and ``prior_warning`` (a fallback to the shipped
+    prior). Returns the tags."""
     from mlflow.tracking import MlflowClient
 
     from wmh.tracking import content_hash
 
-    tags = {"prior": stages.prior_mode or "shipped"}
+    tags = {"prior": stages.prior_mode or "as prepared"}
     if stages.prior is not None:
         tags["prior_sha256"] = content_hash(stages.prior)
     if stages.prior_warning:
