@@ -81,12 +81,14 @@ def test_dry_run_prints_the_plan_with_user_overrides(capsys):
     assert lines[0].startswith("scale paper: synth.subjects=470")
     assert [line.split()[0] for line in lines[1:]] == ["msws_loc", "rf"]
     assert "epochs=7" in lines[1] and "subjects=470" in lines[1] and "samples/epoch=all" in lines[1]
+    assert lines[1].endswith(" alphas=0.1,0.3,1,3,10") and "alphas" not in lines[2]  # rf: none
 
 
 @pytest.mark.parametrize("arguments, message", [
     (["--scale", "huge"], "--scale huge: unknown scale (known: demo, paper)"),
     (["--experiments", "ss,nope"], "--experiments: unknown experiment 'nope'"),
     (["--set", "train.epochz=3"], "epochz"),
+    (["--alphas", "0,1"], "--alphas 0,1: '0' is not a positive number"),
 ])
 def test_bad_options_exit_2_with_one_line(arguments, message, capsys, tmp_path):
     code, out, err = run_cli(["reproduce", "--out", str(tmp_path / "out"), *arguments], capsys)

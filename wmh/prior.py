@@ -56,14 +56,22 @@ PRIOR_SMOOTHING_MM = 4.0
 def split_prior(files: Sequence[Path]) -> tuple[Optional[location.Prior], str]:
     """The prior of the training subjects' prepared files, or (None, why) when fewer than
     :data:`MIN_LESION_SUBJECTS` of them hold WMH voxels."""
-    try:
-        prior = location.build_prior_from_files(files, PRIOR_SPACING_MM, PRIOR_SMOOTHING_MM)
-    except WMHError:  # no labelled subject with MNI coordinates
-        return None, "no labelled training subject"
+    if not any(_has_labels_and_mni(path) for path in files):
+        return None, "no labelled training subject with MNI coordinates"
+    prior = location.build_prior_from_files(files, PRIOR_SPACING_MM, PRIOR_SMOOTHING_MM)
     if (prior.lesion_subjects or 0) < MIN_LESION_SUBJECTS:
         return None, (f"{prior.lesion_subjects} of {prior.subjects} training subjects hold WMH"
                       f" (a prior needs {MIN_LESION_SUBJECTS})")
     return prior, ""
+
+
+def _has_labels_and_mni(path: Path) -> bool:
+    try:
+        with h5py.File(path, "r") as file:
+            return "labels" in file and "mni_coordinates" in file
+    except OSError:
+        raise WMHError(f"{path}: corrupt prepared subject file (delete it and run wmh "
+                       "prepare again)") from None
 
 
 def prepared_files(prepared_dir: Path) -> list[Path]:
