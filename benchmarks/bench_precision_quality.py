@@ -88,6 +88,7 @@ def main() -> None:
     config = load_config(args.config, args.overrides)
     start = time.perf_counter()
     stages = pipeline.ensure_data(config)
+    config = pipeline.with_prior(config, stages)  # the model carries the prior it used
     data_s = time.perf_counter() - start
     test_ids = sampling.load_splits(stages.samples)["test"]
     result = {"benchmark": "bf16_quality", "data": "SYNTHETIC" if stages.synthetic else "real",

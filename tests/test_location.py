@@ -94,6 +94,21 @@ def test_location_features_in_unit_range_with_expected_monotonicity():
     assert np.all(np.diff(features[5:55, 35, 4, 0]) > 0)
 
 
+def test_prior_feature_alone_equals_the_prepared_one_from_stored_coordinates():
+    """Feature 8 recomputed from a prepared file's float16 MNI coordinates (the prior stage)
+    is exactly the one preparing the subject with that prior gives."""
+    from wmh.location import analytic_prior, prior_feature
+
+    mni, ventricles, brain = phantom()
+    mni = mni + np.random.default_rng(0).normal(0, 0.3, mni.shape)  # off the float16 grid
+    prior = analytic_prior()
+    features = location_features(mni, ventricles, brain, SPACING, prior)
+    stored = mni.astype(np.float32).astype(np.float16)  # as PreparedSubject keeps them
+    recomputed = prior_feature(stored, brain, prior)
+    assert recomputed.max() == 1.0 and np.all(recomputed[~brain] == 0)
+    np.testing.assert_array_equal(recomputed, features[..., 7])
+
+
 def test_location_features_do_not_depend_on_the_slice_axis():
     """A coronal working grid (axes R, S, A: the superior axis second) gives the same
     features, voxel for voxel, as the axial grid it permutes: distances stay measured in
@@ -156,24 +171,31 @@ def test_analytic_prior_is_periventricular():
     assert near > 0.1 > far
 
 
-def test_prior_build_command_from_prepared_files(tmp_path, capsys):
-    from wmh.cli import main as cli_main
+def save_phantom_subject(path, labels):
+    """The phantom as a FLAIR-only prepared subject file with ``labels`` and MNI
+    coordinates (what `wmh prior build` reads)."""
     from wmh.preprocess import PreparedSubject
 
     mni, ventricles, brain = phantom()
     shape = brain.shape
-    labels = np.zeros(shape, np.uint8)
+    PreparedSubject(
+        subject_id=path.stem, site=None, split=None,
+        images=np.zeros(shape + (1,), np.float32), channels=("FLAIR",),
+        brain_mask=brain, labels=labels, labels_observer2=None,
+        location=np.zeros(shape + (8,), np.float32), ventricles=ventricles,
+        spacing=SPACING, affine=np.diag(list(SPACING) + [1.0]), native_shape=shape,
+        native_affine=np.diag(list(SPACING) + [1.0]),
+        native_header=nib.Nifti1Header().binaryblock, mni_coordinates=mni).save(path)
+
+
+def test_prior_build_command_from_prepared_files(tmp_path, capsys):
+    from wmh.cli import main as cli_main
+
+    mni, _, brain = phantom()
+    labels = np.zeros(brain.shape, np.uint8)
     labels[(np.abs(mni[..., 0] - 12) < 4) & (np.abs(mni[..., 1]) < 4)] = 1
-    header = nib.Nifti1Header()
     for number in range(2):
-        PreparedSubject(
-            subject_id=f"p{number}", site=None, split=None,
-            images=np.zeros(shape + (1,), np.float32), channels=("FLAIR",),
-            brain_mask=brain, labels=labels, labels_observer2=None,
-            location=np.zeros(shape + (8,), np.float32), ventricles=ventricles,
-            spacing=SPACING, affine=np.diag(list(SPACING) + [1.0]), native_shape=shape,
-            native_affine=np.diag(list(SPACING) + [1.0]), native_header=header.binaryblock,
-            mni_coordinates=mni).save(tmp_path / "prepared" / f"p{number}.h5")
+        save_phantom_subject(tmp_path / "prepared" / f"p{number}.h5", labels)
     out = tmp_path / "prior.nii.gz"
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["prior", "build", str(tmp_path / "prepared"), "--out", str(out)])
@@ -182,3 +204,53 @@ def test_prior_build_command_from_prepared_files(tmp_path, capsys):
     prior = load_prior(out)
     lesion, elsewhere = prior.sample(np.array([[12.0, 0.0, 0.0], [-12.0, 0.0, 0.0]]))
     assert lesion > 5 * elsewhere
+
+
+def test_prior_build_command_takes_a_split(tmp_path, capsys):
+    """--samples (its training split) or --subjects FILE choose the subjects; without
+    either the command says it uses every subject."""
+    import json
+
+    from wmh.cli import main as cli_main
+
+    mni, _, brain = phantom()
+    for number, centre in enumerate((12.0, -12.0)):  # p0's lesion on the right, p1's left
+        labels = np.zeros(brain.shape, np.uint8)
+        labels[(np.abs(mni[..., 0] - centre) < 4) & (np.abs(mni[..., 1]) < 4)] = 1
+        save_phantom_subject(tmp_path / "prepared" / f"p{number}.h5", labels)
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    (samples / "splits.json").write_text(json.dumps(
+        {"train": ["p1"], "validation": [], "test": ["p0"], "key": "k"}))
+    listing = tmp_path / "subjects.txt"
+    listing.write_text("# training subjects\np0\n\n")
+
+    def build(*options):
+        out = tmp_path / f"prior{len(list(tmp_path.glob('prior*')))}.nii.gz"
+        with pytest.raises(SystemExit) as exit_info:
+            cli_main(["prior", "build", str(tmp_path / "prepared"), "--out", str(out),
+                      *options])
+        captured = capsys.readouterr()
+        return exit_info.value.code, captured, out
+
+    right, left = np.array([[12.0, 0.0, 0.0]]), np.array([[-12.0, 0.0, 0.0]])
+    code, captured, out = build("--samples", str(samples))
+    assert code == 0 and "1 labelled subjects" in captured.out and not captured.err
+    assert load_prior(out).sample(right)[0] == 0.0 < load_prior(out).sample(left)[0]
+    code, captured, out = build("--subjects", str(listing))
+    assert code == 0 and "1 labelled subjects" in captured.out
+    assert load_prior(out).sample(left)[0] == 0.0 < load_prior(out).sample(right)[0]
+    code, captured, out = build()
+    assert code == 0 and "2 labelled subjects" in captured.out
+    assert captured.err.startswith("warning: the prior uses every labelled subject of DATA, "
+                                   "test subjects included")
+
+    listing.write_text("p0\nnobody\n")
+    code, captured, out = build("--subjects", str(listing))
+    assert code == 2 and not out.exists()
+    assert f"--subjects {listing}: subject 'nobody' is not among the prepared subjects" \
+        in captured.err
+    code, captured, _ = build("--subjects", str(tmp_path / "none.txt"))
+    assert code == 2 and "none.txt: cannot read" in captured.err
+    code, captured, _ = build("--subjects", str(listing), "--samples", str(samples))
+    assert code == 2 and "--samples and --subjects: give one of them" in captured.err

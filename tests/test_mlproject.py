@@ -189,8 +189,11 @@ def test_segment_and_reproduce_entry_points_parse():
     assert argv[0] == "reproduce"
     reproduce = cli.get_command(context, "reproduce")
     parsed = reproduce.make_context("reproduce", argv[1:], resilient_parsing=True).params
-    assert (parsed["scale"], parsed["experiments"], parsed["override_list"]) == (
-        "demo", "ss,ss_loc", "")
+    assert (parsed["scale"], parsed["experiments"], parsed["override_list"],
+            parsed["alphas"]) == ("demo", "ss,ss_loc", "", "")
+    argv = _render("reproduce", alphas="0.5,2")
+    parsed = reproduce.make_context("reproduce", argv[1:], resilient_parsing=True).params
+    assert parsed["alphas"] == "0.5,2"
 
 
 def test_precision_parameter_empty_keeps_the_config_and_given_overrides(monkeypatch):

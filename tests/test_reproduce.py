@@ -81,12 +81,14 @@ def test_dry_run_prints_the_plan_with_user_overrides(capsys):
     assert lines[0].startswith("scale paper: synth.subjects=470")
     assert [line.split()[0] for line in lines[1:]] == ["msws_loc", "rf"]
     assert "epochs=7" in lines[1] and "subjects=470" in lines[1] and "samples/epoch=all" in lines[1]
+    assert lines[1].endswith(" alphas=0.1,0.3,1,3,10") and "alphas" not in lines[2]  # rf: none
 
 
 @pytest.mark.parametrize("arguments, message", [
     (["--scale", "huge"], "--scale huge: unknown scale (known: demo, paper)"),
     (["--experiments", "ss,nope"], "--experiments: unknown experiment 'nope'"),
     (["--set", "train.epochz=3"], "epochz"),
+    (["--alphas", "0,1"], "--alphas 0,1: '0' is not a positive number"),
 ])
 def test_bad_options_exit_2_with_one_line(arguments, message, capsys, tmp_path):
     code, out, err = run_cli(["reproduce", "--out", str(tmp_path / "out"), *arguments], capsys)
@@ -134,7 +136,8 @@ def test_tiny_reproduction_reports_every_table_and_resumes(tmp_path, mlflow_tmp,
                  "sampling.validation_fraction=0.15", "sampling.test_fraction=0.3",
                  "baseline.n_trees=10"]
     arguments = ["reproduce", "--out", str(tmp_path / "out"), "--experiments",
-                 "ss_loc,rf,msws_loc_train50", "--set-list", " ".join(overrides)]
+                 "ss_loc,rf,msws_loc_train50", "--set-list", " ".join(overrides),
+                 "--alphas", "0.5,2"]
     code, out, _ = run_cli(arguments, capsys)
     assert code == 0, out
     assert "SYNTHETIC data" in out
@@ -205,12 +208,32 @@ def test_tiny_reproduction_reports_every_table_and_resumes(tmp_path, mlflow_tmp,
                                               output_format="list")
                 if "mlflow.parentRunId" in r.data.tags]
 
-    assert len(child_runs()) == 3
+    # α tuned on validation for the experiments with location features: one run per α,
+    # the chosen one the best validation Dice among them (ties: the smaller α), and tested.
+    runs = child_runs()
+    assert len(runs) == 5  # ss_loc and msws_loc_train50 at α 0.5 and 2, rf once
+    for experiment in ("ss_loc", "msws_loc_train50"):
+        searched = {float(r.data.params["model.alpha"]): r for r in runs
+                    if r.data.tags.get("alpha_search") == experiment}
+        assert sorted(searched) == [0.5, 2.0]
+        validation = {alpha: r.data.metrics["val_volume_dice"]
+                      for alpha, r in searched.items()}
+        # the first maximum in increasing α: ties go to the smaller α
+        best = max(sorted(validation), key=lambda alpha: validation[alpha])
+        result = json.loads((out_dir / experiment / "result.json").read_text())
+        assert result["alpha_search"]["chosen"] == best
+        assert result["run_id"] == searched[best].info.run_id
+        assert [alpha for alpha, r in searched.items()
+                if r.data.tags["alpha_chosen"] == "true"] == [best]
+        assert f"| {experiment} | 0.5, 2 | " in markdown
+        assert f"| {best:g}, best validation Dice of 0.5, 2 (the values tried) |" in markdown
+    assert "## α tuned on the validation subjects" in markdown
+    assert "test_dice_obs1" in mlflow.get_run(stored["run_id"]).data.metrics
 
     # Rerun: every experiment is reused, no new run, same numbers, same parent run.
     code, out, _ = run_cli(arguments, capsys)
     assert code == 0 and out.count("reused in") == 3
-    assert len(child_runs()) == 3
+    assert len(child_runs()) == 5
     table2_again = _read_csv(report_dir / "table2_methods.csv")
     assert table2_again[0]["Test Dice (obs1)"] == table2["SS + Loc"]["Test Dice (obs1)"]
 
@@ -219,7 +242,7 @@ def test_tiny_reproduction_reports_every_table_and_resumes(tmp_path, mlflow_tmp,
     shutil.rmtree(segment)
     code, out, _ = run_cli(arguments, capsys)
     assert code == 0 and out.count("reused in") == 2 and "epoch 1/1" not in out
-    assert len(child_runs()) == 3
+    assert len(child_runs()) == 5
     again = json.loads((out_dir / "ss_loc" / "result.json").read_text())
     assert again["run_id"] == stored["run_id"]
     assert math.isclose(float(_read_csv(report_dir / "table2_methods.csv")[0][
@@ -240,3 +263,88 @@ def _result(name, case_ids):
 
     return MethodResult(name=name, case_ids=case_ids,
                         counts_obs1=np.ones((len(case_ids), 4), np.int64))
+
+
+def test_choose_alpha_takes_the_best_validation_dice_ties_to_the_smaller():
+    assert reproduce.choose_alpha({0.3: 0.41, 1.0: 0.52, 3.0: 0.47}) == 1.0
+    assert reproduce.choose_alpha({3.0: 0.5, 0.3: 0.5, 1.0: 0.2}) == 0.3  # tie: smaller α
+    assert reproduce.choose_alpha({0.3: float("nan"), 1.0: 0.1}) == 1.0
+    assert reproduce.parse_alphas("3, 0.3,1") == (0.3, 1.0, 3.0)
+    for bad in ("0,1", "1,x", "-1", "inf"):
+        with pytest.raises(WMHError, match=r"--alphas .*is not a positive number"):
+            reproduce.parse_alphas(bad)
+
+
+def test_alpha_search_trains_one_run_per_alpha_and_tests_the_best(tmp_path, mlflow_tmp,
+                                                                  monkeypatch):
+    """The search's bookkeeping with training and evaluation stood in for (the tiny
+    reproduction below trains for real): one nested run per α, the chosen α the best
+    validation Dice among them, only it tested, the α list in the result key."""
+    from wmh import data, pipeline, report
+    from wmh.train import TrainResult
+
+    dice_of = {0.3: 0.40, 1.0: 0.61, 3.0: 0.55}
+    trained, tested = [], []
+
+    def train_model(config, stages, **kwargs):
+        trained.append(config.model.alpha)
+        with mlflow.start_run(run_name=kwargs["run_name"], nested=True) as run:
+            mlflow.log_metric("val_volume_dice", dice_of[config.model.alpha])
+        return TrainResult(run.info.run_id, tmp_path, 1, 0.9, 0.5,
+                           dice_of[config.model.alpha], 0.9)
+
+    def evaluate(config, stages, result, out_dir, name, training_size=None):
+        tested.append(result.run_id)
+        return [], _result(name, ("a", "b"))
+
+    monkeypatch.setattr(pipeline, "ensure_data", lambda config: pipeline.DataStages(
+        tmp_path, True, tmp_path, tmp_path))
+    monkeypatch.setattr(data, "dataset_hash", lambda samples: "data")
+    monkeypatch.setattr(pipeline, "train_model", train_model)
+    monkeypatch.setattr(pipeline, "evaluate_test_subjects", evaluate)
+    monkeypatch.setattr(report, "log_method_result", lambda result, run_id=None: None)
+    experiment = next(e for e in reproduce.EXPERIMENTS if e.name == "ss_loc")
+    config = reproduce.resolve(experiment, "demo")
+    mlflow.set_experiment("alpha")
+    with mlflow.start_run():
+        outcome = reproduce.run_experiment(experiment, config, tmp_path, (0.3, 1.0, 3.0))
+    assert trained == [0.3, 1.0, 3.0]
+    runs = {run.data.tags["mlflow.runName"]: run for run in mlflow.search_runs(
+        experiment_names=["alpha"], output_format="list") if "alpha_search" in run.data.tags}
+    assert set(runs) == {"ss_loc alpha=0.3", "ss_loc alpha=1", "ss_loc alpha=3"}
+    best = max(runs.values(), key=lambda run: run.data.metrics["val_volume_dice"])
+    assert outcome.alpha_search["chosen"] == 1.0 and outcome.run_id == best.info.run_id
+    assert tested == [best.info.run_id]  # only the chosen α meets the test subjects
+    assert {name: run.data.tags["alpha_chosen"] for name, run in runs.items()} == {
+        "ss_loc alpha=0.3": "false", "ss_loc alpha=1": "true", "ss_loc alpha=3": "false"}
+    stored = json.loads((tmp_path / "ss_loc" / reproduce.RESULT_FILE).read_text())
+    assert stored["alpha_search"]["validation_dice"] == {"0.3": 0.40, "1": 0.61, "3": 0.55}
+
+    # the same α list is reused; another one is a new result (the α runs are reused by
+    # train_model's reuse_finished)
+    again = reproduce.run_experiment(experiment, config, tmp_path, (0.3, 1.0, 3.0))
+    assert again.reused and again.alpha_search == outcome.alpha_search
+    other = reproduce.run_experiment(experiment, config, tmp_path, (0.3, 3.0))
+    assert not other.reused and other.alpha_search["chosen"] == 3.0
+    key = reproduce.result_key("run")
+    assert len({key, reproduce.result_key("run", (0.3, 3.0)),
+                reproduce.result_key("run", (0.3, 1.0, 3.0))}) == 3
+    # an experiment without location features searches nothing
+    plain = next(e for e in reproduce.EXPERIMENTS if e.name == "ss")
+    trained.clear()
+    outcome = reproduce.run_experiment(plain, reproduce.resolve(plain, "demo"), tmp_path,
+                                       (0.3, 3.0))
+    assert outcome.alpha_search is None and trained == [1.0]
+
+    # the report names the chosen α and the search
+    markdown = tmp_path / "report.md"
+    markdown.write_text("")
+    searched = reproduce.Outcome(experiment, None, "r", False, 1.0,
+                                 alpha_search=stored["alpha_search"])
+    reproduce._append_choices(markdown, [searched], [config])
+    reproduce._append_alpha_search(markdown, [searched])
+    text = markdown.read_text()
+    assert "| 1, best validation Dice of 0.3, 1, 3 (the values tried) |" in text
+    assert "## α tuned on the validation subjects" in text
+    assert f"| ss_loc | 0.3, 1, 3 | 0.3: 0.400, 1: 0.610, 3: 0.550 | 1 | {best.info.run_id} |" \
+        in text

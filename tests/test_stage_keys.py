@@ -57,3 +57,18 @@ def test_a_code_change_invalidates_its_stage_and_later_ones_only(monkeypatch, tm
     if changed != "prepare":  # prepared files reach the samples through their cache keys
         for stage in order[position:]:
             assert before[stage] != after[stage], stage
+
+
+@pytest.mark.parametrize("module, prepare_changes", [("wmh.prior", False),
+                                                     ("wmh.location", True)])
+def test_the_prior_stage_is_keyed_by_its_own_code(monkeypatch, tmp_path, module,
+                                                  prepare_changes):
+    """Editing the prior stage (after the split) keeps the prepared files; editing the
+    location features changes both."""
+    from wmh.preprocess import keys as prepare_keys
+
+    before = (prepare_keys.code_version(), tracking.stage_code_hash("prior"))
+    edit_module(monkeypatch, tmp_path, module)
+    after = (prepare_keys.code_version(), tracking.stage_code_hash("prior"))
+    assert (before[0] != after[0]) == prepare_changes
+    assert before[1] != after[1]

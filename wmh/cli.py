@@ -273,20 +273,41 @@ def prior_group():
               help="Gaussian smoothing sigma.")
 @click.option("--workers", type=int, default=None,
               help="Subjects prepared in parallel when DATA is a raw cohort.")
+@click.option("--samples", "samples_dir", type=click.Path(path_type=Path), default=None,
+              help="A sample set (from `wmh sample`): only its training split's subjects.")
+@click.option("--subjects", "subjects_file", type=click.Path(path_type=Path), default=None,
+              help="A text file of subject ids, one per line: only those subjects.")
 @config_options
-def prior_build_command(data, out_path, spacing_mm, smoothing_mm, workers, config_path,
-                        overrides):
-    """Build the WMH prior from a labelled cohort.
+def prior_build_command(data, out_path, spacing_mm, smoothing_mm, workers, samples_dir,
+                        subjects_file, config_path, overrides):
+    """Build the WMH prior from labelled subjects.
 
     DATA is a folder of prepared subjects (*.h5), or a cohort that is prepared first
-    into <data.cache_dir>/prepared. Use it with --set preprocess.prior_path=OUT.
+    into <data.cache_dir>/prepared. Give the training subjects (--samples or --subjects):
+    a prior from test subjects puts their labels into their features. Use the prior with
+    --set preprocess.prior_path=OUT (the pipeline builds the training split's prior itself
+    with preprocess.prior: training, the default).
     """
-    from wmh.location import build_prior_from_cohort
+    from wmh.location import build_prior_from_cohort, read_subject_list
 
     config = resolve_config(config_path, overrides)
+    if samples_dir is not None and subjects_file is not None:
+        raise WMHError("--samples and --subjects: give one of them")
     check_output_file(out_path, "--out")
     check_outputs((config.data.cache_dir, "data.cache_dir"))
-    prior = build_prior_from_cohort(data, config, spacing_mm, smoothing_mm, workers=workers)
+    subject_ids, option = None, "--subjects"
+    if samples_dir is not None:
+        from wmh.sampling import load_splits
+
+        subject_ids, option = load_splits(samples_dir)["train"], f"--samples {samples_dir}"
+    elif subjects_file is not None:
+        subject_ids, option = read_subject_list(subjects_file), f"--subjects {subjects_file}"
+    else:
+        click.echo("warning: the prior uses every labelled subject of DATA, test subjects "
+                   "included; pass --samples SAMPLES_DIR (its training split) or --subjects "
+                   "FILE for a prior without test labels", err=True)
+    prior = build_prior_from_cohort(data, config, spacing_mm, smoothing_mm, workers=workers,
+                                    subject_ids=subject_ids, option=option)
     prior.save(out_path)
     click.echo(f"prior from {prior.subjects} labelled subjects -> {out_path}")
 
@@ -660,20 +681,25 @@ def demo_command(config_path, overrides, out_dir):
               help="What the data are, shown on every table (default: synthetic/real).")
 @click.option("--experiments-dir", default=None, type=click.Path(path_type=Path),
               help="Folder of the experiment YAMLs (default: this checkout's experiments/).")
+@click.option("--alphas", default="", metavar="A,B",
+              help="α values tried on the validation subjects for every experiment with "
+                   "location features (default: the scale's, demo 0.3,1,3; one value fixes "
+                   "α).")
 @click.option("--dry-run", is_flag=True, help="Print the resolved plan and stop.")
 @register_option("the experiment with the best validation Dice")
 def reproduce_command(scale, out_dir, experiments, overrides, override_list, data_label,
-                      experiments_dir, dry_run, register_name):
+                      experiments_dir, alphas, dry_run, register_name):
     """Run the paper's experiments (Tables 2-6) and write the comparison report."""
     from wmh import reproduce
 
     overrides = [*overrides, *override_list.split()]
+    alphas = reproduce.parse_alphas(alphas) if alphas.strip() else None
     if dry_run:
-        click.echo(reproduce.describe(scale, experiments, overrides, experiments_dir))
+        click.echo(reproduce.describe(scale, experiments, overrides, experiments_dir, alphas))
         return
     check_outputs((out_dir, "--out"))
     done = reproduce.reproduce(scale, out_dir, experiments, overrides, data_label,
-                               experiments_dir, progress=click.echo)
+                               experiments_dir, progress=click.echo, alphas=alphas)
     click.echo(f"\n{reproduce.summary_table(done)}")
     click.echo(f"\nReport ({done.data_label} data): {done.report.markdown}")
     click.echo(f"MLflow parent run {done.parent_run_id} ({done.seconds / 60:.1f} min); open "

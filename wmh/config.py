@@ -55,7 +55,11 @@ class PreprocessConfig:
     n4_shrink_mm: float = 6.0  # N4 fits the bias field on an image shrunk to about this size
     min_similarity: float = 0.025  # NMI below this after registration: fallback + warning
     brain_volume_ml: tuple[float, float] = (700.0, 2500.0)  # plausible brain volume range
-    prior_path: str = ""  # WMH prior NIfTI in MNI space; "" = the one shipped in wmh/data
+    prior_path: str = ""  # WMH prior NIfTI in MNI space; set, it wins over `prior`
+    # Location feature 8's prior when prior_path is "": "training" = built by the pipeline
+    # from the training split's labels only (leak-free; wmh.prior), "shipped" =
+    # the synthetic prior in wmh/data (for cohorts too small to build one)
+    prior: Literal["training", "shipped"] = "training"
 
 
 @dataclasses.dataclass(frozen=True)

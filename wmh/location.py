@@ -18,10 +18,18 @@ nothing is sampled or segmented there, and the zeros keep the files small):
 7.   WMH prior probability at the voxel's MNI coordinate.
 
 The WMH prior is a probability map in MNI space: :func:`build_prior` (``wmh prior
-build``) makes one from a labelled, prepared cohort; the package ships a default built
-from the synthetic cohort (``wmh/data/wmh_prior_mni.nii.gz``, 4 mm, uint8 with a scale
-factor). When that file is absent, :func:`analytic_prior` stands in: a smooth
-periventricular band, documented as an approximation.
+build``) makes one from labelled, prepared subjects. The experiment pipeline builds it
+from the training split only (``preprocess.prior: training``,
+:mod:`wmh.prior`) and recomputes feature 7 of every subject with it
+(:func:`prior_feature`), so no test label reaches a test feature. The package ships a
+default built from **synthetic** subjects (``wmh/data/wmh_prior_mni.nii.gz``, 4 mm,
+uint8 with a scale factor; ``preprocess.prior: shipped``). When that file is absent,
+:func:`analytic_prior` stands in: a smooth periventricular band, documented as an
+approximation.
+
+Feature 7 samples the prior at the MNI coordinates rounded to their stored precision
+(:data:`MNI_DTYPE`, as PreparedSubject files keep them), so recomputing it from a
+prepared file gives exactly what preparing the subject with that prior gives.
 """
 
 from __future__ import annotations
@@ -42,6 +50,8 @@ LOCATION_FEATURES = ("mni_x", "mni_y", "mni_z", "distance_left_ventricle",
                      "distance_midsagittal", "wmh_prior")
 DEFAULT_PRIOR_NAME = "wmh_prior_mni.nii.gz"
 MIN_GRADIENT = 0.2  # mm of MNI x per mm: floor for the midsagittal distance's divisor
+MNI_DTYPE = np.float16  # how prepared files store MNI coordinates (0.06 mm at 100 mm)
+PRIOR_INDEX = LOCATION_FEATURES.index("wmh_prior")
 
 
 # ------------------------------------------------------------------------ features
@@ -96,8 +106,28 @@ def raw_location_features(mni_coordinates: np.ndarray, ventricles: np.ndarray,
     features[..., 4] = back(inplane_distance(axial(ventricles == 2), spacing[order]))
     features[..., 5] = back(inplane_distance(axial(~brain_mask), spacing[order]))
     features[..., 6] = back(midsagittal_distance(axial(mni[..., 0]), spacing[order]))
-    features[..., 7] = prior.sample(mni)
+    features[..., PRIOR_INDEX] = prior.sample(mni.astype(MNI_DTYPE))
     return features
+
+
+def prior_feature(mni_coordinates: np.ndarray, brain_mask: np.ndarray,
+                  prior: "Prior") -> np.ndarray:
+    """Feature 7 alone, as :func:`location_features` computes it: the prior at the MNI
+    coordinates (rounded to :data:`MNI_DTYPE`), normalised per case, 0 outside the brain.
+
+    Args:
+        mni_coordinates: (X, Y, Z, 3) MNI coordinates in mm (e.g. a prepared file's).
+        brain_mask: (X, Y, Z) bool.
+        prior: the WMH prior.
+
+    Returns:
+        (X, Y, Z) float32 in [0, 1].
+    """
+    brain_mask = np.asarray(brain_mask, dtype=bool)
+    raw = prior.sample(np.asarray(mni_coordinates, np.float32).astype(MNI_DTYPE))
+    feature = normalise_per_case(raw, brain_mask)
+    feature[~brain_mask] = 0.0
+    return feature
 
 
 def inplane_distance(target: np.ndarray, spacing: np.ndarray) -> np.ndarray:
@@ -168,14 +198,19 @@ class Prior:
         affine: (4, 4) voxel -> MNI mm (RAS).
         source: where it came from (a path or 'analytic').
         subjects: how many labelled subjects it was built from (None: not built here).
+        lesion_subjects: how many of them hold WMH voxels (None: not built here).
+        lesion_voxels: their WMH voxels counted (None: not built here).
     """
 
     def __init__(self, probability: np.ndarray, affine: np.ndarray, source: str,
-                 subjects: Optional[int] = None):
+                 subjects: Optional[int] = None, lesion_subjects: Optional[int] = None,
+                 lesion_voxels: Optional[int] = None):
         self.probability = np.asarray(probability, dtype=np.float32)
         self.affine = np.asarray(affine, dtype=np.float64)
         self.source = source
         self.subjects = subjects
+        self.lesion_subjects = lesion_subjects
+        self.lesion_voxels = lesion_voxels
 
     def sample(self, mni_coordinates: np.ndarray) -> np.ndarray:
         """Trilinear prior at MNI coordinates: (..., 3) mm -> (...) float32, 0 outside."""
@@ -290,7 +325,7 @@ def build_prior(subjects: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]],
     corner = np.array(MNI_CORNER_MM)
     lesions = np.zeros(shape, dtype=np.float64)
     brain = np.zeros(shape, dtype=np.float64)
-    used = 0
+    used = lesion_subjects = lesion_voxels = 0
     for mni_coordinates, labels, brain_mask in subjects:
         brain_mask = np.asarray(brain_mask, dtype=bool)
         points = np.asarray(mni_coordinates)[brain_mask]
@@ -302,6 +337,8 @@ def build_prior(subjects: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]],
         lesions += np.bincount(index, weights=is_lesion[inside].astype(np.float64),
                                minlength=lesions.size).reshape(shape)
         used += 1
+        lesion_subjects += int(is_lesion.any())
+        lesion_voxels += int(is_lesion.sum())
     if used == 0:
         raise WMHError("wmh prior build: no labelled subject with MNI coordinates")
     sigma = smoothing_mm / spacing_mm
@@ -310,7 +347,8 @@ def build_prior(subjects: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]],
     floor = 0.05 * brain.max()
     probability = np.where(brain > floor, lesions / np.maximum(brain, floor), 0.0)
     return Prior(np.clip(probability, 0, 1).astype(np.float32), affine,
-                 f"built from {used} subjects", subjects=used)
+                 f"built from {used} subjects", subjects=used,
+                 lesion_subjects=lesion_subjects, lesion_voxels=lesion_voxels)
 
 
 def build_prior_from_files(paths: Iterable[str | Path], spacing_mm: float = 4.0,
@@ -333,7 +371,8 @@ def build_prior_from_files(paths: Iterable[str | Path], spacing_mm: float = 4.0,
 
 def build_prior_from_cohort(data: str | Path, config, spacing_mm: float = 4.0,
                             smoothing_mm: float = 4.0, workers: Optional[int] = None,
-                            ) -> Prior:
+                            subject_ids: Optional[Iterable[str]] = None,
+                            option: str = "--subjects") -> Prior:
     """The prior of a prepared folder (``*.h5``) or of a raw cohort, prepared first into
     ``<config.data.cache_dir>/prepared``.
 
@@ -341,12 +380,16 @@ def build_prior_from_cohort(data: str | Path, config, spacing_mm: float = 4.0,
         data: prepared folder, cohort folder or CSV manifest.
         config: the experiment config (data and preprocess sections are used).
         workers: parallel subjects when preparing; None = ``preprocess.workers``.
+        subject_ids: only these subjects (e.g. a training split); None = every labelled
+            subject of ``data``, test subjects included.
+        option: the option that gave ``subject_ids``, for error messages.
 
     Returns:
         The prior (``prior.subjects``: the labelled subjects it was built from).
 
     Raises:
-        WMHError: nothing usable in ``data`` (named).
+        WMHError: nothing usable in ``data`` (named), or a subject of ``subject_ids`` not
+            in it.
     """
     from wmh.preprocess import prepare_cohort
 
@@ -358,4 +401,29 @@ def build_prior_from_cohort(data: str | Path, config, spacing_mm: float = 4.0,
                                 workers=config.preprocess.workers if workers is None
                                 else workers)
         files = sorted({**report.skipped, **report.prepared}.values())
+    if subject_ids is not None:
+        wanted = set(subject_ids)
+        missing = sorted(wanted - {path.stem for path in files})
+        if missing:
+            raise WMHError(f"{option}: subject '{missing[0]}' is not among the prepared "
+                           f"subjects of {data} ({len(missing)} missing)")
+        files = [path for path in files if path.stem in wanted]
     return build_prior_from_files(files, spacing_mm, smoothing_mm)
+
+
+def read_subject_list(path: str | Path) -> list[str]:
+    """Subject ids from a text file, one per line (blank lines and ``#`` comments skipped).
+
+    Raises:
+        WMHError: an unreadable or empty file (``--subjects`` and the path).
+    """
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or type(error).__name__
+        raise WMHError(f"--subjects {path}: cannot read ({reason})") from None
+    ids = [line.split("#", 1)[0].strip() for line in lines]
+    ids = [subject_id for subject_id in ids if subject_id]
+    if not ids:
+        raise WMHError(f"--subjects {path}: no subject ids (one per line)")
+    return ids

@@ -1,8 +1,13 @@
-"""The stages in sequence, each cached: cohort -> prepared -> samples -> model -> results.
+"""The stages in sequence, each cached: cohort -> prepared -> prior -> samples -> model ->
+results.
 
 ``wmh train``, ``mlflow run .``, ``wmh demo`` and ``wmh reproduce`` all start here so that
 they do the same thing. Each stage is keyed by a hash of its inputs and config, so a rerun
 reuses what is up to date and an interrupted run resumes at the stage it stopped in.
+
+The prior stage (:func:`ensure_prior`) comes after the split: location feature 8 is
+recomputed for every subject with the WMH prior of the training split's labels only
+(``preprocess.prior: training``), and the model trained on it carries that prior.
 """
 
 from __future__ import annotations
@@ -65,7 +70,9 @@ def ensure_prepared(config: ExperimentConfig, cohort: Path) -> Path:
     prepared; raises when all fail."""
     from wmh import preprocess
 
-    key = _key(str(cohort.resolve()), dump_yaml(config.preprocess), str(config.data.use_t1))
+    # preprocess.prior is the prior stage's choice: the prepared files do not depend on it
+    preprocess_config = dataclasses.replace(config.preprocess, prior="training")
+    key = _key(str(cohort.resolve()), dump_yaml(preprocess_config), str(config.data.use_t1))
     out = Path(config.data.cache_dir) / "prepared" / f"{cohort.name}-{key}"
     report = preprocess.prepare_cohort(cohort, out, config.preprocess,
                                        use_t1=config.data.use_t1,
@@ -90,12 +97,122 @@ def ensure_samples(config: ExperimentConfig, prepared: Path) -> Path:
                                   config.sampling)
 
 
+def prior_mode(config: ExperimentConfig) -> str:
+    """Where location feature 8's prior comes from: "path" (``preprocess.prior_path``,
+    set: it wins), "shipped" (the synthetic prior in wmh/data) or "training" (built from
+    the training split by :func:`ensure_prior`)."""
+    if config.preprocess.prior_path:
+        return "path"
+    return config.preprocess.prior
+
+
+@dataclasses.dataclass(frozen=True)
+class PriorStage:
+    """What :func:`ensure_prior` gave.
+
+    Attributes:
+        prepared: the prepared folder to sample, train and segment on: the prior view
+            (feature 8 from the training split's prior), else the prepared folder itself.
+        prior: the training split's prior file, or None (the config's prior is used).
+        mode: :func:`prior_mode`, "shipped" too after a fallback.
+        warning: why the training split's prior fell back to the shipped one, or "".
+    """
+
+    prepared: Path
+    prior: Optional[Path]
+    mode: str
+    warning: str = ""
+
+
+def ensure_prior(config: ExperimentConfig, cohort: Path, prepared: Path) -> PriorStage:
+    """The prior stage: with ``preprocess.prior: training`` (and no ``prior_path``), the
+    WMH prior of the training split's labels only and the prepared subjects' view with
+    feature 8 recomputed from it (:mod:`wmh.prior`), under
+    ``<cache>/prior/<prepared folder>-<key>``. The key hashes the prepared cohort, the
+    training split's subject ids, the preprocessing config and the stage's code
+    (:data:`wmh.tracking.STAGE_CODE`), so another split builds another prior. Too few
+    training lesions fall back to the shipped prior, with a warning (stderr, and the
+    run's ``prior_warning`` tag)."""
+    from wmh import preprocess, sampling
+    from wmh import prior as prior_stage
+    from wmh.tracking import stage_code_hash
+
+    mode = prior_mode(config)
+    if mode != "training":
+        return PriorStage(prepared, None, mode)
+    use_t1 = config.data.use_t1
+    records = sampling.read_prepared_cohort(prepared)
+    train_ids = sampling.make_splits(records, config.sampling)["train"]
+    key = _key(sampling.cohort_hash(prepared, records), json.dumps(sorted(train_ids)),
+               preprocess.config_hash(config.preprocess, use_t1), stage_code_hash("prior"))
+    out = Path(config.data.cache_dir) / "prior" / f"{Path(prepared).name}-{key}"
+    info = prior_stage.read_info(out)
+    if info is None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        info = prior_stage.write_prior_view(prepared, out, train_ids, config.preprocess,
+                                            use_t1, _keys_with_prior(config, cohort, records))
+    if info.get("fallback"):
+        print(f"warning: {info['fallback']}", file=sys.stderr)
+        return PriorStage(prepared, None, "shipped", info["fallback"])
+    return PriorStage(out, out / prior_stage.PRIOR_FILE, "training")
+
+
+def _keys_with_prior(config: ExperimentConfig, cohort: Path, records):
+    """(subject id, config with the new prior) -> the subject's cache key prepared that
+    way, for the subjects of ``cohort`` whose prepared file is up to date; None for the
+    others (their view keys are derived: ``wmh segment`` then prepares them again)."""
+    from wmh import preprocess
+
+    stored = {record.subject_id: record.cache_key for record in records}
+    use_t1 = config.data.use_t1
+    try:
+        subjects = ({} if is_prepared_dir(Path(cohort)) else
+                    {s.subject_id: s for s in io.discover(cohort)})
+    except WMHError:  # the cohort moved or is gone
+        subjects = {}
+
+    def key(subject_id: str, with_prior) -> Optional[str]:
+        subject = subjects.get(subject_id)
+        if subject is None or preprocess.cache_key(subject, config.preprocess, use_t1) \
+                != stored.get(subject_id):
+            return None
+        return preprocess.cache_key(subject, with_prior, use_t1)
+
+    return key
+
+
 @dataclasses.dataclass(frozen=True)
 class DataStages:
+    """The data stages' folders.
+
+    Attributes:
+        cohort: the cohort (a folder or CSV manifest).
+        synthetic: whether it is synthetic.
+        prepared: the prepared subjects to train and segment on (the prior view when the
+            training split's prior is built).
+        samples: the sample set.
+        prior: the training split's prior file, or None.
+        prior_mode: :func:`prior_mode`, "shipped" after a fallback.
+        prior_warning: why the training prior fell back to the shipped one, or "".
+    """
+
     cohort: Path
     synthetic: bool
     prepared: Path
     samples: Path
+    prior: Optional[Path] = None
+    prior_mode: str = ""
+    prior_warning: str = ""
+
+
+def with_prior(config: ExperimentConfig, stages: DataStages) -> ExperimentConfig:
+    """``config`` with ``preprocess.prior_path`` the training split's prior of ``stages``
+    (when built), so the model folder's plan and prior copy are the ones its features used."""
+    if stages.prior is None:
+        return config
+    from wmh.config import replace
+
+    return replace(config, **{"preprocess.prior_path": str(stages.prior)})
 
 
 def is_prepared_dir(path: Path) -> bool:
@@ -112,15 +229,17 @@ def ensure_data(config: ExperimentConfig) -> DataStages:
     root = Path(config.data.root)
     if is_prepared_dir(root):
         origin = _read_origin(root)
-        cohort = Path(origin.get("cohort", root))
-        return DataStages(cohort, bool(origin.get("synthetic", False)), root,
-                          ensure_samples(config, root))
-    cohort, synthetic = ensure_cohort(config)
-    prepared = ensure_prepared(config, cohort)
-    io.atomic_write_text(prepared / ORIGIN_FILE, json.dumps(
-        {"cohort": str(cohort.resolve()), "synthetic": synthetic}))
-    samples = ensure_samples(config, prepared)
-    return DataStages(cohort, synthetic, prepared, samples)
+        cohort, synthetic, prepared = (Path(origin.get("cohort", root)),
+                                       bool(origin.get("synthetic", False)), root)
+    else:
+        cohort, synthetic = ensure_cohort(config)
+        prepared = ensure_prepared(config, cohort)
+        io.atomic_write_text(prepared / ORIGIN_FILE, json.dumps(
+            {"cohort": str(cohort.resolve()), "synthetic": synthetic}))
+    prior = ensure_prior(config, cohort, prepared)
+    samples = ensure_samples(config, prior.prepared)
+    return DataStages(cohort, synthetic, prior.prepared, samples, prior.prior, prior.mode,
+                      prior.warning)
 
 
 ORIGIN_FILE = "origin.json"  # in a prepared folder: the cohort it came from, synthetic or not
@@ -137,17 +256,41 @@ def train_model(config: ExperimentConfig, stages: DataStages, **train_kwargs):
     """Trains ``config.model`` on prepared data stages: a CNN, or the random forest
     baseline for ``model.arch == "rf"``; both return a :class:`wmh.train.TrainResult`."""
     data_label = "synthetic" if stages.synthetic else "real"
+    config = with_prior(config, stages)
     if config.model.arch == "rf":  # the conventional baseline: hand-crafted features + forest
         from wmh.baseline import train_baseline
 
         train_kwargs.pop("reuse_finished", None)  # a forest refits (about a minute)
 
-        return train_baseline(config, stages.samples, stages.prepared, data_label=data_label,
-                              **train_kwargs)
-    from wmh import train
+        result = train_baseline(config, stages.samples, stages.prepared,
+                                data_label=data_label, **train_kwargs)
+    else:
+        from wmh import train
 
-    return train.train(config, stages.samples, stages.prepared, data_label=data_label,
-                       **train_kwargs)
+        result = train.train(config, stages.samples, stages.prepared, data_label=data_label,
+                             **train_kwargs)
+    record_prior(result.run_id, stages)
+    return result
+
+
+def record_prior(run_id: str, stages: DataStages) -> dict:
+    """Tags a run with the prior its location feature 8 came from: ``prior`` (the mode:
+    training, shipped, path, or "as prepared" for stages made by hand), ``prior_sha256``
+    (of the training split's prior) and ``prior_warning`` (a fallback to the shipped
+    prior). Returns the tags."""
+    from mlflow.tracking import MlflowClient
+
+    from wmh.tracking import content_hash
+
+    tags = {"prior": stages.prior_mode or "as prepared"}
+    if stages.prior is not None:
+        tags["prior_sha256"] = content_hash(stages.prior)
+    if stages.prior_warning:
+        tags["prior_warning"] = stages.prior_warning
+    client = MlflowClient()
+    for name, value in tags.items():
+        client.set_tag(run_id, name, value)
+    return tags
 
 
 def run_training(config: ExperimentConfig, **train_kwargs):

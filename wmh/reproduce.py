@@ -5,7 +5,11 @@ Every experiment of :data:`EXPERIMENTS` (``experiments/<name>.yaml``) runs at on
 
 1. the cached data stages of :mod:`wmh.pipeline` (shared by the experiments; the
    Table 6 subsets add nested training subsets, validation and test stay the same);
-2. training, a nested MLflow run under the reproduction's parent run;
+2. training, a nested MLflow run under the reproduction's parent run. An experiment with
+   location features (``model.loc`` not none) tunes α on the validation subjects, as the
+   paper did: one nested run per α of the scale's list (:data:`ALPHAS`, or ``--alphas``),
+   the α with the highest validation Dice kept (:func:`choose_alpha`; ties: the smaller α)
+   and only that model tested;
 3. segmentation of the test subjects (``wmh segment``'s outputs, brain mask included);
 4. evaluation inside the brain mask against observer 1, and observer 2 where the cohort
    has one -> a :class:`wmh.report.MethodResult`, logged to the run as
@@ -16,7 +20,8 @@ Then observer 2 is scored against observer 1 on the same test subjects and
 published numbers (``<out>/report/``; logged to the parent run).
 
 Resumable at the experiment level: ``result.json`` records a hash of the experiment's
-resolved config and of its data, so a rerun skips what is done and up to date, and an
+resolved config, of its data and of its α list, so a rerun skips what is done and up to
+date (another α list runs the search again, reusing the α runs already finished), and an
 experiment interrupted during training resumes at its last finished epoch
 (:func:`wmh.train.train`).
 """
@@ -79,8 +84,9 @@ FIGURE4_METHODS = ("Conventional", "SS", "MSWS", "SS + Loc", "MSWS + Loc")
 
 # Each scale overrides the experiment files (the user's --set go on top).
 SCALES: dict[str, dict[str, object]] = {
-    # 2 CPU cores, within an hour: 24 synthetic subjects (16 train, 2 validation, 6 test),
-    # a quarter-width network, 15 000 balanced samples per epoch for 3 epochs.
+    # 2 CPU cores: 24 synthetic subjects (16 train, 2 validation, 6 test), a quarter-width
+    # network, 15 000 balanced samples per epoch for 3 epochs (35.7 min before the α
+    # search, which trains the 8 experiments with location features once per α).
     "demo": {
         "synth.subjects": 24, "preprocess.workers": 2,
         "sampling.validation_fraction": 0.08, "sampling.test_fraction": 0.25,
@@ -98,6 +104,13 @@ SCALES: dict[str, dict[str, object]] = {
         "train.batch_size": 128, "train.max_train_samples": 0,
         "train.max_validation_samples": 0,
     },
+}
+# α (the scale of the 8 location features) tried per scale for every experiment with
+# location features, chosen on the validation subjects as the paper did (the paper does not
+# give the values it tried: these grids are this suite's choice).
+ALPHAS: dict[str, tuple[float, ...]] = {
+    "demo": (0.3, 1.0, 3.0),
+    "paper": (0.1, 0.3, 1.0, 3.0, 10.0),
 }
 REPRODUCE_EXPERIMENT = "wmh-reproduce"  # MLflow experiment of the parent and child runs
 RESULT_FILE = "result.json"
@@ -147,26 +160,40 @@ class Outcome:
     reused: bool
     seconds: float
     stages: object = None  # wmh.pipeline.DataStages the experiment ran on
+    # the α search ({"alphas", "validation_dice", "runs", "chosen"}), None without one
+    alpha_search: Optional[dict] = None
+
+
+def searches_alpha(config: ExperimentConfig, alphas: Sequence[float]) -> bool:
+    """Whether an experiment tunes α: it has location features and an α list is given."""
+    return bool(alphas) and config.model.loc != "none" and config.model.arch != "rf"
 
 
 def run_experiment(experiment: Experiment, config: ExperimentConfig, out_dir: Path,
-                   ) -> Outcome:
-    """Data stages (cached), training, test segmentation and evaluation of one experiment;
-    reuses ``<out_dir>/<name>/result.json`` when it matches the config and the data."""
+                   alphas: Sequence[float] = ()) -> Outcome:
+    """Data stages (cached), training (the α search for an experiment with location
+    features), test segmentation and evaluation of one experiment; reuses
+    ``<out_dir>/<name>/result.json`` when it matches the config, the data and the α list."""
     from wmh import pipeline, report, sampling
     from wmh.data import dataset_hash
     from wmh.train import run_key
 
     start = time.time()
     stages = pipeline.ensure_data(config)
-    key = result_key(run_key(config, dataset_hash(stages.samples)))
+    alphas = tuple(float(alpha) for alpha in alphas) if searches_alpha(config, alphas) else ()
+    key = result_key(run_key(config, dataset_hash(stages.samples)), alphas)
     folder = out_dir / experiment.name
     stored = _read_json(folder / RESULT_FILE)
     if stored is not None and stored.get("key") == key:
         return Outcome(experiment, report.MethodResult.from_dict(stored["result"]),
-                       stored["run_id"], True, time.time() - start, stages)
-    trained = pipeline.train_model(config, stages, nested=True, run_name=experiment.name,
-                                   reuse_finished=True)
+                       stored["run_id"], True, time.time() - start, stages,
+                       stored.get("alpha_search"))
+    search = None
+    if alphas:
+        trained, search = search_alpha(experiment, config, stages, alphas)
+    else:
+        trained = pipeline.train_model(config, stages, nested=True, run_name=experiment.name,
+                                       reuse_finished=True)
     training_size = (len(sampling.load_splits(stages.samples)["train"])
                      if experiment.training_size else None)
     _, result = pipeline.evaluate_test_subjects(config, stages, trained, folder / "segment",
@@ -174,17 +201,83 @@ def run_experiment(experiment: Experiment, config: ExperimentConfig, out_dir: Pa
     report.log_method_result(result, run_id=trained.run_id)
     io.atomic_write_text(folder / RESULT_FILE, json.dumps(
         {"key": key, "run_id": trained.run_id, "experiment": experiment.name,
-         "seconds": time.time() - start, "result": result.to_dict()}))
-    return Outcome(experiment, result, trained.run_id, False, time.time() - start, stages)
+         "seconds": time.time() - start, "result": result.to_dict(),
+         "alpha_search": search}))
+    return Outcome(experiment, result, trained.run_id, False, time.time() - start, stages,
+                   search)
 
 
-def result_key(training_key: str) -> str:
-    """An experiment's result key: its training run's key (config, data, training code) and
+def choose_alpha(validation_dice: dict[float, float]) -> float:
+    """The α with the highest validation Dice; ties go to the smaller α (the location
+    features weigh less), and a NaN Dice never wins over a number."""
+    def rank(alpha):
+        dice = validation_dice[alpha]
+        return (dice if dice == dice else float("-inf"), -alpha)
+
+    return max(validation_dice, key=rank)
+
+
+def search_alpha(experiment: Experiment, config: ExperimentConfig, stages,
+                 alphas: Sequence[float]) -> tuple[object, dict]:
+    """Trains ``config`` once per α (nested runs ``<name> alpha=<α>`` under the
+    reproduction's run, tagged ``alpha_search`` = the experiment and ``alpha_chosen``),
+    reusing finished runs, and keeps the α with the best validation Dice
+    (:func:`choose_alpha`).
+
+    Returns:
+        (the chosen α's :class:`wmh.train.TrainResult`, the search: {"alphas",
+        "validation_dice" and "runs" by α as text, "chosen"}).
+    """
+    from mlflow.tracking import MlflowClient
+
+    from wmh import pipeline
+    from wmh.config import replace
+
+    trained = {}
+    for alpha in alphas:
+        candidate = replace(config, **{"model.alpha": alpha})
+        trained[alpha] = pipeline.train_model(candidate, stages, nested=True,
+                                              run_name=f"{experiment.name} alpha={alpha:g}",
+                                              reuse_finished=True)
+    chosen = choose_alpha({alpha: result.validation_dice for alpha, result in trained.items()})
+    client = MlflowClient()
+    for alpha, result in trained.items():
+        client.set_tag(result.run_id, "alpha_search", experiment.name)
+        client.set_tag(result.run_id, "alpha_chosen", str(alpha == chosen).lower())
+    search = {"alphas": list(alphas), "chosen": chosen,
+              "validation_dice": {f"{alpha:g}": result.validation_dice
+                                  for alpha, result in trained.items()},
+              "runs": {f"{alpha:g}": result.run_id for alpha, result in trained.items()}}
+    return trained[chosen], search
+
+
+def result_key(training_key: str, alphas: Sequence[float] = ()) -> str:
+    """An experiment's result key: its training run's key (config, data, training code),
     the code that segments and scores the test subjects (``evaluate`` stage of
-    :data:`wmh.tracking.STAGE_CODE`)."""
+    :data:`wmh.tracking.STAGE_CODE`) and the α list searched (none: no search)."""
     from wmh.tracking import stage_code_hash
 
-    return f"{training_key}-{stage_code_hash('evaluate')}"
+    key = f"{training_key}-{stage_code_hash('evaluate')}"
+    return key + (f"-alphas={','.join(f'{alpha:g}' for alpha in alphas)}" if alphas else "")
+
+
+def parse_alphas(text: str) -> tuple[float, ...]:
+    """``--alphas 0.3,1,3`` -> (0.3, 1.0, 3.0).
+
+    Raises:
+        WMHError: a value that is not a positive number (``--alphas`` named).
+    """
+    values = []
+    for part in (piece.strip() for piece in text.split(",")):
+        try:
+            value = float(part)
+        except ValueError:
+            value = float("nan")
+        if not value > 0 or value == float("inf"):
+            raise WMHError(f"--alphas {text}: '{part}' is not a positive number "
+                           "(comma-separated α values, e.g. 0.3,1,3)")
+        values.append(value)
+    return tuple(sorted(set(values)))
 
 
 def _read_json(path: Path) -> Optional[dict]:
@@ -208,7 +301,8 @@ class Reproduction:
 def reproduce(scale: str = "demo", out_dir: str | Path = "outputs/reproduce",
               experiments: str = "", overrides: Sequence[str] = (),
               data_label: Optional[str] = None, folder: Optional[Path] = None,
-              progress: Callable[[str], None] = print) -> Reproduction:
+              progress: Callable[[str], None] = print,
+              alphas: Optional[Sequence[float]] = None) -> Reproduction:
     """Runs (or reuses) every selected experiment, then writes the report.
 
     Args:
@@ -221,6 +315,8 @@ def reproduce(scale: str = "demo", out_dir: str | Path = "outputs/reproduce",
             for the synthetic cohort and "real" otherwise.
         folder: where the experiment YAMLs are (default :func:`experiments_dir`).
         progress: called with one line per step.
+        alphas: the α values searched for every experiment with location features;
+            None = the scale's (:data:`ALPHAS`).
 
     Raises:
         WMHError: unknown scale or experiment, a missing experiment file, bad overrides,
@@ -234,6 +330,7 @@ def reproduce(scale: str = "demo", out_dir: str | Path = "outputs/reproduce",
     start = time.time()
     chosen = select_experiments(experiments)
     configs = [resolve(experiment, scale, overrides, folder) for experiment in chosen]
+    alphas = ALPHAS[scale] if alphas is None else tuple(alphas)
     out_dir = Path(out_dir) / scale
     out_dir.mkdir(parents=True, exist_ok=True)
     state = _read_json(out_dir / STATE_FILE) or {}
@@ -252,10 +349,12 @@ def reproduce(scale: str = "demo", out_dir: str | Path = "outputs/reproduce",
         for index, (experiment, config) in enumerate(zip(chosen, configs), start=1):
             progress(f"[{index}/{len(chosen)}] {experiment.name} ({experiment.method}; "
                      f"Table {experiment.tables})")
-            outcome = run_experiment(experiment, config, out_dir)
+            outcome = run_experiment(experiment, config, out_dir, alphas)
             outcomes.append(outcome)
+            tuned = (f", α {outcome.alpha_search['chosen']:g} chosen on validation"
+                     if outcome.alpha_search else "")
             progress(f"    {'reused' if outcome.reused else 'done'} in {outcome.seconds:.0f} s:"
-                     f" test Dice {outcome.result.dice(1):.3f} (run {outcome.run_id})")
+                     f" test Dice {outcome.result.dice(1):.3f} (run {outcome.run_id}{tuned})")
         stages = outcomes[0].stages
         test_ids = _check_same_test_cases(outcomes)
         label = data_label or ("synthetic" if stages.synthetic else "real")
@@ -277,6 +376,7 @@ def reproduce(scale: str = "demo", out_dir: str | Path = "outputs/reproduce",
         _append_runs(files.markdown, outcomes, scale, time.time() - start)
         _append_failures(files.markdown, outcomes, out_dir)
         _append_choices(files.markdown, outcomes, configs)
+        _append_alpha_search(files.markdown, outcomes)
         mlflow.log_artifacts(str(out_dir / "report"), artifact_path="report")
         mlflow.log_metric("seconds", time.time() - start)
     return Reproduction(outcomes, files, label, parent_id, time.time() - start)
@@ -357,9 +457,10 @@ def _append_failures(markdown: Path, outcomes: Sequence[Outcome], out_dir: Path)
         handle.write("\n".join(lines) + "\n")
 
 
-def suite_choices(experiment: Experiment, config: ExperimentConfig) -> dict[str, str]:
+def suite_choices(experiment: Experiment, config: ExperimentConfig,
+                  alpha_search: Optional[dict] = None) -> dict[str, str]:
     """The settings of one experiment that the paper does not give: this suite's choices,
-    as the report states them."""
+    as the report states them (α: the one chosen on validation and the values tried)."""
     choices = {
         "learning rate": f"{config.train.learning_rate:g}",
         "epochs": str(config.train.epochs),
@@ -367,7 +468,11 @@ def suite_choices(experiment: Experiment, config: ExperimentConfig) -> dict[str,
         "validation samples": str(config.train.max_validation_samples or "all"),
         "network width": f"{config.model.width:g}",
     }
-    if config.model.loc != "none":
+    if alpha_search:
+        tried = ", ".join(f"{alpha:g}" for alpha in alpha_search["alphas"])
+        choices["α (location scale)"] = (f"{alpha_search['chosen']:g}, best validation Dice "
+                                         f"of {tried} (the values tried)")
+    elif config.model.loc != "none":
         choices["α (location scale)"] = (f"{config.model.alpha:g}, fixed (not tuned on "
                                          "validation subjects as in the paper)")
     return choices
@@ -376,7 +481,8 @@ def suite_choices(experiment: Experiment, config: ExperimentConfig) -> dict[str,
 def _append_choices(markdown: Path, outcomes: Sequence[Outcome],
                     configs: Sequence[ExperimentConfig]) -> None:
     """Adds the settings the paper does not state, per experiment, to the report."""
-    table = {outcome.experiment.name: suite_choices(outcome.experiment, config)
+    table = {outcome.experiment.name: suite_choices(outcome.experiment, config,
+                                                    outcome.alpha_search)
              for outcome, config in zip(outcomes, configs)}
     columns = list(dict.fromkeys(key for row in table.values() for key in row))
     lines = ["", "## Settings the paper does not give (this suite's choices)", "",
@@ -391,11 +497,40 @@ def _append_choices(markdown: Path, outcomes: Sequence[Outcome],
         handle.write("\n".join(lines) + "\n")
 
 
+def _append_alpha_search(markdown: Path, outcomes: Sequence[Outcome]) -> None:
+    """Adds the α search of every experiment with location features to the report: the
+    validation Dice of each α, the one chosen, its run."""
+    searched = [outcome for outcome in outcomes if outcome.alpha_search]
+    if not searched:
+        return
+    lines = ["", "## α tuned on the validation subjects", "",
+             "As in the paper, α (the scale of the 8 location features) was chosen on the "
+             "validation subjects for every experiment with location features: one training "
+             "run per α, the α with the highest validation Dice (at each run's own "
+             "validation-optimal threshold; ties: the smaller α) kept, and only that model "
+             "segmented the test subjects. The values tried are this suite's choice (the "
+             "paper does not give them).", "",
+             "| Experiment | α tried | Validation Dice per α | Chosen α | MLflow run |",
+             "|---|---|---|---|---|"]
+    for outcome in searched:
+        search = outcome.alpha_search
+        dice = ", ".join(f"{alpha}: {value:.3f}" for alpha, value in
+                         search["validation_dice"].items())
+        chosen = f"{search['chosen']:g}"
+        tried = ", ".join(f"{alpha:g}" for alpha in search["alphas"])
+        lines.append(f"| {outcome.experiment.name} | {tried} | {dice} | {chosen} | "
+                     f"{search['runs'][chosen]} |")
+    with open(markdown, "a") as handle:
+        handle.write("\n".join(lines) + "\n")
+
+
 def describe(scale: str, experiments: str = "", overrides: Sequence[str] = (),
-             folder: Optional[Path] = None) -> str:
+             folder: Optional[Path] = None,
+             alphas: Optional[Sequence[float]] = None) -> str:
     """The plan of a reproduction, one line per experiment (``--dry-run``)."""
     lines = [f"scale {scale}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else
                                             f"{k}={v}" for k, v in SCALES.get(scale, {}).items())]
+    tried = ALPHAS.get(scale, ()) if alphas is None else tuple(alphas)
     for experiment in select_experiments(experiments):
         config = resolve(experiment, scale, overrides, folder)
         lines.append(
@@ -403,7 +538,9 @@ def describe(scale: str, experiments: str = "", overrides: Sequence[str] = (),
             f"arch={config.model.arch} loc={config.model.loc} width={config.model.width:g} "
             f"subjects={config.synth.subjects} train_size={config.sampling.train_size_fraction:g}"
             f" epochs={config.train.epochs} samples/epoch="
-            f"{config.train.max_train_samples or 'all'}")
+            f"{config.train.max_train_samples or 'all'}"
+            + (f" alphas={','.join(f'{alpha:g}' for alpha in tried)}"
+               if searches_alpha(config, tried) else ""))
     return "\n".join(lines)
 
 

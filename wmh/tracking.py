@@ -193,6 +193,7 @@ def content_hash(path: str | Path) -> str:
 # key of the stage before it), so a code change invalidates exactly the stages it touches.
 STAGE_CODE = {
     "prepare": ("wmh.preprocess", "wmh.location", "wmh.io"),
+    "prior": ("wmh.prior", "wmh.location", "wmh.sampling"),  # split + prior view
     "sample": ("wmh.sampling",),
     "train": ("wmh.train", "wmh.models", "wmh.data", "wmh.baseline", "wmh.calibration"),
     "evaluate": ("wmh.segment", "wmh.metrics", "wmh.pipeline"),

@@ -533,6 +533,7 @@ def tune(config: ExperimentConfig, stages=None, data_label: Optional[str] = None
     try:
         if stages is None:
             stages = pipeline.ensure_data(config)
+        config = pipeline.with_prior(config, stages)  # the trials' plans carry the prior used
         if data_label is None:
             data_label = "synthetic" if stages.synthetic else "real"
         optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -54,6 +54,10 @@ The package, one module per job (each imports only modules above it in this list
 - :mod:`~wmh.preprocess.plan`: the preprocessing plan a model folder carries;
 - :mod:`~wmh.preprocess.subject`: one subject, all steps;
 - :mod:`~wmh.preprocess.cohort`: a cohort, with skips, failures and a summary.
+
+The training split's WMH prior and the prepared subjects seen through it (feature 8
+recomputed after the split) are the next stage, :mod:`wmh.prior`: editing it leaves the
+prepared files' keys alone.
 """
 
 

@@ -38,7 +38,7 @@ import numpy as np
 
 from wmh.errors import WMHError
 from wmh.io import NativeGrid, atomic_output
-from wmh.location import LOCATION_FEATURES
+from wmh.location import LOCATION_FEATURES, MNI_DTYPE
 from wmh.preprocess.grid import IDENTITY_ATOL, resample_voxels
 
 
@@ -186,7 +186,7 @@ class PreparedSubject:
             if array is None:
                 continue
             # MNI millimetres need no float32: float16 keeps 0.06 mm at 100 mm, half the disk
-            array = np.asarray(array, np.float16 if name == "mni_coordinates" else None)
+            array = np.asarray(array, MNI_DTYPE if name == "mni_coordinates" else None)
             chunks = array.shape[:2] + (1,) + array.shape[3:]
             file.create_dataset(name, data=array, chunks=chunks, compression="lzf")
         attrs = file.attrs

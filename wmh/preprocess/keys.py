@@ -13,6 +13,9 @@ from wmh.tracking import content_hash, hash_files
 
 
 _CACHE_IRRELEVANT = ("workers", "threads")  # change speed, not results
+# Chosen by the pipeline, not by preparation: a subject is prepared with prior_path (or the
+# shipped prior); the training-split prior replaces feature 8 afterwards (prior.py).
+_PIPELINE_ONLY = ("prior",)
 
 
 def code_version() -> str:
@@ -31,7 +34,7 @@ def config_hash(config: PreprocessConfig, use_t1: bool) -> str:
     from wmh import location
 
     values = {k: v for k, v in to_dict(config).items()
-              if k not in _CACHE_IRRELEVANT and k != "prior_path"}
+              if k not in _CACHE_IRRELEVANT + _PIPELINE_ONLY and k != "prior_path"}
     values["use_t1"] = bool(use_t1)
     # The prior by content, not by path: a model folder's copy keys like the original.
     prior = config.prior_path or location.default_prior_path()
