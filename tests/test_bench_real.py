@@ -130,3 +130,32 @@ def test_slice_axis_is_the_thick_one_or_superior_inferior(bench):
     assert bench.slice_axis(np.diag([5.0, 0.9, 0.9, 1.0])) == 0
     sagittal_stored = np.array([[0, 0, -1.0, 0], [1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 0, 1]])
     assert bench.slice_axis(sagittal_stored) == 1  # isotropic: voxel axis 1 runs along z
+
+
+def test_finetune_folds_hold_one_case_out(tmp_path):
+    """bench_finetune.py's leave-one-out folds: the held-out case alone in the test manifest,
+    the others fixed as train (the first) and validation, paths made absolute."""
+    import sys
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    spec = importlib.util.spec_from_file_location("bench_finetune",
+                                                  SCRIPT.parent / "bench_finetune.py")
+    finetune = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(finetune)
+    manifest = tmp_path / "cases" / "manifest.csv"
+    manifest.parent.mkdir()
+    with open(manifest, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["subject_id", "flair", "mask"])
+        for case in ("a", "b", "c"):
+            writer.writerow([case, f"{case}/flair.nii.gz", f"{case}/mask.nii.gz"])
+    train, test = finetune.fold_manifests(manifest, "b", tmp_path)
+    with open(train, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["subject_id"], r["split"]) for r in rows] == [("a", "train"),
+                                                            ("c", "validation")]
+    assert rows[0]["flair"] == str((manifest.parent / "a" / "flair.nii.gz").resolve())
+    with open(test, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["subject_id"] for r in rows] == ["b"]
+    assert rows[0]["mask"] == str((manifest.parent / "b" / "mask.nii.gz").resolve())
