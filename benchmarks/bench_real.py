@@ -134,7 +134,8 @@ COLUMNS = ("subject_id", "status", "dice", "hd95", "avd", "lesion_recall", "lesi
            "floor_threshold")
 
 
-def run(manifest: Path, model: Optional[str], out: Optional[Path], floor_only: bool) -> dict:
+def run(manifest: Path, model: Optional[str], out: Optional[Path], floor_only: bool,
+        data: str = "real") -> dict:
     """Segments (unless ``floor_only``) and measures every case; returns the summary."""
     from wmh import io
     from wmh.errors import WMHError
@@ -170,14 +171,15 @@ def run(manifest: Path, model: Optional[str], out: Optional[Path], floor_only: b
     return summary
 
 
-def summarise(rows: list[dict], model: Optional[str], floor_only: bool) -> dict:
+def summarise(rows: list[dict], model: Optional[str], floor_only: bool,
+              data: str = "real") -> dict:
     curves = np.stack([row.pop("floor_curve") for row in rows])
     shared = int(np.argmax(curves.mean(axis=0)))
     ok = [row for row in rows if row["status"] == "ok"]
     seconds = [row["seconds"] for row in ok if row.get("seconds") is not None]
     return {
         "benchmark": "real",
-        "data": "real",
+        "data": data,
         "model": model,
         "floor_only": floor_only,
         "cases": len(rows),
@@ -204,6 +206,9 @@ def main(argv=None) -> int:
                         help="segmentation folder (default: temporary, removed after)")
     parser.add_argument("--floor-only", action="store_true",
                         help="only the global-threshold floor (no model, no segmentation)")
+    parser.add_argument("--data", choices=("real", "synthetic"), default="real",
+                        help="what the manifest's scans are, as the JSON's 'data' says "
+                             "(synthetic: e.g. a run's held-out SYNTHETIC test subjects)")
     args = parser.parse_args(argv)
 
     from wmh import io
@@ -212,7 +217,7 @@ def main(argv=None) -> int:
     try:
         if args.out is not None:
             io.check_output_dir(args.out, "--out")
-        summary = run(args.manifest, args.model, args.out, args.floor_only)
+        summary = run(args.manifest, args.model, args.out, args.floor_only, args.data)
     except WMHError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -99,6 +99,10 @@ def test_floor_only_needs_no_model(bench, tmp_path, monkeypatch, capsys):
     assert row["brain_mask"] == "flair>0"
     assert row["floor_dice"] == pytest.approx(_hand_floor(flair, flair > 0, truth), abs=1e-9)
     assert summary["mean_dice"] is None and summary["cases"] == 1
+    assert summary["data"] == "real"
+    assert bench.main([str(manifest), "--floor-only", "--data", "synthetic"]) == 0
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert again["data"] == "synthetic" and again["rows"][0]["floor_dice"] == row["floor_dice"]
 
 
 @pytest.mark.parametrize("case, message", [
