@@ -165,7 +165,7 @@ def run(manifest: Path, model: Optional[str], out: Optional[Path], floor_only: b
                 if failed:
                     row["error"] = report.get("error")
             rows.append(row)
-    summary = summarise(rows, None if floor_only else (model or "pretrained"), floor_only)
+    summary = summarise(rows, None if floor_only else (model or "pretrained"), floor_only, data)
     summary["model_version"] = next((report.get("model_version") for report in
                                      reports.values() if report.get("model_version")), None)
     return summary
