@@ -21,8 +21,9 @@ Without ``--model`` a random-weights model of the paper's shipped configuration
 
 Stages (``stages``: wall ``s`` and ``cpu_s``; ``calls`` when a function ran more than once):
 
-* ``start``: Python start-up and importing the CLI, measured from the parent (the child's
-  own clock starts at its first line; ``python_startup`` is the gap);
+* ``python_start_and_exit``: what the parent measures of the child process beyond the
+  child's own clock (interpreter start-up, and the exit: freeing memory, TensorFlow's
+  threads); ``import_cli``: the child's first line to running the command;
 * ``resolve_model``: finds the model and its contract (imports TensorFlow and Keras);
 * ``model_load``: loads the weights and builds the dense twin;
 * ``prepare``: :func:`wmh.preprocess.prepare_subject`, split into its own sub-stages
@@ -79,6 +80,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="folder for the synthetic cases, model and outputs (kept)")
     parser.add_argument("--cache", type=Path, default=None,
                         help="wmh synth anatomy cache folder (default: WORK/cache)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="wmh segment's output folder (default: WORK/out)")
     parser.add_argument("--repeats", type=int, default=1, help="runs per case (all listed)")
     parser.add_argument("--wait-idle", action="store_true",
                         help="before each case wait (<= 5 min) for 1-min load < 1.0")
@@ -317,8 +320,7 @@ def run_case(name: str, flair: Path, t1, model: Path, out: Path, wait: bool) -> 
     cpu = (after_usage.children_user - usage.children_user
            + after_usage.children_system - usage.children_system)
     stages = figures["stages"]
-    stages["import_cli"]["note"] = "child's first line to run, imports of the CLI"
-    stages = {"python_startup": {"s": round(wall - figures["child_wall_s"], 2),
+    stages = {"python_start_and_exit": {"s": round(wall - figures["child_wall_s"], 2),
                                  "cpu_s": round(cpu - figures["child_cpu_s"], 2)}, **stages}
     image = nib.load(str(flair))
     return {"flair": str(flair), "t1": str(t1) if t1 else None,
@@ -352,7 +354,8 @@ def main(argv=None) -> None:
             flair, t1 = synthetic_case(work, PROFILES[case], args.seed,
                                       args.cache or work / "cache")
             data = f"SYNTHETIC, wmh synth profile {PROFILES[case]}, seed {args.seed}"
-        runs = [run_case(case, flair, t1, model, work / "out", args.wait_idle)
+        runs = [run_case(case, flair, t1, model, args.out or work / "out",
+                         args.wait_idle)
                 for _ in range(args.repeats)]
         best = min(runs, key=lambda run: run["total_cpu_s"])
         result["cases"][case] = {"data": data, "target": TARGETS[case], **best}
