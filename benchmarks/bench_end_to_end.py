@@ -62,6 +62,7 @@ from pathlib import Path
 _CHILD_START = time.perf_counter()
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_segment import wait_for_idle  # noqa: E402  the same polling
 from machine import describe  # noqa: E402  benchmarks/machine.py
 
 PROFILES = {"thick": "clinical-neck", "3d": "flair-3d"}
@@ -257,13 +258,6 @@ def run_child(command: list[str]) -> dict:
 
 
 # ----------------------------------------------------------------- the parent process
-
-def wait_for_idle(threshold: float = 1.0, poll_s: float = 10.0, limit_s: float = 300.0) -> dict:
-    start = time.monotonic()
-    while os.getloadavg()[0] >= threshold and time.monotonic() - start < limit_s:
-        time.sleep(poll_s)
-    return {"waited_for_idle_s": round(time.monotonic() - start, 1)}
-
 
 def random_model(folder: Path) -> Path:
     """The paper's shipped configuration, random weights: MSWS + ffcl, FLAIR, width 0.5."""
