@@ -173,8 +173,11 @@ def _predict_dense(dense, config, image_slices, loc_maps, brain_mask, batch_size
 def _compiled(trunk):
     """The trunk as one TensorFlow graph function: one trace per tower precision serves
     every window size (the shapes are left open), and TensorFlow then runs the whole
-    trunk per batch instead of dispatching its ops one by one from Python (about 18 %
-    less CPU time on a 3D FLAIR, identical probabilities: BENCHMARKS.md, issue 15)."""
+    trunk per batch instead of dispatching its ops one by one from Python (10-18 % less
+    CPU time in dense inference). In fp32 the probabilities are bit-identical to the
+    op-by-op run; with bf16 towers the graph rounds in other places (within 0.0083 of
+    the op-by-op bf16 run on a real 3D FLAIR, and as close to fp32): BENCHMARKS.md,
+    issue 15 speed."""
     if not isinstance(trunk, keras.Model):  # a stand-in (benchmarks' staged trunk)
         return lambda image, loc: trunk({"image": image, "loc": loc}, training=False)
     graphs = trunk.__dict__.setdefault("_wmh_graphs", {})  # untracked by Keras
