@@ -89,7 +89,8 @@ def raw_location_features(mni_coordinates: np.ndarray, ventricles: np.ndarray,
                           brain_mask: np.ndarray, spacing: np.ndarray,
                           prior: "Prior", axial_axis: int = 2) -> np.ndarray:
     """The 8 features before normalisation: (X, Y, Z, 8) float32 in mm / probability;
-    distances within the planes across ``axial_axis``."""
+    distances within the planes across ``axial_axis``, computed (exactly) inside the
+    bounding box of the brain and ventricles grown by one voxel, 0 outside it."""
     mni = np.asarray(mni_coordinates, dtype=np.float32)
     features = np.empty(mni.shape[:3] + (8,), dtype=np.float32)
     features[..., :3] = mni
@@ -102,9 +103,16 @@ def raw_location_features(mni_coordinates: np.ndarray, ventricles: np.ndarray,
     def back(array):
         return np.moveaxis(array, 2, axial_axis)
 
-    features[..., 3] = back(inplane_distance(axial(ventricles == 1), spacing[order]))
-    features[..., 4] = back(inplane_distance(axial(ventricles == 2), spacing[order]))
-    features[..., 5] = back(inplane_distance(axial(~brain_mask), spacing[order]))
+    # The distances matter inside the brain only (location_features zeroes the rest), so
+    # they are computed on the bounding box of the brain and ventricles, one voxel wider
+    # (voxels outside the brain): within it they equal the whole-volume distances (every
+    # target voxel, or one at least as near, lies in it); 0 outside it.
+    box = _distance_box(np.asarray(brain_mask, bool) | (np.asarray(ventricles) > 0))
+    features[..., 3:6] = 0.0
+    for feature, target in ((3, np.asarray(ventricles) == 1), (4, np.asarray(ventricles) == 2),
+                            (5, ~np.asarray(brain_mask, bool))):
+        features[box + (feature,)] = back(inplane_distance(axial(target[box]),
+                                                           spacing[order]))
     features[..., 6] = back(midsagittal_distance(axial(mni[..., 0]), spacing[order]))
     features[..., PRIOR_INDEX] = prior.sample(mni.astype(MNI_DTYPE))
     return features
@@ -128,6 +136,20 @@ def prior_feature(mni_coordinates: np.ndarray, brain_mask: np.ndarray,
     feature = normalise_per_case(raw, brain_mask)
     feature[~brain_mask] = 0.0
     return feature
+
+
+def _distance_box(region: np.ndarray) -> tuple[slice, ...]:
+    """The bounding box of ``region`` grown by one voxel (clipped to the volume); the
+    whole volume when ``region`` is empty."""
+    if not region.any():
+        return tuple(slice(None) for _ in region.shape)
+    box = []
+    for axis in range(region.ndim):
+        present = np.flatnonzero(region.any(axis=tuple(a for a in range(region.ndim)
+                                                       if a != axis)))
+        box.append(slice(max(int(present[0]) - 1, 0),
+                         min(int(present[-1]) + 2, region.shape[axis])))
+    return tuple(box)
 
 
 def inplane_distance(target: np.ndarray, spacing: np.ndarray) -> np.ndarray:

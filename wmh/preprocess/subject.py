@@ -84,10 +84,13 @@ def _prepare(subject: Subject, config: PreprocessConfig, use_t1: bool) -> Prepar
         quality["brain_mask"] = "atlas"
     warnings += check_brain_mask(brain_mask, spacing, config, quality)
     atlas_ventricles = np.zeros(shape, dtype=np.uint8)
+    brain_points = mni_coordinates[brain_mask]  # ventricles are kept inside the brain only
+    brain_labels = np.zeros(len(brain_points), dtype=np.uint8)
     for label in (1, 2):
         inside = sample_atlas((atlas.ventricles == label).astype(np.float32), atlas.affine,
-                              mni_coordinates) > 0.5
-        atlas_ventricles[inside & brain_mask] = label
+                              brain_points) > 0.5
+        brain_labels[inside] = label
+    atlas_ventricles[brain_mask] = brain_labels
     clock.lap("masks")
 
     # 3-4. bias field and intensities

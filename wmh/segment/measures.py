@@ -67,19 +67,29 @@ def lesion_table(labels: np.ndarray, probability: np.ndarray, periventricular: n
             'periventricular' when at least half of its voxels lie in it, else 'deep'.
         affine: voxel -> scanner (mm) affine of this grid; centroids are mapped with it.
     """
+    labels = np.asarray(labels)
     count = int(labels.max()) if labels.size else 0
     if count == 0:
         return []
-    index = np.arange(1, count + 1)
-    voxels = ndimage.sum_labels(np.ones(labels.shape), labels, index)
+    # One pass finds the lesion voxels; every figure is then a per-label sum over them
+    # alone (the same sums, in the same order, as scipy.ndimage's per-label statistics).
+    where = np.flatnonzero(labels)
+    label_of = labels.ravel()[where]
+    voxels = np.bincount(label_of, minlength=count + 1)[1:].astype(np.float64)
+    coordinates = np.unravel_index(where, labels.shape)
+    centroids = np.stack([np.bincount(label_of, axis.astype(np.float64), count + 1)[1:]
+                          for axis in coordinates], axis=1) / voxels[:, None]
     voxel_ml = abs(float(np.linalg.det(np.asarray(affine)[:3, :3]))) / 1000.0
-    centroids = np.array(ndimage.center_of_mass(np.ones(labels.shape), labels, index))
     world = (np.c_[centroids, np.ones(count)] @ np.asarray(affine, float).T)[:, :3]
-    near_fraction = ndimage.mean(periventricular.astype(float), labels, index)
-    peak = ndimage.maximum(probability, labels, index)
+    near = np.asarray(periventricular).ravel()[where].astype(np.float64)
+    near_fraction = np.bincount(label_of, near, count + 1)[1:] / voxels
+    peak = np.full(count + 1, -np.inf)
+    np.maximum.at(peak, label_of, np.asarray(probability).ravel()[where])
+    index = np.arange(1, count + 1)
     return [{"label": int(label), "volume_ml": float(n) * voxel_ml,
              "centroid_x_mm": float(w[0]), "centroid_y_mm": float(w[1]),
              "centroid_z_mm": float(w[2]),
              "region": "periventricular" if fraction >= 0.5 else "deep",
              "max_probability": float(p)}
-            for label, n, w, fraction, p in zip(index, voxels, world, near_fraction, peak)]
+            for label, n, w, fraction, p in zip(index, voxels, world, near_fraction,
+                                                peak[1:])]

@@ -1,0 +1,365 @@
+"""``wmh segment`` end to end, per stage (issue 15 item 5); prints one JSON object.
+
+Usage: ``.venv/bin/python benchmarks/bench_end_to_end.py [--model DIR] [--seed 15]
+[--cases thick,3d] [--flair PATH [--t1 PATH]] [--repeats 1] [--wait-idle]``
+
+Each case runs the real command, ``wmh segment FLAIR [T1] --model M --out OUT``
+(:func:`wmh.launch.main`, as the console script does), in a fresh Python process, so
+that importing TensorFlow and loading the model count as they do for a user. Inside that
+process the benchmark only wraps functions of the code path with timers (wall and CPU
+seconds: the process's CPU time, all threads); nothing else changes. The cases:
+
+* ``thick``: a SYNTHETIC clinical thick-slice 1.5 T axial FLAIR with skull, neck and
+  shoulders (``wmh synth`` profile ``clinical-neck``: 256 x 256 x 36, 0.9 x 0.9 x 6.5 mm,
+  LAS), subject 0 of the cohort with ``--seed``;
+* ``3d``: a SYNTHETIC 1 mm-class 3D FLAIR (profile ``flair-3d``), or the files given
+  with ``--flair`` [``--t1``] (e.g. a real 182 x 218 x 182 case; never committed).
+
+The T1 is passed when the model's channels include it (synthetic cases have one).
+Without ``--model`` a random-weights model of the paper's shipped configuration
+(MSWS + ffcl, FLAIR only, width 0.5) is built once: speed does not depend on the weights.
+
+Stages (``stages``: wall ``s`` and ``cpu_s``; ``calls`` when a function ran more than once):
+
+* ``python_start_and_exit``: what the parent measures of the child process beyond the
+  child's own clock (interpreter start-up, and the exit: freeing memory, TensorFlow's
+  threads); ``import_cli``: the child's first line to running the command;
+* ``resolve_model``: finds the model and its contract (imports TensorFlow and Keras);
+* ``model_load``: loads the weights and builds the dense twin;
+* ``prepare``: :func:`wmh.preprocess.prepare_subject`, split into its own sub-stages
+  (``prepare_stages``: the stage clock it keeps in its provenance, here with CPU seconds
+  too: load, t1_registration, atlas_registration, masks, bias_and_normalisation,
+  ventricles_and_location);
+* ``infer``: :func:`wmh.train.predict_volume` (dense inference);
+* ``write`` (``segment_subject``'s own "write" stage line): back to the native grid
+  (``to_native_working``), ventricle distance, lesion labels and volumes
+  (``zone_volumes``), ``lesion_table``, re-reading the FLAIR for the QC figure, each NIfTI
+  written (``save:<file>``), ``lesions_csv``, ``qc_figure`` and ``qc_png``,
+  ``report_json``, and the cohort tables and page (``cohort_files``: what
+  ``write_subject_folder`` does besides the subject's own files);
+* ``other``: what the stages above leave of ``total`` (input checks, hashing...).
+
+``logged`` holds the stage lines the command itself prints (prepare / infer / write).
+``load_1min_before`` / ``_after``: the 1-minute load average around each case (the
+machine is shared: compare CPU seconds; with 2 free cores wall ~ CPU / 1.x).
+``--wait-idle`` polls the load (as ``bench_segment.py`` does) before each case.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.abc
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+_CHILD_START = time.perf_counter()
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_segment import wait_for_idle  # noqa: E402  the same polling
+from machine import describe  # noqa: E402  benchmarks/machine.py
+
+PROFILES = {"thick": "clinical-neck", "3d": "flair-3d"}
+TARGETS = {"thick": "<= 15 s wall on 2 cores", "3d": "<= 40 s wall on 2 cores"}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=None,
+                        help="model folder (default: random MSWS+ffcl FLAIR-only width 0.5)")
+    parser.add_argument("--seed", type=int, default=15, help="synthetic cohort seed")
+    parser.add_argument("--cases", default="thick,3d", help="comma-separated: thick, 3d")
+    parser.add_argument("--flair", type=Path, default=None, help="3d case: this FLAIR")
+    parser.add_argument("--t1", type=Path, default=None, help="3d case: this T1")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="folder for the synthetic cases, model and outputs (kept)")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="wmh synth anatomy cache folder (default: WORK/cache)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="wmh segment's output folder (default: WORK/out)")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per case (all listed)")
+    parser.add_argument("--wait-idle", action="store_true",
+                        help="before each case wait (<= 5 min) for 1-min load < 1.0")
+    return parser.parse_args(argv)
+
+
+# ----------------------------------------------------------------- the child process
+
+class Timers:
+    """Wall and CPU seconds per name, accumulated over calls."""
+
+    def __init__(self):
+        self.values: dict[str, list[float]] = {}
+
+    def add(self, name: str, wall: float, cpu: float) -> None:
+        entry = self.values.setdefault(name, [0.0, 0.0, 0])
+        entry[0] += wall
+        entry[1] += cpu
+        entry[2] += 1
+
+    def wrap(self, owner, attribute: str, name, method: bool = False) -> None:
+        """Replaces ``owner.attribute`` by a timed call; ``name`` may be a function of the
+        call's arguments."""
+        function = getattr(owner, attribute)
+        timers = self
+
+        def timed(*args, **kwargs):
+            wall, cpu = time.perf_counter(), time.process_time()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                label = name(*args, **kwargs) if callable(name) else name
+                timers.add(label, time.perf_counter() - wall, time.process_time() - cpu)
+
+        setattr(owner, attribute, timed)
+
+    def get(self, name: str) -> tuple[float, float]:
+        wall, cpu, _ = self.values.get(name, (0.0, 0.0, 0))
+        return wall, cpu
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Calls ``callback(module)`` once ``name`` is imported, so that instrumenting a module
+    does not import it early (TensorFlow's import must stay where the command does it)."""
+
+    def __init__(self, name: str, callback):
+        self.name, self.callback = name, callback
+
+    def find_spec(self, name, path=None, target=None):
+        if name != self.name:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        execute, callback = spec.loader.exec_module, self.callback
+
+        def exec_module(module):
+            execute(module)
+            callback(module)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+def after_import(name: str, callback) -> None:
+    if name in sys.modules:
+        callback(sys.modules[name])
+    else:
+        sys.meta_path.insert(0, _AfterImport(name, callback))
+
+
+def instrument(timers: Timers, prepare_stages: dict) -> None:
+    """Timers around the functions of the ``wmh segment`` code path (nothing else)."""
+    import wmh.preprocess as preprocess_package
+    from wmh import io
+    from wmh.preprocess import format as prepared_format
+    from wmh.preprocess import subject as prepare_module
+    from wmh.segment import cohort, measures, outputs
+    from wmh.segment import subject as segment_module
+
+    class StageClock(prepare_module._StageClock):  # the same laps, CPU seconds beside
+        def __init__(self, quality):
+            super().__init__(quality)
+            self._cpu = time.process_time()
+
+        def lap(self, stage):
+            super().lap(stage)
+            now = time.process_time()
+            prepare_stages[stage] = {"s": self._seconds[stage],
+                                     "cpu_s": round(now - self._cpu, 2)}
+            self._cpu = now
+
+    prepare_module._StageClock = StageClock
+    timers.wrap(cohort, "resolve_model", "resolve_model")
+    timers.wrap(segment_module.SegmentModel, "load", "model_load")
+    timers.wrap(preprocess_package, "prepare_subject", "prepare")
+    after_import("wmh.train", lambda train: timers.wrap(train, "predict_volume", "infer"))
+    timers.wrap(cohort, "segment_subject", "segment_subject")
+    timers.wrap(prepared_format.PreparedSubject, "to_native_working", "to_native_working")
+    timers.wrap(measures, "ventricle_distance", "ventricle_distance")
+    timers.wrap(measures, "zone_volumes", "zone_volumes")
+    timers.wrap(measures, "lesion_table", "lesion_table")
+    timers.wrap(io, "load_image", lambda *a, **k: "read_flair_for_qc" if sys._getframe(2)
+                .f_code.co_name == "segment_subject" else "read_image")
+    timers.wrap(io, "save_like", lambda data, grid, path, *a, **k: f"save:{Path(path).name}")
+    timers.wrap(segment_module, "write_lesions_csv", "lesions_csv")
+    timers.wrap(segment_module, "qc_figure", "qc_figure")
+    after_import("matplotlib.figure",
+                 lambda figure: timers.wrap(figure.Figure, "savefig", "qc_png"))
+    timers.wrap(outputs, "write_report", "report_json")
+    timers.wrap(outputs, "write_subject_folder", "write_subject_folder")
+
+
+def run_child(command: list[str]) -> dict:
+    """Runs ``wmh segment`` with timers; returns the per-stage figures."""
+    import contextlib
+    import io as text_io
+
+    from wmh import launch
+
+    timers, prepare_stages = Timers(), {}
+    start_wall, start_cpu = time.perf_counter(), time.process_time()
+    instrument(timers, prepare_stages)
+    instrumented = time.perf_counter()
+    captured = text_io.StringIO()
+    code = 0
+    with contextlib.redirect_stderr(captured):
+        try:
+            launch.main(command)
+        except SystemExit as exit_:
+            code = exit_.code or 0
+    total_wall = time.perf_counter() - start_wall
+    total_cpu = time.process_time() - start_cpu
+    if code:
+        raise SystemExit(f"wmh segment exited {code}: {captured.getvalue()[-2000:]}")
+    logged = {match[1]: float(match[2]) for match in
+              re.finditer(r": (prepare|infer|write) ([0-9.]+) s", captured.getvalue())}
+
+    def entry(wall, cpu, calls=1):
+        values = {"s": round(wall, 2), "cpu_s": round(cpu, 2)}
+        if calls > 1:
+            values["calls"] = calls
+        return values
+
+    stages = {"import_cli": entry(start_wall - _CHILD_START, start_cpu)}
+    for name in ("resolve_model", "model_load", "prepare", "infer"):
+        stages[name] = entry(*timers.values.get(name, (0.0, 0.0, 1)))
+    # write = what segment_subject does after inference
+    subject_wall, subject_cpu = timers.get("segment_subject")
+    write = [subject_wall - sum(timers.get(n)[0] for n in ("prepare", "infer")),
+             subject_cpu - sum(timers.get(n)[1] for n in ("prepare", "infer"))]
+    write_stages = {}
+    inner = [0.0, 0.0]
+    for name, (wall, cpu, calls) in timers.values.items():
+        if name in ("to_native_working", "ventricle_distance", "zone_volumes", "lesion_table",
+                    "read_flair_for_qc", "lesions_csv", "qc_figure", "qc_png",
+                    "report_json") or name.startswith("save:"):
+            write_stages[name] = entry(wall, cpu, calls)
+            inner = [inner[0] + wall, inner[1] + cpu]
+    folder_wall, folder_cpu = timers.get("write_subject_folder")
+    own = [sum(timers.get(n)[i] for n in timers.values if n.startswith("save:")
+               or n in ("lesions_csv", "qc_figure", "qc_png", "report_json")) for i in (0, 1)]
+    write_stages["cohort_files"] = entry(folder_wall - own[0], folder_cpu - own[1])
+    inner = [inner[0] + folder_wall - own[0], inner[1] + folder_cpu - own[1]]
+    write_stages["rest"] = entry(write[0] - inner[0], write[1] - inner[1])
+    stages["write"] = entry(*write)
+    counted = [sum(stage[k] for stage in stages.values()) for k in ("s", "cpu_s")]
+    stages["other"] = entry(total_wall + start_wall - _CHILD_START - counted[0],
+                            total_cpu + start_cpu - counted[1])
+    return {"stages": stages, "prepare_stages": prepare_stages, "write_stages": write_stages,
+            "logged": logged, "child_wall_s": round(total_wall + start_wall - _CHILD_START, 2),
+            "child_cpu_s": round(total_cpu + start_cpu, 2),
+            "instrument_s": round(instrumented - start_wall, 2)}
+
+
+# ----------------------------------------------------------------- the parent process
+
+def random_model(folder: Path) -> Path:
+    """The paper's shipped configuration, random weights: MSWS + ffcl, FLAIR, width 0.5."""
+    if (folder / "wmh_model.json").exists():
+        return folder
+    code = (
+        "import sys, keras; from pathlib import Path; from wmh import train; "
+        "from wmh.config import ModelConfig; from wmh.models import build_model; "
+        "keras.utils.set_random_seed(0); "
+        "config = ModelConfig(arch='msws', loc='ffcl', width=0.5); "
+        "contract = train.ModelContract(model=config, channels=('FLAIR',), "
+        "inplane_spacing_mm=1.0, threshold=0.5); "
+        "train.save_model_dir(build_model(config, 1), contract, Path(sys.argv[1]))")
+    subprocess.run([sys.executable, "-c", code, str(folder)], check=True,
+                   env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+                        "TF_CPP_MIN_LOG_LEVEL": "3"})
+    return folder
+
+
+def synthetic_case(work: Path, profile: str, seed: int, cache: Path):
+    from wmh.io import discover
+    from wmh.synth import synthesize_cohort
+
+    folder = work / f"synth-{profile}-seed{seed}"
+    if not (folder / "cohort.json").exists():
+        synthesize_cohort(folder, 1, seed, profile=profile, cache_dir=str(cache),
+                          progress=False)
+    subject = discover(folder)[0]
+    return Path(subject.flair), Path(subject.t1) if subject.t1 else None
+
+
+def model_channels(model: Path) -> list[str]:
+    return json.loads((model / "wmh_model.json").read_text())["channels"]
+
+
+def run_case(name: str, flair: Path, t1, model: Path, out: Path, wait: bool) -> dict:
+    import nibabel as nib
+
+    command = ["segment", str(flair)] + ([str(t1)] if t1 and "T1" in model_channels(model)
+                                         else []) + [
+        "--model", str(model), "--out", str(out), "--subject-id", name, "--overwrite"]
+    waited = wait_for_idle() if wait else {}
+    before = os.getloadavg()[0]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    start = time.perf_counter()
+    usage = os.times()
+    process = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", *command],
+                             capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - start
+    after_usage = os.times()
+    if process.returncode:
+        raise SystemExit(f"case {name} failed:\n{process.stderr[-3000:]}")
+    figures = json.loads(process.stdout.strip().splitlines()[-1])
+    cpu = (after_usage.children_user - usage.children_user
+           + after_usage.children_system - usage.children_system)
+    stages = figures["stages"]
+    stages = {"python_start_and_exit": {"s": round(wall - figures["child_wall_s"], 2),
+                                 "cpu_s": round(cpu - figures["child_cpu_s"], 2)}, **stages}
+    image = nib.load(str(flair))
+    return {"flair": str(flair), "t1": str(t1) if t1 else None,
+            "shape": list(image.shape), "voxel_mm": [round(float(v), 3)
+                                                     for v in image.header.get_zooms()[:3]],
+            "total_s": round(wall, 2), "total_cpu_s": round(cpu, 2),
+            "load_1min_before": round(before, 2),
+            "load_1min_after": round(os.getloadavg()[0], 2), **waited,
+            "stages": stages, "prepare_stages": figures["prepare_stages"],
+            "write_stages": figures["write_stages"], "logged": figures["logged"]}
+
+
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child"]:  # the timed process: the rest is the wmh command line
+        os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+        print(json.dumps(run_child(argv[1:])))
+        return
+    args = parse_args(argv)
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench_end_to_end_"))
+    work.mkdir(parents=True, exist_ok=True)
+    model = args.model or random_model(work / "model_msws_ffcl_w05_flair")
+    result = {"benchmark": "segment_end_to_end", "model": str(model),
+              "model_note": "given" if args.model else
+              "random weights, MSWS+ffcl FLAIR-only width 0.5 (speed does not depend on "
+              "the weights)", "cases": {}}
+    for case in [c.strip() for c in args.cases.split(",") if c.strip()]:
+        if case == "3d" and args.flair is not None:
+            flair, t1, data = args.flair, args.t1, "given files"
+        else:
+            flair, t1 = synthetic_case(work, PROFILES[case], args.seed,
+                                      args.cache or work / "cache")
+            data = f"SYNTHETIC, wmh synth profile {PROFILES[case]}, seed {args.seed}"
+        runs = [run_case(case, flair, t1, model, args.out or work / "out",
+                         args.wait_idle)
+                for _ in range(args.repeats)]
+        best = min(runs, key=lambda run: run["total_cpu_s"])
+        result["cases"][case] = {"data": data, "target": TARGETS[case], **best}
+        if len(runs) > 1:
+            result["cases"][case]["all_runs_total_s_cpu_s"] = [
+                [run["total_s"], run["total_cpu_s"]] for run in runs]
+        print(case, best["total_s"], best["total_cpu_s"], file=sys.stderr, flush=True)
+    result.update({"machine": describe(), "work": str(work)})
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
