@@ -269,10 +269,10 @@ def evaluate_arrays(case: CaseArrays, threshold: float = 0.5) -> dict:
     """Metrics of one loaded case: challenge metrics, plus brain-mask Dice and Az.
 
     Returns:
-        The :func:`challenge_metrics` entries with ``id``; with a brain mask also
-        ``dice_brain`` (Dice inside the mask, the paper's Dice) and ``brain_tp``,
-        ``brain_fp``, ``brain_fn``; for probabilistic predictions ``auc`` (inside the
-        brain mask when given, else over the whole image; label 2 excluded).
+        The :func:`~wmh.evaluation.metrics.challenge_metrics` entries with ``id``; with a
+        brain mask also ``dice_brain`` (Dice inside the mask, the paper's Dice) and
+        ``brain_tp``, ``brain_fp``, ``brain_fn``; for probabilistic predictions ``auc``
+        (inside the brain mask when given, else over the whole image; label 2 excluded).
     """
     result = {"id": case.files.case_id}
     result.update(challenge_metrics(case.prediction, case.truth, case.affine, threshold))

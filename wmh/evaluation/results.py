@@ -91,7 +91,7 @@ class MethodResult:
         return np.asarray(self.counts_obs1)[[position[case_id] for case_id in case_ids]]
 
     def to_dict(self) -> dict:
-        """JSON-ready form (what :func:`log_method_result` stores)."""
+        """JSON-ready form (what :func:`wmh.evaluation.tracking_io.log_method_result` stores)."""
         curve = None
         if self.curve is not None:
             curve = {"thresholds": self.curve.thresholds, "counts": self.curve.counts,
