@@ -154,7 +154,7 @@ def main() -> None:
         start = time.perf_counter()
         probability = model.predict_volume(images, location, brain, spacing)
         segment_seconds.append(time.perf_counter() - start)
-    from wmh import metrics
+    from wmh.evaluation import metrics
 
     curve = metrics.dice_threshold_curve([probability], [truth], [0.5], [brain])
     result = {

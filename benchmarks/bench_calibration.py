@@ -36,7 +36,7 @@ from machine import describe  # benchmarks/machine.py
 
 def pooled_dice(scores, truths, brains, threshold: float) -> float:
     """Overall Dice of ``score >= threshold`` inside the brains (label 2 ignored)."""
-    from wmh import metrics
+    from wmh.evaluation import metrics
 
     curve = metrics.dice_threshold_curve(scores, truths, [float(threshold)], brains)
     return float(curve.pooled_dice[0])
@@ -46,7 +46,7 @@ def evaluate(calibration, thresholds: dict, scores, truths, brains) -> dict:
     """ECE, Dice at the fitted thresholds and at 0.5, the set's own best thresholds."""
     import numpy as np
 
-    from wmh import metrics
+    from wmh.evaluation import metrics
     from wmh.calibration import expected_calibration_error
 
     calibrated = [calibration.apply(score, brain) for score, brain in zip(scores, brains)]

@@ -43,7 +43,7 @@ def test_dice(model, contract, threshold, prepared_dir, subject_ids, precision):
     """Pooled and mean per-subject Dice, and the probabilities, of the test subjects."""
     import numpy as np
 
-    from wmh import metrics
+    from wmh.evaluation import metrics
     from wmh.preprocess import PreparedSubject
     from wmh.train import predict_volume
 

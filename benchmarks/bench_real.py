@@ -6,8 +6,8 @@ or ``... MANIFEST --floor-only``.
 Segments every case of a CSV manifest (``wmh.io.discover_manifest``; every case needs a
 ``mask``) through :func:`wmh.segment.run_cohort` into ``--out`` (default: a temporary
 folder, removed after), and prints per case, against the manual mask on the FLAIR grid
-(label 2 ignored), with :func:`wmh.metrics.challenge_metrics`: Dice, HD95 (mm), AVD (%),
-lesion recall and F1, true and predicted volume (mL) and the seconds the segmentation
+(label 2 ignored), with :func:`wmh.evaluation.metrics.challenge_metrics`: Dice, HD95 (mm),
+AVD (%), lesion recall and F1, true and predicted volume (mL) and the seconds the segmentation
 took. Without ``--model``, the model shipped with wmh (``pretrained``, :mod:`wmh.pretrained`).
 
 Beside it, the **floor**: the best single global FLAIR threshold chosen with the truth.
@@ -70,7 +70,7 @@ def floor_curve(flair: np.ndarray, brain: np.ndarray, truth: np.ndarray,
                 thresholds: np.ndarray = FLOOR_THRESHOLDS) -> np.ndarray:
     """Dice of ``flair / median(flair in brain) >= t`` (inside ``brain``) against the
     truth's label 1 (label 2 ignored) for every threshold t."""
-    from wmh.metrics import dice_from_counts, threshold_counts
+    from wmh.evaluation.metrics import dice_from_counts, threshold_counts
     brain = brain.astype(bool)
     median = float(np.median(flair[brain])) if brain.any() else 1.0
     values = np.where(brain, flair / (median if median > 0 else 1.0), -np.inf)
@@ -89,7 +89,7 @@ def slice_axis(affine: np.ndarray) -> int:
 
 def evaluate_case(subject, segmentation: Optional[Path]) -> dict:
     """One case's metrics (with a segmentation folder) and its floor curve."""
-    from wmh.metrics import challenge_metrics
+    from wmh.evaluation.metrics import challenge_metrics
     flair, affine = load_native(subject.flair)
     flair = np.nan_to_num(flair)
     truth = truth_labels(subject.labels, flair.shape)

@@ -90,7 +90,7 @@ def test_prior_output_that_is_a_folder(tmp_path, capsys):
 
 
 def test_disk_full_while_writing_is_one_line(tmp_path, capsys, monkeypatch):
-    from wmh import report
+    from wmh.evaluation import report
 
     def full(results, output_dir, *args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(output_dir / "report.md"))
@@ -104,7 +104,7 @@ def test_disk_full_while_writing_is_one_line(tmp_path, capsys, monkeypatch):
 
 
 def test_other_os_errors_are_not_hidden(monkeypatch):
-    from wmh import report
+    from wmh.evaluation import report
 
     def broken(*args, **kwargs):
         raise OSError(errno.EIO, "Input/output error")

@@ -11,7 +11,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from wmh import metrics
+from wmh.evaluation import metrics
+from wmh.evaluation.bootstrap import (bootstrap_dice_ci, bootstrap_dice_curve_ci,
+                                      bootstrap_indices, paired_bootstrap_pvalue, pvalue_matrix)
+from wmh.evaluation.cases import (MASK_FILE_NAMES, PROBABILITY_FILE_NAMES, evaluate_cases,
+                                  find_cases, to_json)
 from wmh.errors import WMHError
 
 ANISOTROPIC = np.diag([0.47, 0.47, 8.0, 1.0])  # typical 2D FLAIR voxels (mm)
@@ -380,27 +384,27 @@ def _counts(seed: int, cases: int = 12, shift: int = 0) -> np.ndarray:
 def test_bootstrap_is_identical_for_a_seed_and_differs_between_seeds():
     probabilities, truths, masks = _random_cases(5, count=6)
     curve = metrics.dice_threshold_curve(probabilities, truths, masks_per_case=masks)
-    first = metrics.bootstrap_dice_curve_ci(curve, num_resamples=200, seed=11)
-    again = metrics.bootstrap_dice_curve_ci(curve, num_resamples=200, seed=11)
-    other = metrics.bootstrap_dice_curve_ci(curve, num_resamples=200, seed=12)
+    first = bootstrap_dice_curve_ci(curve, num_resamples=200, seed=11)
+    again = bootstrap_dice_curve_ci(curve, num_resamples=200, seed=11)
+    other = bootstrap_dice_curve_ci(curve, num_resamples=200, seed=12)
     np.testing.assert_array_equal(first[0], again[0])
     np.testing.assert_array_equal(first[1], again[1])
     assert not np.array_equal(first[0], other[0])
     assert np.all(first[0] <= curve.pooled_dice + 1e-12)
     assert np.all(curve.pooled_dice <= first[1] + 1e-12)
     a, b = _counts(1), _counts(2)
-    assert metrics.paired_bootstrap_pvalue(a, b, 100, seed=3) == \
-        metrics.paired_bootstrap_pvalue(a, b, 100, seed=3)
-    values = {metrics.paired_bootstrap_pvalue(a, b, 100, seed=s) for s in range(6)}
+    assert paired_bootstrap_pvalue(a, b, 100, seed=3) == \
+        paired_bootstrap_pvalue(a, b, 100, seed=3)
+    values = {paired_bootstrap_pvalue(a, b, 100, seed=s) for s in range(6)}
     assert len(values) > 1
 
 
 def test_bootstrap_curve_band_matches_an_explicit_loop():
     probabilities, truths, masks = _random_cases(6, count=5)
     curve = metrics.dice_threshold_curve(probabilities, truths, np.linspace(0, 1, 11), masks)
-    low, high = metrics.bootstrap_dice_curve_ci(curve, num_resamples=50, seed=9)
+    low, high = bootstrap_dice_curve_ci(curve, num_resamples=50, seed=9)
     resampled = []
-    for indices in metrics.bootstrap_indices(5, 50, seed=9):
+    for indices in bootstrap_indices(5, 50, seed=9):
         totals = curve.counts[indices].sum(axis=0)
         resampled.append(2 * totals[:, 0] / (2 * totals[:, 0] + totals[:, 1] + totals[:, 2]))
     expected_low, expected_high = np.quantile(resampled, [0.025, 0.975], axis=0)
@@ -410,7 +414,7 @@ def test_bootstrap_curve_band_matches_an_explicit_loop():
 
 def test_paired_pvalue_matches_an_explicit_loop_for_both_statistics():
     a, b = _counts(7), _counts(8, shift=5)
-    indices = metrics.bootstrap_indices(12, 100, seed=0)
+    indices = bootstrap_indices(12, 100, seed=0)
 
     def pooled(counts):
         tp, fp, fn = counts.sum(axis=0)
@@ -421,16 +425,16 @@ def test_paired_pvalue_matches_an_explicit_loop_for_both_statistics():
 
     for statistic, function in (("pooled", pooled), ("mean", per_case)):
         expected = np.mean([function(b[rows]) > function(a[rows]) for rows in indices])
-        assert metrics.paired_bootstrap_pvalue(a, b, 100, 0, statistic) == expected
+        assert paired_bootstrap_pvalue(a, b, 100, 0, statistic) == expected
     case_dice = 2 * a[:, 0] / (2 * a[:, 0] + a[:, 1] + a[:, 2])
-    assert metrics.paired_bootstrap_pvalue(case_dice, case_dice + 0.1, 100, 0, "mean") == 1.0
+    assert paired_bootstrap_pvalue(case_dice, case_dice + 0.1, 100, 0, "mean") == 1.0
 
 
 def test_pvalues_of_clearly_different_methods_and_the_table_4_layout():
     weak, strong = _counts(9), _counts(9) * np.array([3, 1, 1])  # strong: 3x the TP
-    assert metrics.paired_bootstrap_pvalue(strong, weak) == 0.0  # "< 0.01"
-    assert metrics.paired_bootstrap_pvalue(weak, strong) == 1.0
-    matrix = metrics.pvalue_matrix([weak, strong])
+    assert paired_bootstrap_pvalue(strong, weak) == 0.0  # "< 0.01"
+    assert paired_bootstrap_pvalue(weak, strong) == 1.0
+    matrix = pvalue_matrix([weak, strong])
     # [i, j]: share where method i beats method j
     assert matrix[0, 1] == 0.0 and matrix[1, 0] == 1.0
     assert np.isnan(matrix[0, 0])
@@ -438,12 +442,12 @@ def test_pvalues_of_clearly_different_methods_and_the_table_4_layout():
 
 def test_pooled_statistic_needs_counts():
     with pytest.raises(ValueError, match="counts"):
-        metrics.paired_bootstrap_pvalue(np.ones(5), np.ones(5))
+        paired_bootstrap_pvalue(np.ones(5), np.ones(5))
 
 
 def test_bootstrap_dice_ci_brackets_the_estimate():
     counts = _counts(10, cases=30)
-    low, high = metrics.bootstrap_dice_ci(counts, 500, seed=1)
+    low, high = bootstrap_dice_ci(counts, 500, seed=1)
     tp, fp, fn = counts.sum(axis=0)
     assert low < 2 * tp / (2 * tp + fp + fn) < high
 
@@ -482,7 +486,7 @@ def _cohort(root):
 
 def test_evaluate_cases_on_folders(tmp_path):
     _cohort(tmp_path)
-    result = metrics.evaluate_cases(tmp_path / "pred", tmp_path / "truth",
+    result = evaluate_cases(tmp_path / "pred", tmp_path / "truth",
                                     brain_mask=tmp_path / "brain")
     cases = {case["id"]: case for case in result["cases"]}
     assert set(cases) == {"a", "b"}
@@ -502,8 +506,8 @@ def test_evaluate_cases_single_files_and_null_in_json(tmp_path):
     truth[2, 2, 1] = 1
     _save(tmp_path / "t.nii.gz", truth, oblique_affine())
     _save(tmp_path / "p.nii", np.zeros((5, 5, 3)), oblique_affine())
-    result = metrics.evaluate_cases(tmp_path / "p.nii", tmp_path / "t.nii.gz")
-    parsed = json.loads(metrics.to_json(result))
+    result = evaluate_cases(tmp_path / "p.nii", tmp_path / "t.nii.gz")
+    parsed = json.loads(to_json(result))
     assert parsed["cases"][0]["id"] == "t"
     assert parsed["cases"][0]["hd95"] is None and parsed["cases"][0]["dice"] == 0.0
     assert parsed["summary"]["undefined"]["hd95"] == 1
@@ -514,52 +518,64 @@ def test_mismatched_grid_missing_case_and_bad_labels_are_user_errors(tmp_path):
     _save(tmp_path / "shifted" / "a.nii.gz", np.zeros((6, 6, 3)), np.diag([1, 1, 2, 1]))
     _save(tmp_path / "shifted" / "b.nii.gz", np.zeros((6, 6, 3)))
     with pytest.raises(WMHError, match="a.nii.gz: affine differs"):
-        metrics.evaluate_cases(tmp_path / "shifted", tmp_path / "truth")
+        evaluate_cases(tmp_path / "shifted", tmp_path / "truth")
     _save(tmp_path / "small" / "a.nii.gz", np.zeros((6, 6, 2)))
     _save(tmp_path / "small" / "b.nii.gz", np.zeros((6, 6, 3)))
     with pytest.raises(WMHError, match="grid"):
-        metrics.evaluate_cases(tmp_path / "small", tmp_path / "truth")
+        evaluate_cases(tmp_path / "small", tmp_path / "truth")
     (tmp_path / "pred" / "b.nii.gz").unlink()
     with pytest.raises(WMHError, match="no prediction for 1 truth case"):
-        metrics.evaluate_cases(tmp_path / "pred", tmp_path / "truth")
+        evaluate_cases(tmp_path / "pred", tmp_path / "truth")
     _save(tmp_path / "bad.nii.gz", np.full((6, 6, 3), 5))
     with pytest.raises(WMHError, match="outside"):
-        metrics.evaluate_cases(tmp_path / "pred" / "a.nii.gz", tmp_path / "bad.nii.gz")
+        evaluate_cases(tmp_path / "pred" / "a.nii.gz", tmp_path / "bad.nii.gz")
     with pytest.raises(WMHError, match="--pred"):
-        metrics.evaluate_cases(tmp_path / "nowhere", tmp_path / "truth")
+        evaluate_cases(tmp_path / "nowhere", tmp_path / "truth")
     with pytest.raises(WMHError, match="give a folder like --truth"):
-        metrics.evaluate_cases(tmp_path / "pred" / "a.nii.gz", tmp_path / "truth")
+        evaluate_cases(tmp_path / "pred" / "a.nii.gz", tmp_path / "truth")
 
 
 def test_case_ids_from_file_and_folder_names(tmp_path):
     _cohort(tmp_path)
-    assert list(metrics.find_cases(tmp_path / "truth" / "a" / "wmh.nii.gz", "--truth")) == ["a"]
-    assert list(metrics.find_cases(tmp_path / "pred" / "a.nii.gz", "--pred")) == ["a"]
-    assert metrics.find_cases(tmp_path / "truth", "--truth") == {
+    assert list(find_cases(tmp_path / "truth" / "a" / "wmh.nii.gz", "--truth")) == ["a"]
+    assert list(find_cases(tmp_path / "pred" / "a.nii.gz", "--pred")) == ["a"]
+    assert find_cases(tmp_path / "truth", "--truth") == {
         "a": tmp_path / "truth" / "a" / "wmh.nii.gz", "b": tmp_path / "truth" / "b" / "wmh.nii.gz"}
     segment = tmp_path / "segment"  # `wmh segment` output folders
     for name in ("wmh_probability", "wmh_mask", "wmh_uncertainty"):
         _save(segment / "a" / f"{name}.nii.gz", np.zeros((6, 6, 3)))
     (segment / ".b.staging").mkdir()  # an interrupted run's leftovers are skipped
     _save(segment / ".b.staging" / "wmh_mask.nii.gz", np.zeros((6, 6, 3)))
-    assert metrics.find_cases(segment, "--pred", metrics.MASK_FILE_NAMES) == {
+    assert find_cases(segment, "--pred", MASK_FILE_NAMES) == {
         "a": segment / "a" / "wmh_mask.nii.gz"}
-    assert metrics.find_cases(segment, "--pred", metrics.PROBABILITY_FILE_NAMES) == {
+    assert find_cases(segment, "--pred", PROBABILITY_FILE_NAMES) == {
         "a": segment / "a" / "wmh_probability.nii.gz"}
     _save(tmp_path / "pred" / "c" / "x.nii.gz", np.zeros((6, 6, 3)))
     _save(tmp_path / "pred" / "c" / "y.nii.gz", np.zeros((6, 6, 3)))
     with pytest.raises(WMHError, match="several NIfTI files"):
-        metrics.find_cases(tmp_path / "pred", "--pred")
+        find_cases(tmp_path / "pred", "--pred")
     _save(tmp_path / "dup" / "a.nii.gz", np.zeros((6, 6, 3)))
     _save(tmp_path / "dup" / "a" / "wmh.nii.gz", np.zeros((6, 6, 3)))
     with pytest.raises(WMHError, match="found twice"):
-        metrics.find_cases(tmp_path / "dup", "--truth")
+        find_cases(tmp_path / "dup", "--truth")
 
 
 def test_metrics_module_does_not_import_tensorflow():
-    code = ("import sys, wmh.metrics, wmh.report; "
+    code = ("import sys, wmh.evaluation.cases, wmh.evaluation.report; "
             "sys.exit(1 if 'tensorflow' in sys.modules or 'keras' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+
+
+def test_metric_maths_imports_no_file_tracking_or_plotting_library():
+    """The pure layer stays pure: importing it loads neither nibabel nor wmh.io (files),
+    MLflow nor matplotlib."""
+    code = ("import sys, wmh.evaluation.metrics, wmh.evaluation.bootstrap; "
+            "print(sorted(m for m in ('nibabel', 'wmh.io', 'mlflow', 'matplotlib', "
+            "'tensorflow') if m in sys.modules))")
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                               timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == "[]"
 
 
 def test_a_challenge_cohort_as_truth_evaluates_the_segmented_cases(tmp_path):
@@ -575,6 +591,6 @@ def test_a_challenge_cohort_as_truth_evaluates_the_segmented_cases(tmp_path):
         nib.save(nib.Nifti1Image(truth, np.eye(4)), folder / "wmh.nii.gz")
     (tmp_path / "pred" / "9").mkdir(parents=True)
     nib.save(nib.Nifti1Image(prediction, np.eye(4)), tmp_path / "pred" / "9" / "wmh_mask.nii.gz")
-    result = metrics.evaluate_cases(tmp_path / "pred", tmp_path / "cohort")
+    result = evaluate_cases(tmp_path / "pred", tmp_path / "cohort")
     assert [case["id"] for case in result["cases"]] == ["9"]
     assert result["cases"][0]["dice"] == pytest.approx(2 / 3)

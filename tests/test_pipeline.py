@@ -44,7 +44,7 @@ def test_demo_runs_every_stage_and_labels_results_synthetic(tmp_path, mlflow_tmp
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "test")}
     assert "test/volumes.csv" in artifacts
     # The paper's evaluation (inside the brain mask) is stored for `wmh report --run`.
-    from wmh.report import method_result_from_mlflow
+    from wmh.evaluation.tracking_io import method_result_from_mlflow
     result = method_result_from_mlflow(run.info.run_id)
     assert result.name == "MSWS + Loc" and result.case_ids == (subject,)
     assert result.dice(1) == pytest.approx(run.data.metrics["test_dice_obs1"])

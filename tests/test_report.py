@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from wmh import metrics, report
+from wmh.evaluation import metrics, report
+from wmh.evaluation.bootstrap import paired_bootstrap_pvalue
+from wmh.evaluation.cases import evaluate_cases
+from wmh.evaluation.figures import validation_figures
+from wmh.evaluation.paper import paper_method_name
+from wmh.evaluation.results import (ReportOptions, method_result_from_arrays,
+                                    method_result_from_predictions, observer_result,
+                                    observer_result_from_arrays)
+from wmh.evaluation.tracking_io import log_method_result, method_result_from_mlflow
 from wmh.errors import WMHError
 
 SHAPE = (24, 24, 5)
@@ -45,11 +53,11 @@ def build_results(cases):
     truths = [case["truth"] for case in cases]
     brains = [case["brain"] for case in cases]
     observers = [case["observer2"] for case in cases]
-    results = [report.method_result_from_arrays(
+    results = [method_result_from_arrays(
         name, [case[name] for case in cases], truths, masks_per_case=brains,
         observer2_per_case=observers, case_ids=ids, threshold=0.5, validation_az=0.99)
         for name in ("SS", "SS + Loc")]
-    results.append(report.observer_result_from_arrays(observers, truths,
+    results.append(observer_result_from_arrays(observers, truths,
                                                        masks_per_case=brains, case_ids=ids))
     return results
 
@@ -78,7 +86,7 @@ def test_method_result_counts_match_metrics(cases):
 
 def test_report_on_two_small_runs_renders(cases, tmp_path):
     results = build_results(cases)
-    options = report.ReportOptions(ci_resamples=200, seed=3)
+    options = ReportOptions(ci_resamples=200, seed=3)
     files = report.write_report(results, tmp_path / "out", "synthetic", options,
                                 log_to_mlflow=False)
     text = files.markdown.read_text()
@@ -98,7 +106,7 @@ def test_report_on_two_small_runs_renders(cases, tmp_path):
     with open(files.tables["table4"]) as handle:
         pvalues = {(r["row_method"], r["column_method"]): r for r in csv.DictReader(handle)}
     # row SS vs column SS + Loc: the share of resamples where SS wins
-    expected = metrics.paired_bootstrap_pvalue(results[1].counts_obs1, results[0].counts_obs1,
+    expected = paired_bootstrap_pvalue(results[1].counts_obs1, results[0].counts_obs1,
                                                100, 3)
     assert float(pvalues[("SS", "SS + Loc")]["p_value"]) == expected
     assert pvalues[("SS", "SS + Loc")]["paper_p_value"] == "<0.01"
@@ -114,12 +122,12 @@ def test_report_on_two_small_runs_renders(cases, tmp_path):
 
 def test_report_is_identical_for_a_seed(cases, tmp_path):
     results = build_results(cases)
-    options = report.ReportOptions(ci_resamples=100, seed=5)
+    options = ReportOptions(ci_resamples=100, seed=5)
     first = report.write_report(results, tmp_path / "a", "synthetic", options, False)
     second = report.write_report(results, tmp_path / "b", "synthetic", options, False)
     assert first.markdown.read_text() == second.markdown.read_text()
     other = report.write_report(results, tmp_path / "c", "synthetic",
-                                report.ReportOptions(ci_resamples=100, seed=6), False)
+                                ReportOptions(ci_resamples=100, seed=6), False)
     assert other.markdown.read_text() != first.markdown.read_text()
 
 
@@ -127,12 +135,12 @@ def test_training_size_and_location_layer_tables(cases, tmp_path):
     results = build_results(cases)[:1]
     truths = [case["truth"] for case in cases]
     for size, name in ((47, "MSWS + Loc 1/8"), (378, "MSWS + Loc")):
-        results.append(report.method_result_from_arrays(
+        results.append(method_result_from_arrays(
             name, [case["SS + Loc"] for case in cases], truths, training_size=size))
-    results.append(report.method_result_from_arrays(
+    results.append(method_result_from_arrays(
         "FFCL", [case["SS + Loc"] for case in cases], truths, validation_az=0.9))
     files = report.write_report(results, tmp_path, "synthetic",
-                                report.ReportOptions(ci_resamples=50), False)
+                                ReportOptions(ci_resamples=50), False)
     with open(files.tables["table6"]) as handle:
         rows = list(csv.DictReader(handle))
     assert [int(row["Training images"]) for row in rows] == [47, 378]
@@ -147,10 +155,10 @@ def test_training_size_and_location_layer_tables(cases, tmp_path):
 def test_report_options_choose_table_methods(cases, tmp_path):
     results = build_results(cases)
     truths = [case["truth"] for case in cases]
-    results.append(report.method_result_from_arrays(
+    results.append(method_result_from_arrays(
         "MSWS + Loc (50%)", [case["SS + Loc"] for case in cases], truths,
         case_ids=results[0].case_ids, training_size=4))
-    options = report.ReportOptions(ci_resamples=20, pvalue_methods=("SS + Loc", "observer 2"),
+    options = ReportOptions(ci_resamples=20, pvalue_methods=("SS + Loc", "observer 2"),
                                    table3_methods=("SS",), figure_methods=("SS + Loc",))
     files = report.write_report(results, tmp_path, "synthetic", options, False)
     with open(files.tables["table2"]) as handle:  # the training-size run: Table 6 only
@@ -163,7 +171,7 @@ def test_report_options_choose_table_methods(cases, tmp_path):
     assert pairs == [("SS + Loc", "observer 2"), ("observer 2", "SS + Loc")]
     with pytest.raises(WMHError, match="Table 4 method.s. MSIW not among"):
         report.write_report(results, tmp_path / "bad", "synthetic",
-                            report.ReportOptions(pvalue_methods=("MSIW",)), False)
+                            ReportOptions(pvalue_methods=("MSIW",)), False)
 
 
 def test_validation_figures_for_training_code(cases, tmp_path):
@@ -171,7 +179,7 @@ def test_validation_figures_for_training_code(cases, tmp_path):
     curve = metrics.dice_threshold_curve([case["SS"] for case in cases[:3]], truths,
                                          np.linspace(0, 1, 201))
     threshold, _ = metrics.best_threshold(curve)
-    figures = report.validation_figures(curve, threshold, title="ss+none (validation)")
+    figures = validation_figures(curve, threshold, title="ss+none (validation)")
     assert set(figures) == {"roc", "dice_vs_threshold"}
     for name, figure in figures.items():
         figure.savefig(tmp_path / f"{name}.png")
@@ -180,11 +188,11 @@ def test_validation_figures_for_training_code(cases, tmp_path):
 
 
 def test_paper_method_names():
-    assert report.paper_method_name("msws_loc") == "MSWS + Loc"
-    assert report.paper_method_name("SS+Loc") == "SS + Loc"
-    assert report.paper_method_name("MSIW") == "MSIW"
-    assert report.paper_method_name("random forest") == "Conventional"
-    assert report.paper_method_name("my new net") is None
+    assert paper_method_name("msws_loc") == "MSWS + Loc"
+    assert paper_method_name("SS+Loc") == "SS + Loc"
+    assert paper_method_name("MSIW") == "MSIW"
+    assert paper_method_name("random forest") == "Conventional"
+    assert paper_method_name("my new net") is None
 
 
 def test_report_rejects_duplicates_and_empty_label(cases, tmp_path):
@@ -201,10 +209,10 @@ def test_method_result_round_trips_through_mlflow(cases, tmp_path, mlflow_tmp):
     results = build_results(cases[:3])
     mlflow.set_tracking_uri(mlflow_tmp)
     with mlflow.start_run() as run:
-        report.log_method_result(results[1])
+        log_method_result(results[1])
         files = report.write_report(results, tmp_path / "report", "synthetic",
-                                    report.ReportOptions(ci_resamples=20))
-    loaded = report.method_result_from_mlflow(run.info.run_id)
+                                    ReportOptions(ci_resamples=20))
+    loaded = method_result_from_mlflow(run.info.run_id)
     assert loaded.name == "SS + Loc" and loaded.case_ids == results[1].case_ids
     np.testing.assert_array_equal(loaded.counts_obs1, results[1].counts_obs1)
     np.testing.assert_array_equal(loaded.curve.counts, results[1].curve.counts)
@@ -217,13 +225,13 @@ def test_method_result_round_trips_through_mlflow(cases, tmp_path, mlflow_tmp):
         mlflow.log_params({"model.arch": "msws", "model.loc": "ffcl"})
         mlflow.log_metrics({"best_val_auc": 0.95, "val_volume_auc": 0.97, "threshold": 0.4,
                             "test_dice": 0.61})
-    summary_only = report.method_result_from_mlflow(bare.info.run_id)
+    summary_only = method_result_from_mlflow(bare.info.run_id)
     assert summary_only.name == "MSWS + Loc"
     assert summary_only.validation_az == pytest.approx(0.97)
     assert summary_only.threshold == pytest.approx(0.4)
     assert summary_only.dice(1) == pytest.approx(0.61) and summary_only.counts_obs1 is None
     with pytest.raises(WMHError, match="no such MLflow run"):
-        report.method_result_from_mlflow("0" * 32)
+        method_result_from_mlflow("0" * 32)
 
 
 # ------------------------------------------------------------------ folders and the CLI
@@ -247,13 +255,13 @@ def write_cohort(root, cases):
 
 def test_results_from_folders_match_the_array_api(cases, tmp_path):
     write_cohort(tmp_path, cases[:4])
-    from_folder = report.method_result_from_predictions(
+    from_folder = method_result_from_predictions(
         "SS", tmp_path / "ss", tmp_path / "truth", brain_mask=tmp_path / "brain",
         observer2=tmp_path / "observer2")
     from_arrays = build_results(cases[:4])[0]
     np.testing.assert_array_equal(from_folder.counts_obs1, from_arrays.counts_obs1)
     np.testing.assert_array_equal(from_folder.counts_obs2, from_arrays.counts_obs2)
-    observer = report.observer_result(tmp_path / "observer2", tmp_path / "truth",
+    observer = observer_result(tmp_path / "observer2", tmp_path / "truth",
                                       brain_mask=tmp_path / "brain")
     np.testing.assert_array_equal(observer.counts_obs1, build_results(cases[:4])[2].counts_obs1)
 
@@ -365,12 +373,12 @@ def test_evaluate_another_threshold_is_explicit_and_printed(cases, tmp_path):
         f"{seg / f'c{i}' / 'wmh_probability.nii.gz'}: thresholding wmh_probability at 0.5, "
         "not the segmentation's 0.9" for i in range(2)]
     assert "threshold 0.5 (as given with --threshold)" in result.stdout
-    evaluation = metrics.evaluate_cases(seg, tmp_path / "truth", threshold=0.5)
+    evaluation = evaluate_cases(seg, tmp_path / "truth", threshold=0.5)
     for index, case in enumerate(evaluation["cases"]):
         assert case["dice"] == pytest.approx(
             metrics.dice(cases[index]["SS"].astype(np.float32), cases[index]["truth"], 0.5))
     with pytest.raises(WMHError, match=r"^--threshold 1\.5: must lie in \[0, 1\]$"):
-        metrics.evaluate_cases(seg, tmp_path / "truth", threshold=1.5)
+        evaluate_cases(seg, tmp_path / "truth", threshold=1.5)
 
 
 def test_report_uses_the_recorded_threshold_and_the_readme_command(cases, tmp_path):

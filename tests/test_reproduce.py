@@ -14,7 +14,7 @@ import pytest
 from wmh import reproduce
 from wmh.cli import main
 from wmh.errors import WMHError
-from wmh.report import paper_method_name
+from wmh.evaluation.paper import paper_method_name
 from wmh.sampling import _share
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -259,7 +259,7 @@ def test_experiments_tested_on_other_subjects_are_refused():
 
 
 def _result(name, case_ids):
-    from wmh.report import MethodResult
+    from wmh.evaluation.results import MethodResult
 
     return MethodResult(name=name, case_ids=case_ids,
                         counts_obs1=np.ones((len(case_ids), 4), np.int64))
@@ -280,7 +280,8 @@ def test_alpha_search_trains_one_run_per_alpha_and_tests_the_best(tmp_path, mlfl
     """The search's bookkeeping with training and evaluation stood in for (the tiny
     reproduction below trains for real): one nested run per α, the chosen α the best
     validation Dice among them, only it tested, the α list in the result key."""
-    from wmh import data, pipeline, report
+    from wmh import data, pipeline
+    from wmh.evaluation import tracking_io
     from wmh.train import TrainResult
 
     dice_of = {0.3: 0.40, 1.0: 0.61, 3.0: 0.55}
@@ -302,7 +303,7 @@ def test_alpha_search_trains_one_run_per_alpha_and_tests_the_best(tmp_path, mlfl
     monkeypatch.setattr(data, "dataset_hash", lambda samples: "data")
     monkeypatch.setattr(pipeline, "train_model", train_model)
     monkeypatch.setattr(pipeline, "evaluate_test_subjects", evaluate)
-    monkeypatch.setattr(report, "log_method_result", lambda result, run_id=None: None)
+    monkeypatch.setattr(tracking_io, "log_method_result", lambda result, run_id=None: None)
     experiment = next(e for e in reproduce.EXPERIMENTS if e.name == "ss_loc")
     config = reproduce.resolve(experiment, "demo")
     mlflow.set_experiment("alpha")

@@ -73,8 +73,9 @@ def test_segment_writes_native_outputs_and_report(tmp_path, model_and_subject):
     np.testing.assert_allclose(brain.affine, flair.affine)
     np.testing.assert_array_equal(np.asarray(brain.dataobj), prepared.brain_mask)
     # wmh evaluate finds it in the output folder: Az counted inside the brain only.
-    from wmh import metrics
-    cases, _ = metrics.match_cases(tmp_path / "out", cohort, tmp_path / "out")
+    from wmh.evaluation import metrics
+    from wmh.evaluation.cases import match_cases
+    cases, _ = match_cases(tmp_path / "out", cohort, tmp_path / "out")
     assert cases[0].brain_mask == folder / "brain_mask.nii.gz"
     report = json.loads((folder / "report.json").read_text())
     assert report["total_ml"] == pytest.approx((expected >= threshold).sum() / 1000)

@@ -31,7 +31,7 @@ def test_source_files_of_modules_and_packages():
     assert [path.name for path in tracking.source_files("wmh.sampling")] == ["sampling.py"]
     names = {path.name for path in tracking.source_files("wmh.segment")}
     assert {"__init__.py", "subject.py", "cohort.py"} <= names
-    assert tracking.code_hash("wmh.sampling") != tracking.code_hash("wmh.metrics")
+    assert tracking.code_hash("wmh.sampling") != tracking.code_hash("wmh.evaluation.metrics")
     assert tracking.code_hash("wmh.sampling") == tracking.code_hash("wmh.sampling")
     with pytest.raises(ValueError, match="no source for module wmh.nothing_here"):
         tracking.code_hash("wmh.nothing_here")
@@ -41,7 +41,7 @@ def test_source_files_of_modules_and_packages():
     ("wmh.location", "prepare"),
     ("wmh.sampling", "sample"),
     ("wmh.models", "train"),
-    ("wmh.metrics", "evaluate"),
+    ("wmh.evaluation.metrics", "evaluate"),
 ])
 def test_a_code_change_invalidates_its_stage_and_later_ones_only(monkeypatch, tmp_path,
                                                                  module, changed):

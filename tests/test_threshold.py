@@ -10,7 +10,7 @@ from cohorts import tiny_prepared_subject
 
 
 def test_exact_threshold_matches_brute_force_and_ignores_label_two():
-    from wmh import metrics
+    from wmh.evaluation import metrics
 
     rng = np.random.default_rng(3)
     probabilities = [rng.random((9, 8, 3)).astype(np.float32) for _ in range(2)]
@@ -59,7 +59,8 @@ def native_subject(tmp_path):
 def test_native_search_beats_the_coarse_working_grid(tmp_path):
     """Probabilities crowded in 0.980-0.990 (as the demo's are): the 201-point grid on
     working labels cannot separate them; the exact native search can."""
-    from wmh import metrics, train
+    from wmh import train
+    from wmh.evaluation import metrics
 
     subject = native_subject(tmp_path)
     assert not subject.is_identity_mapping()

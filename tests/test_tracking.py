@@ -79,8 +79,8 @@ def test_missing_run_is_one_line_and_creates_no_store(tmp_path, monkeypatch, cap
                           f"at {tmp_path / 'home' / 'mlflow.db'}")
     assert sorted(tmp_path.rglob("*")) == before  # no mlflow.db anywhere, no folders
     with pytest.raises(WMHError, match=r"^--run abc: no MLflow store at "):
-        from wmh import report
-        report.method_result_from_mlflow("abc")
+        from wmh.evaluation.tracking_io import method_result_from_mlflow
+        method_result_from_mlflow("abc")
 
 
 def test_missing_run_in_an_existing_store_is_one_line(tmp_path, monkeypatch):

@@ -42,7 +42,8 @@ def test_better_epoch_rule_skips_nan_but_keeps_a_model():
 
 def test_nan_validation_auc_still_writes_best_keras(tmp_path, mlflow_tmp, tf_seeded,
                                                     one_validation_subject, monkeypatch):
-    from wmh import metrics, sampling, train
+    from wmh import sampling, train
+    from wmh.evaluation import metrics
 
     prepared, samples = one_validation_subject
     assert len(sampling.load_splits(samples)["validation"]) == 1

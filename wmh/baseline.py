@@ -588,7 +588,9 @@ def validate(model: RandomForestBaseline, samples_dir: Path, prepared_dir: Path,
         subjects), "figures" (name -> matplotlib Figure)}; threshold 0.5 and NaN when
         there is no validation subject.
     """
-    from wmh import data, metrics, report, sampling
+    from wmh import data, sampling
+    from wmh.evaluation import metrics
+    from wmh.evaluation.figures import validation_figures
     from wmh.preprocess import PreparedSubject
     from wmh.train import calibrated_threshold
 
@@ -615,7 +617,7 @@ def validate(model: RandomForestBaseline, samples_dir: Path, prepared_dir: Path,
                     choice=None, figures={})
     choice = calibrated_threshold(subjects, probabilities, subject_ids, calibration,
                                   data.positive_share(samples_dir))
-    figures = report.validation_figures(choice.curve, choice.threshold, title=title)
+    figures = validation_figures(choice.curve, choice.threshold, title=title)
     return dict(result, threshold=choice.threshold, val_volume_dice=choice.dice,
                 val_volume_auc=choice.auc, choice=choice, figures=figures)
 

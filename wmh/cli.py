@@ -504,8 +504,8 @@ def models_command():
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (NaN as null).")
 def evaluate_command(prediction, truth, brain_mask, threshold, as_json):
     """Challenge metrics per case: Dice, HD95, AVD, lesion recall and F1."""
-    from wmh.metrics import evaluate_cases, to_json
-    from wmh.report import format_evaluation
+    from wmh.evaluation.cases import evaluate_cases, to_json
+    from wmh.evaluation.tables import format_evaluation
 
     evaluation = evaluate_cases(prediction, truth, brain_mask, threshold,
                                 progress=not as_json)
@@ -556,7 +556,8 @@ def _named_values(values, option):
 def report_command(methods, runs, truth, observer2, brain_mask, threshold, output_dir,
                    data_label, resamples, pvalue_resamples, seed, log_to_mlflow):
     """The paper's Tables 2-6 and Figures 4-5 for several methods, beside its numbers."""
-    from wmh import report
+    from wmh.evaluation import report
+    from wmh.evaluation.results import ReportOptions
 
     check_outputs((output_dir, "--out"))
     notes: list[str] = []
@@ -568,8 +569,8 @@ def report_command(methods, runs, truth, observer2, brain_mask, threshold, outpu
     if data_label is None:
         data_label = report.infer_data_label(truth)
         click.echo(f"data: {data_label} (say what they are with --data-label)", err=True)
-    options = report.ReportOptions(ci_resamples=resamples, pvalue_resamples=pvalue_resamples,
-                                   seed=seed)
+    options = ReportOptions(ci_resamples=resamples, pvalue_resamples=pvalue_resamples,
+                            seed=seed)
     files = report.write_report(results, output_dir, data_label, options,
                                 log_to_mlflow=True if log_to_mlflow else None)
     click.echo(f"wrote {files.markdown}")

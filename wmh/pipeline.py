@@ -390,10 +390,11 @@ def evaluate_test_subjects(config: ExperimentConfig, stages: DataStages, trained
         training_size: number of training subjects, for the Table 6 series (else None).
 
     Returns:
-        (the per-subject rows of ``wmh segment``, a :class:`wmh.report.MethodResult` whose
-        ``source`` is the segmentation folder).
+        (the per-subject rows of ``wmh segment``, a
+        :class:`wmh.evaluation.results.MethodResult` whose ``source`` is the segmentation
+        folder).
     """
-    from wmh import report
+    from wmh.evaluation.results import method_result_from_predictions
 
     rows = segment_test_subjects(config, stages, trained.model_dir, out_dir, trained.run_id)
     labels = {s.subject_id: s.labels for s in io.discover(stages.cohort)}
@@ -402,7 +403,7 @@ def evaluate_test_subjects(config: ExperimentConfig, stages: DataStages, trained
     has_observer2 = has_second_rater(stages.cohort, [row["subject_id"] for row in rows])
     threshold = trained.threshold if config.segment.threshold is None \
         else config.segment.threshold
-    return rows, report.method_result_from_predictions(
+    return rows, method_result_from_predictions(
         name, out_dir, stages.cohort, brain_mask=out_dir,
         observer2=stages.cohort if has_observer2 else None, threshold=threshold,
         validation_az=trained.validation_volume_auc, training_size=training_size,
@@ -431,25 +432,27 @@ def demo(config: ExperimentConfig, out_dir: Path = Path("outputs/demo")) -> dict
 
     Returns:
         {"run_id", "model_dir", "rows" (per test subject), "mean" (metric means),
-        "evaluation" (the :class:`wmh.report.MethodResult` logged to the run),
+        "evaluation" (the :class:`wmh.evaluation.results.MethodResult` logged to the run),
         "registered" (name, version, aliases), ...}.
     """
     import mlflow
     import numpy as np
 
-    from wmh import registry, report
+    from wmh import registry
+    from wmh.evaluation.paper import method_display_name
+    from wmh.evaluation.tracking_io import log_method_result
 
     stages = ensure_data(config)
     result = train_model(config, stages)
     rows, evaluation = evaluate_test_subjects(config, stages, result, out_dir / "segment",
-                                              report.method_display_name(config.model))
+                                              method_display_name(config.model))
     means = {}
     for column in SUMMARY_COLUMNS[1:]:
         values = [row[column] for row in rows if isinstance(row.get(column), (int, float))]
         finite = [v for v in values if v == v]
         means[column] = float(np.mean(finite)) if finite else float("nan")
     with mlflow.start_run(run_id=result.run_id):
-        report.log_method_result(evaluation)  # test Dice/Az as the paper counts them
+        log_method_result(evaluation)  # test Dice/Az as the paper counts them
         mlflow.log_metrics({f"test_{k}": v for k, v in means.items() if v == v})
         mlflow.log_artifact(str(out_dir / "segment" / "volumes.csv"), "test")
         for row in rows:

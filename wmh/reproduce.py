@@ -12,12 +12,12 @@ Every experiment of :data:`EXPERIMENTS` (``experiments/<name>.yaml``) runs at on
    and only that model tested;
 3. segmentation of the test subjects (``wmh segment``'s outputs, brain mask included);
 4. evaluation inside the brain mask against observer 1, and observer 2 where the cohort
-   has one -> a :class:`wmh.report.MethodResult`, logged to the run as
+   has one -> a :class:`wmh.evaluation.results.MethodResult`, logged to the run as
    ``evaluation/method_result.json`` and kept in ``<out>/<name>/result.json``.
 
 Then observer 2 is scored against observer 1 on the same test subjects and
-:func:`wmh.report.write_report` writes Tables 2-6 and Figures 4-5 next to the paper's
-published numbers (``<out>/report/``; logged to the parent run).
+:func:`wmh.evaluation.report.write_report` writes Tables 2-6 and Figures 4-5 next to the
+paper's published numbers (``<out>/report/``; logged to the parent run).
 
 Resumable at the experiment level: ``result.json`` records a hash of the experiment's
 resolved config, of its data and of its α list, so a rerun skips what is done and up to
@@ -155,7 +155,7 @@ class Outcome:
     """What one experiment gave: its result and whether it was reused from a former run."""
 
     experiment: Experiment
-    result: object  # wmh.report.MethodResult
+    result: object  # wmh.evaluation.results.MethodResult
     run_id: str
     reused: bool
     seconds: float
@@ -174,7 +174,9 @@ def run_experiment(experiment: Experiment, config: ExperimentConfig, out_dir: Pa
     """Data stages (cached), training (the α search for an experiment with location
     features), test segmentation and evaluation of one experiment; reuses
     ``<out_dir>/<name>/result.json`` when it matches the config, the data and the α list."""
-    from wmh import pipeline, report, sampling
+    from wmh import pipeline, sampling
+    from wmh.evaluation import tracking_io
+    from wmh.evaluation.results import MethodResult
     from wmh.data import dataset_hash
     from wmh.train import run_key
 
@@ -185,7 +187,7 @@ def run_experiment(experiment: Experiment, config: ExperimentConfig, out_dir: Pa
     folder = out_dir / experiment.name
     stored = _read_json(folder / RESULT_FILE)
     if stored is not None and stored.get("key") == key:
-        return Outcome(experiment, report.MethodResult.from_dict(stored["result"]),
+        return Outcome(experiment, MethodResult.from_dict(stored["result"]),
                        stored["run_id"], True, time.time() - start, stages,
                        stored.get("alpha_search"))
     search = None
@@ -198,7 +200,7 @@ def run_experiment(experiment: Experiment, config: ExperimentConfig, out_dir: Pa
                      if experiment.training_size else None)
     _, result = pipeline.evaluate_test_subjects(config, stages, trained, folder / "segment",
                                                 experiment.method, training_size)
-    report.log_method_result(result, run_id=trained.run_id)
+    tracking_io.log_method_result(result, run_id=trained.run_id)
     io.atomic_write_text(folder / RESULT_FILE, json.dumps(
         {"key": key, "run_id": trained.run_id, "experiment": experiment.name,
          "seconds": time.time() - start, "result": result.to_dict(),
@@ -292,7 +294,7 @@ class Reproduction:
     """A finished reproduction: the outcomes, the report and what the data were."""
 
     outcomes: list[Outcome]
-    report: object  # wmh.report.ReportFiles
+    report: object  # wmh.evaluation.report.ReportFiles
     data_label: str
     parent_run_id: str
     seconds: float
@@ -324,7 +326,9 @@ def reproduce(scale: str = "demo", out_dir: str | Path = "outputs/reproduce",
     """
     import mlflow
 
-    from wmh import report
+    from wmh.evaluation import report
+    from wmh.evaluation.paper import OBSERVER_NAME
+    from wmh.evaluation.results import ReportOptions
     from wmh.tracking import configure_mlflow
 
     start = time.time()
@@ -367,10 +371,10 @@ def reproduce(scale: str = "demo", out_dir: str | Path = "outputs/reproduce",
         if observer is not None:
             results.append(observer)
         names = {result.name for result in results}
-        options = report.ReportOptions(
+        options = ReportOptions(
             table3_methods=tuple(n for n in TABLE3_METHODS if n in names),
             pvalue_methods=tuple(n for n in TABLE4_METHODS if n in names)
-            + ((report.OBSERVER_NAME,) if observer is not None else ()),
+            + ((OBSERVER_NAME,) if observer is not None else ()),
             figure_methods=tuple(n for n in FIGURE4_METHODS if n in names))
         files = report.write_report(results, out_dir / "report", label, options)
         _append_runs(files.markdown, outcomes, scale, time.time() - start)
@@ -395,11 +399,12 @@ def _check_same_test_cases(outcomes: Sequence[Outcome]) -> list[str]:
 
 def _observer_result(cohort: Path, test_ids: Sequence[str], segment_dir: Path):
     """Observer 2 vs observer 1 on the test subjects, when the cohort has a second rater."""
-    from wmh import pipeline, report
+    from wmh import pipeline
+    from wmh.evaluation.results import observer_result
 
     if not pipeline.has_second_rater(cohort, test_ids):
         return None
-    return report.observer_result(cohort, cohort, brain_mask=segment_dir, case_ids=test_ids)
+    return observer_result(cohort, cohort, brain_mask=segment_dir, case_ids=test_ids)
 
 
 def _append_runs(markdown: Path, outcomes: Sequence[Outcome], scale: str,
@@ -546,12 +551,13 @@ def describe(scale: str, experiments: str = "", overrides: Sequence[str] = (),
 
 def summary_table(done: Reproduction) -> str:
     """One line per method: validation Az, test Dice vs both observers, the paper's Dice."""
-    from wmh import pipeline, report
+    from wmh import pipeline
+    from wmh.evaluation.paper import paper_value
 
     rows = []
     for outcome in done.outcomes:
         result = outcome.result
-        paper = report.paper_value(result, "dice_obs1", ("table2", "table5", "table3"))
+        paper = paper_value(result, "dice_obs1", ("table2", "table5", "table3"))
         rows.append({"method": result.name, "validation_az": result.validation_az,
                      "test_az": result.test_az(), "dice_obs1": result.dice(1),
                      "dice_obs2": result.dice(2), "paper_dice_obs1": paper})

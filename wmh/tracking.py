@@ -196,7 +196,10 @@ STAGE_CODE = {
     "prior": ("wmh.prior", "wmh.location", "wmh.sampling"),  # split + prior view
     "sample": ("wmh.sampling",),
     "train": ("wmh.train", "wmh.models", "wmh.data", "wmh.baseline", "wmh.calibration"),
-    "evaluate": ("wmh.segment", "wmh.metrics", "wmh.pipeline"),
+    # the test segmentation and the MethodResult that result.json keeps (tables, figures
+    # and MLflow I/O do not change it)
+    "evaluate": ("wmh.segment", "wmh.evaluation.metrics", "wmh.evaluation.cases",
+                 "wmh.evaluation.results", "wmh.evaluation.paper", "wmh.pipeline"),
 }
 
 

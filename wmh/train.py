@@ -400,7 +400,7 @@ class EpochTracker(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         import mlflow
 
-        from wmh import metrics
+        from wmh.evaluation import metrics
 
         logs = logs if logs is not None else {}
         epoch = epoch + 1  # Keras counts from 0; runs, MLflow steps and checkpoints from 1
@@ -645,9 +645,9 @@ def native_validations(subjects, probabilities, subject_ids):
 
 def threshold_curve(scores, truths, brains, subject_ids):
     """The Dice-optimal threshold of native validation volumes, searched exactly over
-    every distinct probability (:func:`wmh.metrics.exact_best_threshold`), its Dice, and
-    their DiceCurve (for the figures and the voxel-wise AUC inside the brain)."""
-    from wmh import metrics
+    every distinct probability (:func:`wmh.evaluation.metrics.exact_best_threshold`), its
+    Dice, and their DiceCurve (for the figures and the voxel-wise AUC inside the brain)."""
+    from wmh.evaluation import metrics
 
     threshold, dice = metrics.exact_best_threshold(scores, truths, brains)
     inside = np.concatenate([score[brain] for score, brain in zip(scores, brains)])
@@ -721,7 +721,7 @@ def calibrated_threshold(subjects, probabilities, subject_ids, method: str,
         WMHError: non-finite probabilities, or "prior" without a sample share.
     """
     from wmh import calibration as calibration_module
-    from wmh import metrics
+    from wmh.evaluation import metrics
 
     scores, truths, brains = native_validations(subjects, probabilities, subject_ids)
     inside = np.concatenate([score[brain] for score, brain in zip(scores, brains)])
@@ -747,7 +747,7 @@ def log_calibration(choice: ThresholdChoice, title: str) -> None:
     ``figures/reliability.png``."""
     import mlflow
 
-    from wmh import report
+    from wmh.evaluation.figures import reliability_figure
 
     calibration = choice.calibration
     mlflow.log_param("calibration", calibration.method)
@@ -756,7 +756,7 @@ def log_calibration(choice: ThresholdChoice, title: str) -> None:
               "uncalibrated_threshold": choice.uncalibrated_threshold}
     mlflow.log_metrics({name: float(value) for name, value in values.items()
                         if value is not None and math.isfinite(value)})
-    figure = report.reliability_figure(choice.reliability, title=f"{title}: reliability")
+    figure = reliability_figure(choice.reliability, title=f"{title}: reliability")
     mlflow.log_figure(figure, "figures/reliability.png")
 
 
@@ -775,8 +775,9 @@ def validate_volumes(model, config: ExperimentConfig, samples_dir: Path, prepare
     """
     import mlflow
 
-    from wmh import data, report, sampling
+    from wmh import data, sampling
     from wmh.calibration import Calibration
+    from wmh.evaluation.figures import validation_figures
     from wmh.models import build_dense_model
     from wmh.preprocess import PreparedSubject
 
@@ -796,7 +797,7 @@ def validate_volumes(model, config: ExperimentConfig, samples_dir: Path, prepare
     choice = calibrated_threshold(subjects, probabilities, subject_ids,
                                   config.train.calibration,
                                   data.positive_share(samples_dir))
-    figures = report.validation_figures(choice.curve, choice.threshold, title=title)
+    figures = validation_figures(choice.curve, choice.threshold, title=title)
     for name, figure in figures.items():
         mlflow.log_figure(figure, f"figures/{name}.png")
     log_calibration(choice, title)

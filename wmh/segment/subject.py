@@ -153,7 +153,8 @@ def segment_subject(model: SegmentModel, subject: io.Subject, out_dir: Path,
     Returns:
         The subject's report (the contents of report.json).
     """
-    from wmh import metrics, preprocess
+    from wmh import preprocess
+    from wmh.evaluation import metrics
     from wmh.preprocess.plan import geometry_warnings, plan_config, read_plan
     from wmh.train import predict_volume
 
