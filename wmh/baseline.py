@@ -58,11 +58,11 @@ Training (:func:`train_baseline`) reads the sample coordinates of the split
 prepared file (float32, the same values whole-volume prediction sees) and gathers the
 samples' rows; ``train.max_train_samples`` caps them with a seeded subset. Validation
 predicts the validation subjects whole: the sample AUC reads those maps at the validation
-samples, and the threshold is :func:`wmh.train.choose_threshold`'s, as for the CNNs.
+samples, and the threshold is :func:`wmh.threshold.choose_threshold`'s, as for the CNNs.
 
 The model folder holds ``forest.skops`` (the fitted scikit-learn forest, written with
 skops, so loading never executes code from the file: only an allowlist of types is
-accepted and no pickle is involved) and ``wmh_model.json`` (:class:`wmh.train.ModelContract`
+accepted and no pickle is involved) and ``wmh_model.json`` (:class:`wmh.contract.ModelContract`
 with ``model.arch = "rf"``; its ``patch`` field names the features, checked on load).
 """
 
@@ -76,8 +76,11 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 from scipy import fft, ndimage
 
+from wmh.contract import CONTRACT_FILE, ModelContract, TrainResult, read_model_folder
 from wmh.errors import WMHError
 from wmh.io import atomic_output
+from wmh.location import LOCATION_FEATURES, N_LOCATION_FEATURES
+from wmh.threshold import calibrated_threshold, log_calibration, sample_loss
 
 FOREST_FILE = "forest.skops"
 FEATURES_VERSION = 1  # bump when a feature definition changes: old models then refuse to load
@@ -88,7 +91,6 @@ VESSELNESS_BETA = 0.5  # Frangi's blob-vs-line sensitivity (his recommended 0.5)
 VESSELNESS_C = 0.05  # structure-strength scale for [0, 1] images and scale-normalised
 #   Hessians: a ridge of contrast 0.4 and 1-2 mm width reaches about 0.14, noise of
 #   standard deviation 0.04 about 0.01
-N_LOCATION_FEATURES = 8  # the location maps of a prepared subject (wmh.location)
 NEIGHBOURHOOD_MM = 16.0  # side of the in-plane window of the FLAIR mean and std (paper)
 TRUSTED_TYPES = ("sklearn.tree._tree.Tree",)  # skops types beyond its defaults we accept
 
@@ -101,8 +103,6 @@ def feature_names(use_t1: bool = True) -> list[str]:
     Args:
         use_t1: include the T1 intensity (22 features) or not (FLAIR only, 21).
     """
-    from wmh.preprocess import LOCATION_FEATURES
-
     names = ["flair"] + (["t1"] if use_t1 else [])
     names += [f"log_{scale:g}mm" for scale in DERIVATIVE_SCALES_MM]
     names += [f"doh_{scale:g}mm" for scale in DERIVATIVE_SCALES_MM]
@@ -464,12 +464,10 @@ def save_model_dir(model: RandomForestBaseline, contract, folder: Path) -> Path:
 
     Args:
         model: the fitted baseline.
-        contract: its :class:`wmh.train.ModelContract` (``model.arch == "rf"``).
+        contract: its :class:`wmh.contract.ModelContract` (``model.arch == "rf"``).
         folder: the model folder.
     """
     import skops.io
-
-    from wmh.train import CONTRACT_FILE
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -493,8 +491,6 @@ def load_model_dir(folder: str | Path):
     """
     import skops.io
     from sklearn.ensemble import RandomForestClassifier
-
-    from wmh.train import CONTRACT_FILE, read_model_folder
 
     folder = Path(folder)
     forest_path, contract_path = folder / FOREST_FILE, folder / CONTRACT_FILE
@@ -576,7 +572,7 @@ def _subset(index, keep: np.ndarray):
 def validate(model: RandomForestBaseline, samples_dir: Path, prepared_dir: Path,
              title: str, calibration: str = "none") -> dict:
     """Whole-volume prediction of the validation subjects: sample AUC, calibration and
-    threshold (:func:`wmh.train.calibrated_threshold`, as for the CNNs: the forest's
+    threshold (:func:`wmh.threshold.calibrated_threshold`, as for the CNNs: the forest's
     leaf shares come from the same balanced samples), figures.
 
     The sample AUC reads the whole-volume probabilities at the validation samples (the
@@ -590,7 +586,6 @@ def validate(model: RandomForestBaseline, samples_dir: Path, prepared_dir: Path,
     """
     from wmh import data, metrics, report, sampling
     from wmh.preprocess import PreparedSubject
-    from wmh.train import calibrated_threshold
 
     subject_ids = sampling.load_splits(samples_dir)["validation"]
     index = sampling.load_index(samples_dir, "validation")
@@ -607,9 +602,7 @@ def validate(model: RandomForestBaseline, samples_dir: Path, prepared_dir: Path,
         subjects.append(prepared)
     labels = np.asarray(index.label)
     result = {"val_auc": metrics.roc_auc(scores, labels) if len(index) else math.nan,
-              "val_loss": float(np.mean(-np.log(np.clip(
-                  np.where(labels == 1, scores, 1 - scores), 1e-7, 1.0))))
-              if len(index) else math.nan}
+              "val_loss": sample_loss(scores, labels)}
     if not subject_ids:
         return dict(result, threshold=0.5, val_volume_dice=math.nan, val_volume_auc=math.nan,
                     choice=None, figures={})
@@ -645,15 +638,15 @@ def train_baseline(config, samples_dir: Path, prepared_dir: Path, callbacks: Seq
         data_label: "synthetic" or "real", recorded as a tag.
 
     Returns:
-        A :class:`wmh.train.TrainResult` (``best_epoch`` 1).
+        A :class:`wmh.contract.TrainResult` (``best_epoch`` 1).
     """
     import mlflow
 
     import pandas as pd
 
     from wmh import data, registry, sampling, tracking
-    from wmh.train import (ModelContract, TrainResult, log_calibration, run_key,
-                           write_model_plan)
+    from wmh.datasets import log_datasets
+    from wmh.train import run_key, write_model_plan
 
     if config.model.arch != "rf":
         raise WMHError(f"option model.arch: train_baseline trains 'rf', got "
@@ -675,7 +668,7 @@ def train_baseline(config, samples_dir: Path, prepared_dir: Path, callbacks: Seq
     with mlflow.start_run(run_name=run_name or "rf", nested=nested,
                           log_system_metrics=tracking.system_metrics()) as run:
         tracking.log_context(config, dataset_hash)
-        datasets = tracking.log_datasets(samples_dir, prepared_dir)
+        datasets = log_datasets(samples_dir, prepared_dir)
         mlflow.set_tags({"data_label": data_label, "channels": ",".join(channels),
                          "run_key": key})
         index = sampling.load_index(samples_dir, "train")
@@ -725,7 +718,8 @@ def train_baseline(config, samples_dir: Path, prepared_dir: Path, callbacks: Seq
                    "train_samples": len(labels), "fit_seconds": fit_seconds,
                    "feature_seconds_per_case": feature_seconds,
                    "validation_seconds": validation_seconds}
-        registry.log_model(model_dir, example, summary, datasets["validation"])
+        registry.log_model(model_dir, load_model_dir(model_dir), example, summary,
+                           datasets["validation"])
         run_id = run.info.run_id
     return TrainResult(run_id=run_id, model_dir=model_dir, best_epoch=1,
                        validation_auc=validation["val_auc"],
