@@ -194,3 +194,63 @@ def log_calibration(choice: ThresholdChoice, title: str) -> None:
                         if value is not None and math.isfinite(value)})
     figure = report.reliability_figure(choice.reliability, title=f"{title}: reliability")
     mlflow.log_figure(figure, "figures/reliability.png")
+
+
+def load_prepared(prepared_dir: Path, subject_id: str):
+    """A sample set's subject from its prepared folder.
+
+    Raises:
+        WMHError: the subject's file is missing (named).
+    """
+    from wmh.preprocess import PreparedSubject
+
+    path = Path(prepared_dir) / f"{subject_id}.h5"
+    if not path.is_file():
+        raise WMHError(f"{path}: prepared subject of the sample set not found (pass the "
+                       "prepared folder the samples were built from)")
+    return PreparedSubject.load(path)
+
+
+def predict_validation(predict, samples_dir: Path, prepared_dir: Path):
+    """The validation subjects of a sample set and a model's P(WMH) volume for each.
+
+    Args:
+        predict: PreparedSubject -> (X, Y, Z) working-grid P(WMH), the CNN's or the
+            forest's.
+        samples_dir: the sample set (its ``splits.json`` names the validation subjects).
+        prepared_dir: the prepared subjects the samples came from.
+
+    Returns:
+        (subject ids, PreparedSubjects, probability volumes), in ``splits.json`` order.
+
+    Raises:
+        WMHError: a validation subject missing from ``prepared_dir`` (named).
+    """
+    from wmh import sampling
+
+    subject_ids = sampling.load_splits(samples_dir)["validation"]
+    subjects, probabilities = [], []
+    for subject_id in subject_ids:
+        prepared = load_prepared(prepared_dir, subject_id)
+        probabilities.append(predict(prepared))
+        subjects.append(prepared)
+    return subject_ids, subjects, probabilities
+
+
+def logged_choice(subjects, probabilities, subject_ids, method: str, samples_dir: Path,
+                  title: str) -> ThresholdChoice:
+    """:func:`calibrated_threshold` of the validation subjects (the prior shift reads the
+    training samples' positive share), recorded in the active MLflow run: the ROC and
+    Dice-vs-threshold figures (``figures/roc.png``, ``figures/dice_vs_threshold.png``)
+    and the calibration (:func:`log_calibration`)."""
+    import mlflow
+
+    from wmh import data, report
+
+    choice = calibrated_threshold(subjects, probabilities, subject_ids, method,
+                                  data.positive_share(samples_dir))
+    figures = report.validation_figures(choice.curve, choice.threshold, title=title)
+    for name, figure in figures.items():
+        mlflow.log_figure(figure, f"figures/{name}.png")
+    log_calibration(choice, title)
+    return choice

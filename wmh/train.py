@@ -51,7 +51,7 @@ from wmh.contract import (CONTRACT_FILE, MODEL_FILE, ModelContract, TrainResult,
                           read_model_folder)
 from wmh.errors import WMHError
 from wmh.io import atomic_output, atomic_write_text
-from wmh.threshold import ThresholdChoice, calibrated_threshold, log_calibration, sample_loss
+from wmh.threshold import ThresholdChoice, logged_choice, predict_validation, sample_loss
 
 STATE_FILE = "state.json"
 
@@ -123,6 +123,61 @@ def run_key(config: ExperimentConfig, dataset_hash: str) -> str:
     if config.train.init_model.strip():
         text += init_source(config, check=False).sha256
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------- the run lifecycle (CNN and forest)
+
+def run_folder(config: ExperimentConfig, samples_dir: Path) -> tuple[str, str, Path]:
+    """(dataset hash, run key, run folder) of a training run on a sample set: the folder
+    ``<cache>/runs/<run key>/`` (created) holds its checkpoints and model folder."""
+    from wmh import data
+
+    dataset_hash = data.dataset_hash(samples_dir)
+    key = run_key(config, dataset_hash)
+    run_dir = Path(config.data.cache_dir) / "runs" / key
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return dataset_hash, key, run_dir
+
+
+def start_run(config: ExperimentConfig, name: str, nested: bool,
+              run_id: Optional[str] = None):
+    """The MLflow run of a training run (a context manager): in ``train.experiment``
+    unless ``nested`` in the active run, with system metrics; ``run_id`` resumes one."""
+    import mlflow
+
+    from wmh import tracking
+
+    if not nested:
+        tracking.configure_mlflow(config.train.experiment)
+    return mlflow.start_run(run_id=run_id, run_name=None if run_id else name, nested=nested,
+                            log_system_metrics=tracking.system_metrics())
+
+
+def log_run_start(config: ExperimentConfig, dataset_hash: str, key: str, channels,
+                  data_label: str) -> None:
+    """What every new training run records first: the resolved config, dataset hash,
+    commit and versions (:func:`wmh.tracking.log_context`) and the ``data_label``,
+    ``channels`` and ``run_key`` tags."""
+    import mlflow
+
+    from wmh import tracking
+
+    tracking.log_context(config, dataset_hash)
+    mlflow.set_tags({"data_label": data_label, "channels": ",".join(channels),
+                     "run_key": key})
+
+
+def publish_model(model_dir: Path, loaded: tuple, config: ExperimentConfig,
+                  samples_dir: Path, prepared_dir: Path, example, metrics: dict,
+                  dataset) -> str:
+    """A trained model folder made complete and logged: its preprocessing plan
+    (:func:`write_model_plan`), then the logged model ``model`` with the run's final
+    ``metrics`` (:func:`wmh.registry.log_model`; ``loaded`` is the folder read back by
+    its architecture's loader). Returns the model id."""
+    from wmh import registry
+
+    write_model_plan(model_dir, config, samples_dir, prepared_dir)
+    return registry.log_model(model_dir, loaded, example, metrics, dataset)
 
 
 # ------------------------------------------------------------------------- fine-tuning
@@ -351,7 +406,7 @@ def train(config: ExperimentConfig, samples_dir: Path, prepared_dir: Path,
     """
     import mlflow
 
-    from wmh import data, registry, tracking
+    from wmh import data, registry
     from wmh.datasets import log_datasets
     from wmh.models import build_model
     from wmh.models.precision import precision_scope
@@ -359,10 +414,7 @@ def train(config: ExperimentConfig, samples_dir: Path, prepared_dir: Path,
     use_t1 = config.data.use_t1
     channels = data.sample_channels(samples_dir, use_t1)
     source = init_source(config)  # a fine-tune: checked before anything starts
-    dataset_hash = data.dataset_hash(samples_dir)
-    key = run_key(config, dataset_hash)
-    run_dir = Path(config.data.cache_dir) / "runs" / key
-    run_dir.mkdir(parents=True, exist_ok=True)
+    dataset_hash, key, run_dir = run_folder(config, samples_dir)
     state_path = run_dir / STATE_FILE
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
     if (reuse_finished and state.get("finished") and "result" in state
@@ -373,18 +425,12 @@ def train(config: ExperimentConfig, samples_dir: Path, prepared_dir: Path,
     if state.get("finished"):
         state = {}  # a finished run is not resumed: this is a new run of the same config
 
-    if not nested:
-        tracking.configure_mlflow(config.train.experiment)
-    name = run_name or f"{config.model.arch}+{config.model.loc}"
-    run = mlflow.start_run(run_id=state.get("run_id"), run_name=None if state else name,
-                           nested=nested, log_system_metrics=tracking.system_metrics())
-    with run:
+    with start_run(config, run_name or f"{config.model.arch}+{config.model.loc}", nested,
+                   state.get("run_id")) as run:
         run_id = run.info.run_id
         if not state:
-            tracking.log_context(config, dataset_hash)
+            log_run_start(config, dataset_hash, key, channels, data_label)
             precisions = log_precision(config)
-            mlflow.set_tags({"data_label": data_label,
-                             "channels": ",".join(channels), "run_key": key})
             if source is not None:
                 mlflow.log_params({"train.init_model_sha256": source.sha256,
                                    "train.init_model_folder": str(source.folder)})
@@ -432,9 +478,8 @@ def train(config: ExperimentConfig, samples_dir: Path, prepared_dir: Path,
                                  init_model=source.source if source else "",
                                  init_model_sha256=source.sha256 if source else "")
         model_dir = save_model_dir(best, contract, run_dir / "model")
-        write_model_plan(model_dir, config, samples_dir, prepared_dir)
-        registry.log_model(model_dir, load_network_dir(model_dir),
-                           registry.network_example(validation_data), {
+        publish_model(model_dir, load_network_dir(model_dir), config, samples_dir,
+                      prepared_dir, registry.network_example(validation_data), {
             "best_epoch": state["best_epoch"], "best_val_auc": finite_auc(state["best_auc"]),
             "threshold": threshold, "val_volume_dice": validation_dice,
             "val_volume_auc": volume_auc}, datasets["validation"])
@@ -501,42 +546,28 @@ def predict_volume(model, model_config: ModelConfig, images: np.ndarray, locatio
 
 def validate_volumes(model, config: ExperimentConfig, samples_dir: Path, prepared_dir: Path,
                      channels, precision: str = "fp32") -> ThresholdChoice:
-    """Whole-volume prediction of the validation subjects and :func:`calibrated_threshold`
-    (``train.calibration``; the prior shift reads the training samples' positive share).
-
-    Logs the ROC, Dice-vs-threshold and reliability figures of the validation subjects and
-    the calibration (:func:`log_calibration`) to MLflow. ``precision`` is the inference
-    precision of the whole-volume prediction.
+    """Whole-volume prediction of the validation subjects and their calibration and
+    threshold (``train.calibration``), logged to MLflow with the ROC, Dice-vs-threshold
+    and reliability figures (:func:`wmh.threshold.logged_choice`). ``precision`` is the
+    inference precision of the whole-volume prediction.
 
     Returns:
         A :class:`ThresholdChoice`; with no validation subject, threshold 0.5 and NaN
         Dice and AUC, uncalibrated.
     """
-    import mlflow
-
-    from wmh import data, report, sampling
     from wmh.calibration import Calibration
     from wmh.models import build_dense_model
-    from wmh.preprocess import PreparedSubject
 
-    subject_ids = sampling.load_splits(samples_dir)["validation"]
     network = model if config.model.arch == "msef" else build_dense_model(
         model, config.model, len(channels))
-    subjects, probabilities = [], []
-    for subject_id in subject_ids:
-        prepared = PreparedSubject.load(Path(prepared_dir) / f"{subject_id}.h5")
-        images = prepared.images[..., :len(channels)]
-        probabilities.append(predict_volume(network, config.model, images, prepared.location,
-                                            prepared.brain_mask, precision=precision))
-        subjects.append(prepared)
+
+    def predict(prepared):
+        return predict_volume(network, config.model, prepared.images[..., :len(channels)],
+                              prepared.location, prepared.brain_mask, precision=precision)
+
+    subject_ids, subjects, probabilities = predict_validation(predict, samples_dir,
+                                                              prepared_dir)
     if not subject_ids:
         return ThresholdChoice(0.5, math.nan, math.nan, 0.5, Calibration())
-    title = f"{config.model.arch}+{config.model.loc} (validation)"
-    choice = calibrated_threshold(subjects, probabilities, subject_ids,
-                                  config.train.calibration,
-                                  data.positive_share(samples_dir))
-    figures = report.validation_figures(choice.curve, choice.threshold, title=title)
-    for name, figure in figures.items():
-        mlflow.log_figure(figure, f"figures/{name}.png")
-    log_calibration(choice, title)
-    return choice
+    return logged_choice(subjects, probabilities, subject_ids, config.train.calibration,
+                         samples_dir, f"{config.model.arch}+{config.model.loc} (validation)")
