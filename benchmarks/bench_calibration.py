@@ -78,12 +78,14 @@ def main() -> None:
                              "--method prior (default: the one the contract records)")
     args = parser.parse_args()
 
-    from wmh import data, train
+    from wmh import data
+    from wmh.loader import load_model_dir
     from wmh.recalibrate import labelled_inputs, predict_labelled
     from wmh.segment import resolve_model
+    from wmh.threshold import calibrated_threshold, native_validations
 
     resolved = resolve_model(args.model)
-    model, contract = train.load_model_dir(resolved.folder)
+    model, contract = load_model_dir(resolved.folder)
     sets = {"fit": [s for s in args.fit.split(",") if s],
             "test": [s for s in args.test.split(",") if s]}
     start = time.perf_counter()
@@ -98,7 +100,7 @@ def main() -> None:
     subjects, volumes, ids = natives["fit"]
     share = (data.positive_share(args.samples) if args.samples
              else contract.calibrator().sample_positive_share)
-    choice = train.calibrated_threshold(subjects, volumes, ids, args.method, share)
+    choice = calibrated_threshold(subjects, volumes, ids, args.method, share)
     thresholds = {"uncalibrated": choice.uncalibrated_threshold,
                   "calibrated": choice.threshold}
     output = {"benchmark": "calibration", "data_label": args.data_label.upper(),
@@ -111,7 +113,7 @@ def main() -> None:
               "threshold_calibrated": float(thresholds["calibrated"]),
               "predict_seconds": round(predict_seconds, 1)}
     for name, (subjects, volumes, found) in natives.items():
-        scores, truths, brains = train.native_validations(subjects, volumes, found)
+        scores, truths, brains = native_validations(subjects, volumes, found)
         output[name] = {"subjects": found,
                         **evaluate(choice.calibration, thresholds, scores, truths, brains)}
     print(json.dumps(output))

@@ -265,10 +265,11 @@ def random_model(folder: Path) -> Path:
         return folder
     code = (
         "import sys, keras; from pathlib import Path; from wmh import train; "
-        "from wmh.config import ModelConfig; from wmh.models import build_model; "
+        "from wmh.config import ModelConfig; from wmh.contract import ModelContract; "
+        "from wmh.models import build_model; "
         "keras.utils.set_random_seed(0); "
         "config = ModelConfig(arch='msws', loc='ffcl', width=0.5); "
-        "contract = train.ModelContract(model=config, channels=('FLAIR',), "
+        "contract = ModelContract(model=config, channels=('FLAIR',), "
         "inplane_spacing_mm=1.0, threshold=0.5); "
         "train.save_model_dir(build_model(config, 1), contract, Path(sys.argv[1]))")
     subprocess.run([sys.executable, "-c", code, str(folder)], check=True,

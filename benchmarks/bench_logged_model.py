@@ -38,11 +38,12 @@ def main() -> None:
 
         from wmh import registry, tracking, train
         from wmh.config import ModelConfig
+        from wmh.contract import ModelContract
         from wmh.models import build_model
 
         config = ModelConfig(arch="msws", loc="ffcl", width=args.width)
         model = build_model(config, 2)
-        contract = train.ModelContract(model=config, channels=("FLAIR", "T1"),
+        contract = ModelContract(model=config, channels=("FLAIR", "T1"),
                                        inplane_spacing_mm=1.0, threshold=0.5)
         model_dir = train.save_model_dir(model, contract, folder / "model")
         size_mb = sum(p.stat().st_size for p in model_dir.iterdir()) / 1e6
@@ -55,7 +56,8 @@ def main() -> None:
             with mlflow.start_run() as run:
                 mlflow.set_tag("dataset_hash", "bench")
                 start = time.perf_counter()
-                registry.log_model(model_dir, example, {"val_volume_dice": 0.5})
+                registry.log_model(model_dir, train.load_network_dir(model_dir), example,
+                                   {"val_volume_dice": 0.5})
                 seconds["log_model"].append(time.perf_counter() - start)
             start = time.perf_counter()
             registry.register(run.info.run_id, "bench")

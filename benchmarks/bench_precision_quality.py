@@ -82,6 +82,7 @@ def main() -> None:
     tf.config.threading.set_inter_op_parallelism_threads(1)
     from wmh import pipeline, sampling, train
     from wmh.config import dump_yaml, load_config, replace
+    from wmh.loader import load_model_dir
     from wmh.models import build_dense_model
     from wmh.models.precision import cpu_bf16_isa
 
@@ -104,7 +105,7 @@ def main() -> None:
                               data_label="synthetic" if stages.synthetic else "real",
                               reuse_finished=args.reuse)
         seconds = time.perf_counter() - start
-        model, contract = train.load_model_dir(trained.model_dir)
+        model, contract = load_model_dir(trained.model_dir)
         network = model if contract.model.arch == "msef" else build_dense_model(
             model, contract.model, len(contract.channels))
         run = {"run_id": trained.run_id, "train_and_validation_s": round(seconds, 1),

@@ -17,11 +17,12 @@ def save_tiny_model(folder: Path, threshold: float = 0.5) -> Path:
     from conftest import configure_tensorflow
     from wmh import train
     from wmh.config import ModelConfig
+    from wmh.contract import ModelContract
     from wmh.models import build_model
 
     configure_tensorflow()
     config = ModelConfig(arch="msws", loc="ffcl", width=0.1)
-    contract = train.ModelContract(model=config, channels=("FLAIR", "T1"),
+    contract = ModelContract(model=config, channels=("FLAIR", "T1"),
                                    inplane_spacing_mm=1.0, threshold=threshold)
     return train.save_model_dir(build_model(config, 2), contract, folder)
 

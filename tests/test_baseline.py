@@ -11,6 +11,7 @@ from scipy import ndimage
 from cohorts import make_config, tiny_prepared_subject, write_prepared_cohort
 from wmh import baseline
 from wmh.errors import WMHError
+from wmh.loader import load_model_dir
 
 ISOTROPIC = (1.0, 1.0, 6.0)  # 1 mm in-plane, thick slices: filters are 2D anyway
 
@@ -251,7 +252,7 @@ def test_arch_rf_run_logs_like_the_cnns(trained):
             "feature_importances.json", "config.yaml"} <= paths
     # calibrated as the CNNs are (train.calibration, default platt), before the threshold
     from wmh import train
-    _, contract = train.load_model_dir(result.model_dir)
+    _, contract = load_model_dir(result.model_dir)
     calibration = contract.calibrator()
     assert calibration.method == "platt" and run.data.params["calibration"] == "platt"
     assert metrics["val_ece"] == pytest.approx(calibration.validation_ece_after)
@@ -292,7 +293,7 @@ def test_model_folder_round_trip_is_exact_and_pickle_free(trained, monkeypatch):
     assert not [p for p in result.model_dir.iterdir() if p.suffix in (".pkl", ".joblib")]
     for source in (result.model_dir, result.model_dir / "forest.skops",
                    f"runs:/{result.run_id}/model"):
-        model, contract = train.load_model_dir(source)
+        model, contract = load_model_dir(source)
         assert isinstance(model, baseline.RandomForestBaseline)
         assert contract.model.arch == "rf" and contract.channels == ("FLAIR", "T1")
         assert contract.threshold == pytest.approx(result.threshold)
@@ -319,14 +320,14 @@ def test_model_folder_errors(trained, tmp_path):
     contract = (folder / "wmh_model.json").read_text()
     (folder / "wmh_model.json").write_text(contract.replace("features v1", "features v0"))
     with pytest.raises(WMHError, match="trained with other features"):
-        train.load_model_dir(folder)
+        load_model_dir(folder)
     (folder / "wmh_model.json").write_text(contract)
     (folder / "forest.skops").write_bytes(b"not a zip file")
     with pytest.raises(WMHError, match=r"forest\.skops: cannot load the forest"):
-        train.load_model_dir(folder)
+        load_model_dir(folder)
     (folder / "forest.skops").unlink()
     with pytest.raises(WMHError, match=r"missing model\.keras"):  # no longer a forest folder
-        train.load_model_dir(folder)
+        load_model_dir(folder)
     with pytest.raises(WMHError, match=r"option baseline\.n_trees: must be at least 1"):
         baseline.make_forest(rf_config(tmp_path, **{"baseline.n_trees": 0}).baseline, 0)
 
@@ -392,7 +393,7 @@ def test_mlproject_command_with_arch_rf_trains_a_flair_only_forest(trained, tmp_
     run = mlflow.get_run(run_id)
     assert run.data.tags["data_label"] == "real" and run.data.tags["channels"] == "FLAIR"
     assert run.data.metrics["train_samples"] == 300
-    model, contract = train.load_model_dir(f"runs:/{run_id}/model")
+    model, contract = load_model_dir(f"runs:/{run_id}/model")
     assert contract.channels == ("FLAIR",)
     assert model.forest.n_features_in_ == 21 and model.forest.n_estimators == 3
     with pytest.raises(WMHError, match="callbacks"):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from wmh import calibration
+from wmh.contract import ModelContract
 
 
 def simulated_voxels(count=200_000, prevalence=0.02, seed=0):
@@ -89,30 +90,28 @@ def test_apply_is_safe_at_zero_and_one_and_keeps_the_brain():
 
 
 def test_calibration_round_trips_through_the_contract():
-    from wmh import train
     from wmh.config import ModelConfig
 
     fitted = calibration.Calibration("platt", {"slope": 0.61, "intercept": -3.2},
                                      validation_prevalence=0.013, sample_positive_share=0.5,
                                      validation_ece_before=0.2, validation_ece_after=0.004)
-    contract = train.ModelContract(model=ModelConfig(), channels=("FLAIR",),
+    contract = ModelContract(model=ModelConfig(), channels=("FLAIR",),
                                    inplane_spacing_mm=1.0, threshold=0.41,
                                    calibration=fitted.to_dict(), uncalibrated_threshold=0.985)
-    loaded = train.ModelContract.from_json(contract.to_json(), "wmh_model.json")
+    loaded = ModelContract.from_json(contract.to_json(), "wmh_model.json")
     assert loaded == contract and loaded.calibrator() == fitted
     assert loaded.threshold_for(calibrated=False) == 0.985
     assert loaded.threshold_for(calibrated=True) == 0.41
 
 
 def test_old_contract_without_calibration_loads_as_none():
-    from wmh import train
     from wmh.config import ModelConfig
 
-    values = json.loads(train.ModelContract(model=ModelConfig(), channels=("FLAIR",),
+    values = json.loads(ModelContract(model=ModelConfig(), channels=("FLAIR",),
                                             inplane_spacing_mm=1.0, threshold=0.975).to_json())
     for key in ("calibration", "uncalibrated_threshold"):
         values.pop(key)
-    contract = train.ModelContract.from_json(json.dumps(values), "old/wmh_model.json")
+    contract = ModelContract.from_json(json.dumps(values), "old/wmh_model.json")
     assert contract.calibrator().method == "none"
     assert contract.threshold_for(calibrated=True) == contract.threshold_for(False) == 0.975
     p = np.array([0.0, 0.3, 0.99], np.float32)
@@ -120,14 +119,13 @@ def test_old_contract_without_calibration_loads_as_none():
 
 
 def test_bad_calibration_in_a_contract_is_one_line():
-    from wmh import train
     from wmh.errors import WMHError
 
     values = {"model": {}, "channels": ["FLAIR"], "inplane_spacing_mm": 1.0,
               "threshold": 0.5, "calibration": {"method": "isotonic", "parameters": {}}}
     with pytest.raises(WMHError, match=r"^m/wmh_model.json: not a valid wmh_model.json "
                                        r"\(calibration method 'isotonic' is not one of"):
-        train.ModelContract.from_json(json.dumps(values), "m/wmh_model.json")
+        ModelContract.from_json(json.dumps(values), "m/wmh_model.json")
 
 
 def test_config_rejects_an_unknown_method():

@@ -11,6 +11,7 @@ import pytest
 from cohorts import make_config, write_prepared_cohort
 from segment_helpers import save_tiny_model
 from wmh.errors import WMHError
+from wmh.loader import load_model_dir
 
 
 def tiny_config(root, **overrides):
@@ -37,7 +38,7 @@ def tiny_data(tmp_path_factory):
     # training does): a fine-tune starts from these, a from-scratch run never
     from wmh import train
 
-    model, contract = train.load_model_dir(source)
+    model, contract = load_model_dir(source)
     generator = np.random.default_rng(7)
     model.set_weights([w + generator.normal(0, 0.01, w.shape).astype(w.dtype)
                        for w in model.get_weights()])
@@ -60,12 +61,12 @@ def test_fine_tune_starts_from_the_source_weights_and_records_it(tmp_path, mlflo
     config = tiny_config(tmp_path, **{"train.init_model": str(source)})
     start = StartingWeights()
     result = train.train(config, samples, prepared, callbacks=[start])
-    expected = train.load_model_dir(source)[0].get_weights()
+    expected = load_model_dir(source)[0].get_weights()
     assert len(start.weights) == len(expected)
     for ours, theirs in zip(start.weights, expected):
         assert (ours == theirs).all()
 
-    _, contract = train.load_model_dir(result.model_dir)
+    _, contract = load_model_dir(result.model_dir)
     digest = sha256_file(source / "model.keras")
     assert contract.init_model == str(source) and contract.init_model_sha256 == digest
     params = mlflow.get_run(result.run_id).data.params
@@ -84,9 +85,9 @@ def test_from_scratch_does_not_start_from_the_source(tmp_path, mlflow_tmp, tf_se
     prepared, samples, source = tiny_data
     start = StartingWeights()
     result = train.train(tiny_config(tmp_path), samples, prepared, callbacks=[start])
-    expected = train.load_model_dir(source)[0].get_weights()
+    expected = load_model_dir(source)[0].get_weights()
     assert any(not (ours == theirs).all() for ours, theirs in zip(start.weights, expected))
-    assert train.load_model_dir(result.model_dir)[1].init_model == ""
+    assert load_model_dir(result.model_dir)[1].init_model == ""
 
 
 @pytest.mark.parametrize("override, message", [

@@ -29,7 +29,7 @@ def phantom(shape=(61, 70, 9)):
 
 
 def test_feature_order_matches_the_prepared_format():
-    from wmh.data import N_LOCATION_FEATURES
+    from wmh.location import N_LOCATION_FEATURES
     from wmh.preprocess import LOCATION_FEATURES as prepared_order
 
     assert LOCATION_FEATURES == prepared_order and len(LOCATION_FEATURES) == N_LOCATION_FEATURES

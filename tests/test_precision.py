@@ -19,6 +19,8 @@ from wmh.models.precision import (
     tower_precision,
     tower_precision_of,
 )
+from wmh.contract import ModelContract
+from wmh.loader import load_model_dir
 
 # Read at import, before the autouse fixture makes "auto" resolve to fp32 in every test.
 DETECT_ISA = precision_module.cpu_bf16_isa
@@ -162,7 +164,7 @@ def test_auto_is_fp32_in_the_test_suite(tf_seeded):
 
 
 def test_contract_records_precision_and_reads_old_contracts(tmp_path):
-    from wmh.train import ModelContract
+    from wmh.contract import ModelContract
 
     contract = ModelContract(model=ModelConfig(), channels=("FLAIR",), inplane_spacing_mm=1.0,
                              threshold=0.4, precision="bf16")
@@ -227,7 +229,7 @@ def test_bf16_training_records_precision_restores_policy_and_segments_both_ways(
     assert params["train_precision"] == "bf16" and params["train.precision"] == "bf16"
     assert params["inference_precision"] == "bf16"
 
-    model, contract = train.load_model_dir(result.model_dir)
+    model, contract = load_model_dir(result.model_dir)
     assert contract.precision == "bf16"
     # stored as a float32 network: it segments in fp32, and in bf16 within 0.02
     assert all(layer.compute_dtype == "float32" for layer in model.layers)
@@ -246,11 +248,11 @@ def test_fp32_model_segments_in_bf16(tmp_path, tf_seeded):
 
     config = ModelConfig(arch="msiw", loc="ffcl", width=0.1)
     model = spread_weights(build_model(config, 2), seed=4)
-    contract = train.ModelContract(model=config, channels=("FLAIR", "T1"),
+    contract = ModelContract(model=config, channels=("FLAIR", "T1"),
                                    inplane_spacing_mm=1.0, threshold=0.5)
     folder = train.save_model_dir(model, contract, tmp_path / "model")
     assert json.loads((folder / "wmh_model.json").read_text())["precision"] == "fp32"
-    loaded, contract = train.load_model_dir(folder)
+    loaded, contract = load_model_dir(folder)
     subject = tiny_prepared_subject("y", shape=(40, 40, 4), seed=6)
     fp32 = volume_probabilities(loaded, contract, subject, "fp32")
     bf16 = volume_probabilities(loaded, contract, subject, "bf16")

@@ -20,6 +20,7 @@ from wmh import pretrained
 from wmh.cli import main
 from wmh.errors import WMHError
 from wmh.pretrained import export as exporter
+from wmh.contract import ModelContract
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH_OUTPUT = """   subject_id      status
@@ -165,7 +166,7 @@ def test_export_bad_input_is_one_line_and_leaves_nothing(tmp_path, root, capsys)
 
 
 def test_size_limit_stores_float16_weights_that_predict_alike(tmp_path, root, monkeypatch):
-    from wmh.train import load_model_dir
+    from wmh.loader import load_model_dir
 
     folder = model_folder(tmp_path)
     original, _ = load_model_dir(folder)
@@ -276,7 +277,7 @@ def test_segment_one_flair_file_with_a_shipped_flair_model(tmp_path, root, monke
     from wmh.preprocess.plan import write_plan
 
     config = ModelConfig(arch="msws", loc="ffcl", width=0.1)
-    contract = train.ModelContract(model=config, channels=("FLAIR",),
+    contract = ModelContract(model=config, channels=("FLAIR",),
                                    inplane_spacing_mm=1.0, threshold=0.5)
     folder = train.save_model_dir(build_model(config, 1), contract, tmp_path / "flair")
     write_subject(tmp_path / "training", tmp_path / "training-prepared", "t1")

@@ -86,7 +86,7 @@ def test_the_prior_is_built_from_the_training_split_only(tmp_path):
     # there; the old prior over every labelled subject (test included) is not.
     split_prior = location.load_prior(stage.prior)
     assert split_prior.sample(far)[0] == 0.0
-    every_subject = location.build_prior_from_files(sorted(prepared.glob("*.h5")))
+    every_subject = prior_stage.build_prior_from_files(sorted(prepared.glob("*.h5")))
     assert every_subject.sample(far)[0] > 0.01
     info = prior_stage.read_info(stage.prepared)
     assert info["train"] == ["train0", "train1", "train2"]

@@ -10,6 +10,9 @@ import pytest
 
 from segment_helpers import prepare_from_files, save_tiny_model, write_subject
 from wmh import cli
+from wmh.contract import ModelContract
+from wmh.loader import load_model_dir
+from wmh.threshold import calibrated_threshold
 
 
 def run(argv, capsys):
@@ -54,7 +57,7 @@ def test_calibrate_writes_a_new_folder_and_leaves_the_source(labelled, tmp_path,
     assert copied["wmh_model.json"] != before["wmh_model.json"]
     summary = json.loads(stdout.splitlines()[0])
     assert summary["subjects"] == ["c1", "c2"] and summary["method"] == "platt"
-    contract = train.ModelContract.from_json((out / "wmh_model.json").read_text(), "x")
+    contract = ModelContract.from_json((out / "wmh_model.json").read_text(), "x")
     calibration = contract.calibrator()
     assert calibration.method == "platt" and calibration == Calibration.from_dict(
         {key: summary[key] for key in ("method", "parameters")} | {
@@ -70,11 +73,11 @@ def test_calibrate_writes_a_new_folder_and_leaves_the_source(labelled, tmp_path,
     # The threshold is the Dice-optimal one of the calibrated native probabilities.
     from wmh.preprocess import PreparedSubject
 
-    model, _ = train.load_model_dir(source)
+    model, _ = load_model_dir(source)
     subjects = [PreparedSubject.load(labelled / "prepared" / f"{n}.h5") for n in ("c1", "c2")]
     volumes = [train.predict_volume(model, contract.model, s.images, s.location,
                                     s.brain_mask) for s in subjects]
-    choice = train.calibrated_threshold(subjects, volumes, ["c1", "c2"], "platt")
+    choice = calibrated_threshold(subjects, volumes, ["c1", "c2"], "platt")
     assert choice.threshold == pytest.approx(contract.threshold)
     assert choice.calibration.parameters == pytest.approx(calibration.parameters)
 

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from segment_helpers import save_tiny_model
-from wmh import registry
+from wmh import registry, train
 from wmh.cli import main
 from wmh.errors import WMHError
+from wmh.loader import load_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,8 @@ def patches(rows=2, channels=2):
 def logged_run(model_dir, dice: float, dataset_hash: str = "data-a") -> str:
     with mlflow.start_run() as run:
         mlflow.set_tag("dataset_hash", dataset_hash)
-        registry.log_model(model_dir, patches(), {"val_volume_dice": dice, "threshold": 0.4})
+        registry.log_model(model_dir, train.load_network_dir(model_dir), patches(),
+                           {"val_volume_dice": dice, "threshold": 0.4})
     return run.info.run_id
 
 
@@ -59,14 +61,14 @@ def test_best_alias_moves_only_on_a_better_validation_dice_on_the_same_data(
         assert sorted(path.name for path in folder.iterdir()) == ["model.keras",
                                                                    "wmh_model.json"]
         from wmh import train
-        _, contract = train.load_model_dir(uri)
+        _, contract = load_model_dir(uri)
         assert contract.threshold == pytest.approx(0.4)
 
     # the logged model predicts P(WMH) through MLflow's pyfunc (signature from the example)
     model = mlflow.pyfunc.load_model("models:/tiny@best")
     scores = np.asarray(model.predict(patches(rows=3)))
     assert scores.shape == (3,) and np.all((0 <= scores) & (scores <= 1))
-    loaded, _ = train.load_model_dir(tiny_model)
+    loaded, _ = load_model_dir(tiny_model)
     expected = np.asarray(loaded(patches(rows=3), training=False))[:, 1]
     np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
 

@@ -281,8 +281,8 @@ def test_alpha_search_trains_one_run_per_alpha_and_tests_the_best(tmp_path, mlfl
     reproduction below trains for real): one nested run per α, the chosen α the best
     validation Dice among them, only it tested, the α list in the result key."""
     from wmh import data, pipeline
+    from wmh.contract import TrainResult
     from wmh.evaluation import tracking_io
-    from wmh.train import TrainResult
 
     dice_of = {0.3: 0.40, 1.0: 0.61, 3.0: 0.55}
     trained, tested = [], []

@@ -10,6 +10,8 @@ import pytest
 from cohorts import tiny_prepared_subject
 from wmh.config import ModelConfig
 from wmh.segment import SegmentOptions, lesion_volumes, segment
+from wmh.contract import ModelContract
+from wmh.loader import load_model_dir
 
 
 def test_lesion_volumes_hand_computed():
@@ -35,7 +37,7 @@ def model_and_subject(tmp_path, tf_seeded):
 
     config = ModelConfig(arch="msws", loc="ffcl", width=0.1)
     model = build_model(config, 2)
-    contract = train.ModelContract(model=config, channels=("FLAIR", "T1"),
+    contract = ModelContract(model=config, channels=("FLAIR", "T1"),
                                    inplane_spacing_mm=1.0, threshold=0.5)
     model_dir = train.save_model_dir(model, contract, tmp_path / "model")
     prepared = tiny_prepared_subject("case1", shape=(36, 36, 4), seed=3)
@@ -64,7 +66,7 @@ def test_segment_writes_native_outputs_and_report(tmp_path, model_and_subject):
     flair = nib.load(cohort / "site" / "case1" / "pre" / "FLAIR.nii.gz")
     np.testing.assert_allclose(probability.affine, flair.affine)
     assert probability.shape == flair.shape == mask.shape
-    model, contract = train.load_model_dir(model_dir)
+    model, contract = load_model_dir(model_dir)
     expected = train.predict_volume(model, contract.model, prepared.images, prepared.location,
                                     prepared.brain_mask)
     np.testing.assert_allclose(probability.get_fdata(), expected, atol=1e-6)
@@ -119,7 +121,7 @@ def calibrated_models(tmp_path, model_and_subject):
     calibration = Calibration("platt", {"slope": 0.8, "intercept": -1.5})
     calibrated = tmp_path / "calibrated"
     shutil.copytree(model_dir, calibrated)
-    contract = train.ModelContract.from_json((model_dir / "wmh_model.json").read_text(), "x")
+    contract = ModelContract.from_json((model_dir / "wmh_model.json").read_text(), "x")
     contract = dataclasses.replace(contract, threshold=0.3, uncalibrated_threshold=0.6,
                                    calibration=calibration.to_dict())
     (calibrated / "wmh_model.json").write_text(contract.to_json())
@@ -165,7 +167,7 @@ def test_mc_dropout_calibrates_every_pass(model_and_subject):
     from wmh import train
 
     model_dir, _, _, prepared = model_and_subject
-    model, contract = train.load_model_dir(model_dir)
+    model, contract = load_model_dir(model_dir)
     passes = 3
     mean, spread = train.predict_volume(
         model, contract.model, prepared.images, prepared.location, prepared.brain_mask,

@@ -137,3 +137,17 @@ def test_missing_model(tmp_path):
     with pytest.raises(WMHError, match=r"--model .*nowhere: missing model\.keras"):
         segment(tmp_path / "nowhere", [tmp_path / "cohort"], tmp_path / "o", progress=False)
     assert not (tmp_path / "o").exists()
+
+
+def test_segment_options_carry_every_field_of_the_segment_config():
+    import dataclasses
+
+    from wmh.config import SegmentConfig
+    from wmh.segment.subject import SegmentOptions
+
+    config = SegmentConfig(threshold=0.3, mc_samples=2, periventricular_mm=5.0,
+                           precision="fp32")
+    options = SegmentOptions.from_config(config)
+    assert {field.name: getattr(options, field.name)
+            for field in dataclasses.fields(SegmentConfig)} == dataclasses.asdict(config)
+    assert (options.overwrite, options.layout, options.calibration) == (False, "folders", None)

@@ -59,8 +59,8 @@ def native_subject(tmp_path):
 def test_native_search_beats_the_coarse_working_grid(tmp_path):
     """Probabilities crowded in 0.980-0.990 (as the demo's are): the 201-point grid on
     working labels cannot separate them; the exact native search can."""
-    from wmh import train
     from wmh.evaluation import metrics
+    from wmh.threshold import VALIDATION_THRESHOLDS, choose_threshold, native_validation
 
     subject = native_subject(tmp_path)
     assert not subject.is_identity_mapping()
@@ -71,11 +71,11 @@ def test_native_search_beats_the_coarse_working_grid(tmp_path):
     probability = (probability * subject.brain_mask).astype(np.float32)
 
     old_curve = metrics.dice_threshold_curve([probability], [subject.labels],
-                                             train.VALIDATION_THRESHOLDS, [subject.brain_mask])
+                                             VALIDATION_THRESHOLDS, [subject.brain_mask])
     old_threshold, _ = metrics.best_threshold(old_curve)
-    threshold, dice, curve = train.choose_threshold([subject], [probability], ["val-0"])
+    threshold, dice, curve = choose_threshold([subject], [probability], ["val-0"])
 
-    native, truth, brain = train.native_validation(subject, probability)
+    native, truth, brain = native_validation(subject, probability)
     assert native.shape == truth.shape == brain.shape == (48, 48, 3)
 
     def native_dice(t):  # as `wmh segment` scores the test
@@ -89,11 +89,11 @@ def test_native_search_beats_the_coarse_working_grid(tmp_path):
 
 
 def test_threshold_rejects_non_finite_probabilities(tmp_path):
-    from wmh import train
     from wmh.errors import WMHError
+    from wmh.threshold import choose_threshold
 
     subject = native_subject(tmp_path)
     probability = np.full(subject.shape, np.nan, np.float32)
     with pytest.raises(WMHError, match="validation subject val-0: the model's probabilities "
                                        "are not finite"):
-        train.choose_threshold([subject], [probability], ["val-0"])
+        choose_threshold([subject], [probability], ["val-0"])

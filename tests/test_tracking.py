@@ -7,6 +7,7 @@ import pytest
 
 from wmh import config, tracking
 from wmh.errors import WMHError
+from wmh.loader import load_model_dir
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,14 +85,12 @@ def test_missing_run_is_one_line_and_creates_no_store(tmp_path, monkeypatch, cap
 
 
 def test_missing_run_in_an_existing_store_is_one_line(tmp_path, monkeypatch):
-    from wmh import train
-
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "")  # unset (restored after the test)
     monkeypatch.setenv("WMH_HOME", str(tmp_path / "home"))
     tracking.configure_mlflow("exists")
     with pytest.raises(WMHError) as error:
-        train.load_model_dir("runs:/0123456789abcdef/model")
+        load_model_dir("runs:/0123456789abcdef/model")
     assert str(error.value).startswith("--model runs:/0123456789abcdef/model: cannot download")
     assert "\n" not in str(error.value)
 

@@ -8,6 +8,7 @@ import pytest
 
 from cohorts import make_config, write_prepared_cohort
 from wmh.errors import WMHError
+from wmh.loader import load_model_dir
 
 
 def tiny_config(tmp_path, epochs=3, **overrides):
@@ -57,7 +58,7 @@ def test_training_learns_logs_and_saves_a_loadable_model(tmp_path, mlflow_tmp, t
             "figures/reliability.png"} <= figures
 
     # the saved model (safe_mode) is the best epoch's, and carries its input contract
-    model, contract = train.load_model_dir(f"runs:/{result.run_id}/model")
+    model, contract = load_model_dir(f"runs:/{result.run_id}/model")
     assert contract.channels == ("FLAIR", "T1")
     assert contract.threshold == pytest.approx(result.threshold)
     check_calibration(run, contract, samples)
@@ -109,7 +110,7 @@ def check_logged_model(result, samples, prepared):
     folder = registry.model_folder(f"models:/{model_id}")
     assert sorted(p.name for p in folder.iterdir()) == sorted(
         p.name for p in result.model_dir.iterdir())
-    _, contract = train.load_model_dir(f"models:/{model_id}")
+    _, contract = load_model_dir(f"models:/{model_id}")
     assert contract.threshold == pytest.approx(result.threshold)
     # MLflow's own pyfunc loader (from code, no pickle) predicts P(WMH) from the example
     pyfunc = mlflow.pyfunc.load_model(f"models:/{model_id}")
@@ -180,9 +181,9 @@ def test_model_folder_errors(tmp_path):
     from wmh import train
 
     with pytest.raises(WMHError, match=r"--model .*nothing: missing model\.keras"):
-        train.load_model_dir(tmp_path / "nothing")
+        load_model_dir(tmp_path / "nothing")
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "model.keras").write_bytes(b"not a zip")
     (tmp_path / "m" / "wmh_model.json").write_text("{}")
     with pytest.raises(WMHError, match=r"wmh_model\.json: not a valid wmh_model\.json"):
-        train.load_model_dir(tmp_path / "m")
+        load_model_dir(tmp_path / "m")

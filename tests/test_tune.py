@@ -70,7 +70,7 @@ class FakeTraining:
 
     def __call__(self, config, samples_dir, prepared_dir, callbacks=(), nested=False,
                  run_name=None, data_label="real"):
-        from wmh.train import TrainResult
+        from wmh.contract import TrainResult
 
         call = len(self.configs)
         self.configs.append(config)

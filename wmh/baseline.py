@@ -58,11 +58,11 @@ Training (:func:`train_baseline`) reads the sample coordinates of the split
 prepared file (float32, the same values whole-volume prediction sees) and gathers the
 samples' rows; ``train.max_train_samples`` caps them with a seeded subset. Validation
 predicts the validation subjects whole: the sample AUC reads those maps at the validation
-samples, and the threshold is :func:`wmh.train.choose_threshold`'s, as for the CNNs.
+samples, and the threshold is :func:`wmh.threshold.choose_threshold`'s, as for the CNNs.
 
 The model folder holds ``forest.skops`` (the fitted scikit-learn forest, written with
 skops, so loading never executes code from the file: only an allowlist of types is
-accepted and no pickle is involved) and ``wmh_model.json`` (:class:`wmh.train.ModelContract`
+accepted and no pickle is involved) and ``wmh_model.json`` (:class:`wmh.contract.ModelContract`
 with ``model.arch = "rf"``; its ``patch`` field names the features, checked on load).
 """
 
@@ -76,8 +76,11 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 from scipy import fft, ndimage
 
+from wmh.contract import CONTRACT_FILE, ModelContract, TrainResult, read_model_folder
 from wmh.errors import WMHError
 from wmh.io import atomic_output
+from wmh.location import LOCATION_FEATURES, N_LOCATION_FEATURES
+from wmh.threshold import load_prepared, logged_choice, predict_validation, sample_loss
 
 FOREST_FILE = "forest.skops"
 FEATURES_VERSION = 1  # bump when a feature definition changes: old models then refuse to load
@@ -88,7 +91,6 @@ VESSELNESS_BETA = 0.5  # Frangi's blob-vs-line sensitivity (his recommended 0.5)
 VESSELNESS_C = 0.05  # structure-strength scale for [0, 1] images and scale-normalised
 #   Hessians: a ridge of contrast 0.4 and 1-2 mm width reaches about 0.14, noise of
 #   standard deviation 0.04 about 0.01
-N_LOCATION_FEATURES = 8  # the location maps of a prepared subject (wmh.location)
 NEIGHBOURHOOD_MM = 16.0  # side of the in-plane window of the FLAIR mean and std (paper)
 TRUSTED_TYPES = ("sklearn.tree._tree.Tree",)  # skops types beyond its defaults we accept
 
@@ -101,8 +103,6 @@ def feature_names(use_t1: bool = True) -> list[str]:
     Args:
         use_t1: include the T1 intensity (22 features) or not (FLAIR only, 21).
     """
-    from wmh.preprocess import LOCATION_FEATURES
-
     names = ["flair"] + (["t1"] if use_t1 else [])
     names += [f"log_{scale:g}mm" for scale in DERIVATIVE_SCALES_MM]
     names += [f"doh_{scale:g}mm" for scale in DERIVATIVE_SCALES_MM]
@@ -464,12 +464,10 @@ def save_model_dir(model: RandomForestBaseline, contract, folder: Path) -> Path:
 
     Args:
         model: the fitted baseline.
-        contract: its :class:`wmh.train.ModelContract` (``model.arch == "rf"``).
+        contract: its :class:`wmh.contract.ModelContract` (``model.arch == "rf"``).
         folder: the model folder.
     """
     import skops.io
-
-    from wmh.train import CONTRACT_FILE
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -493,8 +491,6 @@ def load_model_dir(folder: str | Path):
     """
     import skops.io
     from sklearn.ensemble import RandomForestClassifier
-
-    from wmh.train import CONTRACT_FILE, read_model_folder
 
     folder = Path(folder)
     forest_path, contract_path = folder / FOREST_FILE, folder / CONTRACT_FILE
@@ -541,13 +537,11 @@ def gather_features(index, prepared_dir: Path, use_t1: bool, progress: str = "",
     """
     from tqdm import tqdm
 
-    from wmh.preprocess import PreparedSubject
-
     features = np.empty((len(index), len(feature_names(use_t1))), np.float32)
     subjects = np.unique(index.subject)
     seconds = 0.0
     for subject in tqdm(subjects, desc=progress, unit="subject", disable=not progress or None):
-        prepared = _load_prepared(prepared_dir, index.subject_ids[subject], PreparedSubject)
+        prepared = load_prepared(prepared_dir, index.subject_ids[subject])
         rows = np.flatnonzero(index.subject == subject)
         start = time.perf_counter()
         features[rows] = features_at(prepared.images, prepared.location, prepared.spacing,
@@ -555,14 +549,6 @@ def gather_features(index, prepared_dir: Path, use_t1: bool, progress: str = "",
                                      use_t1)
         seconds += time.perf_counter() - start
     return features, np.asarray(index.label, np.uint8), seconds / max(1, len(subjects))
-
-
-def _load_prepared(prepared_dir: Path, subject_id: str, prepared_class):
-    path = Path(prepared_dir) / f"{subject_id}.h5"
-    if not path.is_file():
-        raise WMHError(f"{path}: prepared subject of the sample set not found (pass the "
-                       "prepared folder the samples were built from)")
-    return prepared_class.load(path)
 
 
 def _subset(index, keep: np.ndarray):
@@ -575,9 +561,10 @@ def _subset(index, keep: np.ndarray):
 
 def validate(model: RandomForestBaseline, samples_dir: Path, prepared_dir: Path,
              title: str, calibration: str = "none") -> dict:
-    """Whole-volume prediction of the validation subjects: sample AUC, calibration and
-    threshold (:func:`wmh.train.calibrated_threshold`, as for the CNNs: the forest's
-    leaf shares come from the same balanced samples), figures.
+    """Whole-volume prediction of the validation subjects: sample AUC and loss, then the
+    calibration and threshold, as for the CNNs (:func:`wmh.threshold.logged_choice`: the
+    forest's leaf shares come from the same balanced samples), logged to the active
+    MLflow run with their figures.
 
     The sample AUC reads the whole-volume probabilities at the validation samples (the
     same values as predicting the samples alone, each subject's features computed once).
@@ -585,41 +572,33 @@ def validate(model: RandomForestBaseline, samples_dir: Path, prepared_dir: Path,
     Returns:
         {"val_auc", "val_loss" (samples, uncalibrated), "threshold", "val_volume_dice",
         "val_volume_auc", "choice" (the ThresholdChoice, None without validation
-        subjects), "figures" (name -> matplotlib Figure)}; threshold 0.5 and NaN when
-        there is no validation subject.
+        subjects)}; threshold 0.5 and NaN when there is no validation subject.
     """
-    from wmh import data, sampling
+    from wmh import sampling
     from wmh.evaluation import metrics
-    from wmh.evaluation.figures import validation_figures
-    from wmh.preprocess import PreparedSubject
-    from wmh.train import calibrated_threshold
 
-    subject_ids = sampling.load_splits(samples_dir)["validation"]
+    def predict(prepared):
+        return model.predict_volume(prepared.images, prepared.location, prepared.brain_mask,
+                                    prepared.spacing)
+
+    subject_ids, subjects, probabilities = predict_validation(predict, samples_dir,
+                                                              prepared_dir)
     index = sampling.load_index(samples_dir, "validation")
     scores = np.zeros(len(index), np.float32)
-    probabilities, subjects = [], []
-    for subject_id in subject_ids:
-        prepared = _load_prepared(prepared_dir, subject_id, PreparedSubject)
-        volume = model.predict_volume(prepared.images, prepared.location,
-                                      prepared.brain_mask, prepared.spacing)
+    for subject_id, volume in zip(subject_ids, probabilities):
         if subject_id in index.subject_ids:
             rows = np.flatnonzero(index.subject == index.subject_ids.index(subject_id))
             scores[rows] = volume[index.row[rows], index.col[rows], index.slice[rows]]
-        probabilities.append(volume)
-        subjects.append(prepared)
     labels = np.asarray(index.label)
     result = {"val_auc": metrics.roc_auc(scores, labels) if len(index) else math.nan,
-              "val_loss": float(np.mean(-np.log(np.clip(
-                  np.where(labels == 1, scores, 1 - scores), 1e-7, 1.0))))
-              if len(index) else math.nan}
+              "val_loss": sample_loss(scores, labels)}
     if not subject_ids:
         return dict(result, threshold=0.5, val_volume_dice=math.nan, val_volume_auc=math.nan,
-                    choice=None, figures={})
-    choice = calibrated_threshold(subjects, probabilities, subject_ids, calibration,
-                                  data.positive_share(samples_dir))
-    figures = validation_figures(choice.curve, choice.threshold, title=title)
+                    choice=None)
+    choice = logged_choice(subjects, probabilities, subject_ids, calibration, samples_dir,
+                           title)
     return dict(result, threshold=choice.threshold, val_volume_dice=choice.dice,
-                val_volume_auc=choice.auc, choice=choice, figures=figures)
+                val_volume_auc=choice.auc, choice=choice)
 
 
 def train_baseline(config, samples_dir: Path, prepared_dir: Path, callbacks: Sequence = (),
@@ -647,15 +626,15 @@ def train_baseline(config, samples_dir: Path, prepared_dir: Path, callbacks: Seq
         data_label: "synthetic" or "real", recorded as a tag.
 
     Returns:
-        A :class:`wmh.train.TrainResult` (``best_epoch`` 1).
+        A :class:`wmh.contract.TrainResult` (``best_epoch`` 1).
     """
     import mlflow
 
     import pandas as pd
 
-    from wmh import data, registry, sampling, tracking
-    from wmh.train import (ModelContract, TrainResult, log_calibration, run_key,
-                           write_model_plan)
+    from wmh import data, sampling
+    from wmh.datasets import log_datasets
+    from wmh.train import log_run_start, publish_model, run_folder, start_run
 
     if config.model.arch != "rf":
         raise WMHError(f"option model.arch: train_baseline trains 'rf', got "
@@ -667,19 +646,11 @@ def train_baseline(config, samples_dir: Path, prepared_dir: Path, callbacks: Seq
     channels = data.sample_channels(samples_dir, use_t1)
     use_t1 = "T1" in channels
     forest = make_forest(config.baseline, config.train.seed)
-    dataset_hash = data.dataset_hash(samples_dir)
-    key = run_key(config, dataset_hash)
-    run_dir = Path(config.data.cache_dir) / "runs" / key
-    run_dir.mkdir(parents=True, exist_ok=True)
+    dataset_hash, key, run_dir = run_folder(config, samples_dir)
 
-    if not nested:
-        tracking.configure_mlflow(config.train.experiment)
-    with mlflow.start_run(run_name=run_name or "rf", nested=nested,
-                          log_system_metrics=tracking.system_metrics()) as run:
-        tracking.log_context(config, dataset_hash)
-        datasets = tracking.log_datasets(samples_dir, prepared_dir)
-        mlflow.set_tags({"data_label": data_label, "channels": ",".join(channels),
-                         "run_key": key})
+    with start_run(config, run_name or "rf", nested) as run:
+        log_run_start(config, dataset_hash, key, channels, data_label)
+        datasets = log_datasets(samples_dir, prepared_dir)
         index = sampling.load_index(samples_dir, "train")
         if config.train.max_train_samples and len(index) > config.train.max_train_samples:
             rng = np.random.default_rng([config.train.seed, 2])
@@ -702,11 +673,7 @@ def train_baseline(config, samples_dir: Path, prepared_dir: Path, callbacks: Seq
         validation = validate(model, samples_dir, prepared_dir, title="rf (validation)",
                               calibration=config.train.calibration)
         validation_seconds = time.perf_counter() - start
-        for name, figure in validation.pop("figures").items():
-            mlflow.log_figure(figure, f"figures/{name}.png")
         choice = validation.pop("choice")
-        if choice is not None:
-            log_calibration(choice, "rf (validation)")
         mlflow.log_metrics({"val_auc": validation["val_auc"],
                             "val_loss": validation["val_loss"]}, step=1)
         mlflow.log_dict(dict(zip(model.feature_names,
@@ -719,7 +686,6 @@ def train_baseline(config, samples_dir: Path, prepared_dir: Path, callbacks: Seq
                                  patch=describe_features(use_t1),
                                  **(choice.contract_fields() if choice is not None else {}))
         model_dir = save_model_dir(model, contract, run_dir / "model")
-        write_model_plan(model_dir, config, samples_dir, prepared_dir)
         summary = {"best_epoch": 1, "best_val_auc": validation["val_auc"],
                    "threshold": validation["threshold"],
                    "val_volume_dice": validation["val_volume_dice"],
@@ -727,7 +693,8 @@ def train_baseline(config, samples_dir: Path, prepared_dir: Path, callbacks: Seq
                    "train_samples": len(labels), "fit_seconds": fit_seconds,
                    "feature_seconds_per_case": feature_seconds,
                    "validation_seconds": validation_seconds}
-        registry.log_model(model_dir, example, summary, datasets["validation"])
+        publish_model(model_dir, load_model_dir(model_dir), config, samples_dir, prepared_dir,
+                      example, summary, datasets["validation"])
         run_id = run.info.run_id
     return TrainResult(run_id=run_id, model_dir=model_dir, best_epoch=1,
                        validation_auc=validation["val_auc"],

@@ -288,7 +288,8 @@ def prior_build_command(data, out_path, spacing_mm, smoothing_mm, workers, sampl
     --set preprocess.prior_path=OUT (the pipeline builds the training split's prior itself
     with preprocess.prior: training, the default).
     """
-    from wmh.location import build_prior_from_cohort, read_subject_list
+    from wmh.location import read_subject_list
+    from wmh.prior import build_prior_from_cohort
 
     config = resolve_config(config_path, overrides)
     if samples_dir is not None and subjects_file is not None:
@@ -470,7 +471,7 @@ def models_command():
     pretrained:flair.
     """
     from wmh import pretrained
-    from wmh.train import CONTRACT_FILE, ModelContract
+    from wmh.contract import CONTRACT_FILE, ModelContract
 
     models = pretrained.shipped_models()
     if not models:

@@ -45,11 +45,11 @@ from typing import Optional
 import numpy as np
 
 from wmh.errors import WMHError
+from wmh.location import N_LOCATION_FEATURES
 
 PATCH_SIZE = 32  # side of every network input patch, in working-grid voxels
 SCALES = (1, 2, 4)  # s1, s2, s3: 32x32, 64x64 and 128x128 windows pooled to 32x32
 SCALE_NAMES = ("s1", "s2", "s3")
-N_LOCATION_FEATURES = 8
 
 
 def _box_sum(padded: np.ndarray, k: int) -> np.ndarray:

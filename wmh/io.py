@@ -343,7 +343,7 @@ class Subject:
         return self.participant or participant_of(self.subject_id)
 
 
-SPLITS = ("train", "validation", "test")
+SPLITS = ("train", "validation", "test")  # the subject splits (a manifest's split column, splits.json)
 _BIDS_SUBJECT = re.compile(r"^(sub-[A-Za-z0-9]+)(?:_ses-[A-Za-z0-9]+)?$")
 
 

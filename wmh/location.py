@@ -51,6 +51,7 @@ LOCATION_FEATURES = ("mni_x", "mni_y", "mni_z", "distance_left_ventricle",
 DEFAULT_PRIOR_NAME = "wmh_prior_mni.nii.gz"
 MIN_GRADIENT = 0.2  # mm of MNI x per mm: floor for the midsagittal distance's divisor
 MNI_DTYPE = np.float16  # how prepared files store MNI coordinates (0.06 mm at 100 mm)
+N_LOCATION_FEATURES = len(LOCATION_FEATURES)
 PRIOR_INDEX = LOCATION_FEATURES.index("wmh_prior")
 
 
@@ -371,66 +372,6 @@ def build_prior(subjects: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]],
     return Prior(np.clip(probability, 0, 1).astype(np.float32), affine,
                  f"built from {used} subjects", subjects=used,
                  lesion_subjects=lesion_subjects, lesion_voxels=lesion_voxels)
-
-
-def build_prior_from_files(paths: Iterable[str | Path], spacing_mm: float = 4.0,
-                           smoothing_mm: float = 4.0) -> Prior:
-    """:func:`build_prior` over PreparedSubject files; unlabelled subjects are skipped.
-
-    Raises:
-        WMHError: an unreadable file (named), or no labelled subject among them.
-    """
-    from wmh.preprocess import PreparedSubject
-
-    def labelled():
-        for path in paths:
-            prepared = PreparedSubject.load(path)
-            if prepared.labels is not None and prepared.mni_coordinates is not None:
-                yield prepared.mni_coordinates, prepared.labels, prepared.brain_mask
-
-    return build_prior(labelled(), spacing_mm, smoothing_mm)
-
-
-def build_prior_from_cohort(data: str | Path, config, spacing_mm: float = 4.0,
-                            smoothing_mm: float = 4.0, workers: Optional[int] = None,
-                            subject_ids: Optional[Iterable[str]] = None,
-                            option: str = "--subjects") -> Prior:
-    """The prior of a prepared folder (``*.h5``) or of a raw cohort, prepared first into
-    ``<config.data.cache_dir>/prepared``.
-
-    Args:
-        data: prepared folder, cohort folder or CSV manifest.
-        config: the experiment config (data and preprocess sections are used).
-        workers: parallel subjects when preparing; None = ``preprocess.workers``.
-        subject_ids: only these subjects (e.g. a training split); None = every labelled
-            subject of ``data``, test subjects included.
-        option: the option that gave ``subject_ids``, for error messages.
-
-    Returns:
-        The prior (``prior.subjects``: the labelled subjects it was built from).
-
-    Raises:
-        WMHError: nothing usable in ``data`` (named), or a subject of ``subject_ids`` not
-            in it.
-    """
-    from wmh.preprocess import prepare_cohort
-
-    data = Path(data)
-    files = sorted(data.glob("*.h5")) if data.is_dir() else []
-    if not files:
-        out = Path(config.data.cache_dir) / "prepared"
-        report = prepare_cohort(data, out, config.preprocess, use_t1=config.data.use_t1,
-                                workers=config.preprocess.workers if workers is None
-                                else workers)
-        files = sorted({**report.skipped, **report.prepared}.values())
-    if subject_ids is not None:
-        wanted = set(subject_ids)
-        missing = sorted(wanted - {path.stem for path in files})
-        if missing:
-            raise WMHError(f"{option}: subject '{missing[0]}' is not among the prepared "
-                           f"subjects of {data} ({len(missing)} missing)")
-        files = [path for path in files if path.stem in wanted]
-    return build_prior_from_files(files, spacing_mm, smoothing_mm)
 
 
 def read_subject_list(path: str | Path) -> list[str]:

@@ -5,8 +5,12 @@ MLflow copies this file into each logged model and runs it when
 imports it: it reads the model folder from the artifacts (:func:`wmh.registry.model_folder`).
 """
 
+from pathlib import Path
+
 import mlflow
 
+from wmh.contract import CONTRACT_FILE
+from wmh.loader import load_model_dir
 from wmh.registry import SuiteModel
 
 
@@ -15,7 +19,9 @@ class WMHModel(mlflow.pyfunc.PythonModel):
     :class:`wmh.registry.SuiteModel`."""
 
     def load_context(self, context):
-        self.suite = SuiteModel.from_artifacts(context.artifacts)
+        # the artifacts (name -> local path) are the model folder's files
+        folder = Path(context.artifacts[CONTRACT_FILE]).parent
+        self.suite = SuiteModel(*load_model_dir(folder))
 
     def predict(self, context, model_input, params=None):
         return self.suite.predict(model_input)

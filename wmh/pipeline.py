@@ -254,7 +254,7 @@ def _read_origin(prepared: Path) -> dict:
 
 def train_model(config: ExperimentConfig, stages: DataStages, **train_kwargs):
     """Trains ``config.model`` on prepared data stages: a CNN, or the random forest
-    baseline for ``model.arch == "rf"``; both return a :class:`wmh.train.TrainResult`."""
+    baseline for ``model.arch == "rf"``; both return a :class:`wmh.contract.TrainResult`."""
     data_label = "synthetic" if stages.synthetic else "real"
     config = with_prior(config, stages)
     if config.model.arch == "rf":  # the conventional baseline: hand-crafted features + forest
@@ -384,7 +384,7 @@ def evaluate_test_subjects(config: ExperimentConfig, stages: DataStages, trained
     model's validation threshold.
 
     Args:
-        trained: the :class:`wmh.train.TrainResult` (model folder, threshold, validation Az).
+        trained: the :class:`wmh.contract.TrainResult` (model folder, threshold, validation Az).
         out_dir: ``wmh segment`` outputs of the test subjects go here.
         name: the method's name in reports.
         training_size: number of training subjects, for the Table 6 series (else None).

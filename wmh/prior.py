@@ -34,13 +34,14 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 import h5py
 
 from wmh import location
 from wmh.config import PreprocessConfig, to_dict
 from wmh.errors import WMHError
+from wmh.preprocess import PreparedSubject, prepare_cohort
 from wmh.preprocess.keys import code_version, config_hash
 from wmh.tracking import content_hash, hash_files
 
@@ -58,7 +59,7 @@ def split_prior(files: Sequence[Path]) -> tuple[Optional[location.Prior], str]:
     :data:`MIN_LESION_SUBJECTS` of them hold WMH voxels."""
     if not any(_has_labels_and_mni(path) for path in files):
         return None, "no labelled training subject with MNI coordinates"
-    prior = location.build_prior_from_files(files, PRIOR_SPACING_MM, PRIOR_SMOOTHING_MM)
+    prior = build_prior_from_files(files, PRIOR_SPACING_MM, PRIOR_SMOOTHING_MM)
     if (prior.lesion_subjects or 0) < MIN_LESION_SUBJECTS:
         return None, (f"{prior.lesion_subjects} of {prior.subjects} training subjects hold WMH"
                       f" (a prior needs {MIN_LESION_SUBJECTS})")
@@ -213,3 +214,59 @@ def _write_manifest(prepared_dir: Path, folder: Path, entries: list[dict],
                 "prior_view_of": str(prepared_dir.resolve()), "subjects": entries,
                 "failed": original.get("failed", {})}
     (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
+
+
+def build_prior_from_files(paths: Iterable[str | Path], spacing_mm: float = 4.0,
+                           smoothing_mm: float = 4.0) -> location.Prior:
+    """:func:`wmh.location.build_prior` over PreparedSubject files; unlabelled subjects are skipped.
+
+    Raises:
+        WMHError: an unreadable file (named), or no labelled subject among them.
+    """
+    def labelled():
+        for path in paths:
+            prepared = PreparedSubject.load(path)
+            if prepared.labels is not None and prepared.mni_coordinates is not None:
+                yield prepared.mni_coordinates, prepared.labels, prepared.brain_mask
+
+    return location.build_prior(labelled(), spacing_mm, smoothing_mm)
+
+
+def build_prior_from_cohort(data: str | Path, config, spacing_mm: float = 4.0,
+                            smoothing_mm: float = 4.0, workers: Optional[int] = None,
+                            subject_ids: Optional[Iterable[str]] = None,
+                            option: str = "--subjects") -> location.Prior:
+    """The prior of a prepared folder (``*.h5``) or of a raw cohort, prepared first into
+    ``<config.data.cache_dir>/prepared``.
+
+    Args:
+        data: prepared folder, cohort folder or CSV manifest.
+        config: the experiment config (data and preprocess sections are used).
+        workers: parallel subjects when preparing; None = ``preprocess.workers``.
+        subject_ids: only these subjects (e.g. a training split); None = every labelled
+            subject of ``data``, test subjects included.
+        option: the option that gave ``subject_ids``, for error messages.
+
+    Returns:
+        The prior (``prior.subjects``: the labelled subjects it was built from).
+
+    Raises:
+        WMHError: nothing usable in ``data`` (named), or a subject of ``subject_ids`` not
+            in it.
+    """
+    data = Path(data)
+    files = sorted(data.glob("*.h5")) if data.is_dir() else []
+    if not files:
+        out = Path(config.data.cache_dir) / "prepared"
+        report = prepare_cohort(data, out, config.preprocess, use_t1=config.data.use_t1,
+                                workers=config.preprocess.workers if workers is None
+                                else workers)
+        files = sorted({**report.skipped, **report.prepared}.values())
+    if subject_ids is not None:
+        wanted = set(subject_ids)
+        missing = sorted(wanted - {path.stem for path in files})
+        if missing:
+            raise WMHError(f"{option}: subject '{missing[0]}' is not among the prepared "
+                           f"subjects of {data} ({len(missing)} missing)")
+        files = [path for path in files if path.stem in wanted]
+    return build_prior_from_files(files, spacing_mm, smoothing_mm)

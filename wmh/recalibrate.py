@@ -9,9 +9,9 @@ calibration existed), without training:
    (``plan.json``; a ``wmh prepare`` folder is accepted when it was prepared with that
    plan), as ``wmh segment`` does;
 2. every brain voxel is classified (the network's uncalibrated output), resampled to the
-   native FLAIR grid as the test is scored (:func:`wmh.train.native_validation`);
+   native FLAIR grid as the test is scored (:func:`wmh.threshold.native_validation`);
 3. the calibration is fitted on those voxels and the threshold chosen on the calibrated
-   probabilities (:func:`wmh.train.calibrated_threshold`);
+   probabilities (:func:`wmh.threshold.calibrated_threshold`);
 4. the model folder is copied to a new folder with the updated ``wmh_model.json``
    (calibration, threshold, uncalibrated threshold), written under a temporary name and
    renamed into place; the source is never modified.
@@ -40,7 +40,7 @@ class Recalibration:
     Attributes:
         out_dir: the new model folder.
         subject_ids: the scans it was fitted on.
-        choice: the :class:`wmh.train.ThresholdChoice` (calibration, thresholds, Dice).
+        choice: the :class:`wmh.threshold.ThresholdChoice` (calibration, thresholds, Dice).
         previous_threshold: the source contract's threshold.
         previous_method: the source contract's calibration method.
     """
@@ -173,7 +173,7 @@ def write_model_copy(source: Path, out_dir: Path, contract) -> Path:
     as its ``wmh_model.json``: built in a hidden sibling folder and renamed into place
     (onto nothing or an empty folder), so ``out_dir`` is whole or absent."""
     from wmh.segment.outputs import current_umask
-    from wmh.train import CONTRACT_FILE
+    from wmh.contract import CONTRACT_FILE
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".staging",
@@ -212,7 +212,9 @@ def recalibrate(model_source: str | Path, data: str | Path, out_dir: str | Path,
     """
     from wmh.calibration import METHODS
     from wmh.segment import resolve_model
-    from wmh.train import CONTRACT_FILE, calibrated_threshold, load_model_dir
+    from wmh.contract import CONTRACT_FILE
+    from wmh.loader import load_model_dir
+    from wmh.threshold import calibrated_threshold
 
     if method not in METHODS:
         raise WMHError(f"--method {method}: must be one of {', '.join(METHODS)}")

@@ -48,19 +48,13 @@ REQUIREMENTS = ("tensorflow-cpu", "keras", "numpy", "scikit-learn", "skops", "ml
 
 
 class SuiteModel:
-    """The pyfunc's behaviour (wrapped by ``wmh/mlflow_model.py``): load the model folder
-    from the artifacts with the suite's safe loader; predict P(WMH)."""
+    """The pyfunc's behaviour (wrapped by ``wmh/mlflow_model.py``, which loads the model
+    folder from the artifacts with the suite's safe loader, :mod:`wmh.loader`): predict
+    P(WMH)."""
 
     def __init__(self, model, contract):
         self.model = model
         self.contract = contract
-
-    @classmethod
-    def from_artifacts(cls, artifacts: dict[str, str]) -> "SuiteModel":
-        """From the pyfunc's artifacts (name -> local path), by the suite's loader."""
-        from wmh.train import CONTRACT_FILE, load_model_dir
-
-        return cls(*load_model_dir(Path(artifacts[CONTRACT_FILE]).parent))
 
     def predict(self, model_input) -> np.ndarray:
         """Patches ``{"s1", "s2", "s3": (N, 32, 32, C), "loc": (N, 8)}`` (CNN) or (N, F)
@@ -90,7 +84,7 @@ def network_example(dataset, rows: int = 2) -> dict[str, np.ndarray]:
     return {key: np.asarray(value)[:rows].astype(np.float32) for key, value in inputs.items()}
 
 
-def log_model(model_dir: Path, input_example, metrics: dict[str, float],
+def log_model(model_dir: Path, loaded: tuple, input_example, metrics: dict[str, float],
               dataset=None) -> str:
     """Logs ``model_dir`` as the active run's logged model ``model`` and the run's final
     ``metrics``, linked to it (and to ``dataset``, the validation data); returns the
@@ -98,6 +92,8 @@ def log_model(model_dir: Path, input_example, metrics: dict[str, float],
 
     Args:
         model_dir: the suite's model folder (weights + ``wmh_model.json``).
+        loaded: (model, contract) as read back from ``model_dir`` by the architecture's
+            loader (what the pyfunc will load; its predictions make the signature).
         input_example: patches (dict of arrays) or feature rows (DataFrame).
         metrics: final metrics (NaN values are skipped).
         dataset: the MLflow dataset the metrics were measured on, or None.
@@ -105,9 +101,8 @@ def log_model(model_dir: Path, input_example, metrics: dict[str, float],
     import mlflow
 
     from wmh.tracking import library_versions
-    from wmh.train import load_model_dir
 
-    suite = SuiteModel(*load_model_dir(model_dir))
+    suite = SuiteModel(*loaded)
     contract = suite.contract
     versions = library_versions()
     requirements = [f"{name}=={versions[name]}" for name in REQUIREMENTS if name in versions]
@@ -226,7 +221,7 @@ def model_folder(source: str | Path, option: str = "--model") -> Path:
         lines = str(error).strip().splitlines() or [type(error).__name__]
         raise WMHError(f"{option} {text}: cannot download ({lines[0]})") from None
     if (local / "MLmodel").is_file():
-        from wmh.train import CONTRACT_FILE
+        from wmh.contract import CONTRACT_FILE
 
         if not (local / ARTIFACTS_FOLDER / CONTRACT_FILE).is_file():
             raise WMHError(f"{option} {text}: not a wmh model (its artifacts hold no "

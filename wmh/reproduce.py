@@ -227,7 +227,7 @@ def search_alpha(experiment: Experiment, config: ExperimentConfig, stages,
     (:func:`choose_alpha`).
 
     Returns:
-        (the chosen α's :class:`wmh.train.TrainResult`, the search: {"alphas",
+        (the chosen α's :class:`wmh.contract.TrainResult`, the search: {"alphas",
         "validation_dice" and "runs" by α as text, "chosen"}).
     """
     from mlflow.tracking import MlflowClient

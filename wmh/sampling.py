@@ -72,13 +72,13 @@ from tqdm import tqdm
 from wmh import __version__, io
 from wmh.config import SamplingConfig
 from wmh.errors import WMHError
+from wmh.io import SPLITS
 from wmh.tracking import hash_files
 
 FORMAT_VERSION = 1
 SAMPLES_FILE = "samples.h5"
 SPLITS_FILE = "splits.json"
 MANIFEST_FILE = "manifest.json"
-SPLITS = ("train", "validation", "test")
 SAMPLED_SPLITS = ("train", "validation")  # test subjects are segmented whole, not sampled
 SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validation",
                  "val": "validation", "valid": "validation", "test": "test",

@@ -1,15 +1,10 @@
 """Training: fit, keep the best epoch, pick the threshold, log everything to MLflow.
 
 The paper's recipe: RMSprop, mini-batches of 128, cross-entropy, dropout 0.3; the epoch
-with the highest validation AUC is kept (while no epoch has a finite AUC, the last one); the
-binarisation threshold is the one that maximises the overall Dice of the validation subjects
-as the test is scored: whole volumes resampled to their native FLAIR grids as ``wmh segment``
-does, searched exactly over every distinct probability (:func:`choose_threshold`, shared by
-the CNNs and the random forest). Before the threshold is chosen, the probabilities are
-calibrated (``train.calibration``, :mod:`wmh.calibration`): the balanced training samples
-push every bright voxel towards P = 1; the correction is fitted on the same native
-validation voxels (:func:`calibrated_threshold`), and the threshold is chosen on the
-calibrated probabilities.
+with the highest validation AUC is kept (while no epoch has a finite AUC, the last one).
+The calibration and the binarisation threshold are then chosen on whole validation
+volumes on their native grids, as the test is scored, by :mod:`wmh.threshold` (shared
+with the random forest).
 
 A run is resumable: after every epoch the model (with optimiser state) and a small state
 file are written atomically under ``<cache>/runs/<run key>/``, where the run key hashes the
@@ -51,93 +46,17 @@ from typing import Optional, Sequence
 import keras
 import numpy as np
 
-from wmh import __version__
-from wmh.config import ExperimentConfig, ModelConfig, dump_yaml, from_dict, to_dict
+from wmh.config import ExperimentConfig, ModelConfig, dump_yaml
+from wmh.contract import (CONTRACT_FILE, MODEL_FILE, ModelContract, TrainResult,
+                          read_model_folder)
 from wmh.errors import WMHError
 from wmh.io import atomic_output, atomic_write_text
+from wmh.threshold import ThresholdChoice, logged_choice, predict_validation, sample_loss
 
-MODEL_FILE = "model.keras"
-CONTRACT_FILE = "wmh_model.json"
 STATE_FILE = "state.json"
-VALIDATION_THRESHOLDS = np.round(np.linspace(0.0, 1.0, 201), 6)
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainResult:
-    """What a finished training run produced.
-
-    Attributes:
-        run_id: the MLflow run.
-        model_dir: folder with ``model.keras`` and ``wmh_model.json``.
-        best_epoch: 1-based epoch with the highest validation AUC.
-        validation_auc: that AUC (balanced validation samples).
-        threshold: validation-optimal threshold on whole validation volumes.
-        validation_dice: overall Dice of the validation subjects at that threshold.
-        validation_volume_auc: voxel-wise AUC inside the brain on the validation subjects.
-    """
-
-    run_id: str
-    model_dir: Path
-    best_epoch: int
-    validation_auc: float
-    threshold: float
-    validation_dice: float
-    validation_volume_auc: float
 
 
 # ---------------------------------------------------------------------- model folder
-
-@dataclasses.dataclass(frozen=True)
-class ModelContract:
-    """The input contract stored beside a trained model (``wmh_model.json``)."""
-
-    model: ModelConfig
-    channels: tuple[str, ...]
-    inplane_spacing_mm: float
-    threshold: float
-    wmh_version: str = __version__
-    patch: str = "s1/s2/s3: 32x32 windows at scales 1/2/4 pooled to 32x32 (wmh.data)"
-    precision: str = "fp32"  # resolved training precision; contracts without it: fp32
-    # wmh.calibration.Calibration.to_dict(), applied to P(WMH) before ``threshold``;
-    # None (contracts from before calibration): method none
-    calibration: Optional[dict] = None
-    # the validation-optimal threshold of the network's uncalibrated output (the paper's);
-    # None: ``threshold`` (an uncalibrated model)
-    uncalibrated_threshold: Optional[float] = None
-
-    init_model: str = ""  # fine-tuned from this model (train.init_model); "" = from scratch
-    init_model_sha256: str = ""  # SHA-256 of that model's weights file
-
-    def calibrator(self):
-        """The :class:`wmh.calibration.Calibration` of P(WMH) (method none when absent)."""
-        from wmh.calibration import Calibration
-
-        return Calibration.from_dict(self.calibration)
-
-    def threshold_for(self, calibrated: bool = True) -> float:
-        """The mask threshold for calibrated probabilities, or for the network's output."""
-        if calibrated or self.uncalibrated_threshold is None:
-            return float(self.threshold)
-        return float(self.uncalibrated_threshold)
-
-    def to_json(self) -> str:
-        values = dataclasses.asdict(self)
-        values["model"] = to_dict(self.model)
-        values["channels"] = list(self.channels)
-        return json.dumps(values, indent=2)
-
-    @classmethod
-    def from_json(cls, text: str, source: str) -> "ModelContract":
-        try:
-            values = json.loads(text)
-            values["model"] = from_dict(values["model"], ModelConfig)
-            values["channels"] = tuple(values["channels"])
-            contract = cls(**values)
-            contract.calibrator()  # a bad calibration fails here, naming the file
-            return contract
-        except (ValueError, KeyError, TypeError) as error:
-            raise WMHError(f"{source}: not a valid {CONTRACT_FILE} ({error})") from None
-
 
 def save_model_dir(model, contract: ModelContract, folder: Path) -> Path:
     """Writes ``model.keras`` + ``wmh_model.json`` into ``folder`` (created)."""
@@ -147,24 +66,16 @@ def save_model_dir(model, contract: ModelContract, folder: Path) -> Path:
     return folder
 
 
-def load_model_dir(source: str | Path):
-    """Loads a trained model: a folder, its ``model.keras``, or an MLflow URI
-    (``runs:/<run id>/model``, ``models:/<model id>``, ``models:/NAME@ALIAS``). Weights
-    stored in float16 (a shipped model) come back as a float32-policy network.
-
-    Loading never executes code from the file (``safe_mode=True``; a random forest
-    folder, ``model.arch=rf``, is read with skops by :func:`wmh.baseline.load_model_dir`).
+def load_network_dir(folder: Path):
+    """Loads a CNN model folder (``model.keras`` + ``wmh_model.json``; any kind of
+    trained model, by folder or URI: :func:`wmh.loader.load_model_dir`). Weights stored
+    in float16 (a shipped model) come back as a float32-policy network. Loading never
+    executes code from the file (``safe_mode=True``).
 
     Returns:
-        (keras model, or :class:`wmh.baseline.RandomForestBaseline`, ModelContract).
+        (keras model, ModelContract).
     """
-    from wmh.registry import model_folder
-
-    folder = model_folder(source)  # URI downloaded, weights file -> its folder
-    from wmh import baseline
-
-    if (folder / baseline.FOREST_FILE).is_file():  # model.arch=rf: a random forest folder
-        return baseline.load_model_dir(folder)
+    folder = Path(folder)
     model_path = folder / MODEL_FILE
     contract = read_model_folder(folder, MODEL_FILE, "by `wmh train`, or runs:/<run id>/model")
     try:
@@ -176,19 +87,6 @@ def load_model_dir(source: str | Path):
         # stored in float16 to ship it small (wmh.pretrained.export): run in float32
         model = float32_model(model, contract.model, len(contract.channels))
     return model, contract
-
-
-def read_model_folder(folder: Path, model_file: str, made_by: str,
-                      option: str = "--model") -> ModelContract:
-    """Checks a model folder holds ``model_file`` and ``wmh_model.json``; returns the
-    contract. ``made_by`` completes the error message ("expected a folder made ..."),
-    which starts with ``option``."""
-    for name in (model_file, CONTRACT_FILE):
-        if not (folder / name).is_file():
-            raise WMHError(f"{option} {folder}: missing {name} (expected a folder made "
-                           f"{made_by})")
-    contract_path = folder / CONTRACT_FILE
-    return ModelContract.from_json(contract_path.read_text(), str(contract_path))
 
 
 def _atomic_keras_save(model, path: Path) -> None:
@@ -225,6 +123,61 @@ def run_key(config: ExperimentConfig, dataset_hash: str) -> str:
     if config.train.init_model.strip():
         text += init_source(config, check=False).sha256
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------- the run lifecycle (CNN and forest)
+
+def run_folder(config: ExperimentConfig, samples_dir: Path) -> tuple[str, str, Path]:
+    """(dataset hash, run key, run folder) of a training run on a sample set: the folder
+    ``<cache>/runs/<run key>/`` (created) holds its checkpoints and model folder."""
+    from wmh import data
+
+    dataset_hash = data.dataset_hash(samples_dir)
+    key = run_key(config, dataset_hash)
+    run_dir = Path(config.data.cache_dir) / "runs" / key
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return dataset_hash, key, run_dir
+
+
+def start_run(config: ExperimentConfig, name: str, nested: bool,
+              run_id: Optional[str] = None):
+    """The MLflow run of a training run (a context manager): in ``train.experiment``
+    unless ``nested`` in the active run, with system metrics; ``run_id`` resumes one."""
+    import mlflow
+
+    from wmh import tracking
+
+    if not nested:
+        tracking.configure_mlflow(config.train.experiment)
+    return mlflow.start_run(run_id=run_id, run_name=None if run_id else name, nested=nested,
+                            log_system_metrics=tracking.system_metrics())
+
+
+def log_run_start(config: ExperimentConfig, dataset_hash: str, key: str, channels,
+                  data_label: str) -> None:
+    """What every new training run records first: the resolved config, dataset hash,
+    commit and versions (:func:`wmh.tracking.log_context`) and the ``data_label``,
+    ``channels`` and ``run_key`` tags."""
+    import mlflow
+
+    from wmh import tracking
+
+    tracking.log_context(config, dataset_hash)
+    mlflow.set_tags({"data_label": data_label, "channels": ",".join(channels),
+                     "run_key": key})
+
+
+def publish_model(model_dir: Path, loaded: tuple, config: ExperimentConfig,
+                  samples_dir: Path, prepared_dir: Path, example, metrics: dict,
+                  dataset) -> str:
+    """A trained model folder made complete and logged: its preprocessing plan
+    (:func:`write_model_plan`), then the logged model ``model`` with the run's final
+    ``metrics`` (:func:`wmh.registry.log_model`; ``loaded`` is the folder read back by
+    its architecture's loader). Returns the model id."""
+    from wmh import registry
+
+    write_model_plan(model_dir, config, samples_dir, prepared_dir)
+    return registry.log_model(model_dir, loaded, example, metrics, dataset)
 
 
 # ------------------------------------------------------------------------- fine-tuning
@@ -411,8 +364,7 @@ class EpochTracker(keras.callbacks.Callback):
         scores, labels = predict_samples(self.model, self.validation_data)
         validation_auc = metrics.roc_auc(scores, labels)
         logs["val_auc"] = validation_auc
-        validation_loss = float(np.mean(-np.log(np.clip(
-            np.where(labels == 1, scores, 1 - scores), 1e-7, 1.0))))
+        validation_loss = sample_loss(scores, labels)
         mlflow.log_metrics({"loss": loss, "accuracy": float(logs.get("accuracy", math.nan)),
                             "val_auc": validation_auc, "val_loss": validation_loss}, step=epoch)
         state = self.state
@@ -454,17 +406,15 @@ def train(config: ExperimentConfig, samples_dir: Path, prepared_dir: Path,
     """
     import mlflow
 
-    from wmh import data, registry, tracking
+    from wmh import data, registry
+    from wmh.datasets import log_datasets
     from wmh.models import build_model
     from wmh.models.precision import precision_scope
 
     use_t1 = config.data.use_t1
     channels = data.sample_channels(samples_dir, use_t1)
     source = init_source(config)  # a fine-tune: checked before anything starts
-    dataset_hash = data.dataset_hash(samples_dir)
-    key = run_key(config, dataset_hash)
-    run_dir = Path(config.data.cache_dir) / "runs" / key
-    run_dir.mkdir(parents=True, exist_ok=True)
+    dataset_hash, key, run_dir = run_folder(config, samples_dir)
     state_path = run_dir / STATE_FILE
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
     if (reuse_finished and state.get("finished") and "result" in state
@@ -475,18 +425,12 @@ def train(config: ExperimentConfig, samples_dir: Path, prepared_dir: Path,
     if state.get("finished"):
         state = {}  # a finished run is not resumed: this is a new run of the same config
 
-    if not nested:
-        tracking.configure_mlflow(config.train.experiment)
-    name = run_name or f"{config.model.arch}+{config.model.loc}"
-    run = mlflow.start_run(run_id=state.get("run_id"), run_name=None if state else name,
-                           nested=nested, log_system_metrics=tracking.system_metrics())
-    with run:
+    with start_run(config, run_name or f"{config.model.arch}+{config.model.loc}", nested,
+                   state.get("run_id")) as run:
         run_id = run.info.run_id
         if not state:
-            tracking.log_context(config, dataset_hash)
+            log_run_start(config, dataset_hash, key, channels, data_label)
             precisions = log_precision(config)
-            mlflow.set_tags({"data_label": data_label,
-                             "channels": ",".join(channels), "run_key": key})
             if source is not None:
                 mlflow.log_params({"train.init_model_sha256": source.sha256,
                                    "train.init_model_folder": str(source.folder)})
@@ -494,7 +438,7 @@ def train(config: ExperimentConfig, samples_dir: Path, prepared_dir: Path,
                      **precisions}
         # A run resumes in the precision it started in (runs from before: fp32).
         precision = state.get("precision", "fp32")
-        datasets = tracking.log_datasets(samples_dir, prepared_dir)  # again on resume: no-op
+        datasets = log_datasets(samples_dir, prepared_dir)  # again on resume: no-op
         keras.utils.set_random_seed(config.train.seed + state["epoch"])
         strategy = distribution_strategy()
         with strategy.scope(), precision_scope(precision):
@@ -505,7 +449,7 @@ def train(config: ExperimentConfig, samples_dir: Path, prepared_dir: Path,
                 model = compile_model(build_model(config.model, len(channels)),
                                       config.train.learning_rate)
                 if source is not None:  # fine-tune: the source's weights, fresh optimiser
-                    model.set_weights(load_model_dir(source.folder)[0].get_weights())
+                    model.set_weights(load_network_dir(source.folder)[0].get_weights())
         train_data = data.make_dataset(samples_dir, "train", config.train.batch_size,
                                        seed=config.train.seed + state["epoch"], shuffle=True,
                                        use_t1=use_t1, max_samples=config.train.max_train_samples)
@@ -534,8 +478,8 @@ def train(config: ExperimentConfig, samples_dir: Path, prepared_dir: Path,
                                  init_model=source.source if source else "",
                                  init_model_sha256=source.sha256 if source else "")
         model_dir = save_model_dir(best, contract, run_dir / "model")
-        write_model_plan(model_dir, config, samples_dir, prepared_dir)
-        registry.log_model(model_dir, registry.network_example(validation_data), {
+        publish_model(model_dir, load_network_dir(model_dir), config, samples_dir,
+                      prepared_dir, registry.network_example(validation_data), {
             "best_epoch": state["best_epoch"], "best_val_auc": finite_auc(state["best_auc"]),
             "threshold": threshold, "val_volume_dice": validation_dice,
             "val_volume_auc": volume_auc}, datasets["validation"])
@@ -600,205 +544,30 @@ def predict_volume(model, model_config: ModelConfig, images: np.ndarray, locatio
     return np.moveaxis(result, 0, 2)
 
 
-def native_validation(prepared, probability: np.ndarray):
-    """A validation subject as the test is scored: the working-grid probability resampled
-    to the native FLAIR grid exactly as ``wmh segment`` does (linear, clipped to [0, 1],
-    kept to the resampled brain mask) and the native labels (the labels file the subject
-    was prepared from when it is still readable, else the working labels resampled by
-    nearest neighbour).
-
-    Returns:
-        (probability float32, labels uint8, brain bool), each on the native grid in
-        working orientation.
-    """
-    from wmh import io
-
-    brain = prepared.to_native_working(prepared.brain_mask.astype(np.uint8), 0) > 0
-    native = np.clip(prepared.to_native_working(probability, order=1), 0, 1) * brain
-    source = (prepared.provenance or {}).get("inputs", {}).get("labels", {}).get("path")
-    if source and Path(source).is_file():
-        truth, _ = io.load_labels(source, prepared.native_grid())
-    else:
-        truth = prepared.to_native_working(prepared.labels, 0)
-    return native.astype(np.float32), truth.astype(np.uint8), brain
-
-
-def native_validations(subjects, probabilities, subject_ids):
-    """The validation subjects as the test is scored (:func:`native_validation`), each
-    probability volume checked to be finite.
-
-    Returns:
-        (native probabilities, native labels, native brain masks): three lists.
-
-    Raises:
-        WMHError: a probability volume holds NaN or inf (training diverged).
-    """
-    natives = []
-    for subject_id, prepared, probability in zip(subject_ids, subjects, probabilities):
-        if not np.all(np.isfinite(probability)):
-            raise WMHError(f"validation subject {subject_id}: the model's probabilities are "
-                           "not finite (training diverged; lower train.learning_rate)")
-        natives.append(native_validation(prepared, probability))
-    scores, truths, brains = (list(part) for part in zip(*natives))
-    return scores, truths, brains
-
-
-def threshold_curve(scores, truths, brains, subject_ids):
-    """The Dice-optimal threshold of native validation volumes, searched exactly over
-    every distinct probability (:func:`wmh.evaluation.metrics.exact_best_threshold`), its
-    Dice, and their DiceCurve (for the figures and the voxel-wise AUC inside the brain)."""
-    from wmh.evaluation import metrics
-
-    threshold, dice = metrics.exact_best_threshold(scores, truths, brains)
-    inside = np.concatenate([score[brain] for score, brain in zip(scores, brains)])
-    fine = np.quantile(inside, np.linspace(0, 1, 201)) if inside.size else []
-    grid = np.unique(np.concatenate([VALIDATION_THRESHOLDS, fine, [threshold]]).clip(0, 1))
-    curve = metrics.dice_threshold_curve(scores, truths, grid, brains, subject_ids)
-    return threshold, dice, curve
-
-
-def choose_threshold(subjects, probabilities, subject_ids):
-    """The binarisation threshold of the network's uncalibrated output: the one that
-    maximises the overall Dice of the validation subjects on their native grids
-    (:func:`threshold_curve`); :func:`calibrated_threshold` calibrates first.
-
-    Args:
-        subjects: the validation PreparedSubjects.
-        probabilities: their working-grid probability volumes, in the same order.
-        subject_ids: their ids (the curve's case ids).
-
-    Returns:
-        (threshold, overall native Dice at it, DiceCurve of the native volumes).
-
-    Raises:
-        WMHError: a probability volume holds NaN or inf (training diverged).
-    """
-    return threshold_curve(*native_validations(subjects, probabilities, subject_ids),
-                           subject_ids)
-
-
-@dataclasses.dataclass(frozen=True)
-class ThresholdChoice:
-    """The validation subjects' verdict: the calibration, then the threshold on it.
-
-    Attributes:
-        threshold: Dice-optimal threshold of the calibrated probabilities.
-        dice: overall native Dice at it.
-        auc: voxel-wise AUC inside the brain (of ``curve``).
-        uncalibrated_threshold: Dice-optimal threshold of the network's own output.
-        calibration: the fitted :class:`wmh.calibration.Calibration`.
-        curve: DiceCurve of the calibrated native volumes (None: no validation subject).
-        reliability: {"uncalibrated", "calibrated"} -> :class:`wmh.calibration.Reliability`
-            of the brain voxels.
-    """
-
-    threshold: float
-    dice: float
-    auc: float
-    uncalibrated_threshold: float
-    calibration: object
-    curve: object = None
-    reliability: dict = dataclasses.field(default_factory=dict)
-
-    def contract_fields(self) -> dict:
-        """The :class:`ModelContract` fields it decides besides ``threshold``."""
-        return {"calibration": self.calibration.to_dict(),
-                "uncalibrated_threshold": float(self.uncalibrated_threshold)}
-
-
-def calibrated_threshold(subjects, probabilities, subject_ids, method: str,
-                         sample_positive_share: Optional[float] = None) -> ThresholdChoice:
-    """Fits the calibration on the validation subjects' native brain voxels (the arrays
-    :func:`choose_threshold` scores, built once), then chooses the threshold on the
-    calibrated probabilities.
-
-    Args:
-        subjects, probabilities, subject_ids: as :func:`choose_threshold`.
-        method: "platt", "prior" or "none" (``train.calibration``).
-        sample_positive_share: WMH share of the training samples (needed by "prior").
-
-    Raises:
-        WMHError: non-finite probabilities, or "prior" without a sample share.
-    """
-    from wmh import calibration as calibration_module
-    from wmh.evaluation import metrics
-
-    scores, truths, brains = native_validations(subjects, probabilities, subject_ids)
-    inside = np.concatenate([score[brain] for score, brain in zip(scores, brains)])
-    labels = np.concatenate([truth[brain] for truth, brain in zip(truths, brains)])
-    try:
-        calibration = calibration_module.fit_calibration(method, inside, labels,
-                                                         sample_positive_share)
-    except ValueError as error:
-        raise WMHError(f"train.calibration {method}: {error}") from None
-    uncalibrated, _ = metrics.exact_best_threshold(scores, truths, brains)
-    calibrated = [calibration.apply(score, brain) for score, brain in zip(scores, brains)]
-    threshold, dice, curve = threshold_curve(calibrated, truths, brains, subject_ids)
-    reliability = {"uncalibrated": calibration_module.reliability(inside, labels),
-                   "calibrated": calibration_module.reliability(calibration.apply(inside),
-                                                                labels)}
-    return ThresholdChoice(threshold, dice, curve.auc(), uncalibrated, calibration, curve,
-                           reliability)
-
-
-def log_calibration(choice: ThresholdChoice, title: str) -> None:
-    """Records the calibration in the active MLflow run: param ``calibration``, metrics
-    ``val_ece`` / ``val_ece_uncalibrated`` / ``uncalibrated_threshold`` and the figure
-    ``figures/reliability.png``."""
-    import mlflow
-
-    from wmh.evaluation.figures import reliability_figure
-
-    calibration = choice.calibration
-    mlflow.log_param("calibration", calibration.method)
-    values = {"val_ece": calibration.validation_ece_after,
-              "val_ece_uncalibrated": calibration.validation_ece_before,
-              "uncalibrated_threshold": choice.uncalibrated_threshold}
-    mlflow.log_metrics({name: float(value) for name, value in values.items()
-                        if value is not None and math.isfinite(value)})
-    figure = reliability_figure(choice.reliability, title=f"{title}: reliability")
-    mlflow.log_figure(figure, "figures/reliability.png")
-
-
 def validate_volumes(model, config: ExperimentConfig, samples_dir: Path, prepared_dir: Path,
                      channels, precision: str = "fp32") -> ThresholdChoice:
-    """Whole-volume prediction of the validation subjects and :func:`calibrated_threshold`
-    (``train.calibration``; the prior shift reads the training samples' positive share).
-
-    Logs the ROC, Dice-vs-threshold and reliability figures of the validation subjects and
-    the calibration (:func:`log_calibration`) to MLflow. ``precision`` is the inference
-    precision of the whole-volume prediction.
+    """Whole-volume prediction of the validation subjects and their calibration and
+    threshold (``train.calibration``), logged to MLflow with the ROC, Dice-vs-threshold
+    and reliability figures (:func:`wmh.threshold.logged_choice`). ``precision`` is the
+    inference precision of the whole-volume prediction.
 
     Returns:
         A :class:`ThresholdChoice`; with no validation subject, threshold 0.5 and NaN
         Dice and AUC, uncalibrated.
     """
-    import mlflow
-
-    from wmh import data, sampling
     from wmh.calibration import Calibration
-    from wmh.evaluation.figures import validation_figures
     from wmh.models import build_dense_model
-    from wmh.preprocess import PreparedSubject
 
-    subject_ids = sampling.load_splits(samples_dir)["validation"]
     network = model if config.model.arch == "msef" else build_dense_model(
         model, config.model, len(channels))
-    subjects, probabilities = [], []
-    for subject_id in subject_ids:
-        prepared = PreparedSubject.load(Path(prepared_dir) / f"{subject_id}.h5")
-        images = prepared.images[..., :len(channels)]
-        probabilities.append(predict_volume(network, config.model, images, prepared.location,
-                                            prepared.brain_mask, precision=precision))
-        subjects.append(prepared)
+
+    def predict(prepared):
+        return predict_volume(network, config.model, prepared.images[..., :len(channels)],
+                              prepared.location, prepared.brain_mask, precision=precision)
+
+    subject_ids, subjects, probabilities = predict_validation(predict, samples_dir,
+                                                              prepared_dir)
     if not subject_ids:
         return ThresholdChoice(0.5, math.nan, math.nan, 0.5, Calibration())
-    title = f"{config.model.arch}+{config.model.loc} (validation)"
-    choice = calibrated_threshold(subjects, probabilities, subject_ids,
-                                  config.train.calibration,
-                                  data.positive_share(samples_dir))
-    figures = validation_figures(choice.curve, choice.threshold, title=title)
-    for name, figure in figures.items():
-        mlflow.log_figure(figure, f"figures/{name}.png")
-    log_calibration(choice, title)
-    return choice
+    return logged_choice(subjects, probabilities, subject_ids, config.train.calibration,
+                         samples_dir, f"{config.model.arch}+{config.model.loc} (validation)")

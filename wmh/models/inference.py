@@ -18,7 +18,8 @@ import numpy as np
 import tensorflow as tf
 
 from wmh.config import ModelConfig
-from wmh.data import N_LOCATION_FEATURES, extract_patches, padded_box_means
+from wmh.data import extract_patches, padded_box_means
+from wmh.location import N_LOCATION_FEATURES
 from wmh.errors import WMHError
 from wmh.models.dense import DEFAULT_FFT_SIZE, build_dense_model, context, used_scales
 from wmh.models.precision import resolve_precision, tower_precision, tower_precision_of

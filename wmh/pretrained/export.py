@@ -50,6 +50,7 @@ from wmh.errors import WMHError
 from wmh.io import atomic_write_text, sha256_file
 from wmh.pretrained import (CARD_FILE, MAX_MODEL_BYTES, PREFIX, RECORD_FILE, package_root)
 from wmh.pretrained.card import FIGURE_KINDS, render_card
+from wmh.contract import CONTRACT_FILE, MODEL_FILE, read_model_folder
 
 RECORD_FORMAT = 1
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
@@ -69,7 +70,6 @@ def export(source: str | Path, name: str, figures: Sequence[str] = (),
         WMHError: a bad name, model folder, figures file or recipe, or a model above the
             size limit even in float16; nothing is left half-written.
     """
-    from wmh import train
     from wmh.preprocess.plan import read_plan
     from wmh.registry import model_folder
 
@@ -83,7 +83,7 @@ def export(source: str | Path, name: str, figures: Sequence[str] = (),
             raise WMHError(f"--figures {spec}: a second file of {kind} figures (give one)")
         blocks[kind] = block
     folder = model_folder(source, "MODEL")
-    contract = train.read_model_folder(folder, train.MODEL_FILE, "by `wmh train`", "MODEL")
+    contract = read_model_folder(folder, MODEL_FILE, "by `wmh train`", "MODEL")
     plan = read_plan(folder)
     if plan is None:
         raise WMHError(f"MODEL {folder}: no plan.json (a shipped model must carry its "
@@ -110,7 +110,7 @@ def export(source: str | Path, name: str, figures: Sequence[str] = (),
                   "created": created.isoformat(timespec="seconds"),
                   "wmh_version": __version__, "weights_dtype": dtype,
                   "recipe": recipe_entry, "training": training, "figures": blocks}
-        contract_json = json.loads((staging / train.CONTRACT_FILE).read_text())
+        contract_json = json.loads((staging / CONTRACT_FILE).read_text())
         atomic_write_text(staging / CARD_FILE, render_card(record, contract_json, plan))
         record["files"] = {path.name: {"sha256": sha256_file(path),
                                        "bytes": path.stat().st_size}
@@ -157,7 +157,8 @@ def store_float16(folder: Path, contract) -> float:
 
     from wmh.io import atomic_output
     from wmh.models import build_model
-    from wmh.train import MODEL_FILE, load_model_dir
+    from wmh.contract import MODEL_FILE
+    from wmh.loader import load_model_dir
 
     original, _ = load_model_dir(folder)
     previous = keras.config.dtype_policy()

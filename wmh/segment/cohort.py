@@ -25,6 +25,7 @@ from wmh.segment.inputs import check_header, resolve_inputs
 from wmh.segment.layouts import REPORT_FILE, get_layout
 from wmh.segment.subject import (SegmentModel, SegmentOptions, input_provenance,
                                  segment_subject, write_failure)
+from wmh.contract import MODEL_FILE, read_model_folder
 
 
 @dataclasses.dataclass
@@ -54,7 +55,7 @@ def resolve_model(source: str | Path | None) -> SegmentModel:
         WMHError: a missing folder or file, a bad contract (named with ``--model``), no
             shipped model, or a corrupted one.
     """
-    from wmh import baseline, pretrained, train
+    from wmh import baseline, pretrained
 
     from wmh.registry import model_folder
 
@@ -69,10 +70,10 @@ def resolve_model(source: str | Path | None) -> SegmentModel:
         folder = model_folder(source)  # URI downloaded, weights file -> its folder
     if (folder / baseline.FOREST_FILE).is_file():
         weights = baseline.FOREST_FILE
-        contract = train.read_model_folder(folder, weights, "by `wmh train` with model.arch=rf")
+        contract = read_model_folder(folder, weights, "by `wmh train` with model.arch=rf")
     else:
-        weights = train.MODEL_FILE
-        contract = train.read_model_folder(folder, weights,
+        weights = MODEL_FILE
+        contract = read_model_folder(folder, weights,
                                            "by `wmh train`, or runs:/<run id>/model")
     return SegmentModel(source=text, folder=folder, contract=contract,
                         sha256=sha256 or outputs.sha256_file(folder / weights),

@@ -24,27 +24,25 @@ MASK_RULE = "wmh_probability >= threshold, inside brain_mask"
 
 
 @dataclasses.dataclass(frozen=True)
-class SegmentOptions:
-    """How ``wmh segment`` runs (from the CLI or SegmentConfig). Every field whose
-    metadata does not say ``result: False`` changes the outputs, so it is recorded in
-    report.json and a subject done with other values is segmented again."""
+class SegmentOptions(SegmentConfig):
+    """How ``wmh segment`` runs: the config's ``segment`` section (threshold, mc_samples,
+    periventricular_mm, precision: :class:`wmh.config.SegmentConfig`, whose fields it
+    inherits) plus what only the command sets. Every field whose metadata does not say
+    ``result: False`` changes the outputs, so it is recorded in report.json and a subject
+    done with other values is segmented again."""
 
-    threshold: Optional[float] = None  # None: the model's validation-optimal threshold
-    mc_samples: int = 0  # Monte Carlo dropout passes for the uncertainty map
-    periventricular_mm: float = 10.0  # periventricular vs deep boundary (3D distance, mm)
     overwrite: bool = dataclasses.field(  # redo subjects already done with these settings
         default=False, metadata={"result": False})
     layout: str = dataclasses.field(  # 'folders' (OUT/<id>/) or 'bids' (derivatives)
         default="folders", metadata={"result": False})
-    precision: str = "auto"  # inference precision: fp32, bf16, or auto (wmh.models.precision)
     # None: the model's calibration of P(WMH) and its threshold; "none": the network's
     # uncorrected output (the paper's) and the model's uncalibrated threshold
     calibration: Optional[str] = None
 
     @classmethod
     def from_config(cls, config: SegmentConfig) -> "SegmentOptions":
-        return cls(config.threshold, config.mc_samples, config.periventricular_mm,
-                   precision=config.precision)
+        return cls(**{field.name: getattr(config, field.name)
+                      for field in dataclasses.fields(SegmentConfig)})
 
     def validate(self) -> None:
         """One-line WMHError naming the first bad option."""
@@ -68,7 +66,7 @@ class SegmentOptions:
 
     def settings(self, contract) -> dict:
         """The settings that shape the outputs, the threshold and calibration resolved
-        for the model (:class:`wmh.train.ModelContract`)."""
+        for the model (:class:`wmh.contract.ModelContract`)."""
         values = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)
                   if field.metadata.get("result", True)}
         values["calibration"] = self.calibration_for(contract).method
@@ -85,7 +83,7 @@ class SegmentModel:
     Attributes:
         source: as the user gave it (folder, model file or URI).
         folder: the local model folder.
-        contract: its :class:`wmh.train.ModelContract`.
+        contract: its :class:`wmh.contract.ModelContract`.
         sha256: SHA-256 of its weights file (model.keras or forest.skops).
         version: a shipped model's version (``pretrained.json``); None for others.
         model: the loaded patch model (None until :meth:`load`); ``network`` its dense twin.
@@ -102,7 +100,7 @@ class SegmentModel:
 
     def load(self) -> "SegmentModel":
         from wmh.models import build_dense_model
-        from wmh.train import load_model_dir
+        from wmh.loader import load_model_dir
 
         if self.model is None:
             self.model, self.contract = load_model_dir(self.folder)
