@@ -150,7 +150,22 @@ def render_card(record: dict, contract: dict, plan: dict | None) -> str:
         lines += _figures_section(kind, figures.get(kind))
     lines += ["## Calibration", ""]
     if contract.get("calibration") is not None:
-        lines.append(f"- **Calibration:** `{json.dumps(contract['calibration'])}`")
+        calibration = contract["calibration"]
+        parameters = ", ".join(f"{name} {value_text(value, 4)}" for name, value in
+                               (calibration.get("parameters") or {}).items())
+        lines += [
+            f"- **Method:** {calibration.get('method', NOT_RECORDED)}"
+            + (f" ({parameters})" if parameters else "")
+            + "; applied to P(WMH) before the threshold (`wmh segment --calibration none` "
+              "gives the network's uncorrected output and threshold).",
+            f"- **Expected calibration error on the validation voxels:** "
+            f"{value_text(calibration.get('validation_ece_before'), 5)} uncorrected, "
+            f"{value_text(calibration.get('validation_ece_after'), 5)} calibrated.",
+            f"- **WMH prevalence of the validation brain voxels:** "
+            f"{value_text(calibration.get('validation_prevalence'), 4)} (the calibration "
+            "holds for scans with a similar lesion load; `wmh calibrate` refits it on "
+            "labelled scans of your own).",
+            f"- **Full record:** `{json.dumps(calibration)}`"]
         lines.append(f"- **Uncalibrated threshold:** "
                      f"{value_text(contract.get('uncalibrated_threshold'), 4)}")
     else:
