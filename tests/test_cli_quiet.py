@@ -2,6 +2,7 @@
 stderr unless --verbose."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,9 +27,13 @@ def run_wmh(arguments, tmp_path, **environment):
 def test_no_tensorflow_startup_lines_unless_verbose(tmp_path):
     flair = tmp_path / "FLAIR.nii.gz"
     nib.save(nib.Nifti1Image(np.ones((8, 8, 4), np.float32), np.eye(4)), flair)
-    # Looking the model up imports TensorFlow (through keras), then fails in one line.
-    arguments = ["segment", "--model", "runs:/0123456789/model", str(flair), "--out",
-                 str(tmp_path / "seg")]
+    # Loading the model imports TensorFlow (through keras), then fails in one line: a
+    # model folder with the shipped contract and plan, but weights that are not a model.
+    model = tmp_path / "model"
+    shutil.copytree(ROOT / "wmh" / "pretrained" / "flair", model,
+                    ignore=shutil.ignore_patterns("model.keras", "pretrained.json"))
+    (model / "model.keras").write_bytes(b"not a keras file")
+    arguments = ["segment", "--model", str(model), str(flair), "--out", str(tmp_path / "seg")]
     verbose = run_wmh(["--verbose", *arguments], tmp_path)
     assert verbose.returncode == 2
     # This machine's TensorFlow prints them (even at TF_CPP_MIN_LOG_LEVEL=2) ...
@@ -37,7 +42,7 @@ def test_no_tensorflow_startup_lines_unless_verbose(tmp_path):
     assert quiet.returncode == 2
     # ... and without --verbose only the error is left.
     assert quiet.stderr.splitlines() == [verbose.stderr.splitlines()[-1]]
-    assert quiet.stderr.startswith("wmh: error: --model runs:/0123456789/model: no MLflow")
+    assert quiet.stderr.startswith(f"wmh: error: {model / 'model.keras'}: cannot load model")
     assert not any(noise in quiet.stderr for noise in NOISE)
 
 
