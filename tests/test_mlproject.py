@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import mlflow
+import pytest
 
 from cohorts import write_prepared_cohort
 
@@ -44,6 +45,9 @@ def test_mlflow_run_main_entry_point_trains_msiw(tmp_path):
     assert (folder / "model.keras").is_file()
 
 
+# slow: a whole `mlflow run -e reproduce` (about 65 s); the default suite keeps the tiny
+# reproduction (tests/test_reproduce.py) and the entry point's rendered command (below).
+@pytest.mark.slow
 def test_mlflow_run_reproduce_entry_point(tmp_path, tiny_synthetic_cache):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     environment = {key: value for key, value in os.environ.items()
@@ -80,7 +84,6 @@ def test_mlflow_run_reproduce_entry_point(tmp_path, tiny_synthetic_cache):
 
 import shlex  # noqa: E402
 
-import pytest  # noqa: E402
 from mlflow.projects._project_spec import load_project  # noqa: E402
 
 from wmh.config import load_config  # noqa: E402

@@ -44,6 +44,9 @@ def test_calibrate_writes_a_new_folder_and_leaves_the_source(labelled, tmp_path,
     from wmh.calibration import Calibration
 
     source = labelled / "model"
+    # As in a shipped model's folder: its record and card must not follow into the copy.
+    (source / "pretrained.json").write_text("{}")
+    (source / "MODEL_CARD.md").write_text("# the source's card\n")
     before = digests(source)
     prepare_from_files(monkeypatch, labelled / "prepared")
     out = tmp_path / "recalibrated"
@@ -52,7 +55,7 @@ def test_calibrate_writes_a_new_folder_and_leaves_the_source(labelled, tmp_path,
     assert code == 0, err
     assert digests(source) == before  # the source folder is byte for byte the same
     copied = digests(out)
-    assert set(copied) == set(before)
+    assert set(copied) == set(before) - {"pretrained.json", "MODEL_CARD.md"}
     assert copied["model.keras"] == before["model.keras"]
     assert copied["wmh_model.json"] != before["wmh_model.json"]
     summary = json.loads(stdout.splitlines()[0])

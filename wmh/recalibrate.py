@@ -174,13 +174,16 @@ def write_model_copy(source: Path, out_dir: Path, contract) -> Path:
     (onto nothing or an empty folder), so ``out_dir`` is whole or absent."""
     from wmh.segment.outputs import current_umask
     from wmh.contract import CONTRACT_FILE
+    from wmh.pretrained import CARD_FILE, RECORD_FILE
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".staging",
                                     dir=out_dir.parent))
     try:
         os.chmod(staging, 0o777 & ~current_umask())
-        shutil.copytree(source, staging, dirs_exist_ok=True)
+        # a shipped model's record and card describe it, not this recalibrated copy
+        shutil.copytree(source, staging, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns(RECORD_FILE, CARD_FILE))
         (staging / CONTRACT_FILE).write_text(contract.to_json())
         if out_dir.is_dir():
             out_dir.rmdir()  # empty (checked): the rename takes its place
