@@ -76,7 +76,7 @@ def resolve_model(source: str | Path | None) -> SegmentModel:
         contract = read_model_folder(folder, weights,
                                            "by `wmh train`, or runs:/<run id>/model")
     return SegmentModel(source=text, folder=folder, contract=contract,
-                        sha256=sha256 or outputs.sha256_file(folder / weights),
+                        sha256=sha256 or io.sha256_file(folder / weights),
                         weights_file=weights,
                         version=version)
 

@@ -261,6 +261,3 @@ def _write_table(path: Path, columns, rows: list[dict], delimiter: str) -> None:
                                 lineterminator="\n" if delimiter == "\t" else "\r\n")
         writer.writeheader()
         writer.writerows(rows)
-
-
-sha256_file = io.sha256_file  # kept here for the callers of wmh.segment.outputs

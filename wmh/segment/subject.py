@@ -124,11 +124,11 @@ def utc_now() -> str:
 def input_provenance(subject: io.Subject, uses_t1: bool) -> dict:
     """Input paths (absolute) and their SHA-256."""
     values = {"flair": str(Path(subject.flair).resolve()),
-              "flair_sha256": outputs.sha256_file(subject.flair), "t1": None,
+              "flair_sha256": io.sha256_file(subject.flair), "t1": None,
               "t1_sha256": None}
     if uses_t1 and subject.t1 is not None:
         values.update(t1=str(Path(subject.t1).resolve()),
-                      t1_sha256=outputs.sha256_file(subject.t1))
+                      t1_sha256=io.sha256_file(subject.t1))
     return values
 
 
