@@ -82,6 +82,7 @@ def main() -> None:
     tf.config.threading.set_inter_op_parallelism_threads(1)
     from wmh import pipeline, sampling, train
     from wmh.config import dump_yaml, load_config, replace
+    from wmh.lifecycle import RunOptions
     from wmh.loader import load_model_dir
     from wmh.models import build_dense_model
     from wmh.models.precision import cpu_bf16_isa
@@ -101,9 +102,8 @@ def main() -> None:
     for train_precision in PRECISIONS:
         trained_config = replace(config, **{"train.precision": train_precision})
         start = time.perf_counter()
-        trained = train.train(trained_config, stages.samples, stages.prepared,
-                              data_label="synthetic" if stages.synthetic else "real",
-                              reuse_finished=args.reuse)
+        trained = train.train(trained_config, stages.samples, stages.prepared, options=RunOptions(
+            data_label="synthetic" if stages.synthetic else "real", reuse_finished=args.reuse))
         seconds = time.perf_counter() - start
         model, contract = load_model_dir(trained.model_dir)
         network = model if contract.model.arch == "msef" else build_dense_model(

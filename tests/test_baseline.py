@@ -397,5 +397,6 @@ def test_mlproject_command_with_arch_rf_trains_a_flair_only_forest(trained, tmp_
     assert contract.channels == ("FLAIR",)
     assert model.forest.n_features_in_ == 21 and model.forest.n_estimators == 3
     with pytest.raises(WMHError, match="callbacks"):
-        baseline.train_baseline(rf_config(tmp_path), trained["samples"], trained["prepared"],
-                                callbacks=[object()])
+        baseline.ForestLearner(rf_config(tmp_path), callbacks=[object()])
+    with pytest.raises(WMHError, match="option model.arch: the random forest trains 'rf'"):
+        baseline.ForestLearner(rf_config(tmp_path, **{"model.arch": "msws"}))

@@ -10,6 +10,7 @@ import pytest
 
 from cohorts import make_config, write_prepared_cohort
 from segment_helpers import save_tiny_model
+from wmh import finetune, lifecycle
 from wmh.errors import WMHError
 from wmh.loader import load_model_dir
 
@@ -74,7 +75,7 @@ def test_fine_tune_starts_from_the_source_weights_and_records_it(tmp_path, mlflo
     assert params["train.init_model_sha256"] == digest
     # a fine-tune never resumes (or is) the from-scratch run of the same config
     scratch = tiny_config(tmp_path)
-    assert train.run_key(config, "d") != train.run_key(scratch, "d")
+    assert lifecycle.run_key(config, "d") != lifecycle.run_key(scratch, "d")
     assert json.loads((result.model_dir / "wmh_model.json").read_text())["init_model"]
 
 
@@ -111,33 +112,31 @@ def test_incompatible_source_is_one_line_before_training(tmp_path, tiny_data, ov
 
 
 def test_missing_source_and_plan_adoption(tmp_path, tiny_data, capsys):
-    from wmh import train
-
     _, _, source = tiny_data
     config = tiny_config(tmp_path, **{"train.init_model": str(tmp_path / "none")})
     with pytest.raises(WMHError, match=r"^train\.init_model .*none: missing model\.keras"):
-        train.init_source(config)
+        finetune.init_source(config)
     # wmh train adopts the source's preprocessing (keeping workers) and says so
     config = tiny_config(tmp_path, **{"train.init_model": str(source),
                                       "preprocess.n4_iterations": 3,
                                       "preprocess.workers": 2})
     said = []
-    adopted = train.with_source_preprocess(config, say=said.append)
+    adopted = finetune.with_source_preprocess(config, say=said.append)
     assert adopted.preprocess.n4_iterations == 30 and adopted.preprocess.workers == 2
     assert said and "preparing the data with that model's preprocessing plan" in said[0]
-    train.check_init_source(adopted, train.init_source(adopted, check=False))
-    assert train.with_source_preprocess(tiny_config(tmp_path)) == tiny_config(tmp_path)
+    finetune.check_init_source(adopted, finetune.init_source(adopted, check=False))
+    assert finetune.with_source_preprocess(tiny_config(tmp_path)) == tiny_config(tmp_path)
 
 
 def test_init_model_pretrained_names_the_shipped_model(tmp_path, tiny_data, monkeypatch):
-    from wmh import pretrained, train
+    from wmh import pretrained
     from wmh.pretrained import export
 
     _, _, source = tiny_data
     monkeypatch.setattr(pretrained, "package_root", lambda: tmp_path)
     config = tiny_config(tmp_path, **{"train.init_model": "pretrained"})
     with pytest.raises(WMHError, match=r"^train\.init_model pretrained: no model is shipped"):
-        train.init_source(config)
+        finetune.init_source(config)
     shipped = export.export(source, "flair", root=tmp_path)
-    found = train.init_source(config)
+    found = finetune.init_source(config)
     assert found.folder == shipped and found.sha256 == pretrained.find().weights_sha256

@@ -10,6 +10,7 @@ from test_dense import small_case, spread_weights
 from test_train import tiny_config, tiny_samples  # noqa: F401 (a fixture)
 from wmh.config import ModelConfig, load_config
 from wmh.errors import WMHError
+from wmh.lifecycle import RunOptions
 from wmh.models import build_dense_model, build_model, predict_slices
 from wmh.models import precision as precision_module
 from wmh.models.precision import (
@@ -222,7 +223,8 @@ def test_bf16_training_records_precision_restores_policy_and_segments_both_ways(
 
     prepared_dir, samples = tiny_samples
     config = tiny_config(tmp_path, epochs=2, **{"train.precision": "bf16"})
-    result = train.train(config, samples, prepared_dir, data_label="synthetic")
+    result = train.train(config, samples, prepared_dir,
+                         options=RunOptions(data_label="synthetic"))
     assert keras.config.dtype_policy().name == "float32"  # nothing leaks out of training
     assert result.validation_auc > 0.85  # it learned, in bf16
     params = mlflow.get_run(result.run_id).data.params

@@ -287,9 +287,10 @@ def test_alpha_search_trains_one_run_per_alpha_and_tests_the_best(tmp_path, mlfl
     dice_of = {0.3: 0.40, 1.0: 0.61, 3.0: 0.55}
     trained, tested = [], []
 
-    def train_model(config, stages, **kwargs):
+    def train_model(config, stages, options):
         trained.append(config.model.alpha)
-        with mlflow.start_run(run_name=kwargs["run_name"], nested=True) as run:
+        assert options.nested and options.reuse_finished
+        with mlflow.start_run(run_name=options.run_name, nested=True) as run:
             mlflow.log_metric("val_volume_dice", dice_of[config.model.alpha])
         return TrainResult(run.info.run_id, tmp_path, 1, 0.9, 0.5,
                            dice_of[config.model.alpha], 0.9)

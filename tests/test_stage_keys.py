@@ -8,11 +8,11 @@ from wmh.config import ExperimentConfig, PreprocessConfig, SamplingConfig
 
 
 def keys():
-    from wmh import reproduce, sampling, train
+    from wmh import lifecycle, reproduce, sampling
     from wmh.preprocess import keys as prepare_keys
 
     sample = sampling.samples_key("cohort-hash", sampling.config_hash(SamplingConfig()))
-    run = train.run_key(ExperimentConfig(), sample)
+    run = lifecycle.run_key(ExperimentConfig(), sample)
     return {"prepare": prepare_keys.code_version(),
             "prepare_config": prepare_keys.config_hash(PreprocessConfig(), True),
             "sample": sample, "train": run, "evaluate": reproduce.result_key(run)}

@@ -8,6 +8,7 @@ import pytest
 
 from cohorts import make_config, write_prepared_cohort
 from wmh.errors import WMHError
+from wmh.lifecycle import RunOptions
 from wmh.loader import load_model_dir
 
 
@@ -37,7 +38,7 @@ def test_training_learns_logs_and_saves_a_loadable_model(tmp_path, mlflow_tmp, t
 
     prepared, samples = tiny_samples
     cfg = tiny_config(tmp_path, epochs=3)
-    result = train.train(cfg, samples, prepared, data_label="synthetic")
+    result = train.train(cfg, samples, prepared, options=RunOptions(data_label="synthetic"))
     assert result.validation_auc > 0.9
     assert 0.0 < result.threshold < 1.0
     assert result.validation_dice > 0.3

@@ -68,13 +68,12 @@ class FakeTraining:
         self.auc, self.dice, self.epochs = auc, dice, epochs
         self.configs = []
 
-    def __call__(self, config, samples_dir, prepared_dir, callbacks=(), nested=False,
-                 run_name=None, data_label="real"):
+    def __call__(self, config, samples_dir, prepared_dir, callbacks=(), options=None):
         from wmh.contract import TrainResult
 
         call = len(self.configs)
         self.configs.append(config)
-        with mlflow.start_run(run_name=run_name, nested=nested) as run:
+        with mlflow.start_run(run_name=options.run_name, nested=options.nested) as run:
             for callback in callbacks:
                 callback.on_train_begin({})
             if call in self.failures:

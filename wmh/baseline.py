@@ -53,12 +53,13 @@ complements the LoG (a smooth blob detector) with a flat-topped, sharp-edged one
 Derivative-based and annular features use FLAIR (the modality that defines WMH); the T1
 contributes its intensity, as in the paper's count of 22.
 
-Training (:func:`train_baseline`) reads the sample coordinates of the split
-(:func:`wmh.sampling.load_index`), computes each subject's features once from its
-prepared file (float32, the same values whole-volume prediction sees) and gathers the
-samples' rows; ``train.max_train_samples`` caps them with a seeded subset. Validation
-predicts the validation subjects whole: the sample AUC reads those maps at the validation
-samples, and the threshold is :func:`wmh.threshold.choose_threshold`'s, as for the CNNs.
+Training (:class:`ForestLearner`, run by :func:`wmh.lifecycle.train_run` like the CNNs)
+reads the sample coordinates of the split (:func:`wmh.sampling.load_index`), computes
+each subject's features once from its prepared file (float32, the same values
+whole-volume prediction sees) and gathers the samples' rows; ``train.max_train_samples``
+caps them with a seeded subset. Validation is the lifecycle's: it predicts the validation
+subjects whole, reads the sample AUC from those maps at the validation samples (a forest
+is fitted once: no epochs) and chooses the calibration and threshold as for the CNNs.
 
 The model folder holds ``forest.skops`` (the fitted scikit-learn forest, written with
 skops, so loading never executes code from the file: only an allowlist of types is
@@ -71,16 +72,17 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 from scipy import fft, ndimage
 
-from wmh.contract import CONTRACT_FILE, ModelContract, TrainResult, read_model_folder
+from wmh.contract import CONTRACT_FILE, read_model_folder
 from wmh.errors import WMHError
 from wmh.io import atomic_output
+from wmh.lifecycle import Fitted, RunContext
 from wmh.location import LOCATION_FEATURES, N_LOCATION_FEATURES
-from wmh.threshold import load_prepared, logged_choice, predict_validation, sample_loss
+from wmh.threshold import load_prepared
 
 FOREST_FILE = "forest.skops"
 FEATURES_VERSION = 1  # bump when a feature definition changes: old models then refuse to load
@@ -559,145 +561,87 @@ def _subset(index, keep: np.ndarray):
                                label=index.label[keep])
 
 
-def validate(model: RandomForestBaseline, samples_dir: Path, prepared_dir: Path,
-             title: str, calibration: str = "none") -> dict:
-    """Whole-volume prediction of the validation subjects: sample AUC and loss, then the
-    calibration and threshold, as for the CNNs (:func:`wmh.threshold.logged_choice`: the
-    forest's leaf shares come from the same balanced samples), logged to the active
-    MLflow run with their figures.
+# --------------------------------------------------------------- the forest's learner
 
-    The sample AUC reads the whole-volume probabilities at the validation samples (the
-    same values as predicting the samples alone, each subject's features computed once).
-
-    Returns:
-        {"val_auc", "val_loss" (samples, uncalibrated), "threshold", "val_volume_dice",
-        "val_volume_auc", "choice" (the ThresholdChoice, None without validation
-        subjects)}; threshold 0.5 and NaN when there is no validation subject.
-    """
-    from wmh import sampling
-    from wmh.evaluation import metrics
-
-    def predict(prepared):
-        return model.predict_volume(prepared.images, prepared.location, prepared.brain_mask,
-                                    prepared.spacing)
-
-    subject_ids, subjects, probabilities = predict_validation(predict, samples_dir,
-                                                              prepared_dir)
-    index = sampling.load_index(samples_dir, "validation")
-    scores = np.zeros(len(index), np.float32)
-    for subject_id, volume in zip(subject_ids, probabilities):
-        if subject_id in index.subject_ids:
-            rows = np.flatnonzero(index.subject == index.subject_ids.index(subject_id))
-            scores[rows] = volume[index.row[rows], index.col[rows], index.slice[rows]]
-    labels = np.asarray(index.label)
-    result = {"val_auc": metrics.roc_auc(scores, labels) if len(index) else math.nan,
-              "val_loss": sample_loss(scores, labels)}
-    if not subject_ids:
-        return dict(result, threshold=0.5, val_volume_dice=math.nan, val_volume_auc=math.nan,
-                    choice=None)
-    choice = logged_choice(subjects, probabilities, subject_ids, calibration, samples_dir,
-                           title)
-    return dict(result, threshold=choice.threshold, val_volume_dice=choice.dice,
-                val_volume_auc=choice.auc, choice=choice)
-
-
-def train_baseline(config, samples_dir: Path, prepared_dir: Path, callbacks: Sequence = (),
-                   nested: bool = False, run_name: Optional[str] = None,
-                   data_label: str = "real"):
-    """Fits the random forest (``model.arch=rf``) on a sample set, tracked in MLflow.
-
-    Logs what :func:`wmh.train.train` logs: the resolved config, dataset hash, git commit
-    and versions (:func:`wmh.tracking.log_context`), the ``data_label``/``channels``/
-    ``run_key`` tags, ``val_auc`` and ``val_loss`` (step 1: one fit), ``best_epoch`` (1),
-    ``best_val_auc``, ``threshold``, ``val_volume_dice``, ``val_volume_auc``, the figures
-    ``figures/roc.png`` and ``figures/dice_vs_threshold.png`` and the artifact ``model``;
-    plus ``feature_importances.json`` and the feature/fit/predict timings.
+class ForestLearner:
+    """The random forest's :class:`wmh.lifecycle.Learner`: fits once on the training
+    samples' features (no epochs, no checkpoints: a rerun refits), predicts volumes, saves
+    and loads ``forest.skops``.
 
     Args:
-        config: the resolved :class:`wmh.config.ExperimentConfig`; ``baseline`` holds the
-            forest settings, ``train.seed`` seeds it, ``train.max_train_samples`` caps
-            the training samples (a seeded subset; 0 = all), ``data.use_t1`` picks 22 or
-            21 features. ``model.loc`` is unused: the 8 location features are always in.
-        samples_dir: output of ``wmh sample`` (splits + samples).
-        prepared_dir: the prepared subjects the samples came from.
+        config: the resolved :class:`wmh.config.ExperimentConfig` (None: a loaded model);
+            ``model.arch`` must be ``rf``; ``baseline`` holds the forest settings (checked
+            here), ``train.seed`` seeds it, ``train.max_train_samples`` caps the training
+            samples (a seeded subset; 0 = all), the sample set's channels pick 22 or 21
+            features. ``model.loc`` is unused: the 8 location features are always in.
         callbacks: must be empty (Keras callbacks, e.g. Optuna pruning, do not apply).
-        nested: start the MLflow run nested in the active one.
-        run_name: MLflow run name; default ``rf``.
-        data_label: "synthetic" or "real", recorded as a tag.
-
-    Returns:
-        A :class:`wmh.contract.TrainResult` (``best_epoch`` 1).
     """
-    import mlflow
 
-    import pandas as pd
+    name = "rf"
+    checkpoints = False
 
-    from wmh import data, sampling
-    from wmh.datasets import log_datasets
-    from wmh.train import log_run_start, publish_model, run_folder, start_run
+    def __init__(self, config, callbacks: Sequence = ()):
+        self.config, self.model, self.contract = config, None, None
+        if config is None:
+            return
+        if config.model.arch != "rf":
+            raise WMHError(f"option model.arch: the random forest trains 'rf', got "
+                           f"'{config.model.arch}'")
+        if callbacks:
+            raise WMHError("model.arch rf: training callbacks (e.g. Optuna pruning) do not "
+                           "apply to the random forest")
+        self.forest = make_forest(config.baseline, config.train.seed)
 
-    if config.model.arch != "rf":
-        raise WMHError(f"option model.arch: train_baseline trains 'rf', got "
-                       f"'{config.model.arch}'")
-    if callbacks:
-        raise WMHError("model.arch rf: training callbacks (e.g. Optuna pruning) do not "
-                       "apply to the random forest")
-    use_t1 = config.data.use_t1
-    channels = data.sample_channels(samples_dir, use_t1)
-    use_t1 = "T1" in channels
-    forest = make_forest(config.baseline, config.train.seed)
-    dataset_hash, key, run_dir = run_folder(config, samples_dir)
+    @classmethod
+    def load(cls, folder: Path) -> "ForestLearner":
+        """The forest of a model folder (:func:`load_model_dir`: skops, an allow-list)."""
+        learner = cls(None)
+        learner.model, learner.contract = load_model_dir(folder)
+        return learner
 
-    with start_run(config, run_name or "rf", nested) as run:
-        log_run_start(config, dataset_hash, key, channels, data_label)
-        datasets = log_datasets(samples_dir, prepared_dir)
-        index = sampling.load_index(samples_dir, "train")
+    def fit(self, run: RunContext) -> Fitted:
+        """Fits on the training samples' features (each subject's computed once); logs
+        ``feature_importances.json``; its final metrics: ``train_samples``,
+        ``fit_seconds`` and ``feature_seconds_per_case``."""
+        import mlflow
+        import pandas as pd
+
+        from wmh import sampling
+
+        config, use_t1 = run.config, "T1" in run.channels
+        index = sampling.load_index(run.samples_dir, "train")
         if config.train.max_train_samples and len(index) > config.train.max_train_samples:
             rng = np.random.default_rng([config.train.seed, 2])
             keep = np.sort(rng.choice(len(index), config.train.max_train_samples,
                                       replace=False))
             index = _subset(index, keep)
         if len(index) == 0 or len(np.unique(index.label)) < 2:
-            raise WMHError(f"{samples_dir}: the training samples need both WMH and normal "
-                           "voxels to fit the random forest")
-        features, labels, feature_seconds = gather_features(index, prepared_dir, use_t1,
+            raise WMHError(f"{run.samples_dir}: the training samples need both WMH and "
+                           "normal voxels to fit the random forest")
+        features, labels, feature_seconds = gather_features(index, run.prepared_dir, use_t1,
                                                             progress="rf features")
         example = pd.DataFrame(features[:2], columns=feature_names(use_t1))  # input example
         start = time.perf_counter()
-        forest.fit(features, labels)
+        self.forest.fit(features, labels)
         fit_seconds = time.perf_counter() - start
-        model = RandomForestBaseline(forest, use_t1)
-        del features
-
-        start = time.perf_counter()
-        validation = validate(model, samples_dir, prepared_dir, title="rf (validation)",
-                              calibration=config.train.calibration)
-        validation_seconds = time.perf_counter() - start
-        choice = validation.pop("choice")
-        mlflow.log_metrics({"val_auc": validation["val_auc"],
-                            "val_loss": validation["val_loss"]}, step=1)
-        mlflow.log_dict(dict(zip(model.feature_names,
-                                 map(float, forest.feature_importances_))),
+        self.model = RandomForestBaseline(self.forest, use_t1)
+        mlflow.log_dict(dict(zip(self.model.feature_names,
+                                 map(float, self.forest.feature_importances_))),
                         "feature_importances.json")
+        return Fitted(best_epoch=1, validation_auc=None, example=example,
+                      metrics={"train_samples": len(labels), "fit_seconds": fit_seconds,
+                               "feature_seconds_per_case": feature_seconds})
 
-        contract = ModelContract(model=config.model, channels=tuple(channels),
-                                 inplane_spacing_mm=config.preprocess.inplane_spacing_mm,
-                                 threshold=validation["threshold"],
-                                 patch=describe_features(use_t1),
-                                 **(choice.contract_fields() if choice is not None else {}))
-        model_dir = save_model_dir(model, contract, run_dir / "model")
-        summary = {"best_epoch": 1, "best_val_auc": validation["val_auc"],
-                   "threshold": validation["threshold"],
-                   "val_volume_dice": validation["val_volume_dice"],
-                   "val_volume_auc": validation["val_volume_auc"],
-                   "train_samples": len(labels), "fit_seconds": fit_seconds,
-                   "feature_seconds_per_case": feature_seconds,
-                   "validation_seconds": validation_seconds}
-        publish_model(model_dir, load_model_dir(model_dir), config, samples_dir, prepared_dir,
-                      example, summary, datasets["validation"])
-        run_id = run.info.run_id
-    return TrainResult(run_id=run_id, model_dir=model_dir, best_epoch=1,
-                       validation_auc=validation["val_auc"],
-                       threshold=validation["threshold"],
-                       validation_dice=validation["val_volume_dice"],
-                       validation_volume_auc=validation["val_volume_auc"])
+    def predict_volume(self, prepared) -> np.ndarray:
+        """P(WMH) of a PreparedSubject on its working grid (the mean of the trees)."""
+        return self.model.predict_volume(prepared.images, prepared.location,
+                                         prepared.brain_mask, prepared.spacing)
+
+    def contract_fields(self) -> dict:
+        """The feature definition (checked on load)."""
+        return {"patch": describe_features(self.model.use_t1)}
+
+    def save(self, folder: Path, contract) -> Path:
+        """``forest.skops`` + ``wmh_model.json`` (:func:`save_model_dir`)."""
+        self.contract = contract
+        return save_model_dir(self.model, contract, folder)

@@ -22,6 +22,7 @@ from typing import Optional
 from wmh import io
 from wmh.config import ExperimentConfig, SynthConfig, dump_yaml
 from wmh.errors import WMHError
+from wmh.lifecycle import RunOptions
 
 DEFAULT_COHORT = "data_cache/synth/default"  # data.root placeholder: the synthetic default
 DEMO_MODEL_NAME = "wmh-demo"  # the registered model `wmh demo` adds a version to
@@ -252,23 +253,19 @@ def _read_origin(prepared: Path) -> dict:
         return {}
 
 
-def train_model(config: ExperimentConfig, stages: DataStages, **train_kwargs):
-    """Trains ``config.model`` on prepared data stages: a CNN, or the random forest
-    baseline for ``model.arch == "rf"``; both return a :class:`wmh.contract.TrainResult`."""
-    data_label = "synthetic" if stages.synthetic else "real"
+def train_model(config: ExperimentConfig, stages: DataStages,
+                options: RunOptions = RunOptions()):
+    """Trains ``config.model`` on prepared data stages through the lifecycle
+    (:func:`wmh.lifecycle.train_run`): a CNN, or the random forest baseline for
+    ``model.arch == "rf"`` (:func:`wmh.loader.learner`); ``options.data_label`` comes from
+    the stages. Returns a :class:`wmh.contract.TrainResult`."""
+    from wmh.lifecycle import train_run
+    from wmh.loader import learner
+
+    options = dataclasses.replace(options,
+                                  data_label="synthetic" if stages.synthetic else "real")
     config = with_prior(config, stages)
-    if config.model.arch == "rf":  # the conventional baseline: hand-crafted features + forest
-        from wmh.baseline import train_baseline
-
-        train_kwargs.pop("reuse_finished", None)  # a forest refits (about a minute)
-
-        result = train_baseline(config, stages.samples, stages.prepared,
-                                data_label=data_label, **train_kwargs)
-    else:
-        from wmh import train
-
-        result = train.train(config, stages.samples, stages.prepared, data_label=data_label,
-                             **train_kwargs)
+    result = train_run(learner(config), stages.samples, stages.prepared, options)
     record_prior(result.run_id, stages)
     return result
 
@@ -293,13 +290,13 @@ def record_prior(run_id: str, stages: DataStages) -> dict:
     return tags
 
 
-def run_training(config: ExperimentConfig, **train_kwargs):
+def run_training(config: ExperimentConfig, options: RunOptions = RunOptions()):
     """Data stages, then training (``wmh train`` and the MLproject ``main`` entry); a
     fine-tune (``train.init_model``) prepares its data with the source model's plan."""
-    from wmh.train import with_source_preprocess
+    from wmh.finetune import with_source_preprocess
 
     config = with_source_preprocess(config, say=lambda line: print(line, file=sys.stderr))
-    return train_model(config, ensure_data(config), **train_kwargs)
+    return train_model(config, ensure_data(config), options)
 
 
 SUMMARY_COLUMNS = ("subject_id", "dice", "hd95_mm", "avd_percent", "lesion_recall",

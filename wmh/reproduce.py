@@ -38,6 +38,7 @@ from typing import Callable, Optional, Sequence
 from wmh import io
 from wmh.config import ExperimentConfig, load_config
 from wmh.errors import WMHError
+from wmh.lifecycle import RunOptions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,7 +179,7 @@ def run_experiment(experiment: Experiment, config: ExperimentConfig, out_dir: Pa
     from wmh.evaluation import tracking_io
     from wmh.evaluation.results import MethodResult
     from wmh.data import dataset_hash
-    from wmh.train import run_key
+    from wmh.lifecycle import run_key
 
     start = time.time()
     stages = pipeline.ensure_data(config)
@@ -194,8 +195,8 @@ def run_experiment(experiment: Experiment, config: ExperimentConfig, out_dir: Pa
     if alphas:
         trained, search = search_alpha(experiment, config, stages, alphas)
     else:
-        trained = pipeline.train_model(config, stages, nested=True, run_name=experiment.name,
-                                       reuse_finished=True)
+        trained = pipeline.train_model(config, stages, RunOptions(
+            nested=True, run_name=experiment.name, reuse_finished=True))
     training_size = (len(sampling.load_splits(stages.samples)["train"])
                      if experiment.training_size else None)
     _, result = pipeline.evaluate_test_subjects(config, stages, trained, folder / "segment",
@@ -238,9 +239,8 @@ def search_alpha(experiment: Experiment, config: ExperimentConfig, stages,
     trained = {}
     for alpha in alphas:
         candidate = replace(config, **{"model.alpha": alpha})
-        trained[alpha] = pipeline.train_model(candidate, stages, nested=True,
-                                              run_name=f"{experiment.name} alpha={alpha:g}",
-                                              reuse_finished=True)
+        trained[alpha] = pipeline.train_model(candidate, stages, RunOptions(
+            nested=True, run_name=f"{experiment.name} alpha={alpha:g}", reuse_finished=True))
     chosen = choose_alpha({alpha: result.validation_dice for alpha, result in trained.items()})
     client = MlflowClient()
     for alpha, result in trained.items():

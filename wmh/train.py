@@ -1,31 +1,27 @@
-"""Training: fit, keep the best epoch, pick the threshold, log everything to MLflow.
+"""The CNNs' part of the training lifecycle: fit, keep the best epoch, resume, predict.
 
-The paper's recipe: RMSprop, mini-batches of 128, cross-entropy, dropout 0.3; the epoch
-with the highest validation AUC is kept (while no epoch has a finite AUC, the last one).
-The calibration and the binarisation threshold are then chosen on whole validation
-volumes on their native grids, as the test is scored, by :mod:`wmh.threshold` (shared
-with the random forest).
+:class:`CNNLearner` is the CNNs' :class:`wmh.lifecycle.Learner`; :func:`wmh.lifecycle.train_run`
+runs it (run key, MLflow run, validation verdict, contract, logged model: shared with the
+random forest). The paper's recipe: RMSprop, mini-batches of 128, cross-entropy, dropout
+0.3; the epoch with the highest validation AUC is kept (while no epoch has a finite AUC,
+the last one). The calibration and the binarisation threshold are then chosen on whole
+validation volumes (the dense twin of the kept network) by the lifecycle.
 
-A run is resumable: after every epoch the model (with optimiser state) and a small state
-file are written atomically under ``<cache>/runs/<run key>/``, where the run key hashes the
-resolved config and the dataset. Started again with the same config and data, an
-unfinished run continues from its last finished epoch in the same MLflow run.
+A run checkpoints: after every epoch the model (with optimiser state) and the run's
+``state.json`` are written atomically under ``<cache>/runs/<run key>/``. Started again
+with the same config and data, an unfinished run continues from its last finished epoch
+in the same MLflow run.
 
-The trained model is a folder (logged to MLflow as the logged model ``model``, a pyfunc
-wrapping the folder: :mod:`wmh.registry`):
+The model folder (logged to MLflow as the logged model ``model``: :mod:`wmh.registry`):
 
 * ``model.keras``: the best-epoch patch network (stock layers only; loads with safe_mode);
 * ``wmh_model.json``: its input contract: channels, in-plane spacing, model config, the
   validation-optimal threshold (on calibrated probabilities), the calibration and the
   threshold of the uncalibrated output, the patch definition and the training precision.
 
-Fine-tuning (``train.init_model``: ``pretrained[:NAME]``, a model folder or an MLflow URI):
-the run starts from that model's weights (a fresh optimiser) after checking that this
-config builds the same network on the same inputs (:func:`check_init_source`: arch, loc,
-width, channels, patch, preprocessing); ``wmh train`` prepares the data with the source's
-preprocessing plan (:func:`with_source_preprocess`), so the fine-tuned model prepares
-scans as the source did. The source and its weights' SHA-256 are recorded in the MLflow
-params and in the contract, and are part of the run key.
+Fine-tuning (``train.init_model``, :mod:`wmh.finetune`): the run starts from that model's
+weights (a fresh optimiser); the source and its weights' SHA-256 are recorded in the
+MLflow params and in the contract.
 
 Precision (``train.precision``, :mod:`wmh.models.precision`): bf16 trains with Keras
 ``mixed_bfloat16`` inside a policy scope (float32 master weights, float32 loss and
@@ -36,24 +32,22 @@ precision whatever the training precision was.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 import keras
 import numpy as np
 
-from wmh.config import ExperimentConfig, ModelConfig, dump_yaml
+from wmh.config import ExperimentConfig, ModelConfig
 from wmh.contract import (CONTRACT_FILE, MODEL_FILE, ModelContract, TrainResult,
                           read_model_folder)
 from wmh.errors import WMHError
+from wmh.finetune import init_source
 from wmh.io import atomic_output, atomic_write_text
-from wmh.threshold import ThresholdChoice, logged_choice, predict_validation, sample_loss
-
-STATE_FILE = "state.json"
+from wmh.lifecycle import STATE_FILE, Fitted, RunContext, RunOptions, train_run
+from wmh.threshold import sample_loss
 
 
 # ---------------------------------------------------------------------- model folder
@@ -111,175 +105,6 @@ def compile_model(model, learning_rate: float):
                   loss=keras.losses.SparseCategoricalCrossentropy(),
                   metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
     return model
-
-
-def run_key(config: ExperimentConfig, dataset_hash: str) -> str:
-    """Names a run's checkpoint folder: the same config on the same data and training code
-    (the ``train`` stage of :data:`wmh.tracking.STAGE_CODE`), and for a fine-tune the same
-    starting weights (``train.init_model``'s SHA-256), resumes there."""
-    from wmh.tracking import stage_code_hash
-
-    text = dump_yaml(config) + dataset_hash + stage_code_hash("train")
-    if config.train.init_model.strip():
-        text += init_source(config, check=False).sha256
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-# ---------------------------------------------------- the run lifecycle (CNN and forest)
-
-def run_folder(config: ExperimentConfig, samples_dir: Path) -> tuple[str, str, Path]:
-    """(dataset hash, run key, run folder) of a training run on a sample set: the folder
-    ``<cache>/runs/<run key>/`` (created) holds its checkpoints and model folder."""
-    from wmh import data
-
-    dataset_hash = data.dataset_hash(samples_dir)
-    key = run_key(config, dataset_hash)
-    run_dir = Path(config.data.cache_dir) / "runs" / key
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return dataset_hash, key, run_dir
-
-
-def start_run(config: ExperimentConfig, name: str, nested: bool,
-              run_id: Optional[str] = None):
-    """The MLflow run of a training run (a context manager): in ``train.experiment``
-    unless ``nested`` in the active run, with system metrics; ``run_id`` resumes one."""
-    import mlflow
-
-    from wmh import tracking
-
-    if not nested:
-        tracking.configure_mlflow(config.train.experiment)
-    return mlflow.start_run(run_id=run_id, run_name=None if run_id else name, nested=nested,
-                            log_system_metrics=tracking.system_metrics())
-
-
-def log_run_start(config: ExperimentConfig, dataset_hash: str, key: str, channels,
-                  data_label: str) -> None:
-    """What every new training run records first: the resolved config, dataset hash,
-    commit and versions (:func:`wmh.tracking.log_context`) and the ``data_label``,
-    ``channels`` and ``run_key`` tags."""
-    import mlflow
-
-    from wmh import tracking
-
-    tracking.log_context(config, dataset_hash)
-    mlflow.set_tags({"data_label": data_label, "channels": ",".join(channels),
-                     "run_key": key})
-
-
-def publish_model(model_dir: Path, loaded: tuple, config: ExperimentConfig,
-                  samples_dir: Path, prepared_dir: Path, example, metrics: dict,
-                  dataset) -> str:
-    """A trained model folder made complete and logged: its preprocessing plan
-    (:func:`write_model_plan`), then the logged model ``model`` with the run's final
-    ``metrics`` (:func:`wmh.registry.log_model`; ``loaded`` is the folder read back by
-    its architecture's loader). Returns the model id."""
-    from wmh import registry
-
-    write_model_plan(model_dir, config, samples_dir, prepared_dir)
-    return registry.log_model(model_dir, loaded, example, metrics, dataset)
-
-
-# ------------------------------------------------------------------------- fine-tuning
-
-@dataclasses.dataclass(frozen=True)
-class InitSource:
-    """The trained model a fine-tune starts from (``train.init_model``)."""
-
-    source: str  # as the config gives it
-    folder: Path
-    contract: ModelContract
-    sha256: str  # of its weights file
-    plan: Optional[dict]  # its preprocessing plan (None for models from before plans)
-
-
-def init_source(config: ExperimentConfig, check: bool = True) -> Optional[InitSource]:
-    """The model ``train.init_model`` names (``pretrained[:NAME]``, a model folder or an
-    MLflow URI), checked against ``config`` by :func:`check_init_source` unless
-    ``check`` is False; None when the field is empty.
-
-    Raises:
-        WMHError: a missing model, or an incompatible one; named ``train.init_model``.
-    """
-    from wmh.io import sha256_file
-    from wmh.preprocess.plan import read_plan
-    from wmh.registry import model_folder
-
-    text = config.train.init_model.strip()
-    if not text:
-        return None
-    option = "train.init_model"
-    folder = model_folder(text, option)
-    contract = read_model_folder(folder, MODEL_FILE, "by `wmh train` (a network, not a "
-                                 "random forest)", option)
-    source = InitSource(text, folder, contract, sha256_file(folder / MODEL_FILE),
-                        read_plan(folder))
-    if check:
-        check_init_source(config, source)
-    return source
-
-
-def source_preprocess(config: ExperimentConfig, source: InitSource):
-    """The PreprocessConfig a fine-tune of ``source`` must prepare its data with: the
-    source's plan (this config's workers and threads), or for a model without a plan
-    this config's with the source's in-plane spacing."""
-    from wmh.preprocess.plan import plan_config
-
-    if source.plan is None:
-        return dataclasses.replace(config.preprocess,
-                                   inplane_spacing_mm=source.contract.inplane_spacing_mm)
-    planned = plan_config(source.plan, source.folder)
-    return dataclasses.replace(planned, workers=config.preprocess.workers,
-                               threads=config.preprocess.threads)
-
-
-def check_init_source(config: ExperimentConfig, source: InitSource,
-                      preprocess: bool = True) -> None:
-    """A fine-tune must build the source's network on the source's inputs: model.arch,
-    model.loc, model.width, the channels (data.use_t1), the patch definition and (with
-    ``preprocess``) the preprocessing (:func:`source_preprocess`) must match.
-
-    Raises:
-        WMHError: the first field that differs, named with ``train.init_model``.
-    """
-    from wmh.preprocess.keys import config_hash
-
-    theirs = source.contract
-    channels = ("FLAIR", "T1") if config.data.use_t1 else ("FLAIR",)
-    for field, ours, given in (("model.arch", config.model.arch, theirs.model.arch),
-                               ("model.loc", config.model.loc, theirs.model.loc),
-                               ("model.width", config.model.width, theirs.model.width),
-                               ("data.use_t1 (channels)", "+".join(channels),
-                                "+".join(theirs.channels)),
-                               ("patch", ModelContract.patch, theirs.patch)):
-        if ours != given:
-            raise WMHError(f"train.init_model {source.source}: {field} is {given} in that "
-                           f"model but {ours} in this config (set {field.split()[0]} to "
-                           "match, e.g. with the recipe it was trained with)")
-    if preprocess and config_hash(config.preprocess, config.data.use_t1) != config_hash(
-            source_preprocess(config, source), config.data.use_t1):
-        raise WMHError(f"train.init_model {source.source}: the config's preprocess differs "
-                       "from that model's plan.json (`wmh train` prepares the data as the "
-                       "plan says; give the same preprocess.* here)")
-
-
-def with_source_preprocess(config: ExperimentConfig, say=None) -> ExperimentConfig:
-    """``config`` with the preprocessing of ``train.init_model``'s plan (unchanged when
-    the field is empty), so a fine-tune prepares its data as the source model did;
-    ``say`` (e.g. print) gets one line when that changes the config's preprocess.
-
-    Raises:
-        WMHError: the source is missing or its network or channels differ.
-    """
-    source = init_source(config, check=False)
-    if source is None:
-        return config
-    check_init_source(config, source, preprocess=False)
-    preprocess = source_preprocess(config, source)
-    if preprocess != config.preprocess and say is not None:
-        say(f"train.init_model {source.source}: preparing the data with that model's "
-            "preprocessing plan (its plan.json), not the config's preprocess")
-    return dataclasses.replace(config, preprocess=preprocess)
 
 
 def log_precision(config: ExperimentConfig) -> dict:
@@ -380,128 +205,6 @@ class EpochTracker(keras.callbacks.Callback):
               flush=True)
 
 
-def train(config: ExperimentConfig, samples_dir: Path, prepared_dir: Path,
-          callbacks: Sequence = (),
-          nested: bool = False, run_name: Optional[str] = None,
-          data_label: str = "real", reuse_finished: bool = False) -> TrainResult:
-    """Trains ``config.model`` on a sample set, tracked in MLflow, resumable.
-
-    Args:
-        config: the resolved experiment config.
-        samples_dir: output of ``wmh sample`` (splits + samples).
-        prepared_dir: the prepared subjects the samples came from (for whole-volume
-            validation: the threshold).
-        callbacks: extra Keras callbacks; they run after the epoch tracker, so
-            ``logs["val_auc"]`` is set in their ``on_epoch_end`` (e.g. Optuna pruning,
-            which may raise ``optuna.TrialPruned`` to stop the run).
-        nested: start the MLflow run nested in the active one (Optuna trials).
-        run_name: MLflow run name; default ``<arch>+<loc>``.
-        data_label: "synthetic" or "real", recorded as a tag so every report can say so.
-        reuse_finished: return the finished run of the same config and data (its model
-            folder) instead of training again, e.g. when a reproduction was interrupted
-            after training; False (default) trains a new run.
-
-    Returns:
-        A :class:`TrainResult`.
-    """
-    import mlflow
-
-    from wmh import data, registry
-    from wmh.datasets import log_datasets
-    from wmh.models import build_model
-    from wmh.models.precision import precision_scope
-
-    use_t1 = config.data.use_t1
-    channels = data.sample_channels(samples_dir, use_t1)
-    source = init_source(config)  # a fine-tune: checked before anything starts
-    dataset_hash, key, run_dir = run_folder(config, samples_dir)
-    state_path = run_dir / STATE_FILE
-    state = json.loads(state_path.read_text()) if state_path.exists() else {}
-    if (reuse_finished and state.get("finished") and "result" in state
-            and (run_dir / "model").is_dir()):
-        return TrainResult(run_id=state["run_id"], model_dir=run_dir / "model",
-                           best_epoch=state["best_epoch"],
-                           validation_auc=finite_auc(state["best_auc"]), **state["result"])
-    if state.get("finished"):
-        state = {}  # a finished run is not resumed: this is a new run of the same config
-
-    with start_run(config, run_name or f"{config.model.arch}+{config.model.loc}", nested,
-                   state.get("run_id")) as run:
-        run_id = run.info.run_id
-        if not state:
-            log_run_start(config, dataset_hash, key, channels, data_label)
-            precisions = log_precision(config)
-            if source is not None:
-                mlflow.log_params({"train.init_model_sha256": source.sha256,
-                                   "train.init_model_folder": str(source.folder)})
-            state = {"run_id": run_id, "epoch": 0, "best_auc": -1.0, "best_epoch": 0,
-                     **precisions}
-        # A run resumes in the precision it started in (runs from before: fp32).
-        precision = state.get("precision", "fp32")
-        datasets = log_datasets(samples_dir, prepared_dir)  # again on resume: no-op
-        keras.utils.set_random_seed(config.train.seed + state["epoch"])
-        strategy = distribution_strategy()
-        with strategy.scope(), precision_scope(precision):
-            if state["epoch"] > 0 and (run_dir / "last.keras").exists():
-                model = keras.saving.load_model(run_dir / "last.keras", safe_mode=True)
-                mlflow.set_tag("resumed_from_epoch", state["epoch"])
-            else:
-                model = compile_model(build_model(config.model, len(channels)),
-                                      config.train.learning_rate)
-                if source is not None:  # fine-tune: the source's weights, fresh optimiser
-                    model.set_weights(load_network_dir(source.folder)[0].get_weights())
-        train_data = data.make_dataset(samples_dir, "train", config.train.batch_size,
-                                       seed=config.train.seed + state["epoch"], shuffle=True,
-                                       use_t1=use_t1, max_samples=config.train.max_train_samples)
-        validation_data = data.make_dataset(samples_dir, "validation", 512, seed=0,
-                                            shuffle=False, use_t1=use_t1,
-                                            max_samples=config.train.max_validation_samples)
-        tracker = EpochTracker(validation_data, run_dir, state, config.train.epochs)
-        if state["epoch"] < config.train.epochs:
-            with precision_scope(precision):
-                model.fit(train_data, epochs=config.train.epochs, initial_epoch=state["epoch"],
-                          verbose=0, shuffle=False, callbacks=[tracker, *callbacks])
-
-        if not (run_dir / "best.keras").is_file():
-            raise WMHError(f"{run_dir / 'best.keras'}: no epoch was kept (train.epochs is "
-                           f"{config.train.epochs}); train at least one epoch")
-        best = float32_model(keras.saving.load_model(run_dir / "best.keras", safe_mode=True,
-                                                     compile=False),
-                             config.model, len(channels))
-        choice = validate_volumes(best, config, samples_dir, prepared_dir, channels,
-                                  state.get("inference_precision", "fp32"))
-        threshold, validation_dice, volume_auc = choice.threshold, choice.dice, choice.auc
-        contract = ModelContract(model=config.model, channels=tuple(channels),
-                                 inplane_spacing_mm=config.preprocess.inplane_spacing_mm,
-                                 threshold=threshold, precision=precision,
-                                 **choice.contract_fields(),
-                                 init_model=source.source if source else "",
-                                 init_model_sha256=source.sha256 if source else "")
-        model_dir = save_model_dir(best, contract, run_dir / "model")
-        publish_model(model_dir, load_network_dir(model_dir), config, samples_dir,
-                      prepared_dir, registry.network_example(validation_data), {
-            "best_epoch": state["best_epoch"], "best_val_auc": finite_auc(state["best_auc"]),
-            "threshold": threshold, "val_volume_dice": validation_dice,
-            "val_volume_auc": volume_auc}, datasets["validation"])
-        state["finished"] = True
-        state["result"] = {"threshold": threshold, "validation_dice": validation_dice,
-                           "validation_volume_auc": volume_auc}
-        atomic_write_text(state_path, json.dumps(state))
-    return TrainResult(run_id=run_id, model_dir=model_dir, best_epoch=state["best_epoch"],
-                       validation_auc=finite_auc(state["best_auc"]), threshold=threshold,
-                       validation_dice=validation_dice, validation_volume_auc=volume_auc)
-
-
-def write_model_plan(model_dir: Path, config: ExperimentConfig, samples_dir: Path,
-                     prepared_dir: Path) -> dict:
-    """The preprocessing plan (:mod:`wmh.preprocess.plan`) of a model trained on a sample
-    set, written into its folder (CNN and forest alike)."""
-    from wmh.preprocess.plan import training_files, write_plan
-
-    return write_plan(model_dir, config.preprocess, config.data.use_t1,
-                      training_files(samples_dir, prepared_dir))
-
-
 def predict_volume(model, model_config: ModelConfig, images: np.ndarray, location: np.ndarray,
                    brain_mask: np.ndarray, mc_samples: int = 0, spacing=None,
                    precision: str = "auto", transform=None):
@@ -544,30 +247,144 @@ def predict_volume(model, model_config: ModelConfig, images: np.ndarray, locatio
     return np.moveaxis(result, 0, 2)
 
 
-def validate_volumes(model, config: ExperimentConfig, samples_dir: Path, prepared_dir: Path,
-                     channels, precision: str = "fp32") -> ThresholdChoice:
-    """Whole-volume prediction of the validation subjects and their calibration and
-    threshold (``train.calibration``), logged to MLflow with the ROC, Dice-vs-threshold
-    and reliability figures (:func:`wmh.threshold.logged_choice`). ``precision`` is the
-    inference precision of the whole-volume prediction.
+# ------------------------------------------------------------------ the CNN's learner
+
+class CNNLearner:
+    """The CNNs' :class:`wmh.lifecycle.Learner` (SS, MSEF, MSIW, MSWS, with or without
+    location): fits with checkpoints and resume, predicts volumes with the dense twin,
+    saves and loads ``model.keras``.
+
+    Args:
+        config: the resolved experiment config (None: a loaded model); a fine-tune's
+            source (``train.init_model``) is checked here, before anything starts.
+        callbacks: extra Keras callbacks; they run after the epoch tracker, so
+            ``logs["val_auc"]`` is set in their ``on_epoch_end`` (e.g. Optuna pruning,
+            which may raise ``optuna.TrialPruned`` to stop the run).
+    """
+
+    checkpoints = True
+
+    def __init__(self, config: ExperimentConfig | None, callbacks: Sequence = ()):
+        self.config = config
+        self.callbacks = tuple(callbacks)
+        self.source = init_source(config) if config is not None else None
+        self.model = self.network = self.contract = None
+        self.model_config = config.model if config is not None else None
+        self.channels: tuple[str, ...] = ()
+        self.precision = "fp32"  # of the fitted network; inference_precision predicts
+        self.inference_precision = "fp32"
+
+    @classmethod
+    def load(cls, folder: Path) -> "CNNLearner":
+        """The network of a CNN model folder (:func:`load_network_dir`), predicting in fp32."""
+        model, contract = load_network_dir(folder)
+        learner = cls(None)
+        learner._use(model, contract.model, contract.channels)
+        learner.contract, learner.precision = contract, contract.precision
+        return learner
+
+    @property
+    def name(self) -> str:
+        """``<arch>+<loc>``: the default run name."""
+        return f"{self.model_config.arch}+{self.model_config.loc}"
+
+    def _use(self, model, model_config: ModelConfig, channels) -> None:
+        self.model, self.model_config, self.channels = model, model_config, tuple(channels)
+        self.network = None  # its dense twin, built by the first predict_volume
+
+    def fit(self, run: RunContext) -> Fitted:
+        """Trains ``config.model`` from its last checkpoint (epoch 0 for a new run): per
+        epoch MLflow metrics, best/last checkpoints and ``state.json`` (:class:`EpochTracker`);
+        then keeps the best epoch as a float32-policy network."""
+        import mlflow
+
+        from wmh import data, registry
+        from wmh.models import build_model
+        from wmh.models.precision import precision_scope
+
+        config, state, run_dir, source = run.config, run.state, run.run_dir, self.source
+        if run.new:
+            precisions = log_precision(config)
+            if source is not None:
+                mlflow.log_params({"train.init_model_sha256": source.sha256,
+                                   "train.init_model_folder": str(source.folder)})
+            state.update(epoch=0, best_auc=-1.0, best_epoch=0, **precisions)
+        # A run resumes in the precision it started in (runs from before: fp32).
+        precision = state.get("precision", "fp32")
+        keras.utils.set_random_seed(config.train.seed + state["epoch"])
+        with distribution_strategy().scope(), precision_scope(precision):
+            if state["epoch"] > 0 and (run_dir / "last.keras").exists():
+                model = keras.saving.load_model(run_dir / "last.keras", safe_mode=True)
+                mlflow.set_tag("resumed_from_epoch", state["epoch"])
+            else:
+                model = compile_model(build_model(config.model, len(run.channels)),
+                                      config.train.learning_rate)
+                if source is not None:  # fine-tune: the source's weights, fresh optimiser
+                    model.set_weights(load_network_dir(source.folder)[0].get_weights())
+        use_t1 = config.data.use_t1
+        train_data = data.make_dataset(run.samples_dir, "train", config.train.batch_size,
+                                       seed=config.train.seed + state["epoch"], shuffle=True,
+                                       use_t1=use_t1, max_samples=config.train.max_train_samples)
+        validation_data = data.make_dataset(run.samples_dir, "validation", 512, seed=0,
+                                            shuffle=False, use_t1=use_t1,
+                                            max_samples=config.train.max_validation_samples)
+        tracker = EpochTracker(validation_data, run_dir, state, config.train.epochs)
+        if state["epoch"] < config.train.epochs:
+            with precision_scope(precision):
+                model.fit(train_data, epochs=config.train.epochs, initial_epoch=state["epoch"],
+                          verbose=0, shuffle=False, callbacks=[tracker, *self.callbacks])
+
+        if not (run_dir / "best.keras").is_file():
+            raise WMHError(f"{run_dir / 'best.keras'}: no epoch was kept (train.epochs is "
+                           f"{config.train.epochs}); train at least one epoch")
+        best = float32_model(keras.saving.load_model(run_dir / "best.keras", safe_mode=True,
+                                                     compile=False),
+                             config.model, len(run.channels))
+        self._use(best, config.model, run.channels)
+        self.precision = precision
+        self.inference_precision = state.get("inference_precision", "fp32")
+        return Fitted(best_epoch=state["best_epoch"],
+                      validation_auc=finite_auc(state["best_auc"]),
+                      example=registry.network_example(validation_data))
+
+    def predict_volume(self, prepared) -> np.ndarray:
+        """P(WMH) of a PreparedSubject on its working grid (:func:`predict_volume`, the
+        dense twin, ``inference_precision``)."""
+        from wmh.models import build_dense_model
+
+        if self.network is None:
+            self.network = self.model if self.model_config.arch == "msef" else \
+                build_dense_model(self.model, self.model_config, len(self.channels))
+        return predict_volume(self.network, self.model_config,
+                              prepared.images[..., :len(self.channels)], prepared.location,
+                              prepared.brain_mask, precision=self.inference_precision)
+
+    def contract_fields(self) -> dict:
+        """The training precision and the fine-tune source."""
+        source = self.source
+        return {"precision": self.precision,
+                "init_model": source.source if source else "",
+                "init_model_sha256": source.sha256 if source else ""}
+
+    def save(self, folder: Path, contract: ModelContract) -> Path:
+        """``model.keras`` + ``wmh_model.json`` (:func:`save_model_dir`)."""
+        self.contract = contract
+        return save_model_dir(self.model, contract, folder)
+
+
+def train(config: ExperimentConfig, samples_dir: Path, prepared_dir: Path,
+          callbacks: Sequence = (), options: RunOptions = RunOptions()) -> TrainResult:
+    """Trains ``config.model`` (a CNN) on a sample set through the lifecycle
+    (:func:`wmh.lifecycle.train_run`): tracked in MLflow, resumable.
+
+    Args:
+        config: the resolved experiment config.
+        samples_dir: output of ``wmh sample`` (splits + samples).
+        prepared_dir: the prepared subjects the samples came from.
+        callbacks: extra Keras callbacks (:class:`CNNLearner`).
+        options: the MLflow run's :class:`wmh.lifecycle.RunOptions`.
 
     Returns:
-        A :class:`ThresholdChoice`; with no validation subject, threshold 0.5 and NaN
-        Dice and AUC, uncalibrated.
+        A :class:`wmh.contract.TrainResult`.
     """
-    from wmh.calibration import Calibration
-    from wmh.models import build_dense_model
-
-    network = model if config.model.arch == "msef" else build_dense_model(
-        model, config.model, len(channels))
-
-    def predict(prepared):
-        return predict_volume(network, config.model, prepared.images[..., :len(channels)],
-                              prepared.location, prepared.brain_mask, precision=precision)
-
-    subject_ids, subjects, probabilities = predict_validation(predict, samples_dir,
-                                                              prepared_dir)
-    if not subject_ids:
-        return ThresholdChoice(0.5, math.nan, math.nan, 0.5, Calibration())
-    return logged_choice(subjects, probabilities, subject_ids, config.train.calibration,
-                         samples_dir, f"{config.model.arch}+{config.model.loc} (validation)")
+    return train_run(CNNLearner(config, callbacks), samples_dir, prepared_dir, options)

@@ -625,17 +625,19 @@ def _train_trial(trial, config: ExperimentConfig, space: dict, stages,
     import optuna
 
     from wmh import train as train_module
+    from wmh.lifecycle import RunOptions
 
     params = suggest(trial, space)
-    # A name per study and trial keeps each trial's checkpoint folder (wmh.train.run_key)
+    # A name per study and trial keeps each trial's checkpoint folder (wmh.lifecycle.run_key)
     # its own, even if two trials ever drew the same values.
     trial_config = replace(config, **params,
                            name=f"{config.name}.{config.tune.study}.trial-{trial.number}")
     recorder = TrialRunRecorder(trial, config.tune.study)
     try:
         result = train_module.train(trial_config, stages.samples, stages.prepared,
-                                    callbacks=[recorder, PruningCallback(trial)], nested=True,
-                                    run_name=f"trial-{trial.number}", data_label=data_label)
+                                    callbacks=[recorder, PruningCallback(trial)],
+                                    options=RunOptions(nested=True, data_label=data_label,
+                                                       run_name=f"trial-{trial.number}"))
     except optuna.TrialPruned:
         _tag_run(recorder.run_id, "PRUNED", status="KILLED")  # stopped early, not broken
         raise

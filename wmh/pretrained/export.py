@@ -200,7 +200,7 @@ def source_run_id(source: str, folder: Path) -> Optional[str]:
             return mlflow.models.get_model_info(source).run_id
         except Exception:  # noqa: BLE001  MLflow raises many types; provenance is optional
             return None
-    from wmh.train import STATE_FILE
+    from wmh.lifecycle import STATE_FILE
 
     try:
         return json.loads((folder.parent / STATE_FILE).read_text()).get("run_id")
