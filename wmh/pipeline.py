@@ -22,7 +22,7 @@ from typing import Optional
 from wmh import io
 from wmh.config import ExperimentConfig, SynthConfig, dump_yaml
 from wmh.errors import WMHError
-from wmh.lifecycle import RunOptions
+from wmh.lifecycle import RunOptions, train_run
 
 DEFAULT_COHORT = "data_cache/synth/default"  # data.root placeholder: the synthetic default
 DEMO_MODEL_NAME = "wmh-demo"  # the registered model `wmh demo` adds a version to
@@ -259,7 +259,6 @@ def train_model(config: ExperimentConfig, stages: DataStages,
     (:func:`wmh.lifecycle.train_run`): a CNN, or the random forest baseline for
     ``model.arch == "rf"`` (:func:`wmh.loader.learner`); ``options.data_label`` comes from
     the stages. Returns a :class:`wmh.contract.TrainResult`."""
-    from wmh.lifecycle import train_run
     from wmh.loader import learner
 
     options = dataclasses.replace(options,
