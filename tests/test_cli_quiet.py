@@ -36,8 +36,9 @@ def test_no_tensorflow_startup_lines_unless_verbose(tmp_path):
     arguments = ["segment", "--model", str(model), str(flair), "--out", str(tmp_path / "seg")]
     verbose = run_wmh(["--verbose", *arguments], tmp_path)
     assert verbose.returncode == 2
-    # This machine's TensorFlow prints them (even at TF_CPP_MIN_LOG_LEVEL=2) ...
-    assert "oneDNN custom operations are on" in verbose.stderr
+    # TensorFlow prints some of them (even at TF_CPP_MIN_LOG_LEVEL=2; which ones depends
+    # on the CPU: the oneDNN line on Intel, the CPU-instructions lines everywhere) ...
+    assert any(noise in verbose.stderr for noise in NOISE)
     quiet = run_wmh(arguments, tmp_path, TF_CPP_MIN_LOG_LEVEL="2")
     assert quiet.returncode == 2
     # ... and without --verbose only the error is left.
