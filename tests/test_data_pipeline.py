@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from fake_prepared import fake_subject, write_cohort
 
-from wmh import data, sampling
+from wmh import data, sampling, splits
 from wmh.config import SamplingConfig
 from wmh.errors import WMHError
 from wmh.preprocess import PreparedSubject
@@ -178,7 +178,7 @@ def test_interrupted_build_leaves_nothing_trusted(tmp_path, monkeypatch):
     monkeypatch.undo()
     # A hard kill leaves its temporary folder: it is never trusted, and cleaned up later.
     key = sampling.samples_key(
-        sampling.cohort_hash(prepared, sampling.read_prepared_cohort(prepared)),
+        splits.cohort_hash(prepared, splits.read_prepared_cohort(prepared)),
         sampling.config_hash(CONFIG))
     stale = tmp_path / "samples" / f".{key}.tmp-999999999-deadbeef"
     stale.mkdir()

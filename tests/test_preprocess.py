@@ -63,7 +63,7 @@ def test_save_load_round_trip_and_slice_chunks(tmp_path):
     person = dataclasses.replace(prepared, participant="P7")
     saved_person = person.save(tmp_path / "p" / "s01.h5")
     assert PreparedSubject.load(saved_person).participant == "P7"
-    from wmh.sampling import read_prepared_cohort  # the splitter groups by it
+    from wmh.splits import read_prepared_cohort  # the splitter groups by it
     assert [r.participant_id for r in read_prepared_cohort(saved_person.parent)] == ["P7"]
     assert loaded.brain_mask.dtype == bool and loaded.images.dtype == np.float32
     with h5py.File(saved) as file:
