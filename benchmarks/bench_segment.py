@@ -153,7 +153,7 @@ class StagedTrunk:
         return outputs
 
     def __call__(self, inputs, training=False):
-        from wmh.data import SCALE_NAMES
+        from wmh.patches import SCALE_NAMES
         from wmh.models.dense import context, used_scales
 
         layer, arch = self.trunk.get_layer, self.config.arch

@@ -42,6 +42,7 @@ def test_source_files_of_modules_and_packages():
     ("wmh.sampling", "sample"),
     ("wmh.splits", "sample"),  # the sample set holds the splits
     ("wmh.models", "train"),
+    ("wmh.patches", "train"),  # the patch definition the networks see
     ("wmh.evaluation.metrics", "train"),  # it picks the best epoch and the threshold
     ("wmh.evaluation.cases", "evaluate"),
 ])

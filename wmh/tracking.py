@@ -194,8 +194,8 @@ STAGE_CODE = {
     "prepare": ("wmh.preprocess", "wmh.location", "wmh.io"),
     "prior": ("wmh.prior", "wmh.location", "wmh.splits"),  # split + prior view
     "sample": ("wmh.splits", "wmh.sampling"),
-    "train": ("wmh.train", "wmh.models", "wmh.data", "wmh.baseline", "wmh.calibration",
-              "wmh.evaluation.metrics", "wmh.contract", "wmh.threshold", "wmh.loader"),
+    "train": ("wmh.train", "wmh.models", "wmh.patches", "wmh.data", "wmh.baseline",
+              "wmh.calibration", "wmh.evaluation.metrics", "wmh.contract", "wmh.threshold", "wmh.loader"),
     # the test segmentation and the MethodResult that result.json keeps (tables, figures
     # and MLflow I/O do not change it)
     "evaluate": ("wmh.segment", "wmh.evaluation.metrics", "wmh.evaluation.cases",

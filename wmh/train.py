@@ -450,12 +450,12 @@ def train(config: ExperimentConfig, samples_dir: Path, prepared_dir: Path,
                                       config.train.learning_rate)
                 if source is not None:  # fine-tune: the source's weights, fresh optimiser
                     model.set_weights(load_network_dir(source.folder)[0].get_weights())
-        train_data = data.make_dataset(samples_dir, "train", config.train.batch_size,
-                                       seed=config.train.seed + state["epoch"], shuffle=True,
-                                       use_t1=use_t1, max_samples=config.train.max_train_samples)
-        validation_data = data.make_dataset(samples_dir, "validation", 512, seed=0,
-                                            shuffle=False, use_t1=use_t1,
-                                            max_samples=config.train.max_validation_samples)
+        train_data = data.make_dataset(samples_dir, "train", data.StreamOptions(
+            config.train.batch_size, seed=config.train.seed + state["epoch"], shuffle=True,
+            use_t1=use_t1, max_samples=config.train.max_train_samples))
+        validation_data = data.make_dataset(samples_dir, "validation", data.StreamOptions(
+            512, seed=0, shuffle=False, use_t1=use_t1,
+            max_samples=config.train.max_validation_samples))
         tracker = EpochTracker(validation_data, run_dir, state, config.train.epochs)
         if state["epoch"] < config.train.epochs:
             with precision_scope(precision):

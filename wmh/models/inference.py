@@ -1,7 +1,7 @@
 """Voxel probabilities for slices: patch-wise (the reference) and whole-slice (fast).
 
 :func:`predict_patchwise` is the paper's sliding-window classifier: cut the three patches
-of each voxel with :func:`wmh.data.extract_patches` and run the patch model.
+of each voxel with :func:`wmh.patches.extract_patches` and run the patch model.
 :func:`predict_slices` gives the same numbers (to float rounding) for every brain voxel
 of a stack of slices with the dense twin of :mod:`wmh.models.dense`, one window per
 group of slices around the brain; MSEF, which has no dense form, is run patch-wise.
@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from wmh.config import ModelConfig
-from wmh.data import extract_patches, padded_box_means
+from wmh.patches import extract_patches, padded_box_means
 from wmh.location import N_LOCATION_FEATURES
 from wmh.errors import WMHError
 from wmh.models.dense import DEFAULT_FFT_SIZE, build_dense_model, context, used_scales
