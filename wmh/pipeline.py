@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from wmh import io
-from wmh.config import ExperimentConfig, SynthConfig, dump_yaml
+from wmh.config import ExperimentConfig, dump_yaml
 from wmh.errors import WMHError
 
 DEFAULT_COHORT = "data_cache/synth/default"  # data.root placeholder: the synthetic default
@@ -51,12 +51,7 @@ def ensure_cohort(config: ExperimentConfig) -> tuple[Path, bool]:
         from wmh import synth
 
         root = synthetic_root(config)
-        synth_config: SynthConfig = config.synth
-        synth.synthesize_cohort(root, subjects=synth_config.subjects, seed=synth_config.seed,
-                                profile=synth_config.profile,
-                                flair_only=synth_config.flair_only,
-                                skull_stripped=synth_config.skull_stripped,
-                                workers=config.preprocess.workers)
+        synth.synthesize_cohort(root, config.synth, workers=config.preprocess.workers)
         return root, True
     root = Path(config.data.root)
     if not root.exists():

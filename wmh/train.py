@@ -531,14 +531,15 @@ def predict_volume(model, model_config: ModelConfig, images: np.ndarray, locatio
             raise ValueError("predict_volume: a random forest needs the voxel spacing")
         return model.predict_volume(images, location, brain_mask, spacing,
                                     mc_samples=mc_samples, transform=transform)
-    from wmh.models import predict_slices
+    from wmh.models import InferenceOptions, predict_slices
 
     def to_slices(volume):  # (X, Y, Z, ...) -> (Z, X, Y, ...): rows = x, columns = y
         return np.moveaxis(np.asarray(volume), 2, 0)
 
     result = predict_slices(model, model_config, to_slices(images), to_slices(location),
-                            to_slices(brain_mask), mc_samples=mc_samples, precision=precision,
-                            transform=transform)
+                            to_slices(brain_mask), InferenceOptions(
+                                mc_samples=mc_samples, precision=precision,
+                                transform=transform))
     if mc_samples:
         return tuple(np.moveaxis(part, 0, 2) for part in result)
     return np.moveaxis(result, 0, 2)

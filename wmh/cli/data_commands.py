@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from wmh.cli.options import (check_output_file, check_outputs, config_options, resolve_config)
+from wmh.cli.options import (check_output_file, check_outputs, config_options, gathered,
+                             resolve_config)
 from wmh.errors import WMHError
 
 
@@ -47,6 +48,12 @@ def check_command(data, no_t1):
 
 # --- synth commands ---
 
+def _synth_config():
+    from wmh.config import SynthConfig
+
+    return SynthConfig
+
+
 @click.command("synth")
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--subjects", type=int, default=40, show_default=True,
@@ -63,15 +70,15 @@ def check_command(data, no_t1):
 @click.option("--preview", is_flag=True, help="Write a PNG montage per subject.")
 @click.option("--workers", type=int, default=1, show_default=True,
               help="Subjects generated in parallel processes.")
-def synth_command(out, subjects, seed, profile, flair_only, skull_stripped, preview, workers):
+@gathered(_synth_config, "cohort")  # --subjects, --seed, --profile, --flair-only, ...
+def synth_command(out, preview, workers, cohort):
     """Write a synthetic cohort (MICCAI WMH 2017 layout + cohort.json) to OUT."""
     from wmh.synth import synthesize_cohort
 
     check_outputs((out, "OUT"))
-    synthesize_cohort(out, subjects=subjects, seed=seed, profile=profile,
-                      flair_only=flair_only, skull_stripped=skull_stripped, preview=preview,
-                      workers=workers, progress=True)
-    click.echo(f"synthetic cohort of {subjects} subjects in {out} (see {out / 'cohort.json'})")
+    synthesize_cohort(out, cohort, preview=preview, workers=workers, progress=True)
+    click.echo(f"synthetic cohort of {cohort.subjects} subjects in {out} (see "
+               f"{out / 'cohort.json'})")
 
 
 # --- prepare commands ---

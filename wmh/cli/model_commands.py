@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Optional
 
 import click
 
@@ -36,6 +38,52 @@ def train_command(config_path, overrides, override_list, precision, register_nam
 
 # --- tune commands ---
 
+@dataclasses.dataclass(frozen=True)
+class TuneOptions:
+    """``wmh tune``'s options beside the config: ``tune.*`` overrides (empty, 0 or None =
+    the config's value) and the sample set to tune on (None = the config's data stages)."""
+
+    storage: str = ""
+    study: str = ""
+    n_trials: int = 0
+    timeout: Optional[float] = None
+    objective: str = ""
+    samples_dir: Optional[Path] = None
+    prepared_dir: Optional[Path] = None
+    data_label: str = "real"
+
+    def apply(self, config):
+        """``config`` with the ``tune.*`` values given."""
+        from wmh.config import replace
+
+        options = {"tune.storage": self.storage, "tune.study": self.study,
+                   "tune.n_trials": self.n_trials, "tune.objective": self.objective}
+        options = {key: value for key, value in options.items() if value}
+        if self.timeout is not None:
+            options["tune.timeout"] = self.timeout
+        return replace(config, **options)
+
+    def stages(self):
+        """The :class:`wmh.pipeline.DataStages` of --samples and --prepared, or None.
+
+        Raises:
+            WMHError: one of the two without the other, or a missing folder.
+        """
+        if (self.samples_dir is None) != (self.prepared_dir is None):
+            raise WMHError("--samples and --prepared go together (a sample set and the "
+                           "prepared subjects it was drawn from)")
+        if self.samples_dir is None:
+            return None
+        from wmh.pipeline import DataStages
+
+        for option, folder in (("--samples", self.samples_dir),
+                               ("--prepared", self.prepared_dir)):
+            if not folder.is_dir():
+                raise WMHError(f"{option} {folder}: no such folder")
+        return DataStages(cohort=self.prepared_dir, synthetic=self.data_label == "synthetic",
+                          prepared=self.prepared_dir, samples=self.samples_dir)
+
+
 @click.command("tune")
 @config_options
 @click.option("--set-list", "override_list", default="", metavar="'K=V K=V'",
@@ -63,34 +111,15 @@ def train_command(config_path, overrides, override_list, precision, register_nam
               show_default=True, help="What the --samples are (recorded on every run).")
 @precision_option
 @register_option("the study's best trial")
-def tune_command(config_path, overrides, override_list, storage, study, n_trials, timeout,
-                 objective, samples_dir, prepared_dir, data_label, precision,
-                 register_name):
+@gathered(lambda: TuneOptions, "options")  # --storage, ..., --samples, --prepared, --data-label
+def tune_command(config_path, overrides, override_list, precision, register_name, options):
     """Optuna search over alpha, injection layer, architecture, learning rate and dropout."""
-    from wmh.config import replace
     from wmh.tune import format_summary, tune
 
     config = with_precision(resolve_config(config_path, overrides, override_list), precision)
-    options = {"tune.storage": storage, "tune.study": study, "tune.n_trials": n_trials,
-               "tune.objective": objective}
-    options = {key: value for key, value in options.items() if value}
-    if timeout is not None:
-        options["tune.timeout"] = timeout
-    config = replace(config, **options)
+    config = options.apply(config)
     check_outputs((config.data.cache_dir, "data.cache_dir"))
-    stages = None
-    if (samples_dir is None) != (prepared_dir is None):
-        raise WMHError("--samples and --prepared go together (a sample set and the prepared "
-                       "subjects it was drawn from)")
-    if samples_dir is not None:
-        from wmh.pipeline import DataStages
-
-        for option, folder in (("--samples", samples_dir), ("--prepared", prepared_dir)):
-            if not folder.is_dir():
-                raise WMHError(f"{option} {folder}: no such folder")
-        stages = DataStages(cohort=prepared_dir, synthetic=data_label == "synthetic",
-                            prepared=prepared_dir, samples=samples_dir)
-    summary = tune(config, stages, progress=click.echo)
+    summary = tune(config, options.stages(), progress=click.echo)
     click.echo(format_summary(summary))
     if register_name and not summary.best_run_id:
         raise WMHError(f"--register {register_name}: the study has no complete trial yet")

@@ -1,5 +1,5 @@
 """Options and helpers the ``wmh`` commands share: configs and overrides, precision,
-registration, output checks."""
+registration, output checks, and many options handed on as one object (:func:`gathered`)."""
 
 from __future__ import annotations
 

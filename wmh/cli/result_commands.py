@@ -138,6 +138,19 @@ def demo_command(config_path, overrides, out_dir):
     click.echo(format_registration(summary["registered"]))
 
 
+def _reproduce_request():
+    from wmh.reproduce import ReproduceRequest
+
+    return ReproduceRequest
+
+
+def _alphas(text: str):
+    """--alphas A,B -> the α values; empty = None (the scale's)."""
+    from wmh.reproduce import parse_alphas
+
+    return parse_alphas(text) if text.strip() else None
+
+
 @click.command("reproduce")
 @click.option("--scale", default="demo", show_default=True, metavar="demo|paper",
               help="demo: 2 CPU cores within an hour; paper: the paper's sample counts.")
@@ -160,19 +173,20 @@ def demo_command(config_path, overrides, out_dir):
                    "α).")
 @click.option("--dry-run", is_flag=True, help="Print the resolved plan and stop.")
 @register_option("the experiment with the best validation Dice")
-def reproduce_command(scale, out_dir, experiments, overrides, override_list, data_label,
-                      experiments_dir, alphas, dry_run, register_name):
+@gathered(_reproduce_request, "request", alphas=_alphas)  # --scale, --experiments, --set, ...
+def reproduce_command(out_dir, override_list, dry_run, register_name, request):
     """Run the paper's experiments (Tables 2-6) and write the comparison report."""
+    import dataclasses
+
     from wmh import reproduce
 
-    overrides = [*overrides, *override_list.split()]
-    alphas = reproduce.parse_alphas(alphas) if alphas.strip() else None
+    request = dataclasses.replace(request, overrides=(*request.overrides,
+                                                      *override_list.split()))
     if dry_run:
-        click.echo(reproduce.describe(scale, experiments, overrides, experiments_dir, alphas))
+        click.echo(reproduce.describe(request))
         return
     check_outputs((out_dir, "--out"))
-    done = reproduce.reproduce(scale, out_dir, experiments, overrides, data_label,
-                               experiments_dir, progress=click.echo, alphas=alphas)
+    done = reproduce.reproduce(request, out_dir, progress=click.echo)
     click.echo(f"\n{reproduce.summary_table(done)}")
     click.echo(f"\nReport ({done.data_label} data): {done.report.markdown}")
     click.echo(f"MLflow parent run {done.parent_run_id} ({done.seconds / 60:.1f} min); open "
