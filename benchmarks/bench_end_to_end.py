@@ -280,12 +280,13 @@ def random_model(folder: Path) -> Path:
 
 def synthetic_case(work: Path, profile: str, seed: int, cache: Path):
     from wmh.io import discover
+    from wmh.config import SynthConfig
     from wmh.synth import synthesize_cohort
 
     folder = work / f"synth-{profile}-seed{seed}"
     if not (folder / "cohort.json").exists():
-        synthesize_cohort(folder, 1, seed, profile=profile, cache_dir=str(cache),
-                          progress=False)
+        synthesize_cohort(folder, SynthConfig(subjects=1, seed=seed, profile=profile),
+                          cache_dir=str(cache), progress=False)
     subject = discover(folder)[0]
     return Path(subject.flair), Path(subject.t1) if subject.t1 else None
 

@@ -146,11 +146,13 @@ def stream_child(folder: str, workers: int, seconds: float, use_tf: bool) -> dic
     if use_tf:
         configure_tensorflow()
         started = time.perf_counter()
-        iterator = iter(data.make_dataset(folder, "train", 128, seed=0, workers=workers))
+        iterator = iter(data.make_dataset(folder, "train",
+                                          data.StreamOptions(128, seed=0, workers=workers)))
         take = lambda: int(next(iterator)[1].shape[0])  # noqa: E731
     else:
         started = time.perf_counter()
-        batches = data.SampleStream(folder, "train", 128, seed=0, workers=workers).epoch(0)
+        batches = data.SampleStream(folder, "train",
+                                    data.StreamOptions(128, seed=0, workers=workers)).epoch(0)
         take = lambda: int(next(batches)["label"].shape[0])  # noqa: E731
     for _ in range(20):
         take()
@@ -196,7 +198,8 @@ def train_child(folder: str, arch: str) -> dict:
     model = build_model(ModelConfig(arch=arch, loc="ffcl"), 2)
     model.compile(optimizer=keras.optimizers.RMSprop(learning_rate=1e-4),
                   loss=keras.losses.SparseCategoricalCrossentropy())
-    batches = list(data.make_dataset(folder, "train", 128, seed=0, workers=0).take(4))
+    batches = list(data.make_dataset(folder, "train",
+                                     data.StreamOptions(128, seed=0, workers=0)).take(4))
     for features, label in batches[:2]:
         model.train_on_batch(features, label)
     steps, start = 0, time.perf_counter()
@@ -214,7 +217,7 @@ def stored_patches_design(folder: Path, work: Path, count: int) -> dict:
 
     from wmh import data
 
-    stream = data.SampleStream(folder, "train", 128, shuffle=False, workers=0)
+    stream = data.SampleStream(folder, "train", data.StreamOptions(128, shuffle=False, workers=0))
     batches = []
     for batch in stream.epoch(0):
         batches.append(batch)

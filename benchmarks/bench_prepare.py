@@ -201,6 +201,7 @@ def main() -> None:
     from wmh.errors import WMHError
     from wmh.io import discover
     from wmh.preprocess import load_atlas
+    from wmh.config import SynthConfig
     from wmh.synth import synthesize_cohort
 
     config = PreprocessConfig()
@@ -220,8 +221,8 @@ def main() -> None:
         folder = work / options["profile"] / ("stripped" if options.get("skull_stripped")
                                               else "head") / f"n{count}"
         if not (folder / "cohort.json").exists():
-            synthesize_cohort(folder, count, arguments.seed, cache_dir=str(work / "cache"),
-                              **options)
+            synthesize_cohort(folder, SynthConfig(subjects=count, seed=arguments.seed, **options),
+                              cache_dir=str(work / "cache"))
         rows, failures = [], []
         for subject in discover(folder)[:count]:
             try:

@@ -129,11 +129,11 @@ def build_models(config, fft_size: int):
 def time_dense(dense, config, images, loc_maps, brain, batch_size: int,
                precision: str = "fp32"):
     """Runs ``predict_slices`` on the whole case: (probabilities, wall s, CPU s)."""
-    from wmh.models import predict_slices
+    from wmh.models import InferenceOptions, predict_slices
 
     start, start_cpu = time.perf_counter(), time.process_time()
     probabilities = predict_slices(dense, config, images, loc_maps, brain,
-                                   batch_size=batch_size, precision=precision)
+                                   InferenceOptions(batch_size=batch_size, precision=precision))
     return probabilities, time.perf_counter() - start, time.process_time() - start_cpu
 
 
@@ -153,7 +153,7 @@ class StagedTrunk:
         return outputs
 
     def __call__(self, inputs, training=False):
-        from wmh.data import SCALE_NAMES
+        from wmh.patches import SCALE_NAMES
         from wmh.models.dense import context, used_scales
 
         layer, arch = self.trunk.get_layer, self.config.arch

@@ -74,6 +74,7 @@ def main() -> None:
     import numpy as np
 
     from wmh.io import discover
+    from wmh.config import SynthConfig
     from wmh.synth import synthesize_cohort, synthesize_subject
     from wmh.synth.anatomy import get_anatomy
     from wmh.synth.randomised import RANDOMISED, coverage, coverage_row, sampler_coverage
@@ -88,17 +89,17 @@ def main() -> None:
         single = []
         for index in range(3):
             start = time.perf_counter()
-            synthesize_subject(Path(scratch) / "single", index, args.seed + 1000,
-                               profile=args.profile, flair_only=args.flair_only,
-                               cache_dir=args.cache_dir)
+            synthesize_subject(Path(scratch) / "single", index,
+                               SynthConfig(seed=args.seed + 1000, profile=args.profile,
+                                           flair_only=args.flair_only), cache_dir=args.cache_dir)
             single.append(time.perf_counter() - start)
 
         out = args.out or Path(scratch) / "cohort"
         cpu_before = _cpu_seconds()
         start = time.perf_counter()
-        synthesize_cohort(out, subjects=args.subjects, seed=args.seed, profile=args.profile,
-                          flair_only=args.flair_only, workers=args.workers,
-                          cache_dir=args.cache_dir)
+        synthesize_cohort(out, SynthConfig(subjects=args.subjects, seed=args.seed,
+                                           profile=args.profile, flair_only=args.flair_only),
+                          workers=args.workers, cache_dir=args.cache_dir)
         cohort_seconds = time.perf_counter() - start
         cohort_cpu_seconds = _cpu_seconds() - cpu_before
 

@@ -50,7 +50,7 @@ ARCHS = ("ss", "msef", "msiw", "msws")
 def tower_macs(n_channels: int, width: float) -> int:
     """Forward multiply-adds of one tower on a 32x32 patch: for each valid convolution,
     out_side^2 x filters x kernel^2 x in_channels."""
-    from wmh.data import PATCH_SIZE
+    from wmh.patches import PATCH_SIZE
     from wmh.models.patch import CONV_FILTERS, CONV_KERNEL_SIZES, scaled_width
 
     macs, side, channels = 0, PATCH_SIZE, n_channels
@@ -70,7 +70,7 @@ def forward_macs_per_sample(arch: str, loc: str, width: float, n_channels: int) 
     shares the weights, not the work). FC: features x units per dense layer, + 8 inputs
     wherever location is concatenated.
     """
-    from wmh.data import N_LOCATION_FEATURES
+    from wmh.location import N_LOCATION_FEATURES
     from wmh.models.patch import (
         CONV_FILTERS,
         FC_UNITS,

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from wmh.data import PATCH_SIZE, SCALES, box_mean, extract_patches
+from wmh.patches import PATCH_SIZE, SCALES, box_mean, extract_patches
 
 
 def brute_force_patch(image, row, col, k):

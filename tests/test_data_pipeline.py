@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from fake_prepared import fake_subject, write_cohort
 
-from wmh import data, sampling
+from wmh import data, sampling, splits
 from wmh.config import SamplingConfig
 from wmh.errors import WMHError
+from wmh.patches import extract_patches
 from wmh.preprocess import PreparedSubject
 
 CONFIG = SamplingConfig(test_fraction=0.2, validation_fraction=0.2)
@@ -35,7 +36,7 @@ def labels_of(dataset):
 
 def test_batches_have_the_model_contract(cohort, tf_seeded):
     _, samples = cohort
-    dataset = data.make_dataset(samples, "train", batch_size=16, seed=0)
+    dataset = data.make_dataset(samples, "train", data.StreamOptions(16, seed=0))
     features, label = next(iter(dataset))
     assert set(features) == {"s1", "s2", "s3", "loc"}
     for name in ("s1", "s2", "s3"):
@@ -54,8 +55,8 @@ def test_patches_equal_the_patch_definition_on_the_stored_volume(cohort, tf_seed
     prepared, samples = cohort
     index = sampling.load_index(samples, "train")
     subjects = {}
-    dataset = data.make_dataset(samples, "train", batch_size=40, seed=5, include_index=True,
-                                block_slices=3)
+    dataset = data.make_dataset(samples, "train", data.StreamOptions(40, seed=5, block_slices=3),
+                                include_index=True)
     checked = 0
     for features, label in dataset.take(3):
         for j, i in enumerate(features["index"].numpy()):
@@ -65,7 +66,7 @@ def test_patches_equal_the_patch_definition_on_the_stored_volume(cohort, tf_seed
             subject = subjects[subject_id]
             x, y, z = index.row[i], index.col[i], index.slice[i]
             stored = subject.images[:, :, z, :].astype(np.float16).astype(np.float32)
-            expected = data.extract_patches(stored, np.array([x]), np.array([y]))
+            expected = extract_patches(stored, np.array([x]), np.array([y]))
             for name in ("s1", "s2", "s3"):
                 np.testing.assert_array_equal(features[name][j].numpy(), expected[name][0])
             np.testing.assert_array_equal(features["loc"][j].numpy(), subject.location[x, y, z])
@@ -81,25 +82,25 @@ def test_each_epoch_is_a_new_permutation_reproducible_by_seed(cohort, tf_seeded)
     def indices(dataset):
         return np.concatenate([f["index"].numpy() for f, _ in dataset])
 
-    first = data.make_dataset(samples, "train", batch_size=32, seed=1, include_index=True,
-                              block_slices=4)
-    twin = data.make_dataset(samples, "train", batch_size=32, seed=1, include_index=True,
-                             block_slices=4)
+    first = data.make_dataset(samples, "train", data.StreamOptions(32, seed=1, block_slices=4),
+                              include_index=True)
+    twin = data.make_dataset(samples, "train", data.StreamOptions(32, seed=1, block_slices=4),
+                             include_index=True)
     epoch0, epoch1 = indices(first), indices(first)
     assert not np.array_equal(epoch0, epoch1)
     assert np.array_equal(np.sort(epoch0), np.arange(data.count_samples(samples, "train")))
     assert np.array_equal(np.sort(epoch1), np.sort(epoch0))
     assert np.array_equal(indices(twin), epoch0) and np.array_equal(indices(twin), epoch1)
-    other = data.make_dataset(samples, "train", batch_size=32, seed=2, include_index=True,
-                              block_slices=4)
+    other = data.make_dataset(samples, "train", data.StreamOptions(32, seed=2, block_slices=4),
+                              include_index=True)
     assert not np.array_equal(indices(other), epoch0)
-    ordered = data.make_dataset(samples, "validation", batch_size=32, shuffle=False,
+    ordered = data.make_dataset(samples, "validation", data.StreamOptions(32, shuffle=False),
                                 include_index=True)
     assert np.array_equal(indices(ordered), np.arange(data.count_samples(samples,
                                                                           "validation")))
-    repeated = data.make_dataset(samples, "train", batch_size=32, seed=1, repeat=True,
-                                 include_index=True, block_slices=4)
-    batches_per_epoch = len(data.SampleStream(samples, "train", 32))
+    repeated = data.make_dataset(samples, "train", data.StreamOptions(32, seed=1, block_slices=4),
+                                 repeat=True, include_index=True)
+    batches_per_epoch = len(data.SampleStream(samples, "train", data.StreamOptions(32)))
     stream = np.concatenate([f["index"].numpy() for f, _ in
                              repeated.take(2 * batches_per_epoch)])
     assert np.array_equal(stream, np.concatenate([epoch0, epoch1]))
@@ -107,20 +108,23 @@ def test_each_epoch_is_a_new_permutation_reproducible_by_seed(cohort, tf_seeded)
 
 def test_flair_only_and_max_samples(cohort, tf_seeded):
     _, samples = cohort
-    both = data.make_dataset(samples, "train", batch_size=64, shuffle=False)
-    flair = data.make_dataset(samples, "train", batch_size=64, shuffle=False, use_t1=False)
+    both = data.make_dataset(samples, "train", data.StreamOptions(64, shuffle=False))
+    flair = data.make_dataset(samples, "train",
+                              data.StreamOptions(64, shuffle=False, use_t1=False))
     (features_both, _), (features_flair, _) = next(iter(both)), next(iter(flair))
     assert features_flair["s2"].shape == (64, 32, 32, 1)
     np.testing.assert_array_equal(features_flair["s3"].numpy()[..., 0],
                                   features_both["s3"].numpy()[..., 0])
-    capped = [data.make_dataset(samples, "train", batch_size=64, seed=seed, max_samples=100,
+    capped = [data.make_dataset(samples, "train",
+                                data.StreamOptions(64, seed=seed, max_samples=100),
                                 include_index=True) for seed in (0, 1)]
     chosen = [np.concatenate([f["index"].numpy() for f, _ in d]) for d in capped]
     assert len(chosen[0]) == 100 and np.array_equal(np.sort(chosen[0]), np.sort(chosen[1]))
 
 
 def _cut_all(samples, workers):
-    stream = data.SampleStream(samples, "train", 48, seed=4, workers=workers, block_slices=3)
+    stream = data.SampleStream(samples, "train",
+                               data.StreamOptions(48, seed=4, workers=workers, block_slices=3))
     return [batch for batch in stream.epoch(1)]
 
 
@@ -152,7 +156,7 @@ def test_truncated_or_corrupt_sample_file_is_named(cohort, tmp_path):
     with open(path, "r+b") as handle:
         handle.seek(offset + 100)
         handle.write(os.urandom(64))
-    stream = data.SampleStream(corrupt, "train", 32, shuffle=False, workers=0)
+    stream = data.SampleStream(corrupt, "train", data.StreamOptions(32, shuffle=False, workers=0))
     with pytest.raises(WMHError, match=rf"{path}: corrupt or truncated sample file"):
         list(stream.epoch(0))
     (corrupt / sampling.SPLITS_FILE).write_text("{not json")
@@ -178,7 +182,7 @@ def test_interrupted_build_leaves_nothing_trusted(tmp_path, monkeypatch):
     monkeypatch.undo()
     # A hard kill leaves its temporary folder: it is never trusted, and cleaned up later.
     key = sampling.samples_key(
-        sampling.cohort_hash(prepared, sampling.read_prepared_cohort(prepared)),
+        splits.cohort_hash(prepared, splits.read_prepared_cohort(prepared)),
         sampling.config_hash(CONFIG))
     stale = tmp_path / "samples" / f".{key}.tmp-999999999-deadbeef"
     stale.mkdir()

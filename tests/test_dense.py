@@ -9,7 +9,8 @@ import tensorflow as tf
 
 from wmh.config import ModelConfig
 from wmh.errors import WMHError
-from wmh.models import build_dense_model, build_model, predict_patchwise, predict_slices
+from wmh.models import (InferenceOptions, build_dense_model, build_model, predict_patchwise,
+                        predict_slices)
 from wmh.models.dense import BatchToSpace, FFTConv2D, SpaceToBatch
 
 ARCHS = ("ss", "msef", "msiw", "msws")
@@ -80,7 +81,7 @@ def test_dense_equals_patchwise_on_every_brain_voxel(tf_seeded, arch, loc):
     config = ModelConfig(arch=arch, loc=loc, width=0.1, alpha=2.0)
     model = spread_weights(build_model(config, 2))
     images, loc_maps, mask = small_case()
-    dense = predict_slices(model, config, images, loc_maps, mask, batch_size=2)
+    dense = predict_slices(model, config, images, loc_maps, mask, InferenceOptions(batch_size=2))
     reference = patchwise_volume(model, images, loc_maps, mask)
     assert np.ptp(reference[mask]) > 0.2  # the comparison is not between constants
     np.testing.assert_allclose(dense[mask], reference[mask], atol=1e-4, rtol=0)
@@ -114,7 +115,8 @@ def test_monte_carlo_dropout_gives_mean_and_spread(tf_seeded):
     config = ModelConfig(arch="msws", loc="ffcl", width=0.1, dropout_rate=0.3)
     model = spread_weights(build_model(config, 2))
     images, loc_maps, mask = small_case()
-    mean, std = predict_slices(model, config, images, loc_maps, mask, mc_samples=6)
+    mean, std = predict_slices(model, config, images, loc_maps, mask,
+                               InferenceOptions(mc_samples=6))
     assert mean.shape == std.shape == mask.shape
     assert (std[mask] > 0).mean() > 0.9 and not std[~mask].any()
     plain = predict_slices(model, config, images, loc_maps, mask)
@@ -125,7 +127,8 @@ def test_monte_carlo_without_dropout_is_the_plain_prediction(tf_seeded):
     config = ModelConfig(arch="ss", loc="sfcl", width=0.1, dropout_rate=0.0)
     model = spread_weights(build_model(config, 2))
     images, loc_maps, mask = small_case()
-    mean, std = predict_slices(model, config, images, loc_maps, mask, mc_samples=2)
+    mean, std = predict_slices(model, config, images, loc_maps, mask,
+                               InferenceOptions(mc_samples=2))
     np.testing.assert_allclose(mean, predict_slices(model, config, images, loc_maps, mask),
                                atol=1e-6)
     assert np.abs(std).max() < 1e-6

@@ -73,7 +73,7 @@ def test_graph_trunk_equals_the_eager_trunk_in_both_precisions(tf_seeded):
     import keras
 
     from wmh.config import ModelConfig
-    from wmh.models import build_dense_model, build_model, predict_slices
+    from wmh.models import InferenceOptions, build_dense_model, build_model, predict_slices
     from wmh.models.inference import _compiled
     from wmh.models.precision import tower_precision
 
@@ -94,5 +94,5 @@ def test_graph_trunk_equals_the_eager_trunk_in_both_precisions(tf_seeded):
     mask = np.zeros((3, 30, 34), bool)
     mask[:, 5:25, 4:30] = True
     fp32 = predict_slices(dense, config, images, rng.random((3, 30, 34, 8), np.float32),
-                          mask, precision="fp32")
+                          mask, InferenceOptions(precision="fp32"))
     assert np.ptp(fp32[mask]) > 0

@@ -11,7 +11,7 @@ from test_train import tiny_config, tiny_samples  # noqa: F401 (a fixture)
 from wmh.config import ModelConfig, load_config
 from wmh.errors import WMHError
 from wmh.lifecycle import RunOptions
-from wmh.models import build_dense_model, build_model, predict_slices
+from wmh.models import InferenceOptions, build_dense_model, build_model, predict_slices
 from wmh.models import precision as precision_module
 from wmh.models.precision import (
     check_precision,
@@ -26,6 +26,7 @@ from wmh.loader import load_model_dir
 # Read at import, before the autouse fixture makes "auto" resolve to fp32 in every test.
 DETECT_ISA = precision_module.cpu_bf16_isa
 HOST_ISA = DETECT_ISA()
+FP32, BF16 = InferenceOptions(precision="fp32"), InferenceOptions(precision="bf16")
 needs_bf16 = pytest.mark.skipif(HOST_ISA == "none",
                                 reason="this CPU has no bfloat16 units (amx_bf16/avx512_bf16)")
 
@@ -119,8 +120,8 @@ def test_bf16_inference_within_0_02_of_fp32(tf_seeded, arch, loc):
     config = ModelConfig(arch=arch, loc=loc, width=0.1, alpha=2.0)
     model = spread_weights(build_model(config, 2), seed=2)
     images, loc_maps, mask = small_case()
-    fp32 = predict_slices(model, config, images, loc_maps, mask, precision="fp32")
-    bf16 = predict_slices(model, config, images, loc_maps, mask, precision="bf16")
+    fp32 = predict_slices(model, config, images, loc_maps, mask, FP32)
+    bf16 = predict_slices(model, config, images, loc_maps, mask, BF16)
     assert bf16.dtype == np.float32
     difference = np.abs(bf16 - fp32)[mask]
     assert difference.max() <= 0.02
@@ -139,10 +140,10 @@ def test_dense_precision_is_switched_per_call_and_restored(tf_seeded):
     built_bf16 = build_dense_model(model, config, 2, precision="bf16")
     assert tower_precision_of(built_bf16) == "bf16"
     assert built_bf16.get_layer("trunk").get_layer("fc1_conv_s1").compute_dtype == "float32"
-    switched = predict_slices(dense, config, images, loc_maps, mask, precision="bf16")
+    switched = predict_slices(dense, config, images, loc_maps, mask, BF16)
     assert tower_precision_of(dense) == "fp32"  # the caller's model is left as it was
     np.testing.assert_array_equal(
-        switched, predict_slices(built_bf16, config, images, loc_maps, mask, precision="bf16"))
+        switched, predict_slices(built_bf16, config, images, loc_maps, mask, BF16))
     with tower_precision(built_bf16, "fp32"):
         assert tower_precision_of(built_bf16) == "fp32"
     tower = model.get_layer("tower")  # a tower model on its own
@@ -150,8 +151,8 @@ def test_dense_precision_is_switched_per_call_and_restored(tf_seeded):
         assert tower.get_layer("conv3").compute_dtype == "bfloat16"
     assert tower.get_layer("conv3").compute_dtype == "float32"
     np.testing.assert_allclose(
-        predict_slices(built_bf16, config, images, loc_maps, mask, precision="fp32"),
-        predict_slices(dense, config, images, loc_maps, mask, precision="fp32"), atol=1e-6)
+        predict_slices(built_bf16, config, images, loc_maps, mask, FP32),
+        predict_slices(dense, config, images, loc_maps, mask, FP32), atol=1e-6)
 
 
 def test_auto_is_fp32_in_the_test_suite(tf_seeded):
@@ -161,7 +162,7 @@ def test_auto_is_fp32_in_the_test_suite(tf_seeded):
     images, loc_maps, mask = small_case()
     np.testing.assert_array_equal(
         predict_slices(model, config, images, loc_maps, mask),
-        predict_slices(model, config, images, loc_maps, mask, precision="fp32"))
+        predict_slices(model, config, images, loc_maps, mask, FP32))
 
 
 def test_contract_records_precision_and_reads_old_contracts(tmp_path):

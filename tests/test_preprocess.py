@@ -63,7 +63,7 @@ def test_save_load_round_trip_and_slice_chunks(tmp_path):
     person = dataclasses.replace(prepared, participant="P7")
     saved_person = person.save(tmp_path / "p" / "s01.h5")
     assert PreparedSubject.load(saved_person).participant == "P7"
-    from wmh.sampling import read_prepared_cohort  # the splitter groups by it
+    from wmh.splits import read_prepared_cohort  # the splitter groups by it
     assert [r.participant_id for r in read_prepared_cohort(saved_person.parent)] == ["P7"]
     assert loaded.brain_mask.dtype == bool and loaded.images.dtype == np.float32
     with h5py.File(saved) as file:
@@ -228,10 +228,12 @@ def dice(first: np.ndarray, second: np.ndarray) -> float:
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
     """A synthetic subject and a corrupt one, prepared once: (root, out, report)."""
+    from wmh.config import SynthConfig
     from wmh.synth import synthesize_cohort
 
     root = tmp_path_factory.mktemp("cohort")
-    synthesize_cohort(root / "synth", 1, seed=3, profile="test", cache_dir=None)
+    synthesize_cohort(root / "synth", SynthConfig(subjects=1, seed=3, profile="test"),
+                      cache_dir=None)
     good = root / "synth" / "synth-test" / "s000"
     broken = root / "synth" / "synth-test" / "s999"
     (broken / "orig").mkdir(parents=True)
@@ -451,9 +453,11 @@ def test_coregistered_layout_with_supplied_mask(cohort, tmp_path):
 
 @pytest.mark.slow
 def test_parallel_workers_match_serial(tmp_path):
+    from wmh.config import SynthConfig
     from wmh.synth import synthesize_cohort
 
-    synthesize_cohort(tmp_path / "synth", 2, seed=4, profile="test", cache_dir=None)
+    synthesize_cohort(tmp_path / "synth", SynthConfig(subjects=2, seed=4, profile="test"),
+                      cache_dir=None)
     serial = prepare_cohort(tmp_path / "synth", tmp_path / "serial", FAST, progress=False)
     parallel = prepare_cohort(tmp_path / "synth", tmp_path / "parallel", FAST, workers=2,
                               progress=False)
@@ -470,9 +474,11 @@ def test_coronal_acquisition_gives_a_brain_mask_on_its_own_grid(tmp_path):
     """A coronal 2D FLAIR (slices along anterior-posterior, stored LIP): the working grid
     slices coronally, and the brain mask written back onto the FLAIR's own grid overlaps
     the generator's truth."""
+    from wmh.config import SynthConfig
     from wmh.synth import synthesize_cohort
 
-    synthesize_cohort(tmp_path / "synth", 1, seed=5, profile="test-coronal", flair_only=True,
+    synthesize_cohort(tmp_path / "synth",
+                      SynthConfig(subjects=1, seed=5, profile="test-coronal", flair_only=True),
                       cache_dir=None)
     subject = discover(tmp_path / "synth")[0]
     prepared = prepare_subject(subject, FAST, use_t1=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 
 import nibabel as nib
@@ -391,22 +392,22 @@ def test_report_uses_the_recorded_threshold_and_the_readme_command(cases, tmp_pa
     assert result.exit_code == 0, result.output
     assert "data: unspecified (say what they are with --data-label)" in result.stderr
     assert "Data: **unspecified**" in (out / "report.md").read_text()
-    result_obj = report.collect_results([("MSWS + Loc", seg)], truth=tmp_path / "truth")[0]
+    sources = report.ReportSources(methods=[("MSWS + Loc", seg)], truth=tmp_path / "truth")
+    result_obj = report.collect_results(sources)[0]
     assert result_obj.threshold == 0.9
     masks = [(c["SS"].astype(np.float32) >= 0.9) for c in cases[:3]]
     expected = [metrics.confusion_counts(m.astype(np.float64), c["truth"], None, 0.9)
                 for m, c in zip(masks, cases[:3])]
     np.testing.assert_array_equal(result_obj.counts_obs1, np.stack(expected))
     notes = []
-    explicit = report.collect_results([("MSWS + Loc", seg)], truth=tmp_path / "truth",
-                                      threshold=0.6, notes=notes)[0]
+    explicit = report.collect_results(dataclasses.replace(sources, threshold=0.6), notes)[0]
     assert explicit.threshold == 0.6
     assert notes == ["MSWS + Loc: thresholding wmh_probability at 0.6, not the "
                      "segmentation's 0.9"]
     (seg / "c1" / "report.json").write_text(json.dumps({"threshold": 0.8}))
     with pytest.raises(WMHError, match=r"segmented at different thresholds \(0\.8, 0\.9\); "
                                         r"give one with --threshold"):
-        report.collect_results([("MSWS + Loc", seg)], truth=tmp_path / "truth")
+        report.collect_results(sources)
 
 
 def test_report_data_label_is_synthetic_for_a_synth_cohort(tmp_path):

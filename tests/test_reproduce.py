@@ -15,7 +15,7 @@ from wmh import reproduce
 from wmh.cli import main
 from wmh.errors import WMHError
 from wmh.evaluation.paper import paper_method_name
-from wmh.sampling import _share
+from wmh.splits import share
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,16 +59,16 @@ def test_every_experiment_file_trains_the_method_it_is_named_for():
 def test_paper_scale_uses_the_papers_cohort_and_every_sample():
     config = reproduce.resolve(reproduce.EXPERIMENTS[0], "paper")
     subjects = config.synth.subjects
-    n_test = _share(config.sampling.test_fraction, subjects)
-    n_validation = _share(config.sampling.validation_fraction, subjects)
+    n_test = share(config.sampling.test_fraction, subjects)
+    n_validation = share(config.sampling.validation_fraction, subjects)
     assert (subjects - n_test - n_validation, n_validation, n_test) == (378, 42, 50)
     assert config.model.width == 1.0
     assert config.train.max_train_samples == 0 and config.train.max_validation_samples == 0
     assert (config.sampling.positive_fraction, config.sampling.negative_ratio) == (0.5, 1.0)
     assert config.train.batch_size == 128
     demo = reproduce.resolve(reproduce.EXPERIMENTS[0], "demo")
-    n_test = _share(demo.sampling.test_fraction, demo.synth.subjects)
-    n_validation = _share(demo.sampling.validation_fraction, demo.synth.subjects)
+    n_test = share(demo.sampling.test_fraction, demo.synth.subjects)
+    n_validation = share(demo.sampling.validation_fraction, demo.synth.subjects)
     # 16 training subjects: the 6.25% subset of Table 6 keeps exactly one.
     assert demo.synth.subjects - n_test - n_validation == 16
 

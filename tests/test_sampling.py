@@ -1,4 +1,4 @@
-"""wmh.sampling: seeded subject splits and balanced voxel samples, on tiny fake cohorts."""
+"""wmh.splits and wmh.sampling: seeded subject splits and balanced voxel samples, on tiny fake cohorts."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from fake_prepared import fake_subject, write_cohort
 
 from wmh.config import SamplingConfig
 from wmh.errors import WMHError
-from wmh.sampling import (PreparedRecord, build_samples, hard_negative_mask, load_index,
-                          load_splits, make_splits, read_prepared_cohort, sample_subject,
-                          subject_seed)
+from wmh.sampling import (build_samples, hard_negative_mask, load_index, load_splits,
+                          sample_subject, subject_seed)
+from wmh.splits import PreparedRecord, make_splits, read_prepared_cohort
 
 
 def records(count=40, sites=0, fixed=None, unlabelled=()):

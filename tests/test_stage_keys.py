@@ -40,7 +40,9 @@ def test_source_files_of_modules_and_packages():
 @pytest.mark.parametrize("module, changed", [
     ("wmh.location", "prepare"),
     ("wmh.sampling", "sample"),
+    ("wmh.splits", "sample"),  # the sample set holds the splits
     ("wmh.models", "train"),
+    ("wmh.patches", "train"),  # the patch definition the networks see
     ("wmh.evaluation.metrics", "train"),  # it picks the best epoch and the threshold
     ("wmh.evaluation.cases", "evaluate"),
 ])
@@ -61,6 +63,7 @@ def test_a_code_change_invalidates_its_stage_and_later_ones_only(monkeypatch, tm
 
 
 @pytest.mark.parametrize("module, prepare_changes", [("wmh.prior", False),
+                                                     ("wmh.splits", False),
                                                      ("wmh.location", True)])
 def test_the_prior_stage_is_keyed_by_its_own_code(monkeypatch, tmp_path, module,
                                                   prepare_changes):
@@ -73,3 +76,12 @@ def test_the_prior_stage_is_keyed_by_its_own_code(monkeypatch, tmp_path, module,
     after = (prepare_keys.code_version(), tracking.stage_code_hash("prior"))
     assert (before[0] != after[0]) == prepare_changes
     assert before[1] != after[1]
+
+
+def test_drawing_voxels_is_not_part_of_the_prior_stage(monkeypatch, tmp_path):
+    """The prior stage runs the split (wmh.splits), not the voxel sampling: editing
+    wmh.sampling keeps the training split's prior and its view."""
+    before = tracking.stage_code_hash("prior")
+    edit_module(monkeypatch, tmp_path, "wmh.sampling")
+    assert tracking.stage_code_hash("prior") == before
+    assert "wmh.splits" in tracking.STAGE_CODE["prior"]

@@ -15,6 +15,7 @@ import pytest
 from wmh import cli
 from wmh.errors import WMHError
 from wmh.io import discover, load_image, load_labels, load_subject
+from wmh.config import SynthConfig
 from wmh.synth import PROFILES, synthesize_cohort, synthesize_subject
 from wmh.synth import realism
 from wmh.synth.anatomy import get_anatomy
@@ -33,7 +34,7 @@ def anatomy():
 @pytest.fixture(scope="module")
 def default_cohort(tmp_path_factory, anatomy):
     out = tmp_path_factory.mktemp("synth") / "cohort"
-    return synthesize_cohort(out, subjects=3, seed=0, cache_dir=CACHE)
+    return synthesize_cohort(out, SynthConfig(subjects=3, seed=0), cache_dir=CACHE)
 
 
 @pytest.fixture(scope="module")
@@ -169,20 +170,22 @@ def test_same_seed_same_arrays_different_seed_different(anatomy):
 
 def test_rerun_on_complete_cohort_is_a_noop(tmp_path):
     out = tmp_path / "c"
-    synthesize_cohort(out, subjects=1, seed=5, profile="test", cache_dir=CACHE)
+    synthesize_cohort(out, SynthConfig(subjects=1, seed=5, profile="test"), cache_dir=CACHE)
     flair = out / "synth-test" / "s000" / "orig" / "FLAIR.nii.gz"
     stamp = (flair.stat().st_mtime_ns, (out / "cohort.json").stat().st_mtime_ns)
-    synthesize_cohort(out, subjects=1, seed=5, profile="test", cache_dir=CACHE)
+    synthesize_cohort(out, SynthConfig(subjects=1, seed=5, profile="test"), cache_dir=CACHE)
     assert (flair.stat().st_mtime_ns, (out / "cohort.json").stat().st_mtime_ns) == stamp
 
 
 def test_preview_montage_is_written_and_added_on_rerun(tmp_path):
     out = tmp_path / "c"
-    synthesize_cohort(out, subjects=1, seed=6, profile="test", preview=True, cache_dir=CACHE)
+    synthesize_cohort(out, SynthConfig(subjects=1, seed=6, profile="test"),
+                      preview=True, cache_dir=CACHE)
     png = out / "synth-test" / "s000" / "preview.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     png.unlink()
-    synthesize_cohort(out, subjects=1, seed=6, profile="test", preview=True, cache_dir=CACHE)
+    synthesize_cohort(out, SynthConfig(subjects=1, seed=6, profile="test"),
+                      preview=True, cache_dir=CACHE)
     assert png.stat().st_size > 10_000
 
 
@@ -203,18 +206,19 @@ def test_templates_load_without_network(monkeypatch):
 
 def test_interrupted_run_of_same_arguments_resumes(tmp_path):
     out = tmp_path / "c"
-    synthesize_cohort(out, subjects=1, seed=5, profile="test", cache_dir=CACHE)
+    synthesize_cohort(out, SynthConfig(subjects=1, seed=5, profile="test"), cache_dir=CACHE)
     arguments = json.loads((out / "cohort.json").read_text())["arguments"]
     (out / "cohort.json").unlink()  # as if killed before the end
     (out / PROGRESS_FILE).write_text(json.dumps({"arguments": arguments}))
-    synthesize_cohort(out, subjects=1, seed=5, profile="test", cache_dir=CACHE)
+    synthesize_cohort(out, SynthConfig(subjects=1, seed=5, profile="test"), cache_dir=CACHE)
     assert (out / "cohort.json").is_file() and not (out / PROGRESS_FILE).exists()
 
 
 # ------------------------------------------------------------------ profiles and options
 
 def _one(tmp_path, profile, **options):
-    record = synthesize_subject(tmp_path, 0, 1, profile=profile, cache_dir=CACHE, **options)
+    record = synthesize_subject(tmp_path, 0, SynthConfig(seed=1, profile=profile, **options),
+                                cache_dir=CACHE)
     return record, tmp_path / record["files"]["flair"]
 
 
@@ -278,8 +282,9 @@ def test_flair_only_and_skull_stripped(tmp_path):
 
 
 def test_mixed_profile_draws_scanners_per_subject(tmp_path):
-    out = synthesize_cohort(tmp_path / "m", subjects=3, seed=2, profile="mixed",
-                            flair_only=True, cache_dir=CACHE)
+    out = synthesize_cohort(tmp_path / "m",
+                            SynthConfig(subjects=3, seed=2, profile="mixed", flair_only=True),
+                            cache_dir=CACHE)
     cohort = json.loads((out / "cohort.json").read_text())
     sites = {record["site"] for record in cohort["subjects"]}
     assert len(sites) >= 2
@@ -335,9 +340,9 @@ def test_cli_writes_cohort_and_refuses_other_arguments(tmp_path, capsys, monkeyp
 
 def test_api_rejects_bad_arguments(tmp_path):
     with pytest.raises(WMHError, match="--subjects"):
-        synthesize_cohort(tmp_path / "x", subjects=0, seed=0)
+        synthesize_cohort(tmp_path / "x", SynthConfig(subjects=0, seed=0))
     with pytest.raises(WMHError, match="--seed"):
-        synthesize_cohort(tmp_path / "x", subjects=1, seed=-1)
+        synthesize_cohort(tmp_path / "x", SynthConfig(subjects=1, seed=-1))
     assert not (tmp_path / "x").exists()
 
 
@@ -345,7 +350,8 @@ def test_api_rejects_bad_arguments(tmp_path):
 
 @pytest.mark.slow
 def test_realism_on_twelve_default_subjects(tmp_path, anatomy):
-    out = synthesize_cohort(tmp_path / "c", subjects=12, seed=0, workers=2, cache_dir=CACHE)
+    out = synthesize_cohort(tmp_path / "c", SynthConfig(subjects=12, seed=0),
+                            workers=2, cache_dir=CACHE)
     folders = [s.flair.parent.parent for s in discover(out)]
     measures = realism.cohort_realism(folders, anatomy)
     assert measures["periventricular_fraction"] >= 0.5

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
+from wmh.config import SynthConfig
 from wmh.synth import PROFILES, synthesize_cohort
 from wmh.synth import cohort as cohort_module
 from wmh.synth import randomised as rz
@@ -206,8 +207,8 @@ def test_ms_pattern_places_infratentorial_and_juxtacortical_lesions(anatomy):
 def test_randomised_cohort_records_its_own_version(tmp_path, monkeypatch):
     monkeypatch.setattr(cohort_module, "draw_randomisation",
                         lambda rng: rz.draw_randomisation(rng, max_voxels=150_000))
-    out = synthesize_cohort(tmp_path / "c", subjects=2, seed=3, profile="randomised",
-                            flair_only=True, cache_dir=CACHE)
+    out = synthesize_cohort(tmp_path / "c", SynthConfig(subjects=2, seed=3, profile="randomised",
+                                                       flair_only=True), cache_dir=CACHE)
     cohort = json.loads((out / "cohort.json").read_text())
     assert cohort["synth_version"] == rz.RANDOMISED_SYNTH_VERSION
     assert cohort["arguments"]["synth_version"] == rz.RANDOMISED_SYNTH_VERSION

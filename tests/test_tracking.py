@@ -142,15 +142,15 @@ def test_wmh_config_names_the_store_and_journal(tmp_path, monkeypatch, capsys):
 
 
 def test_optuna_default_journal_is_anchored_like_the_store(tmp_path, monkeypatch):
-    from wmh import tune
+    from wmh.tune.storage import open_storage
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     monkeypatch.setenv("WMH_HOME", str(tmp_path / "home"))
-    opened = tune.open_storage(config.TuneConfig(), "data_cache")
+    opened = open_storage(config.TuneConfig(), "data_cache")
     journal = tmp_path / "home" / "data_cache" / "optuna" / "journal.log"
     assert (opened.kind, opened.display) == ("journal-file", str(journal))
     assert list(elsewhere.iterdir()) == []
-    absolute = tune.open_storage(config.TuneConfig(), tmp_path / "mine")
+    absolute = open_storage(config.TuneConfig(), tmp_path / "mine")
     assert absolute.display == str(tmp_path / "mine" / "optuna" / "journal.log")

@@ -75,7 +75,7 @@ def test_single_validation_subject_chooses_a_threshold(tmp_path, mlflow_tmp, tf_
 
 def test_validation_fraction_zero_is_a_one_line_error():
     from wmh.config import SamplingConfig
-    from wmh.sampling import make_splits
+    from wmh.splits import make_splits
     from test_sampling import records
 
     with pytest.raises(WMHError, match=r"^option sampling\.validation_fraction: 0\.0 leaves "

@@ -87,17 +87,17 @@ class FakeTraining:
 
 
 def test_search_space_is_static_and_always_suggests_alpha():
-    from wmh import tune
+    from wmh.tune.space import search_space, suggest
 
     settings = config_module.load_config(None, ["tune.injections=none,lcl",
                                                 "tune.archs=ss,msws"]).tune
-    space = tune.search_space(settings)
+    space = search_space(settings)
     study = optuna.create_study(direction="maximize",
                                 sampler=optuna.samplers.RandomSampler(seed=0))
     locations = set()
     for _ in range(12):
         trial = study.ask()
-        params = tune.suggest(trial, space)
+        params = suggest(trial, space)
         assert set(params) == SEARCHED == set(trial.params)  # alpha even with loc=none
         assert params["model.arch"] in ("ss", "msws")
         assert 0.1 <= params["model.alpha"] <= 10.0
@@ -117,10 +117,10 @@ def test_search_space_is_static_and_always_suggests_alpha():
     ("tune.n_trials=0", r"tune\.n_trials"),
 ])
 def test_bad_search_settings_name_the_key(override, message):
-    from wmh import tune
+    from wmh.tune.space import search_space
 
     with pytest.raises(WMHError, match=message):
-        tune.search_space(config_module.load_config(None, [override]).tune)
+        search_space(config_module.load_config(None, [override]).tune)
 
 
 def test_tune_trains_nested_trials_logs_figures_and_resumes(tmp_path, stages, tracking_uri,
@@ -169,7 +169,9 @@ def test_tune_trains_nested_trials_logs_figures_and_resumes(tmp_path, stages, tr
         def prune(self, study, trial):
             return True
 
-    monkeypatch.setattr(tune, "make_pruner", lambda settings: AlwaysPrune())
+    from wmh.tune import study as tune_study
+
+    monkeypatch.setattr(tune_study, "make_pruner", lambda settings: AlwaysPrune())
     resumed = tune.tune(config_module.replace(config, **{"tune.n_trials": 3,
                                                          "train.epochs": 2}), stages)
     study = load_study(config)
@@ -294,7 +296,7 @@ class FakeTrial:
 
 
 def test_pruning_callback_reports_epochs_and_prunes():
-    from wmh.tune import PruningCallback
+    from wmh.tune.trial import PruningCallback
 
     trial = FakeTrial(prune_at_step=3)
     callback = PruningCallback(trial)
@@ -306,9 +308,9 @@ def test_pruning_callback_reports_epochs_and_prunes():
 
 
 def test_median_pruner_warmup_counts_epochs():
-    from wmh import tune
+    from wmh.tune.study import make_pruner
 
-    pruner = tune.make_pruner(config_module.load_config(
+    pruner = make_pruner(config_module.load_config(
         None, ["tune.pruner_warmup_epochs=2", "tune.pruner_startup_trials=1"]).tune)
     study = optuna.create_study(direction="maximize", pruner=pruner)
     good = study.ask()
@@ -343,13 +345,13 @@ def test_cli_bad_options_exit_2_with_one_line(arguments, message, tmp_path, caps
 
 
 def test_unreachable_database_is_a_user_error(tmp_path):
-    from wmh import tune
+    from wmh.tune.storage import open_storage
 
     settings = config_module.load_config(
         None, ["tune.storage=postgresql://wmh:secret@127.0.0.1:9/optuna"]).tune
     with pytest.raises(WMHError, match=r"--storage postgresql://wmh:\*\*\*@127\.0\.0\.1:9/"
                                        r"optuna: cannot open") as error:
-        tune.open_storage(settings, tmp_path)
+        open_storage(settings, tmp_path)
     assert "secret" not in str(error.value)
 
 

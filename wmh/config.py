@@ -167,7 +167,7 @@ class ExperimentConfig:
 # Bounds of the numeric fields, checked when a config is built (so an impossible value
 # fails at load time, naming the key): (lowest, highest, lowest excluded, highest excluded);
 # None = unbounded on that side. baseline.* and tune.* are checked where they are used
-# (baseline.make_forest, tune.search_space).
+# (baseline.make_forest, tune.space.search_space).
 _BOUNDS: dict[str, tuple[Optional[float], Optional[float], bool, bool]] = {
     "synth.subjects": (1, None, False, False),
     "synth.seed": (0, None, False, False),

@@ -1,20 +1,4 @@
-"""Multi-scale patches and tf.data streaming.
-
-Patch definition (the one place it is written; dense inference in ``wmh.models``
-reproduces it exactly):
-
-* A sample is one voxel (row r, col c) of one axial slice of the working grid.
-* For scale factor k in ``SCALES`` = (1, 2, 4) the patch covers rows r-16k ... r+16k-1
-  and columns c-16k ... c+16k-1 (the sample voxel sits at index 16k of the 32k
-  window), average-pooled in k x k blocks to ``PATCH_SIZE`` x ``PATCH_SIZE`` = 32 x 32.
-  So s1 is the paper's 32x32 patch, s2 the 64x64 patch and s3 the 128x128 patch,
-  both downsampled to 32x32 (paper, "Patch preparation").
-* Voxels outside the slice are 0, which is also the value of background after
-  normalisation, so borders are padded consistently everywhere.
-
-Equivalently, scale-k pixel (m, n) = B_k[r - 16k + k m, c - 16k + k n] where B_k is the
-k x k box mean of the zero-padded slice; dense inference uses this identity (a box
-filter followed by convolutions dilated by k).
+"""tf.data streaming of a sample set's multi-scale patches (:mod:`wmh.patches`).
 
 Streaming (:func:`make_dataset`, :class:`SampleStream`): patches are cut on the fly from
 the cropped float16 volumes of a sample set (:mod:`wmh.sampling` explains why volumes are
@@ -46,114 +30,7 @@ import numpy as np
 
 from wmh.errors import WMHError
 from wmh.location import N_LOCATION_FEATURES
-
-PATCH_SIZE = 32  # side of every network input patch, in working-grid voxels
-SCALES = (1, 2, 4)  # s1, s2, s3: 32x32, 64x64 and 128x128 windows pooled to 32x32
-SCALE_NAMES = ("s1", "s2", "s3")
-
-
-def _box_sum(padded: np.ndarray, k: int) -> np.ndarray:
-    """out[i, j] = sum(padded[i:i+k, j:j+k]) over the valid positions, in float32.
-
-    Separable running sums in a fixed order, so every position is summed identically
-    wherever the slice sits in its zero padding (cropped and full slices agree bit for bit).
-    """
-    height, width = padded.shape[0] - k + 1, padded.shape[1] - k + 1
-    rows = padded[0:height].copy()
-    for shift in range(1, k):
-        rows += padded[shift:shift + height]
-    total = rows[:, 0:width].copy()
-    for shift in range(1, k):
-        total += rows[:, shift:shift + width]
-    return total
-
-
-def box_mean(image: np.ndarray, k: int) -> np.ndarray:
-    """k x k box mean of a zero-padded slice: out[i, j] = mean(image[i:i+k, j:j+k]).
-
-    Args:
-        image: (H, W, C) float array.
-        k: box side in voxels.
-
-    Returns:
-        (H, W, C) float32 array (windows running past the bottom/right edge see zeros).
-    """
-    image = np.asarray(image, dtype=np.float32)
-    if k == 1:
-        return image.copy()
-    height, width = image.shape[:2]
-    padded = np.zeros((height + k - 1, width + k - 1) + image.shape[2:], dtype=np.float32)
-    padded[:height, :width] = image
-    total = _box_sum(padded, k)
-    total /= k * k
-    return total
-
-
-def scale_margin(k: int) -> int:
-    """Zero padding each side needs so every scale-k window of every voxel is inside."""
-    return PATCH_SIZE // 2 * k
-
-
-def padded_box_means(image: np.ndarray) -> dict[int, np.ndarray]:
-    """Box means of the slice zero-padded by each scale's margin, keyed by scale factor k.
-
-    Entry k has shape (H + 2 m_k, W + 2 m_k, C) with m_k = ``scale_margin(k)``; its
-    element [r + k m, c + k n] is scale-k patch pixel (m, n) of voxel (r, c).
-    (Equal to ``box_mean(np.pad(image, m_k), k)``, without the intermediate copy.)
-    """
-    image = np.asarray(image, dtype=np.float32)
-    height, width = image.shape[:2]
-    means = {}
-    for k in SCALES:
-        margin = scale_margin(k)
-        padded = np.zeros((height + 2 * margin + k - 1, width + 2 * margin + k - 1)
-                          + image.shape[2:], dtype=np.float32)
-        padded[margin:margin + height, margin:margin + width] = image
-        if k == 1:
-            means[k] = padded
-            continue
-        total = _box_sum(padded, k)
-        total /= k * k
-        means[k] = total
-    return means
-
-
-def extract_patches(image: np.ndarray, rows: np.ndarray, cols: np.ndarray,
-                    box_means: dict[int, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    """Cuts the three scales of patches for voxels of one axial slice.
-
-    Args:
-        image: (H, W, C) float32 slice in the working grid (FLAIR first, then T1).
-        rows, cols: (N,) integer voxel coordinates inside the slice.
-        box_means: optional ``padded_box_means(image)``, to reuse across calls.
-
-    Returns:
-        ``{"s1", "s2", "s3"}``, each (N, 32, 32, C) float32.
-    """
-    image = np.asarray(image, dtype=np.float32)
-    if image.ndim != 3:
-        raise ValueError(f"extract_patches expects an (H, W, C) slice, got {image.shape}")
-    rows = np.asarray(rows, dtype=np.int64)
-    cols = np.asarray(cols, dtype=np.int64)
-    height, width = image.shape[:2]
-    if rows.size and (rows.min() < 0 or rows.max() >= height or cols.min() < 0
-                      or cols.max() >= width):
-        raise ValueError("extract_patches: sample coordinates outside the slice")
-    if box_means is None:
-        box_means = padded_box_means(image)
-    offsets = np.arange(PATCH_SIZE)
-    patches = {}
-    for name, k in zip(SCALE_NAMES, SCALES):
-        # The window of voxel r starts at r - 16k, which is index r in padded coordinates.
-        row_index = rows[:, None] + k * offsets[None, :]  # (N, 32)
-        col_index = cols[:, None] + k * offsets[None, :]
-        patches[name] = box_means[k][row_index[:, :, None], col_index[:, None, :]]
-    return patches
-
-
-# =============================================================================
-# Streaming: sample sets (wmh.sampling) -> batches of patches -> tf.data
-# =============================================================================
+from wmh.patches import PATCH_SIZE, SCALE_NAMES, SCALES, padded_box_means, scale_margin
 
 DEFAULT_BLOCK_SLICES = 64  # axial slices whose box means a producer holds at once
 IN_PROCESS_MAX_SAMPLES = 50_000  # smaller epochs are cut in-process (no worker start-up)
@@ -161,6 +38,56 @@ MAX_AUTO_WORKERS = 4
 SLOTS_PER_WORKER = 6  # batches a worker may have ready ahead of the consumer
 SUBSET_SEED = 5_005  # max_samples keeps the same subset whatever the shuffle seed
 _WAIT_S = 1.0  # polling interval while waiting on a worker or the consumer
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamOptions:
+    """How one split of a sample set is streamed (:class:`SampleStream`,
+    :func:`make_dataset`).
+
+    Attributes:
+        batch_size: samples per batch (paper: 128); the last batch of an epoch may be
+            smaller.
+        seed: shuffle seed; epoch e's order depends only on (seed, e).
+        shuffle: False streams samples in stored order (subject, z, x, y): validation.
+        use_t1: False keeps FLAIR only (C = 1) even when T1 is stored.
+        max_samples: > 0 keeps a fixed random subset of this many samples (the same for
+            every seed: comparable runs).
+        workers: producer processes; 0 cuts in the calling thread; None = automatic (0 for
+            epochs of at most ``IN_PROCESS_MAX_SAMPLES``, else up to ``MAX_AUTO_WORKERS``
+            and the CPU count).
+        block_slices: slices per block (RAM per producer ~ block_slices x 2.7 MB at C=2
+            and 256 x 256 slices).
+    """
+
+    batch_size: int = 128
+    seed: int = 0
+    shuffle: bool = True
+    use_t1: bool = True
+    max_samples: int = 0
+    workers: Optional[int] = None
+    block_slices: int = DEFAULT_BLOCK_SLICES
+
+
+@dataclasses.dataclass(frozen=True)
+class _CutterSpec:
+    """What a producer needs to cut one split's patches (picklable: sent to workers).
+
+    Attributes:
+        samples_path: the sample set's ``samples.h5``.
+        split: 'train' or 'validation'.
+        channels: channels kept (C).
+        max_slice_shape: largest cropped (X', Y') of the stored volumes.
+        block_slices: slices per block.
+        batch_size: samples per batch.
+    """
+
+    samples_path: Path
+    split: str
+    channels: int
+    max_slice_shape: tuple[int, int]
+    block_slices: int
+    batch_size: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,18 +111,18 @@ class _Block:
 
 
 def _epoch_blocks(slice_counts: np.ndarray, selections: Optional[list], epoch: int,
-                  seed: int, shuffle: bool, block_slices: int, batch_size: int,
-                  ) -> list[_Block]:
+                  options: StreamOptions) -> list[_Block]:
     """Deterministic plan of one epoch: which slices form each block, in which order.
 
     Shuffled epochs permute the slices with (seed, epoch) and each block's samples with
     (seed, epoch, block); so every batch mixes samples of up to ``block_slices`` slices
     drawn from the whole split, and RAM holds one block per producer.
     """
+    seed, block_slices, batch_size = options.seed, options.block_slices, options.batch_size
     counts = (slice_counts if selections is None
               else np.array([len(s) for s in selections], np.int64))
     rows = np.flatnonzero(counts > 0)
-    if shuffle:
+    if options.shuffle:
         rows = rows[np.random.default_rng([seed, epoch]).permutation(rows.size)]
     blocks, emitted = [], 0
     for number, first in enumerate(range(0, rows.size, block_slices)):
@@ -204,7 +131,7 @@ def _epoch_blocks(slice_counts: np.ndarray, selections: Optional[list], epoch: i
         blocks.append(_Block(
             rows=block_rows,
             selections=None if selections is None else [selections[r] for r in block_rows],
-            count=count, shuffle_seed=(seed, epoch, number) if shuffle else None,
+            count=count, shuffle_seed=(seed, epoch, number) if options.shuffle else None,
             first_chunk=min(count, (batch_size - emitted % batch_size) % batch_size)))
         emitted += count
     return blocks
@@ -251,21 +178,21 @@ class _BlockCutter:
     window, gathered for a whole chunk by one fancy-indexing call per scale.
     """
 
-    def __init__(self, samples_path: Path, split: str, channels: int,
-                 max_slice_shape: tuple[int, int], block_slices: int):
+    def __init__(self, spec: _CutterSpec):
         import h5py
 
-        self.samples_path = Path(samples_path)
-        self.channels = channels
+        self.samples_path = Path(spec.samples_path)
+        self.channels = channels = spec.channels
+        block_slices = spec.block_slices
         try:
             self._file = h5py.File(self.samples_path, "r", rdcc_nbytes=16 << 20)
-            group = self._file[split]
+            group = self._file[spec.split]
             self._table = group["samples"]
             self._slices = group["slices"][()]
         except (OSError, KeyError) as error:
             raise self._error(error) from None
         self._volumes: dict[int, tuple] = {}
-        height, width = max_slice_shape
+        height, width = spec.max_slice_shape
         self._phases, self._windows = {}, {}
         for k in SCALES:
             side_h = (-(-height // 4) * 4 + 2 * scale_margin(k)) // k  # canvas: see _load
@@ -412,17 +339,18 @@ class _Assembler:
             yield carry, filled
 
 
-def _worker_main(samples_path, split, channels, max_slice_shape, block_slices, batch_size,
-                 blocks, buffer, free_slots, results, parent_pid) -> None:
+def _worker_main(spec: _CutterSpec, blocks, buffer, free_slots, results,
+                 parent_pid) -> None:
     """A producer process: cuts its blocks' chunks into shared-memory slots, in order."""
     import queue
 
+    batch_size, channels = spec.batch_size, spec.channels
     slot_bytes = _batch_nbytes(batch_size, channels)
     memory = np.frombuffer(buffer, np.uint8)
     slots = [_batch_views(memory[i * slot_bytes:(i + 1) * slot_bytes], batch_size, channels)
              for i in range(SLOTS_PER_WORKER)]
     try:
-        cutter = _BlockCutter(samples_path, split, channels, max_slice_shape, block_slices)
+        cutter = _BlockCutter(spec)
         for block in blocks:
             cutter.load(block)
             for start, stop in _chunk_bounds(block, batch_size):
@@ -448,17 +376,7 @@ class SampleStream:
     Args:
         samples_dir: the folder :func:`wmh.sampling.build_samples` returned.
         split: 'train' or 'validation'.
-        batch_size: samples per batch (the last batch of an epoch may be smaller).
-        seed: shuffle seed; epoch e's order depends only on (seed, e).
-        shuffle: False streams samples in stored order (subject, z, x, y).
-        use_t1: False keeps FLAIR only (C = 1).
-        max_samples: > 0 keeps a fixed random subset of this many samples (the same for
-            every seed: comparable runs).
-        workers: producer processes; 0 cuts in the calling thread; None = automatic (0 for
-            epochs of at most ``IN_PROCESS_MAX_SAMPLES``, else up to ``MAX_AUTO_WORKERS``
-            and the CPU count).
-        block_slices: slices per block (RAM per producer ~ block_slices x 2.7 MB at C=2
-            and 256 x 256 slices).
+        options: batch size, order, channels, subset, workers (:class:`StreamOptions`).
 
     Worker processes are spawned, so a script that streams with workers needs the usual
     ``if __name__ == "__main__":`` guard (notebooks, pytest and the CLI need nothing).
@@ -467,9 +385,7 @@ class SampleStream:
         WMHError: bad sample set (naming the file), unknown split or bad option.
     """
 
-    def __init__(self, samples_dir, split: str, batch_size: int = 128, seed: int = 0,
-                 shuffle: bool = True, use_t1: bool = True, max_samples: int = 0,
-                 workers: Optional[int] = None, block_slices: int = DEFAULT_BLOCK_SLICES):
+    def __init__(self, samples_dir, split: str, options: StreamOptions = StreamOptions()):
         import h5py
 
         from wmh.sampling import SAMPLED_SPLITS, open_samples
@@ -477,14 +393,14 @@ class SampleStream:
         if split not in SAMPLED_SPLITS:
             raise WMHError(f"split '{split}': only {', '.join(SAMPLED_SPLITS)} are sampled "
                            "(test subjects are segmented whole)")
+        batch_size, max_samples = options.batch_size, options.max_samples
         for name, value, lowest in (("batch_size", batch_size, 1), ("block_slices",
-                                    block_slices, 1), ("max_samples", max_samples, 0)):
+                                    options.block_slices, 1), ("max_samples", max_samples, 0)):
             if value < lowest:
                 raise WMHError(f"option {name}: must be >= {lowest}, got {value}")
         self.info = open_samples(samples_dir)
-        self.split, self.batch_size, self.seed = split, batch_size, seed
-        self.shuffle, self.block_slices = shuffle, block_slices
-        self.channels = 1 if not use_t1 else len(self.info.channels)
+        self.split, self.options, self.batch_size = split, options, batch_size
+        self.channels = 1 if not options.use_t1 else len(self.info.channels)
         try:
             with h5py.File(self.info.samples_path, "r") as file:
                 table = file[split]["slices"][()]
@@ -502,6 +418,7 @@ class SampleStream:
                                 for i in range(len(table))]
             total = max_samples
         self.size = total
+        workers = options.workers
         if workers is None:
             workers = (0 if total <= IN_PROCESS_MAX_SAMPLES
                        else max(1, min(MAX_AUTO_WORKERS, os.cpu_count() or 1)))
@@ -513,8 +430,7 @@ class SampleStream:
 
     def blocks(self, epoch: int) -> list[_Block]:
         """The plan of one epoch."""
-        return _epoch_blocks(self._slice_counts, self._selections, epoch, self.seed,
-                             self.shuffle, self.block_slices, self.batch_size)
+        return _epoch_blocks(self._slice_counts, self._selections, epoch, self.options)
 
     def epoch(self, epoch: int):
         """Yields the batches of one epoch: dicts of s1, s2, s3 (B, 32, 32, C) float32,
@@ -535,8 +451,12 @@ class SampleStream:
             yield from self._epoch_with_workers(blocks)
 
     def _cutter(self) -> _BlockCutter:
-        return _BlockCutter(self.info.samples_path, self.split, self.channels,
-                            self.info.max_slice_shape, self.block_slices)
+        return _BlockCutter(self._spec())
+
+    def _spec(self) -> _CutterSpec:
+        return _CutterSpec(self.info.samples_path, self.split, self.channels,
+                           self.info.max_slice_shape, self.options.block_slices,
+                           self.batch_size)
 
     def _epoch_in_process(self, blocks):
         cutter = self._cutter()
@@ -570,9 +490,8 @@ class SampleStream:
                     free.put(slot)
                 process = context.Process(
                     target=_worker_main, daemon=True, name=f"wmh-data-{worker}",
-                    args=(self.info.samples_path, self.split, self.channels,
-                          self.info.max_slice_shape, self.block_slices, self.batch_size,
-                          blocks[worker::count], buffer, free, results, os.getpid()))
+                    args=(self._spec(), blocks[worker::count], buffer, free, results,
+                          os.getpid()))
                 process.start()
                 memory = np.frombuffer(buffer, np.uint8)
                 buffers.append([memory[i * slot_bytes:(i + 1) * slot_bytes]
@@ -657,14 +576,12 @@ def dataset_hash(samples_dir) -> str:
     return open_samples(samples_dir).key
 
 
-def make_dataset(samples_dir, split: str, batch_size: int = 128, seed: int = 0,
-                 shuffle: bool = True, use_t1: bool = True, max_samples: int = 0,
-                 repeat: bool = False, *, workers: Optional[int] = None,
-                 block_slices: int = DEFAULT_BLOCK_SLICES, include_index: bool = False):
+def make_dataset(samples_dir, split: str, options: StreamOptions = StreamOptions(), *,
+                 repeat: bool = False, include_index: bool = False):
     """A tf.data pipeline of one split: ``({"s1", "s2", "s3", "loc"}, label)`` batches.
 
     Each iteration over the dataset is a new epoch with a new order, deterministic given
-    ``seed`` and the epoch number (the first iteration is epoch 0, and two datasets made
+    ``options.seed`` and the epoch number (the first iteration is epoch 0, and two datasets made
     with the same arguments give the same sequence). Patches are cut on the fly from the
     stored volumes by :class:`SampleStream` (producer processes for large epochs), then
     prefetched.
@@ -672,13 +589,9 @@ def make_dataset(samples_dir, split: str, batch_size: int = 128, seed: int = 0,
     Args:
         samples_dir: the folder :func:`wmh.sampling.build_samples` returned.
         split: 'train' or 'validation'.
-        batch_size: samples per batch (paper: 128); the epoch's last batch may be smaller.
-        seed: shuffle seed.
-        shuffle: False streams in stored order (validation).
-        use_t1: False gives C = 1 (FLAIR) even when T1 is stored.
-        max_samples: > 0 caps the epoch at a fixed random subset of this many samples.
+        options: batch size, seed, order, channels, subset, workers
+            (:class:`StreamOptions`).
         repeat: repeat epochs forever (each with a new order).
-        workers, block_slices: see :class:`SampleStream`.
         include_index: add ``"index"`` (B,) int64, the sample's row in the split.
 
     Returns:
@@ -694,8 +607,8 @@ def make_dataset(samples_dir, split: str, batch_size: int = 128, seed: int = 0,
 
     import tensorflow as tf
 
-    stream = SampleStream(samples_dir, split, batch_size, seed, shuffle, use_t1, max_samples,
-                          workers, block_slices)
+    stream = SampleStream(samples_dir, split, options)
+    batch_size = options.batch_size
     names = SCALE_NAMES + ("loc",) + (("index",) if include_index else ())
     epochs = itertools.count()
     layout = _batch_layout(batch_size, stream.channels)

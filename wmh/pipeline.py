@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from wmh import io
-from wmh.config import ExperimentConfig, SynthConfig, dump_yaml
+from wmh.config import ExperimentConfig, dump_yaml
 from wmh.errors import WMHError
 from wmh.lifecycle import RunOptions, train_run
 
@@ -52,12 +52,7 @@ def ensure_cohort(config: ExperimentConfig) -> tuple[Path, bool]:
         from wmh import synth
 
         root = synthetic_root(config)
-        synth_config: SynthConfig = config.synth
-        synth.synthesize_cohort(root, subjects=synth_config.subjects, seed=synth_config.seed,
-                                profile=synth_config.profile,
-                                flair_only=synth_config.flair_only,
-                                skull_stripped=synth_config.skull_stripped,
-                                workers=config.preprocess.workers)
+        synth.synthesize_cohort(root, config.synth, workers=config.preprocess.workers)
         return root, True
     root = Path(config.data.root)
     if not root.exists():
@@ -134,7 +129,7 @@ def ensure_prior(config: ExperimentConfig, cohort: Path, prepared: Path) -> Prio
     (:data:`wmh.tracking.STAGE_CODE`), so another split builds another prior. Too few
     training lesions fall back to the shipped prior, with a warning (stderr, and the
     run's ``prior_warning`` tag)."""
-    from wmh import preprocess, sampling
+    from wmh import preprocess, splits
     from wmh import prior as prior_stage
     from wmh.tracking import stage_code_hash
 
@@ -142,9 +137,9 @@ def ensure_prior(config: ExperimentConfig, cohort: Path, prepared: Path) -> Prio
     if mode != "training":
         return PriorStage(prepared, None, mode)
     use_t1 = config.data.use_t1
-    records = sampling.read_prepared_cohort(prepared)
-    train_ids = sampling.make_splits(records, config.sampling)["train"]
-    key = _key(sampling.cohort_hash(prepared, records), json.dumps(sorted(train_ids)),
+    records = splits.read_prepared_cohort(prepared)
+    train_ids = splits.make_splits(records, config.sampling)["train"]
+    key = _key(splits.cohort_hash(prepared, records), json.dumps(sorted(train_ids)),
                preprocess.config_hash(config.preprocess, use_t1), stage_code_hash("prior"))
     out = Path(config.data.cache_dir) / "prior" / f"{Path(prepared).name}-{key}"
     info = prior_stage.read_info(out)

@@ -86,11 +86,11 @@ def labelled_inputs(data: str | Path, subject_ids: Optional[Sequence[str]] = Non
     Raises:
         WMHError: nothing found, an unknown id, or a scan without labels (naming it).
     """
-    from wmh import sampling
+    from wmh.splits import read_prepared_cohort
 
     data = Path(data)
     if is_prepared_folder(data):
-        records = _chosen(sampling.read_prepared_cohort(data), lambda r: r.subject_id,
+        records = _chosen(read_prepared_cohort(data), lambda r: r.subject_id,
                           subject_ids, data)
         unlabelled = [record.path for record in records if not record.labelled]
     else:
@@ -122,9 +122,10 @@ def prepared_with(provenance: dict, config, use_t1: bool) -> bool:
 def _prepare(record, config, use_t1: bool):
     """One scan as the model expects it: prepared with the plan's config, or a prepared
     file checked to have been made with it."""
-    from wmh import preprocess, sampling
+    from wmh import preprocess
+    from wmh.splits import PreparedRecord
 
-    if isinstance(record, sampling.PreparedRecord):
+    if isinstance(record, PreparedRecord):
         prepared = preprocess.PreparedSubject.load(record.path)
         if not prepared_with(prepared.provenance or {}, config, use_t1):
             raise WMHError(f"--data {record.path}: prepared with other preprocessing than the "

@@ -300,25 +300,39 @@ class Reproduction:
     seconds: float
 
 
-def reproduce(scale: str = "demo", out_dir: str | Path = "outputs/reproduce",
-              experiments: str = "", overrides: Sequence[str] = (),
-              data_label: Optional[str] = None, folder: Optional[Path] = None,
-              progress: Callable[[str], None] = print,
-              alphas: Optional[Sequence[float]] = None) -> Reproduction:
-    """Runs (or reuses) every selected experiment, then writes the report.
+@dataclasses.dataclass(frozen=True)
+class ReproduceRequest:
+    """What to reproduce (``wmh reproduce``'s options).
 
-    Args:
+    Attributes:
         scale: a key of :data:`SCALES`.
-        out_dir: per-experiment folders and ``report/`` go here (``<out_dir>/<scale>``).
         experiments: comma-separated experiment names; "" = all of :data:`EXPERIMENTS`.
         overrides: ``section.field=value`` strings applied to every experiment last (e.g.
             ``data.root=/data/wmh2017`` for your own cohort).
         data_label: what the data are, for every table and figure; default "synthetic"
             for the synthetic cohort and "real" otherwise.
-        folder: where the experiment YAMLs are (default :func:`experiments_dir`).
-        progress: called with one line per step.
+        experiments_dir: where the experiment YAMLs are (default :func:`experiments_dir`).
         alphas: the α values searched for every experiment with location features;
             None = the scale's (:data:`ALPHAS`).
+    """
+
+    scale: str = "demo"
+    experiments: str = ""
+    overrides: Sequence[str] = ()
+    data_label: Optional[str] = None
+    experiments_dir: Optional[Path] = None
+    alphas: Optional[Sequence[float]] = None
+
+
+def reproduce(request: ReproduceRequest = ReproduceRequest(),
+              out_dir: str | Path = "outputs/reproduce",
+              progress: Callable[[str], None] = print) -> Reproduction:
+    """Runs (or reuses) every selected experiment, then writes the report.
+
+    Args:
+        request: the scale, experiments, overrides, data label and α values.
+        out_dir: per-experiment folders and ``report/`` go here (``<out_dir>/<scale>``).
+        progress: called with one line per step.
 
     Raises:
         WMHError: unknown scale or experiment, a missing experiment file, bad overrides,
@@ -332,9 +346,11 @@ def reproduce(scale: str = "demo", out_dir: str | Path = "outputs/reproduce",
     from wmh.tracking import configure_mlflow
 
     start = time.time()
-    chosen = select_experiments(experiments)
-    configs = [resolve(experiment, scale, overrides, folder) for experiment in chosen]
-    alphas = ALPHAS[scale] if alphas is None else tuple(alphas)
+    scale = request.scale
+    chosen = select_experiments(request.experiments)
+    configs = [resolve(experiment, scale, request.overrides, request.experiments_dir)
+               for experiment in chosen]
+    alphas = ALPHAS[scale] if request.alphas is None else tuple(request.alphas)
     out_dir = Path(out_dir) / scale
     out_dir.mkdir(parents=True, exist_ok=True)
     state = _read_json(out_dir / STATE_FILE) or {}
@@ -361,7 +377,7 @@ def reproduce(scale: str = "demo", out_dir: str | Path = "outputs/reproduce",
                      f" test Dice {outcome.result.dice(1):.3f} (run {outcome.run_id}{tuned})")
         stages = outcomes[0].stages
         test_ids = _check_same_test_cases(outcomes)
-        label = data_label or ("synthetic" if stages.synthetic else "real")
+        label = request.data_label or ("synthetic" if stages.synthetic else "real")
         results = [outcome.result for outcome in outcomes]
         results += [dataclasses.replace(by_name, name=name)
                     for name, source in DERIVED.items()
@@ -529,15 +545,14 @@ def _append_alpha_search(markdown: Path, outcomes: Sequence[Outcome]) -> None:
         handle.write("\n".join(lines) + "\n")
 
 
-def describe(scale: str, experiments: str = "", overrides: Sequence[str] = (),
-             folder: Optional[Path] = None,
-             alphas: Optional[Sequence[float]] = None) -> str:
+def describe(request: ReproduceRequest) -> str:
     """The plan of a reproduction, one line per experiment (``--dry-run``)."""
+    scale, alphas = request.scale, request.alphas
     lines = [f"scale {scale}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else
                                             f"{k}={v}" for k, v in SCALES.get(scale, {}).items())]
     tried = ALPHAS.get(scale, ()) if alphas is None else tuple(alphas)
-    for experiment in select_experiments(experiments):
-        config = resolve(experiment, scale, overrides, folder)
+    for experiment in select_experiments(request.experiments):
+        config = resolve(experiment, scale, request.overrides, request.experiments_dir)
         lines.append(
             f"{experiment.name:<20} {experiment.method:<20} Table {experiment.tables:<14} "
             f"arch={config.model.arch} loc={config.model.loc} width={config.model.width:g} "

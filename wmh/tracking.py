@@ -192,11 +192,11 @@ def content_hash(path: str | Path) -> str:
 # key of the stage before it), so a code change invalidates exactly the stages it touches.
 STAGE_CODE = {
     "prepare": ("wmh.preprocess", "wmh.location", "wmh.io"),
-    "prior": ("wmh.prior", "wmh.location", "wmh.sampling"),  # split + prior view
-    "sample": ("wmh.sampling",),
-    "train": ("wmh.lifecycle", "wmh.train", "wmh.models", "wmh.data", "wmh.baseline",
-              "wmh.finetune", "wmh.calibration", "wmh.evaluation.metrics", "wmh.contract",
-              "wmh.threshold", "wmh.loader"),
+    "prior": ("wmh.prior", "wmh.location", "wmh.splits"),  # split + prior view
+    "sample": ("wmh.splits", "wmh.sampling"),
+    "train": ("wmh.lifecycle", "wmh.train", "wmh.models", "wmh.patches", "wmh.data",
+              "wmh.baseline", "wmh.finetune", "wmh.calibration", "wmh.evaluation.metrics",
+              "wmh.contract", "wmh.threshold", "wmh.loader"),
     # the test segmentation and the MethodResult that result.json keeps (tables, figures
     # and MLflow I/O do not change it)
     "evaluate": ("wmh.segment", "wmh.evaluation.metrics", "wmh.evaluation.cases",

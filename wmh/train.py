@@ -234,14 +234,15 @@ def predict_volume(model, model_config: ModelConfig, images: np.ndarray, locatio
             raise ValueError("predict_volume: a random forest needs the voxel spacing")
         return model.predict_volume(images, location, brain_mask, spacing,
                                     mc_samples=mc_samples, transform=transform)
-    from wmh.models import predict_slices
+    from wmh.models import InferenceOptions, predict_slices
 
     def to_slices(volume):  # (X, Y, Z, ...) -> (Z, X, Y, ...): rows = x, columns = y
         return np.moveaxis(np.asarray(volume), 2, 0)
 
     result = predict_slices(model, model_config, to_slices(images), to_slices(location),
-                            to_slices(brain_mask), mc_samples=mc_samples, precision=precision,
-                            transform=transform)
+                            to_slices(brain_mask), InferenceOptions(
+                                mc_samples=mc_samples, precision=precision,
+                                transform=transform))
     if mc_samples:
         return tuple(np.moveaxis(part, 0, 2) for part in result)
     return np.moveaxis(result, 0, 2)
@@ -322,12 +323,12 @@ class CNNLearner:
                 if source is not None:  # fine-tune: the source's weights, fresh optimiser
                     model.set_weights(load_network_dir(source.folder)[0].get_weights())
         use_t1 = config.data.use_t1
-        train_data = data.make_dataset(run.samples_dir, "train", config.train.batch_size,
-                                       seed=config.train.seed + state["epoch"], shuffle=True,
-                                       use_t1=use_t1, max_samples=config.train.max_train_samples)
-        validation_data = data.make_dataset(run.samples_dir, "validation", 512, seed=0,
-                                            shuffle=False, use_t1=use_t1,
-                                            max_samples=config.train.max_validation_samples)
+        train_data = data.make_dataset(run.samples_dir, "train", data.StreamOptions(
+            config.train.batch_size, seed=config.train.seed + state["epoch"], shuffle=True,
+            use_t1=use_t1, max_samples=config.train.max_train_samples))
+        validation_data = data.make_dataset(run.samples_dir, "validation", data.StreamOptions(
+            512, seed=0, shuffle=False, use_t1=use_t1,
+            max_samples=config.train.max_validation_samples))
         tracker = EpochTracker(validation_data, run_dir, state, config.train.epochs)
         if state["epoch"] < config.train.epochs:
             with precision_scope(precision):

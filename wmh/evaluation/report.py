@@ -56,33 +56,48 @@ class ReportFiles:
     figures: dict
 
 
-def collect_results(methods: Sequence[tuple[str, str | Path]],
-                    runs: Sequence[tuple[str, str]] = (), truth: str | Path | None = None,
-                    observer2: str | Path | None = None,
-                    brain_mask: str | Path | None = None,
-                    threshold: Optional[float] = None,
+@dataclasses.dataclass(frozen=True)
+class ReportSources:
+    """What a report compares (``wmh report``'s --method, --run, --truth, --observer2,
+    --brain-mask and --threshold).
+
+    Attributes:
+        methods: (name, prediction folder) pairs; they need ``truth``.
+        runs: (name, MLflow run id) pairs.
+        truth, observer2, brain_mask: label files/folders matched by case id, or None.
+        threshold: operating threshold of the prediction folders; None = each
+            segmentation's recorded threshold.
+    """
+
+    methods: Sequence[tuple[str, str | Path]] = ()
+    runs: Sequence[tuple[str, str]] = ()
+    truth: str | Path | None = None
+    observer2: str | Path | None = None
+    brain_mask: str | Path | None = None
+    threshold: Optional[float] = None
+
+
+def collect_results(sources: ReportSources,
                     notes: Optional[list] = None) -> list[MethodResult]:
     """Results of prediction folders and MLflow runs, plus observer 2 when given.
 
     Args:
-        methods: (name, prediction folder) pairs; they need ``truth``.
-        runs: (name, MLflow run id) pairs.
-        truth, observer2, brain_mask: label files/folders matched by case id.
-        threshold: operating threshold of the prediction folders; None = each
-            segmentation's recorded threshold.
+        sources: the methods, runs and labels to compare.
         notes: collects a line for each method scored at another threshold than the
             one its segmentation recorded.
 
     Raises:
         WMHError: nothing to compare, folders without ``truth``, bad files.
     """
+    methods, runs, truth = sources.methods, sources.runs, sources.truth
+    observer2, brain_mask = sources.observer2, sources.brain_mask
     if not methods and not runs:
         raise WMHError("--method/--run: give at least one method to compare")
     if methods and truth is None:
         raise WMHError("--truth: needed to score --method folders")
     results = [method_result_from_predictions(
-        name, folder, truth, brain_mask=brain_mask, observer2=observer2, threshold=threshold,
-        notes=notes) for name, folder in methods]
+        name, folder, truth, brain_mask=brain_mask, observer2=observer2,
+        threshold=sources.threshold, notes=notes) for name, folder in methods]
     results += [method_result_from_mlflow(run_id, name) for name, run_id in runs]
     if observer2 is not None and truth is not None:
         results.append(observer_result(observer2, truth, brain_mask=brain_mask))

@@ -12,6 +12,7 @@ import importlib
 # used to check options before TensorFlow is imported.
 _EXPORTS = {
     "build_dense_model": "wmh.models.dense",
+    "InferenceOptions": "wmh.models.inference",
     "predict_patchwise": "wmh.models.inference",
     "predict_slices": "wmh.models.inference",
     "ARCHITECTURES": "wmh.models.patch",

@@ -53,7 +53,7 @@ import numpy as np
 import tensorflow as tf
 
 from wmh.config import ModelConfig
-from wmh.data import SCALE_NAMES, SCALES
+from wmh.patches import SCALE_NAMES, SCALES
 from wmh.location import N_LOCATION_FEATURES
 from wmh.errors import WMHError
 from wmh.models.patch import (

@@ -1,7 +1,7 @@
 """Voxel probabilities for slices: patch-wise (the reference) and whole-slice (fast).
 
 :func:`predict_patchwise` is the paper's sliding-window classifier: cut the three patches
-of each voxel with :func:`wmh.data.extract_patches` and run the patch model.
+of each voxel with :func:`wmh.patches.extract_patches` and run the patch model.
 :func:`predict_slices` gives the same numbers (to float rounding) for every brain voxel
 of a stack of slices with the dense twin of :mod:`wmh.models.dense`, one window per
 group of slices around the brain; MSEF, which has no dense form, is run patch-wise.
@@ -11,22 +11,55 @@ Both take a ``precision``: "fp32", "bf16" (towers in bfloat16, the rest float32;
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+import dataclasses
+from typing import Callable, NamedTuple, Optional
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from wmh.config import ModelConfig
-from wmh.data import extract_patches, padded_box_means
+from wmh.patches import extract_patches, padded_box_means
 from wmh.location import N_LOCATION_FEATURES
 from wmh.errors import WMHError
 from wmh.models.dense import DEFAULT_FFT_SIZE, build_dense_model, context, used_scales
 from wmh.models.precision import resolve_precision, tower_precision, tower_precision_of
 
 
+@dataclasses.dataclass(frozen=True)
+class InferenceOptions:
+    """How :func:`predict_slices` runs.
+
+    Attributes:
+        batch_size: slices per dense pass (memory grows with it).
+        mc_samples: 0 for a plain prediction; n > 0 runs n Monte Carlo dropout samples.
+        fft_size: tile side of the FFT first layer when the dense model is built here.
+        precision: "auto" (default: bf16 towers where this CPU's measurements justify
+            it, else fp32), "fp32" or "bf16". It applies to a given dense model too,
+            for this call only; probabilities are float32 either way.
+        transform: applied to every pass's brain-voxel probabilities before the mean
+            and standard deviation (e.g. a calibration, :mod:`wmh.calibration`); None
+            keeps them.
+    """
+
+    batch_size: int = 4
+    mc_samples: int = 0
+    fft_size: int = DEFAULT_FFT_SIZE
+    precision: str = "auto"
+    transform: Optional[Callable] = None
+
+
+class _Stack(NamedTuple):
+    """The slices :func:`predict_slices` classifies: (Z, H, W, C) images, (Z, H, W, 8)
+    location features, (Z, H, W) brain mask."""
+
+    images: np.ndarray
+    loc_maps: np.ndarray
+    brain_mask: np.ndarray
+
+
 def predict_patchwise(patch_model: keras.Model, image_slice: np.ndarray, loc_map: np.ndarray,
-                      rows: np.ndarray, cols: np.ndarray, batch_size: int = 512,
+                      rows: np.ndarray, cols: np.ndarray, *, batch_size: int = 512,
                       training: bool = False, precision: str = "fp32") -> np.ndarray:
     """P(WMH) of chosen voxels of one slice, one patch triple per voxel.
 
@@ -61,9 +94,8 @@ def is_dense_model(model: keras.Model) -> bool:
 
 
 def predict_slices(model: keras.Model, config: ModelConfig, image_slices: np.ndarray,
-                   loc_maps: np.ndarray, brain_mask: np.ndarray, batch_size: int = 4,
-                   mc_samples: int = 0, fft_size: int = DEFAULT_FFT_SIZE,
-                   precision: str = "auto", transform: Optional[Callable] = None
+                   loc_maps: np.ndarray, brain_mask: np.ndarray,
+                   options: InferenceOptions = InferenceOptions()
                    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """P(WMH) of every brain voxel of a stack of axial slices.
 
@@ -74,15 +106,8 @@ def predict_slices(model: keras.Model, config: ModelConfig, image_slices: np.nda
         image_slices: (Z, H, W, C) float32 slices.
         loc_maps: (Z, H, W, 8) float32 location features.
         brain_mask: (Z, H, W) bool; only these voxels are classified.
-        batch_size: slices per dense pass (memory grows with it).
-        mc_samples: 0 for a plain prediction; n > 0 runs n Monte Carlo dropout samples.
-        fft_size: tile side of the FFT first layer when the dense model is built here.
-        precision: "auto" (default: bf16 towers where this CPU's measurements justify
-            it, else fp32), "fp32" or "bf16". It applies to a given dense model too,
-            for this call only; probabilities are float32 either way.
-        transform: applied to every pass's brain-voxel probabilities before the mean
-            and standard deviation (e.g. a calibration, :mod:`wmh.calibration`); None
-            keeps them.
+        options: batch size, Monte Carlo samples, FFT tile, precision, transform
+            (:class:`InferenceOptions`).
 
     Returns:
         (Z, H, W) float32 probabilities, 0 outside the mask; with ``mc_samples`` > 0 a
@@ -94,9 +119,10 @@ def predict_slices(model: keras.Model, config: ModelConfig, image_slices: np.nda
     image_slices = np.asarray(image_slices, np.float32)
     loc_maps = np.asarray(loc_maps, np.float32)
     brain_mask = np.asarray(brain_mask, bool)
+    mc_samples = options.mc_samples
     _check_slices(image_slices, loc_maps, brain_mask, mc_samples)
-    transform = transform or (lambda probabilities: probabilities)
-    precision = resolve_precision(precision, "inference")
+    transform = options.transform or (lambda probabilities: probabilities)
+    precision = resolve_precision(options.precision, "inference")
     # Running sums over Monte Carlo samples (one plain sample when mc_samples == 0).
     sums = np.zeros((2,) + brain_mask.shape, np.float64)
 
@@ -113,10 +139,10 @@ def predict_slices(model: keras.Model, config: ModelConfig, image_slices: np.nda
                 sums[1, z, rows, cols] += np.square(probabilities, dtype=np.float64)
     else:
         dense = model if is_dense_model(model) else build_dense_model(
-            model, config, image_slices.shape[-1], fft_size)
+            model, config, image_slices.shape[-1], options.fft_size)
         with tower_precision(dense, precision):
-            _predict_dense(dense, config, image_slices, loc_maps, brain_mask, batch_size,
-                           mc_samples, sums, transform)
+            _predict_dense(dense, config, _Stack(image_slices, loc_maps, brain_mask),
+                           dataclasses.replace(options, transform=transform), sums)
 
     mean = sums[0] / max(mc_samples, 1) * brain_mask
     if mc_samples == 0:
@@ -138,10 +164,12 @@ def _check_slices(image_slices, loc_maps, brain_mask, mc_samples) -> None:
         raise WMHError(f"mc_samples: {mc_samples} must be >= 0")
 
 
-def _predict_dense(dense, config, image_slices, loc_maps, brain_mask, batch_size,
-                   mc_samples, sums, transform) -> None:
+def _predict_dense(dense, config, stack: _Stack, options: InferenceOptions, sums) -> None:
     """Adds each sample's probabilities and their squares to ``sums`` (2, Z, H, W), a
-    batch of similar-sized brain windows at a time."""
+    batch of similar-sized brain windows at a time (``options.transform`` is set)."""
+    image_slices, loc_maps, brain_mask = stack
+    batch_size, mc_samples, transform = (options.batch_size, options.mc_samples,
+                                         options.transform)
     trunk, head = dense.get_layer("trunk"), dense.get_layer("head")
     multiple, margin = max(used_scales(config)), context(config)
     boxes = {}  # slice -> (top, left, rows, cols) of its brain's bounding box

@@ -56,7 +56,7 @@ from __future__ import annotations
 import keras
 
 from wmh.config import ModelConfig
-from wmh.data import PATCH_SIZE, SCALE_NAMES
+from wmh.patches import PATCH_SIZE, SCALE_NAMES
 from wmh.location import N_LOCATION_FEATURES
 from wmh.errors import WMHError
 

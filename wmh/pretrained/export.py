@@ -59,7 +59,7 @@ CHECK_PATCHES = 64  # random patches the float16 check predicts
 RECORD_ALLOWANCE = 64_000  # bytes kept for MODEL_CARD.md and pretrained.json in the limit
 
 
-def export(source: str | Path, name: str, figures: Sequence[str] = (),
+def export(source: str | Path, name: str, figures: Sequence[str] = (), *,
            version: Optional[str] = None, recipe: Optional[str | Path] = None,
            run_id: Optional[str] = None, float16: bool = False,
            root: Optional[Path] = None) -> Path:
@@ -390,8 +390,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="store float16 weights even below the size limit")
     args = parser.parse_args(argv)
     try:
-        final = export(args.model, args.name, args.figures, args.version, args.recipe,
-                       args.run_id, args.float16)
+        final = export(args.model, args.name, args.figures, version=args.version,
+                       recipe=args.recipe, run_id=args.run_id, float16=args.float16)
     except WMHError as error:
         print(f"wmh.pretrained.export: error: {error}", file=sys.stderr)
         return 2

@@ -23,6 +23,7 @@ import nibabel as nib
 import numpy as np
 
 from wmh import __version__
+from wmh.config import SynthConfig
 from wmh.errors import WMHError
 from wmh.io import atomic_save, atomic_write_text
 from wmh.synth import pathology, subject as subject_module
@@ -52,11 +53,11 @@ def synth_version(profile: str) -> int:
     return RANDOMISED_SYNTH_VERSION if profile == RANDOMISED else SYNTH_VERSION
 
 
-def _arguments(subjects: int, seed: int, profile: str, flair_only: bool,
-               skull_stripped: bool) -> dict:
-    return {"subjects": int(subjects), "seed": int(seed), "profile": profile,
-            "flair_only": bool(flair_only), "skull_stripped": bool(skull_stripped),
-            "synth_version": synth_version(profile)}
+def _arguments(config: SynthConfig) -> dict:
+    return {"subjects": int(config.subjects), "seed": int(config.seed),
+            "profile": config.profile, "flair_only": bool(config.flair_only),
+            "skull_stripped": bool(config.skull_stripped),
+            "synth_version": synth_version(config.profile)}
 
 
 def check_arguments(out: Path, subjects: int, seed: int, profile: str) -> None:
@@ -107,34 +108,34 @@ def _describe(arguments: Optional[dict]) -> str:
     return ", ".join(f"{k}={v}" for k, v in arguments.items())
 
 
-def synthesize_subject(out: Path, index: int, seed: int, profile: str = "default",
-                       flair_only: bool = False, skull_stripped: bool = False,
-                       preview: bool = False, cache_dir: Optional[str] = "data_cache") -> dict:
-    """Generates and writes subject ``index`` of the cohort with seed ``seed`` under
+def synthesize_subject(out: Path, index: int, config: SynthConfig, *, preview: bool = False,
+                       cache_dir: Optional[str] = "data_cache") -> dict:
+    """Generates and writes subject ``index`` of the cohort ``config`` under
     ``out/<site>/<id>/``.
 
     Args:
         out: the cohort folder.
         index: subject index (its id is ``s<index:03d>``).
-        seed: the cohort seed (the subject's own seed is derived from it and the index).
-        profile: acquisition profile name (or 'mixed').
-        flair_only: write no T1.
-        skull_stripped: zero everything outside the brain.
+        config: the cohort: its seed (the subject's own seed is derived from it and the
+            index), acquisition profile (or 'mixed', 'randomised'), ``flair_only`` (write
+            no T1) and ``skull_stripped`` (zero everything outside the brain);
+            ``subjects`` is not used.
         preview: also write ``preview.png``.
         cache_dir: where the derived anatomy is cached on disk (None: memory only).
 
     Returns:
         The subject's cohort.json entry (seed, profile, volumes, counts, transforms, files).
     """
-    own_seed = subject_seed(seed, index)
+    profile = config.profile
+    own_seed = subject_seed(config.seed, index)
     rng = np.random.default_rng([own_seed, 1])  # the acquisition draw, apart from the anatomy
     randomisation = draw_randomisation(rng) if profile == RANDOMISED else None
     acquisition = (draw_profile(profile, rng) if randomisation is None
                    else randomisation.acquisition)
     anatomy = get_anatomy(cache_dir)
     result = subject_module.generate_subject(subject_id(index), own_seed, acquisition, anatomy,
-                                             flair_only=flair_only,
-                                             skull_stripped=skull_stripped,
+                                             flair_only=config.flair_only,
+                                             skull_stripped=config.skull_stripped,
                                              randomisation=randomisation)
     folder = Path(out) / acquisition.site / result.subject_id
     files = subject_module.write_subject(result, folder)
@@ -153,13 +154,13 @@ def synthesize_subject(out: Path, index: int, seed: int, profile: str = "default
 
 
 def _subject_job(arguments: tuple) -> dict:
-    return synthesize_subject(*arguments)
+    out, index, config, preview, cache_dir = arguments
+    return synthesize_subject(out, index, config, preview=preview, cache_dir=cache_dir)
 
 
-def synthesize_cohort(out: Path, subjects: int, seed: int, profile: str = "default",
-                      flair_only: bool = False, skull_stripped: bool = False,
-                      preview: bool = False, workers: int = 1,
-                      cache_dir: Optional[str] = "data_cache", progress: bool = False) -> Path:
+def synthesize_cohort(out: Path, config: SynthConfig, *, preview: bool = False,
+                      workers: int = 1, cache_dir: Optional[str] = "data_cache",
+                      progress: bool = False) -> Path:
     """Writes a synthetic cohort in the MICCAI WMH 2017 challenge layout.
 
     Same seed, arguments and version give identical arrays. ``cohort.json`` is written
@@ -169,11 +170,9 @@ def synthesize_cohort(out: Path, subjects: int, seed: int, profile: str = "defau
 
     Args:
         out: output folder (created; must be empty, or this cohort).
-        subjects: number of subjects (>= 1).
-        seed: cohort seed (>= 0).
-        profile: acquisition profile (see PROFILES) or 'mixed'.
-        flair_only: write no T1 images.
-        skull_stripped: zero everything outside the brain in the images.
+        config: the cohort: ``subjects`` (>= 1), ``seed`` (>= 0), ``profile`` (see
+            PROFILES, 'mixed' or 'randomised'), ``flair_only`` (write no T1 images) and
+            ``skull_stripped`` (zero everything outside the brain in the images).
         preview: write a PNG montage per subject.
         workers: subjects generated in parallel processes.
         cache_dir: where the derived anatomy is cached on disk (None: memory only).
@@ -187,10 +186,11 @@ def synthesize_cohort(out: Path, subjects: int, seed: int, profile: str = "defau
             non-empty folder that is not this cohort.
     """
     out = Path(out)
-    check_arguments(out, subjects, seed, profile)
+    subjects, profile = config.subjects, config.profile
+    check_arguments(out, subjects, config.seed, profile)
     if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
         raise WMHError(f"option --workers: expected an integer >= 1, got {workers!r}")
-    arguments = _arguments(subjects, seed, profile, flair_only, skull_stripped)
+    arguments = _arguments(config)
     state = _state(out, arguments)
     if state == "complete":
         if preview:
@@ -205,8 +205,7 @@ def synthesize_cohort(out: Path, subjects: int, seed: int, profile: str = "defau
     prior.header.set_qform(anatomy.full_affine, code="mni")
     atomic_save(prior, prior_path)
 
-    jobs = [(out, index, seed, profile, flair_only, skull_stripped, preview, cache_dir)
-            for index in range(subjects)]
+    jobs = [(out, index, config, preview, cache_dir) for index in range(subjects)]
     records = list(_run(jobs, workers, progress))
     cohort = {
         "format": "wmh-synth", "synth_version": synth_version(profile),
