@@ -355,7 +355,9 @@ def run_child(command: list[str]) -> dict:
     subject = timers.values.get("segment_subject", [0.0] * 5)
     inner_names = ("prepare", "model_wait", "infer")
     write = [subject[i] - sum(timers.values.get(n, [0.0] * 5)[i] for n in inner_names)
-             for i in (0, 1, 3)]
+             for i in (0, 1, 4)]
+    # writing runs on the main thread: its run-queue wait dropped, not below CPU / 2
+    write[2] = max(write[0] - max(write[2], 0.0), write[1] / 2)
     write_stages = {}
     inner = [0.0, 0.0]
     for name, (wall, cpu, calls, estimate, _) in timers.values.items():
