@@ -24,8 +24,12 @@ Stages (``stages``: wall ``s`` and ``cpu_s``; ``calls`` when a function ran more
 * ``python_start_and_exit``: what the parent measures of the child process beyond the
   child's own clock (interpreter start-up, and the exit: freeing memory, TensorFlow's
   threads); ``import_cli``: the child's first line to running the command;
-* ``resolve_model``: finds the model and its contract (imports TensorFlow and Keras);
-* ``model_load``: loads the weights and builds the dense twin;
+* ``resolve_model``: finds the model and its contract;
+* ``model_load``: imports TensorFlow, loads the weights and builds the dense twin, up
+  front (code before the background load); since then ``model_load_background``: the
+  same on its own thread while the first subject is prepared (wall, that thread's CPU
+  seconds; inside ``prepare``'s process CPU, not added to the totals), and
+  ``model_wait``: what the command then waited for it, if anything;
 * ``prepare``: :func:`wmh.preprocess.prepare_subject`, split into its own sub-stages
   (``prepare_stages``: the stage clock it keeps in its provenance, here with CPU seconds
   too: load, t1_registration, atlas_registration, masks, bias_and_normalisation,
@@ -40,6 +44,14 @@ Stages (``stages``: wall ``s`` and ``cpu_s``; ``calls`` when a function ran more
 * ``other``: what the stages above leave of ``total`` (input checks, hashing...).
 
 ``logged`` holds the stage lines the command itself prints (prepare / infer / write).
+
+``idle_estimate_s`` (per stage, and ``total_idle_estimate_s``) is an ESTIMATE, not a
+measurement, of the wall seconds on two free cores, from the scheduler's per-thread
+figures (``/proc/self/task/*/schedstat``: seconds on a CPU, seconds runnable but
+waiting for one): see :func:`idle_estimate`. Interpreter start-up and exit are
+estimated as min(wall, CPU). CPU seconds themselves grow on a loaded machine, so the
+estimate errs high. ``main_thread_run_queue_wait_s``: how long the command's main
+thread waited for a CPU.
 ``load_1min_before`` / ``_after``: the 1-minute load average around each case (the
 machine is shared: compare CPU seconds; with 2 free cores wall ~ CPU / 1.x).
 ``--wait-idle`` polls the load (as ``bench_segment.py`` does) before each case.
@@ -56,10 +68,13 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 _CHILD_START = time.perf_counter()
+_CHILD_MAIN = (open("/proc/thread-self/schedstat").read().split()[:2]
+               if os.path.exists("/proc/thread-self/schedstat") else None)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_segment import wait_for_idle  # noqa: E402  the same polling
@@ -91,17 +106,58 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # ----------------------------------------------------------------- the child process
 
+def thread_stats() -> dict[int, tuple[float, float]]:
+    """Seconds on a CPU and seconds runnable but waiting for one (the run queue), per
+    live thread of this process (``/proc/self/task/*/schedstat``; {} without it)."""
+    stats = {}
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return stats
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat") as handle:
+                run, wait = handle.read().split()[:2]
+        except (OSError, ValueError):
+            continue
+        stats[int(tid)] = (int(run) / 1e9, int(wait) / 1e9)
+    return stats
+
+
+def idle_estimate(wall: float, cpu: float, main: tuple[float, float],
+                  others: list[tuple[float, float]], cores: int = 2) -> float:
+    """An ESTIMATE of a stage's wall seconds on ``cores`` free cores, from what the
+    scheduler recorded on the shared machine: the main thread's seconds on a CPU, plus
+    the seconds it slept (waiting for its worker threads, or I/O) scaled by the share of
+    the other threads' runnable time they actually ran; the time the main thread itself
+    waited for a CPU is dropped. Never below CPU / cores nor the main thread's CPU. CPU
+    seconds themselves grow on a loaded machine (caches, spinning thread pools), so this
+    stays an upper-side estimate."""
+    main_run, main_wait = main
+    sleep = max(wall - main_run - main_wait, 0.0)
+    run = sum(r for r, _ in others)
+    share = run / (run + sum(w for _, w in others)) if run > 0 else 1.0
+    return max(main_run + sleep * share, cpu / cores, main_run)
+
+
 class Timers:
-    """Wall and CPU seconds per name, accumulated over calls."""
+    """Wall and CPU seconds per name, accumulated over calls, with the scheduler's
+    figures for :func:`idle_estimate`."""
 
     def __init__(self):
+        # name -> [wall, cpu, calls, idle estimate, main thread's run-queue wait]
         self.values: dict[str, list[float]] = {}
+        self.ended: list[tuple[float, float, float]] = []  # (time, run, wait) of threads gone
+        self.active: set[str] = set()  # names being timed on the main thread now
 
-    def add(self, name: str, wall: float, cpu: float) -> None:
-        entry = self.values.setdefault(name, [0.0, 0.0, 0])
+    def add(self, name: str, wall: float, cpu: float,
+            estimate: tuple[float, float] | None = None) -> None:
+        entry = self.values.setdefault(name, [0.0, 0.0, 0, 0.0, 0.0])
         entry[0] += wall
         entry[1] += cpu
         entry[2] += 1
+        entry[3] += wall if estimate is None else estimate[0]
+        entry[4] += 0.0 if estimate is None else estimate[1]
 
     def wrap(self, owner, attribute: str, name, method: bool = False) -> None:
         """Replaces ``owner.attribute`` by a timed call; ``name`` may be a function of the
@@ -110,19 +166,64 @@ class Timers:
         timers = self
 
         def timed(*args, **kwargs):
+            label = name(*args, **kwargs) if callable(name) else name
             wall, cpu = time.perf_counter(), time.process_time()
+            before = thread_stats()
+            timers.active.add(label)
             try:
                 return function(*args, **kwargs)
             finally:
-                label = name(*args, **kwargs) if callable(name) else name
-                timers.add(label, time.perf_counter() - wall, time.process_time() - cpu)
+                timers.active.discard(label)
+                wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+                timers.add(label, wall, cpu, timers.estimate(wall, cpu, before))
 
         setattr(owner, attribute, timed)
 
+    def wrap_background(self, owner, attribute: str, name: str) -> None:
+        """Times a call made on its own thread: wall, that thread's CPU seconds, and its
+        scheduler figures (kept for the stages it overlaps, as the thread is gone by the
+        time they end)."""
+        function = getattr(owner, attribute)
+        timers = self
+
+        def timed(*args, **kwargs):
+            wall, cpu = time.perf_counter(), time.thread_time()
+            tid = threading.get_native_id()
+            before = thread_stats().get(tid, (0.0, 0.0))
+            try:
+                return function(*args, **kwargs)
+            finally:
+                after = thread_stats().get(tid, before)
+                timers.ended.append((time.perf_counter(), after[0] - before[0],
+                                     after[1] - before[1]))
+                timers.add(name, time.perf_counter() - wall, time.thread_time() - cpu)
+
+        setattr(owner, attribute, timed)
+
+    def estimate(self, wall: float, cpu: float, before: dict, main: int | None = None,
+                 ) -> tuple[float, float]:
+        """:func:`idle_estimate` of a stage that began with the snapshot ``before``, and
+        the main thread's run-queue wait during it."""
+        after, now = thread_stats(), time.perf_counter()
+        if not after:
+            return wall, 0.0
+        main = threading.get_native_id() if main is None else main
+        deltas = {tid: (run - before.get(tid, (0.0, 0.0))[0],
+                        wait - before.get(tid, (0.0, 0.0))[1])
+                  for tid, (run, wait) in after.items()}
+        main_delta = deltas.pop(main, (0.0, 0.0))
+        others = list(deltas.values()) + [(run, wait) for ended, run, wait in self.ended
+                                          if now - wall <= ended <= now]
+        return idle_estimate(wall, cpu, main_delta, others), main_delta[1]
+
     def get(self, name: str) -> tuple[float, float]:
-        wall, cpu, _ = self.values.get(name, (0.0, 0.0, 0))
+        wall, cpu = self.values.get(name, (0.0, 0.0))[:2]
         return wall, cpu
 
+    def estimated(self, name: str) -> tuple[float, float]:
+        """(idle estimate, main thread's run-queue wait) of ``name``."""
+        values = self.values.get(name)
+        return (values[3], values[4]) if values else (0.0, 0.0)
 
 class _AfterImport(importlib.abc.MetaPathFinder):
     """Calls ``callback(module)`` once ``name`` is imported, so that instrumenting a module
@@ -176,7 +277,13 @@ def instrument(timers: Timers, prepare_stages: dict) -> None:
 
     prepare_module._StageClock = StageClock
     timers.wrap(cohort, "resolve_model", "resolve_model")
-    timers.wrap(segment_module.SegmentModel, "load", "model_load")
+    # model_load: loading up front (older code) or waiting for the background load
+    # (model_wait, inside segment_subject); model_load_background: the load itself on its
+    # thread, overlapping prepare (not added to the totals)
+    timers.wrap(segment_module.SegmentModel, "load", lambda *a, **k: "model_wait"
+                if "segment_subject" in timers.active else "model_load")
+    if hasattr(segment_module.SegmentModel, "_load"):
+        timers.wrap_background(segment_module.SegmentModel, "_load", "model_load_background")
     timers.wrap(preprocess_package, "prepare_subject", "prepare")
     after_import("wmh.train", lambda train: timers.wrap(train, "predict_volume", "infer"))
     timers.wrap(cohort, "segment_subject", "segment_subject")
@@ -204,6 +311,7 @@ def run_child(command: list[str]) -> dict:
 
     timers, prepare_stages = Timers(), {}
     start_wall, start_cpu = time.perf_counter(), time.process_time()
+    main_start = thread_stats().get(threading.get_native_id(), (0.0, 0.0))
     instrument(timers, prepare_stages)
     instrumented = time.perf_counter()
     captured = text_io.StringIO()
@@ -215,27 +323,44 @@ def run_child(command: list[str]) -> dict:
             code = exit_.code or 0
     total_wall = time.perf_counter() - start_wall
     total_cpu = time.process_time() - start_cpu
+    main_end = thread_stats().get(threading.get_native_id(), main_start)
     if code:
         raise SystemExit(f"wmh segment exited {code}: {captured.getvalue()[-2000:]}")
     logged = {match[1]: float(match[2]) for match in
-              re.finditer(r": (prepare|infer|write) ([0-9.]+) s", captured.getvalue())}
+              re.finditer(r": (prepare|wait for the model|infer|write) ([0-9.]+) s",
+                          captured.getvalue())}
 
-    def entry(wall, cpu, calls=1):
+    def entry(wall, cpu, calls=1, estimate=None):
         values = {"s": round(wall, 2), "cpu_s": round(cpu, 2)}
+        if estimate is not None:
+            values["idle_estimate_s"] = round(estimate, 2)
         if calls > 1:
             values["calls"] = calls
         return values
 
-    stages = {"import_cli": entry(start_wall - _CHILD_START, start_cpu)}
-    for name in ("resolve_model", "model_load", "prepare", "infer"):
-        stages[name] = entry(*timers.values.get(name, (0.0, 0.0, 1)))
-    # write = what segment_subject does after inference
-    subject_wall, subject_cpu = timers.get("segment_subject")
-    write = [subject_wall - sum(timers.get(n)[0] for n in ("prepare", "infer")),
-             subject_cpu - sum(timers.get(n)[1] for n in ("prepare", "infer"))]
+    def timed(name):
+        wall, cpu, calls, estimate, _ = timers.values.get(name, (0.0, 0.0, 1, 0.0, 0.0))
+        return entry(wall, cpu, calls, estimate)
+
+    # before the command: interpreter start-up ended, the CLI imported; one thread
+    import_cpu = start_cpu
+    import_wait = (main_start[1] - int(_CHILD_MAIN[1]) / 1e9) if _CHILD_MAIN else 0.0
+    stages = {"import_cli": entry(start_wall - _CHILD_START, import_cpu, 1,
+                                  max(start_wall - _CHILD_START - import_wait, import_cpu))}
+    top = ["resolve_model", "model_load", "prepare", "model_wait", "infer"]
+    for name in top:
+        if name in timers.values or name not in ("model_wait",):
+            stages[name] = timed(name)
+    # write = what segment_subject does after inference (and after waiting for the model)
+    subject = timers.values.get("segment_subject", [0.0] * 5)
+    inner_names = ("prepare", "model_wait", "infer")
+    write = [subject[i] - sum(timers.values.get(n, [0.0] * 5)[i] for n in inner_names)
+             for i in (0, 1, 4)]
+    # writing runs on the main thread: its run-queue wait dropped, not below CPU / 2
+    write[2] = max(write[0] - max(write[2], 0.0), write[1] / 2)
     write_stages = {}
     inner = [0.0, 0.0]
-    for name, (wall, cpu, calls) in timers.values.items():
+    for name, (wall, cpu, calls, estimate, _) in timers.values.items():
         if name in ("to_native_working", "ventricle_distance", "zone_volumes", "lesion_table",
                     "read_flair_for_qc", "lesions_csv", "qc_figure", "qc_png",
                     "report_json") or name.startswith("save:"):
@@ -247,13 +372,28 @@ def run_child(command: list[str]) -> dict:
     write_stages["cohort_files"] = entry(folder_wall - own[0], folder_cpu - own[1])
     inner = [inner[0] + folder_wall - own[0], inner[1] + folder_cpu - own[1]]
     write_stages["rest"] = entry(write[0] - inner[0], write[1] - inner[1])
-    stages["write"] = entry(*write)
+    stages["write"] = entry(*write[:2], 1, write[2])
     counted = [sum(stage[k] for stage in stages.values()) for k in ("s", "cpu_s")]
-    stages["other"] = entry(total_wall + start_wall - _CHILD_START - counted[0],
-                            total_cpu + start_cpu - counted[1])
+    other = [total_wall + start_wall - _CHILD_START - counted[0],
+             total_cpu + start_cpu - counted[1]]
+    # the rest ran on the main thread: its run-queue wait outside the timed stages dropped
+    main_wait_other = (main_end[1] - main_start[1]) - sum(
+        timers.values.get(n, [0.0] * 5)[4] for n in top + ["segment_subject"]
+        if n not in inner_names)
+    stages["other"] = entry(*other, 1, max(other[0] - max(main_wait_other, 0.0), other[1] / 2))
+    if "model_load_background" in timers.values:
+        wall, cpu, _, _, _ = timers.values["model_load_background"]
+        stages["model_load_background"] = {
+            "s": round(wall, 2), "thread_cpu_s": round(cpu, 2),
+            "note": "on its own thread while prepare runs: its CPU is inside prepare's "
+                    "process CPU seconds, and it is not added to the totals"}
+    estimate = sum(stage.get("idle_estimate_s", 0.0) for name, stage in stages.items()
+                   if name != "model_load_background")
     return {"stages": stages, "prepare_stages": prepare_stages, "write_stages": write_stages,
             "logged": logged, "child_wall_s": round(total_wall + start_wall - _CHILD_START, 2),
             "child_cpu_s": round(total_cpu + start_cpu, 2),
+            "child_idle_estimate_s": round(estimate, 2),
+            "main_thread_run_queue_wait_s": round(main_end[1] - main_start[1], 2),
             "instrument_s": round(instrumented - start_wall, 2)}
 
 
@@ -316,13 +456,21 @@ def run_case(name: str, flair: Path, t1, model: Path, out: Path, wait: bool) -> 
     cpu = (after_usage.children_user - usage.children_user
            + after_usage.children_system - usage.children_system)
     stages = figures["stages"]
-    stages = {"python_start_and_exit": {"s": round(wall - figures["child_wall_s"], 2),
-                                 "cpu_s": round(cpu - figures["child_cpu_s"], 2)}, **stages}
+    start_exit = [wall - figures["child_wall_s"], cpu - figures["child_cpu_s"]]
+    # interpreter start-up and exit: single-threaded but for TensorFlow's pools winding
+    # down; estimated as min(wall, CPU)
+    stages = {"python_start_and_exit": {"s": round(start_exit[0], 2),
+                                        "cpu_s": round(start_exit[1], 2),
+                                        "idle_estimate_s": round(min(start_exit), 2)},
+              **stages}
+    idle = figures["child_idle_estimate_s"] + min(start_exit)
     image = nib.load(str(flair))
     return {"flair": str(flair), "t1": str(t1) if t1 else None,
             "shape": list(image.shape), "voxel_mm": [round(float(v), 3)
                                                      for v in image.header.get_zooms()[:3]],
             "total_s": round(wall, 2), "total_cpu_s": round(cpu, 2),
+            "total_idle_estimate_s": round(idle, 2),
+            "main_thread_run_queue_wait_s": figures["main_thread_run_queue_wait_s"],
             "load_1min_before": round(before, 2),
             "load_1min_after": round(os.getloadavg()[0], 2), **waited,
             "stages": stages, "prepare_stages": figures["prepare_stages"],

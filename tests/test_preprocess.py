@@ -554,3 +554,59 @@ def test_nothing_but_an_unreadable_file_fails(tmp_path):
     assert prepared.warnings, "a registration onto noise must be flagged"
     assert any("atlas registration" in w or "brain" in w for w in prepared.warnings)
     assert prepared.brain_mask.shape == prepared.shape
+
+
+def test_templates_read_from_the_wheel_match_nilearns_loaders():
+    """The atlas reads nilearn's template files itself (importing nilearn.datasets costs
+    seconds): the same arrays and affine as nilearn's own loaders."""
+    from nilearn import datasets
+
+    from wmh.preprocess.atlas import _template
+
+    for kind, loader in (("t1", datasets.load_mni152_template),
+                         ("gm", datasets.load_mni152_gm_template),
+                         ("wm", datasets.load_mni152_wm_template)):
+        ours, theirs = _template(kind), loader(resolution=1)
+        assert np.array_equal(np.asarray(ours.dataobj), np.asarray(theirs.dataobj,
+                                                                   dtype=np.float32))
+        assert np.allclose(ours.affine, theirs.affine)
+
+
+@pytest.mark.parametrize("factor, shape", [(2, (9, 8, 7)), (3, (10, 11, 7))])
+def test_block_centres_equal_linear_resampling(factor, shape):
+    from wmh.preprocess.atlas import _block_centres
+
+    volume = np.random.default_rng(factor).random(shape, dtype=np.float32)
+    to_fine = np.diag([float(factor)] * 3 + [1.0])
+    to_fine[:3, 3] = (factor - 1) / 2.0
+    coarse_shape = tuple(int(np.ceil(n / factor)) for n in shape)
+    expected = resample_voxels(volume, to_fine, coarse_shape, 1)
+    np.testing.assert_allclose(_block_centres(volume, factor), expected, atol=1e-6)
+
+
+def test_demons_stop_once_an_iteration_gains_little(monkeypatch):
+    """The deformable atlas stage stops when an iteration lowers the demons' mean squared
+    difference by less than DEMONS_MIN_GAIN (or raises it); without that test it runs
+    them all."""
+    from wmh.preprocess import registration
+
+    atlas = load_atlas(2.0)
+    known = sitk.AffineTransform(3)
+    known.Scale((1.05, 0.96, 1.0))
+    template = atlas.image("t1")
+    subject = sitk.Resample(template, template, known, sitk.sitkLinear, 0.0)
+    elapsed = []
+
+    class Demons(sitk.FastSymmetricForcesDemonsRegistrationFilter):
+        def Execute(self, *images):
+            field = super().Execute(*images)
+            elapsed.append(self.GetElapsedIterations())
+            return field
+
+    monkeypatch.setattr(registration.sitk, "FastSymmetricForcesDemonsRegistrationFilter",
+                        Demons)
+    config = dataclasses.replace(FAST, deformable_iterations=30)
+    registration.register_atlas_deformable(subject, known, atlas, config)
+    monkeypatch.setattr(registration, "DEMONS_MIN_GAIN", -np.inf)
+    registration.register_atlas_deformable(subject, known, atlas, config)
+    assert 1 < elapsed[0] < 30 and elapsed[1] == 30

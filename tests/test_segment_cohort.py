@@ -273,3 +273,64 @@ def test_precision_is_recorded_as_run_and_a_change_segments_again(tmp_path, tiny
     assert json.loads((out / "a1" / "report.json").read_text())["precision"] == "bf16"
     bf16 = nib.load(out / "a1" / "wmh_probability.nii.gz").get_fdata()
     assert np.abs(bf16 - fp32).max() <= 0.02
+
+
+def test_the_model_loads_while_the_first_subject_is_prepared(tmp_path, tiny_model,
+                                                             monkeypatch):
+    from wmh import preprocess
+    from wmh.segment.subject import SegmentModel
+
+    cohort, prepared_dir = tmp_path / "cohort", tmp_path / "prepared"
+    write_subject(cohort, prepared_dir, "a1")
+    events, preparing = [], threading.Event()
+    load = SegmentModel._load
+
+    def slow_load(self):  # loading waits until preparation has begun (20 s at most)
+        events.append(("load starts", preparing.wait(20)))
+        load(self)
+        events.append(("loaded", threading.current_thread().name))
+
+    def prepare(subject, config, use_t1=True):
+        preparing.set()
+        events.append(("prepare", subject.subject_id))
+        time.sleep(0.2)
+        return preprocess.PreparedSubject.load(prepared_dir / f"{subject.subject_id}.h5")
+
+    monkeypatch.setattr(SegmentModel, "_load", slow_load)
+    monkeypatch.setattr(preprocess, "prepare_subject", prepare)
+    result = run_cohort(tiny_model, [cohort], tmp_path / "out", progress=False)
+    assert result.segmented == ["a1"] and result.failed == []
+    # loading waited for preparation to begin (it would wait in vain if it came first)
+    assert ("load starts", True) in events
+    assert events.index(("prepare", "a1")) < events.index(("loaded", "wmh-load-model"))
+    assert (tmp_path / "out" / "a1" / "wmh_mask.nii.gz").is_file()
+
+
+@pytest.mark.parametrize("direct", [False, True])
+def test_a_model_that_cannot_load_stops_the_command_with_exit_2(tmp_path, tiny_model,
+                                                               monkeypatch, capsys, direct):
+    """Loading in the background, weights that are no model still stop the command with
+    their one-line error and exit 2, write nothing, and win over the first subject's
+    own failure (a cohort would otherwise record it and go on)."""
+    import shutil
+
+    from wmh.errors import WMHError
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    (model / "model.keras").write_bytes(b"not a keras file")
+    cohort, prepared = tmp_path / "cohort", tmp_path / "prepared"
+    for index, name in enumerate(("a1", "b2")):
+        write_subject(cohort, prepared, name, seed=index)
+    failure = WMHError("a1: no brain found") if direct else PreparationFailed("a1: failed")
+    calls = prepare_from_files(monkeypatch, prepared, fail={"a1": failure})
+    inputs = ([str(cohort / "site" / "a1" / "pre" / "FLAIR.nii.gz"),
+               str(cohort / "site" / "a1" / "pre" / "T1.nii.gz")] if direct
+              else [str(cohort)])
+    out = tmp_path / "out"
+    assert _run(["segment", "--model", str(model), *inputs, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [next(line for line in err if line.startswith("wmh: error: "))]
+    assert err[0].startswith(f"wmh: error: {model / 'model.keras'}: cannot load model")
+    assert calls == ["a1"]  # prepared while the model loaded, then stopped
+    assert not out.exists()

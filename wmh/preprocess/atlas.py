@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.util
+from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
@@ -45,18 +48,16 @@ def load_atlas(spacing_mm: float = 1.0) -> Atlas:
     The lateral ventricles are the two large cerebrospinal-fluid components (template
     voxels with grey- and white-matter probability below 0.2) near the centre of the
     brain, one each side of x = 0 (left is x < 0). Nothing is downloaded: the templates
-    ship inside the nilearn wheel.
+    ship inside the nilearn wheel (read by :func:`_template`).
     """
     if spacing_mm != 1.0:
         return _coarse_atlas(load_atlas(1.0), spacing_mm)
-    from nilearn import datasets
-
-    template = datasets.load_mni152_template(resolution=1)
+    template = _template("t1")
     affine = np.array(template.affine, dtype=np.float64)
     t1 = np.asarray(template.dataobj, dtype=np.float32)
     t1 /= max(float(t1.max()), 1e-6)
-    grey = np.asarray(datasets.load_mni152_gm_template(resolution=1).dataobj, np.float32)
-    white = np.asarray(datasets.load_mni152_wm_template(resolution=1).dataobj, np.float32)
+    grey = np.asarray(_template("gm").dataobj, np.float32)
+    white = np.asarray(_template("wm").dataobj, np.float32)
     grey /= max(float(grey.max()), 1e-6)
     white /= max(float(white.max()), 1e-6)
     brain = ndimage.binary_fill_holes(t1 > 0)
@@ -79,20 +80,72 @@ def load_atlas(spacing_mm: float = 1.0) -> Atlas:
                  np.clip(brain - grey - white, 0, 1))
 
 
+_TEMPLATE_FILE = "mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"  # t1, gm, wm
+
+
+def _template(kind: str) -> nib.Nifti1Image:
+    """A 1 mm ICBM152 2009a template (``kind`` t1, gm or wm) as
+    ``nilearn.datasets.load_mni152_*template(resolution=1)`` gives it (float32 scaled to
+    a maximum of 1), read straight from the nilearn wheel: importing
+    ``nilearn.datasets`` for three file names costs seconds."""
+    spec = importlib.util.find_spec("nilearn")
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    path = next((Path(folder) / "datasets" / "data" / _TEMPLATE_FILE.format(kind)
+                 for folder in folders), None)
+    if path is None or not path.is_file():  # another wheel layout: ask nilearn
+        from nilearn import datasets
+
+        loader = {"t1": datasets.load_mni152_template, "gm": datasets.load_mni152_gm_template,
+                  "wm": datasets.load_mni152_wm_template}[kind]
+        return loader(resolution=1)
+    image = nib.load(path)
+    data = np.asarray(image.dataobj).astype(np.float32)
+    data /= data.max()
+    return nib.Nifti1Image(data, image.affine, image.header)
+
+
 def _coarse_atlas(atlas: Atlas, spacing_mm: float) -> Atlas:
     shape = tuple(int(np.ceil(n / spacing_mm)) for n in atlas.t1.shape)
     coarse_affine = atlas.affine @ np.diag([spacing_mm] * 3 + [1.0])
     coarse_affine[:3, 3] = atlas.affine[:3, 3] + (spacing_mm - 1.0) / 2.0
     to_fine = np.linalg.solve(atlas.affine, coarse_affine)
     sigma = max(spacing_mm - 1.0, 0.0) / 2.0
+    whole = float(spacing_mm).is_integer() and spacing_mm >= 2
 
     def coarse(volume, order):
-        smooth = ndimage.gaussian_filter(volume.astype(np.float32), sigma) if order else volume
+        if not order:
+            return resample_voxels(volume, to_fine, shape, order)
+        smooth = ndimage.gaussian_filter(volume.astype(np.float32), sigma)
+        if whole:
+            return _block_centres(smooth, int(spacing_mm))
         return resample_voxels(smooth, to_fine, shape, order)
 
     return Atlas(coarse(atlas.t1, 1), coarse(atlas.brain, 1), coarse(atlas.ventricles, 0),
                  coarse_affine, coarse(atlas.grey, 1), coarse(atlas.white, 1),
                  coarse(atlas.csf, 1))
+
+
+def _block_centres(volume: np.ndarray, factor: int) -> np.ndarray:
+    """Linear samples of ``volume`` at the centres of ``factor``-voxel blocks (voxel
+    ``factor * i + (factor - 1) / 2`` along every axis), 0 where that lies beyond the
+    last voxel: what :func:`resample_voxels` gives for that map, by strided slicing."""
+    out = np.asarray(volume, dtype=np.float32)
+    low = (factor - 1) // 2
+    fraction = np.float32((factor - 1) / 2.0 - low)
+    for axis in range(3):
+        size = out.shape[axis]
+        count = int(np.ceil(size / factor))
+        pad = [(0, 0)] * out.ndim
+        pad[axis] = (0, low + factor * (count - 1) + 2 - size)
+        padded = np.pad(out, pad)
+        index = low + factor * np.arange(count)
+        out = np.take(padded, index, axis=axis)
+        if fraction:
+            out = (1 - fraction) * out + fraction * np.take(padded, index + 1, axis=axis)
+        beyond = index + fraction > size - 1  # scipy's "constant" mode: no sample there
+        if beyond.any():
+            out[(slice(None),) * axis + (beyond,)] = 0.0
+    return out
 
 
 def mni_coordinate_map(mni_from_subject: sitk.Transform, reference: sitk.Image) -> np.ndarray:

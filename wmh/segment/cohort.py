@@ -206,16 +206,28 @@ class _Run:
     def segment_all(self, todo: list) -> None:
         """The subjects that need work, one at a time, with a progress bar whose postfix
         counts subjects done and failed and the mean seconds per subject."""
+        if not todo:
+            return
+        # The model loads (TensorFlow imported, dense twin built) while the first subject
+        # is prepared; segment_subject waits for it before inference. Weights that cannot
+        # load stop the command (exit 2) before anything is written, as they did when
+        # loaded up front, and win over any error of that first subject.
+        self.model.load_in_background()
+        try:
+            self._segment_each(todo)
+        finally:  # never leave with the load running (it holds stderr while importing)
+            self.model.load_error()
+
+    def _segment_each(self, todo: list) -> None:
+        import contextlib
+
         from tqdm import tqdm
 
         from wmh.preprocess import PreparedSubject
 
-        if not todo:
-            return
-        self.model.load()
         began, finished = time.perf_counter(), 0
-        with tqdm(total=len(todo), desc="segment", unit="subject",
-                  disable=not self.progress) as bar:
+        with contextlib.ExitStack() as stack:
+            bar = None  # drawn once the first subject is through (the model has loaded)
             for subject, details in todo:
                 try:
                     cached = (Path(self.prepared_dir) / f"{subject.subject_id}.h5"
@@ -229,12 +241,18 @@ class _Run:
                         prepared=prepared, log=self.log)
                     self.segmented.append(subject.subject_id)
                 except Exception as error:  # one subject's failure never stops the cohort
+                    model_error = self.model.load_error()
+                    if model_error is not None:  # ... but a model that cannot load does
+                        raise model_error from None
                     if self.direct and isinstance(error, WMHError):
                         raise
                     self.fail(subject, error, details)
                     self.log(f"{subject.subject_id}: failed: "
                              f"{self.reports[subject.subject_id]['error']}")
                 finished += 1
+                if bar is None:
+                    bar = stack.enter_context(tqdm(total=len(todo), desc="segment",
+                                                   unit="subject", disable=not self.progress))
                 bar.update(1)
                 bar.set_postfix(done=len(self.segmented), failed=len(self.failed),
                                 s_per_subject=f"{(time.perf_counter() - began) / finished:.1f}")

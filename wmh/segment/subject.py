@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -98,16 +99,60 @@ class SegmentModel:
     model: object = None
     network: object = None
 
+    # (thread, outcome) of load_in_background, where outcome["error"] is what it raised
+    _loading: Optional[tuple] = dataclasses.field(default=None, repr=False, compare=False)
+
     def load(self) -> "SegmentModel":
+        """Loads the weights and builds the dense twin (once); after
+        :meth:`load_in_background`, waits for that and raises what it raised.
+
+        Raises:
+            WMHError: weights that cannot be loaded (one line naming the file).
+        """
+        if self._loading is not None:
+            thread, outcome = self._loading
+            thread.join()
+            if outcome["error"] is not None:
+                raise outcome["error"]
+        if self.model is None:
+            self._load()
+        return self
+
+    def load_in_background(self) -> None:
+        """Starts :meth:`load` in a thread, so that importing TensorFlow, reading the
+        weights and building the dense twin (seconds of mostly single-threaded work)
+        overlap preparing the first subject; :meth:`load` waits for it."""
+        if self.model is not None or self._loading is not None:
+            return
+        outcome = {"error": None}
+
+        def run() -> None:
+            try:
+                self._load()
+            except BaseException as error:  # raised again by load(), in the caller's thread
+                outcome["error"] = error
+
+        thread = threading.Thread(target=run, name="wmh-load-model")
+        self._loading = (thread, outcome)
+        thread.start()
+
+    def load_error(self) -> Optional[BaseException]:
+        """What loading in the background raised, once it has ended (waits for it);
+        None when it loaded, or was never started."""
+        if self._loading is None:
+            return None
+        thread, outcome = self._loading
+        thread.join()
+        return outcome["error"]
+
+    def _load(self) -> None:
         from wmh.models import build_dense_model
         from wmh.loader import load_model_dir
 
-        if self.model is None:
-            self.model, self.contract = load_model_dir(self.folder)
-            self.network = self.model if self.contract.model.arch in ("msef", "rf") else \
-                build_dense_model(self.model, self.contract.model,
-                                  len(self.contract.channels))
-        return self
+        model, contract = load_model_dir(self.folder)
+        network = model if contract.model.arch in ("msef", "rf") else \
+            build_dense_model(model, contract.model, len(contract.channels))
+        self.model, self.contract, self.network = model, contract, network
 
     def provenance(self) -> dict:
         model = self.contract.model
@@ -139,7 +184,8 @@ def segment_subject(model: SegmentModel, subject: io.Subject, out_dir: Path,
     atomically; ``<subject_id>/`` in the folders layout) and rebuilds the cohort files.
 
     Args:
-        model: the loaded model (:meth:`SegmentModel.load`).
+        model: the model, loaded or loading (:meth:`SegmentModel.load_in_background`:
+            waited for once the subject is prepared).
         subject: the subject's files.
         out_dir: cohort output folder.
         options: threshold, MC samples, periventricular distance.
@@ -154,7 +200,6 @@ def segment_subject(model: SegmentModel, subject: io.Subject, out_dir: Path,
     from wmh import preprocess
     from wmh.evaluation import metrics
     from wmh.preprocess.plan import geometry_warnings, plan_config, read_plan
-    from wmh.train import predict_volume
 
     contract = model.contract
     settings = options.settings(contract)
@@ -182,6 +227,11 @@ def segment_subject(model: SegmentModel, subject: io.Subject, out_dir: Path,
         raise WMHError(f"{subject.flair}: prepared channels {prepared.channels} do not match "
                        f"the model's {contract.channels}")
     stage("prepare")
+    if model.model is None:  # loading in the background while the subject was prepared
+        model.load()
+        stage("wait for the model")
+    from wmh.train import predict_volume  # imports TensorFlow: after preparing
+
     images = prepared.images[..., :len(contract.channels)]
     # Monte Carlo passes are calibrated one by one, before their mean and spread.
     prediction = predict_volume(model.network, contract.model, images, prepared.location,
