@@ -161,10 +161,9 @@ def test_labelled_voxels_are_hyperintense(anatomy, contrast):
 
 
 def test_subtle_lesions_are_hyperintense_voxel_by_voxel(anatomy):
-    """Version 5: at the subtlest contrast and the strongest gamma, the lesion tissue of
-    labelled voxels are brighter than white matter but for partial-volume edges (version 4
-    scaled the level itself,
-    so part of each lesion was WM-dark yet labelled)."""
+    """Version 5: at the subtlest contrast and the strongest gamma, labelled voxels are
+    brighter than white matter but for partial-volume edges (version 4 scaled the level
+    itself, so part of each lesion was WM-dark yet labelled)."""
     base = rz.draw_randomisation(np.random.default_rng(9))
     r = _small(base, load_ml=25.0, pattern="mixed", shares=rz._shares(
         np.random.default_rng(1), "mixed"), lesion_contrast=rz.LESION_CONTRAST[0],
