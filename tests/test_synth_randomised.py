@@ -161,6 +161,32 @@ def test_labelled_voxels_are_hyperintense(anatomy, contrast):
         assert ratio > 1.3
 
 
+def test_subtle_lesions_are_hyperintense_voxel_by_voxel(anatomy):
+    """Version 5: at the subtlest contrast and the strongest gamma, labelled voxels are
+    brighter than white matter but for partial-volume edges (version 4 scaled the level
+    itself, so part of each lesion was WM-dark yet labelled)."""
+    base = rz.draw_randomisation(np.random.default_rng(9))
+    r = _small(base, load_ml=25.0, pattern="mixed", shares=rz._shares(
+        np.random.default_rng(1), "mixed"), lesion_contrast=rz.LESION_CONTRAST[0],
+               gamma=rz.GAMMA[1], snr=rz.SNR[1], bias_amplitude=0.0, skull="present")
+    result = generate_subject("s000", 4, r.acquisition, anatomy, flair_only=True,
+                              randomisation=r)
+    lesion = result.observer1 == 1
+    assert lesion.sum() > 100
+    voxel = np.moveaxis(result.mni_coordinates, -1, 0) - anatomy.affine[:3, 3].reshape(3, 1, 1, 1)
+    wm = ndi.map_coordinates(anatomy.wm, voxel, order=1) > 0.95
+    wm &= ~ndi.binary_dilation(lesion | result.hard_negatives, iterations=2)
+    brighter = result.flair[lesion] > np.median(result.flair[wm])
+    assert brighter.mean() > 0.83  # version 4 on this subject: 0.785
+
+
+def test_lesion_level_keeps_the_excess_positive():
+    contrast = rz.Contrast(wmh_flair=1.05, wmh_t1=0.8, csf_flair=0.1, csf_t1=0.3)
+    levels = rz.lesion_level(contrast, np.array([-1.0, 0.0, 0.75, 1.15]))
+    assert np.all(levels > 1.0)
+    assert levels[2] == pytest.approx(1.0375) and levels[3] == pytest.approx(1.0575)
+
+
 def test_placement_never_reads_the_wmh_prior(anatomy, monkeypatch):
     from wmh import location
 

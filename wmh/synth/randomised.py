@@ -32,7 +32,7 @@ from wmh.synth.pathology import (Contrast, Overlay, _ball_box, _blob, _choose_vo
                                  smooth_noise)
 from wmh.synth.profiles import RANDOMISED, AcquisitionProfile, profile_as_dict
 
-RANDOMISED_SYNTH_VERSION = 4  # the generator version of cohorts of this profile
+RANDOMISED_SYNTH_VERSION = 5  # the generator version of cohorts of this profile
 MAX_MATRIX = 512  # in-plane matrix cap (a 0.4 mm grid then spans 205 mm)
 MAX_VOXELS = 12_000_000  # FLAIR voxel cap: bounds memory (~1 GB peak) and time
 
@@ -58,6 +58,11 @@ FLAIR_LEVELS = {"gm": (1.0, 1.45), "deep_gm": (0.85, 1.3), "csf": (0.03, 0.35),
                 "skin": (0.3, 0.9)}
 GAMMA = (0.7, 1.4)
 LESION_CONTRAST = (1.1, 2.6)  # lesion / WM after the gamma (log-uniform)
+# A lesion voxel's excess over WM, as a share of the subject's nominal excess (version 5):
+# every lesion voxel stays brighter than WM however subtle the contrast. Version 4 scaled
+# the level itself (x 0.88-1.1), so at contrast 1.1 part of every lesion was as dark as
+# WM or darker yet labelled WMH: labels no rater would draw (BENCHMARKS.md, issue 17).
+LESION_EXCESS = (0.75, 1.15)
 BIAS_AMPLITUDE = (0.0, 0.4)
 SNR = (5.0, 60.0)  # log-uniform
 HEAD_SCALE = (0.85, 1.15)
@@ -126,7 +131,7 @@ def generator_ranges() -> dict:
     names = ("INPLANE_2D_MM", "INPLANE_3D_MM", "THICKNESS_2D_MM", "THICKNESS_3D_MM",
              "GAP_FRACTION", "OBLIQUE_DEGREES", "FOV_MM", "COVERAGE_MM", "NECK_SHIFT_MM",
              "PLANE_P", "THREE_D_P", "NECK_P", "SKULL_P", "STRIP_MARGIN_MM", "FLAIR_LEVELS",
-             "GAMMA", "LESION_CONTRAST", "BIAS_AMPLITUDE", "SNR", "HEAD_SCALE",
+             "GAMMA", "LESION_CONTRAST", "LESION_EXCESS", "BIAS_AMPLITUDE", "SNR", "HEAD_SCALE",
              "POSE_ROTATION_DEG", "WARP_AMPLITUDE_MM", "ATROPHY", "SULCAL_WIDENING",
              "LOAD_ZERO_P", "LOAD_MEDIAN_ML", "LOAD_LOG_SD", "LOAD_RANGE_ML", "MAX_MATRIX",
              "MAX_VOXELS")
@@ -263,6 +268,12 @@ def juxtacortical_region(anatomy: Anatomy) -> np.ndarray:
             & (z > -12) & (anatomy.ventricles == 0))
 
 
+def lesion_level(contrast: Contrast, excess):
+    """Lesion FLAIR level before the gamma: ``1 + (wmh_flair - 1) * excess`` (scalar or
+    array), above white matter's 1 for any positive ``excess``."""
+    return 1.0 + (contrast.wmh_flair - 1.0) * np.maximum(excess, 0.05)
+
+
 def _paint(overlay: Overlay, box, soft, level, t1_level) -> float:
     overlay.paint(box, soft, level, t1_level)
     np.maximum(overlay.wmh[box], soft, out=overlay.wmh[box])
@@ -312,7 +323,8 @@ def _confluent(rng, anatomy: Anatomy, overlay: Overlay, target_ml: float,
     soft = np.clip(ndi.gaussian_filter(lesion.astype(np.float32), 0.6) * 1.15, 0, 1)
     soft *= sub | (anatomy.wm[box] > 0.2)
     core = ndi.gaussian_filter(lesion.astype(np.float32), 2.0)
-    level = contrast.wmh_flair * (0.88 + 0.17 * core + 0.04 * np.clip(noise, -2.5, 2.5))
+    level = lesion_level(contrast, LESION_EXCESS[0] + 0.3 * core
+                         + 0.06 * np.clip(noise, -2.5, 2.5))
     return _paint(overlay, box, soft, level.astype(np.float32), contrast.wmh_t1)
 
 
@@ -325,7 +337,7 @@ def _scattered(rng, anatomy: Anatomy, overlay: Overlay, target_ml: float, contra
     gradient = np.gradient(anatomy.d_ventricles) if kind == "ovoid" else None
     while placed < target_ml and count < 300:
         centre = _choose_voxels(rng, sites, 1)[0]
-        level = contrast.wmh_flair * rng.uniform(0.88, 1.1)
+        level = lesion_level(contrast, rng.uniform(*LESION_EXCESS))
         if kind == "ovoid":
             direction = np.array([g[tuple(centre)] for g in gradient], np.float32)
             norm = float(np.linalg.norm(direction))
