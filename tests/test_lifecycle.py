@@ -33,7 +33,8 @@ def cohort(tmp_path_factory):
     return prepared, samples
 
 
-@pytest.mark.parametrize("arch", ["rf", "msws"])
+# the CNN case is slow (test_train trains a CNN through the lifecycle in the default suite)
+@pytest.mark.parametrize("arch", ["rf", pytest.param("msws", marks=pytest.mark.slow)])
 def test_each_architecture_fits_saves_loads_and_predicts_through_the_protocol(
         arch, cohort, tmp_path, mlflow_tmp, request):
     from wmh import baseline, data, loader, train
