@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from wmh.cli.options import (check_output_file, check_outputs, config_options, gathered,
-                             resolve_config)
+from wmh.cli.options import (check_output_file, check_outputs, cohort_exit_code,
+                             config_options, gathered, resolve_config)
 from wmh.errors import WMHError
 
 
@@ -124,11 +124,8 @@ def prepare_command(data, out_dir, workers, no_t1, overwrite, config_path, overr
         raise WMHError(next(iter(report.failed.values())))
     click.echo(report.summary())
     click.echo(out_dir)
-    if report.failed:
-        click.echo(f"wmh prepare: {len(report.failed)} of {len(report.order)} subjects failed: "
-                   f"{', '.join(sorted(report.failed))} (see {report.summary_path})", err=True)
-        return 1
-    return 0
+    return cohort_exit_code(f"wmh prepare: {len(report.failed)} of {len(report.order)} "
+                            "subjects failed", sorted(report.failed), report.summary_path)
 
 
 @click.group("prior")

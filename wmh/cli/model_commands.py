@@ -8,9 +8,9 @@ from typing import Optional
 
 import click
 
-from wmh.cli.options import (check_outputs, config_options, echo_registration, gathered,
-                             model_options, precision_option, register_option, resolve_config,
-                             with_precision)
+from wmh.cli.options import (check_outputs, cohort_exit_code, config_options,
+                             echo_registration, gathered, model_options, precision_option,
+                             register_option, resolve_config, with_precision)
 from wmh.errors import WMHError
 
 
@@ -196,11 +196,8 @@ def segment_command(model_source, inputs, out_dir, subject_id, quiet, options):
                f"done with this model and settings), failed {len(result.failed)}")
     click.echo(f"outputs in {out_dir}; volumes in {out_dir / 'volumes.csv'}; QC page "
                f"{out_dir / 'index.html'}")
-    if result.failed:
-        click.echo(f"wmh: error: {len(result.failed)} subject(s) failed: "
-                   f"{', '.join(result.failed)} (see {out_dir / 'volumes.csv'})", err=True)
-        return 1
-    return 0
+    return cohort_exit_code(f"wmh: error: {len(result.failed)} subject(s) failed",
+                            result.failed, out_dir / "volumes.csv")
 
 
 @click.command("calibrate")

@@ -104,6 +104,16 @@ def resolve_config(config_path, overrides, override_list: str = ""):
     return load_config(config_path or None, [*overrides, *override_list.split()])
 
 
+def cohort_exit_code(head: str, failed_ids, where) -> int:
+    """A cohort command's exit status: 1 after naming the failed subjects on stderr
+    (``"<head>: id, id (see <where>)"``), 0 when none failed."""
+    failed_ids = list(failed_ids)
+    if not failed_ids:
+        return 0
+    click.echo(f"{head}: {', '.join(failed_ids)} (see {where})", err=True)
+    return 1
+
+
 def check_outputs(*pairs: tuple[Path | str, str]) -> None:
     """Each (folder, option) can become an output folder (:func:`wmh.io.check_output_dir`):
     checked before anything is loaded or created, so a bad path fails in one line."""
