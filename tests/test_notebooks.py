@@ -4,10 +4,12 @@ from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # 70-140 s on 2 cores: the whole walkthrough; make test-all
 def test_walkthrough_notebook_executes(tmp_path, monkeypatch):
     monkeypatch.setenv("WMH_WORKDIR", str(tmp_path))
     notebook = nbformat.read(ROOT / "notebooks" / "walkthrough.ipynb", as_version=4)

@@ -199,6 +199,7 @@ def tiny_sample_set(tmp_path):
     return prepared, sampling.build_samples(prepared, tmp_path / "samples", settings)
 
 
+@pytest.mark.slow  # 100 s on 2 cores (server start + 2 worker processes); make test-all
 def test_parallel_workers_share_one_study_without_losing_or_duplicating_trials(
         postgres, mlflow_server, tiny_sample_set, tmp_path):
     import optuna
