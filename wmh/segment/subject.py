@@ -109,11 +109,9 @@ class SegmentModel:
         Raises:
             WMHError: weights that cannot be loaded (one line naming the file).
         """
-        if self._loading is not None:
-            thread, outcome = self._loading
-            thread.join()
-            if outcome["error"] is not None:
-                raise outcome["error"]
+        error = self.load_error()
+        if error is not None:
+            raise error
         if self.model is None:
             self._load()
         return self
