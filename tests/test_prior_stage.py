@@ -132,6 +132,26 @@ def test_prior_stage_key_follows_the_split(tmp_path):
     assert folders[0][0] != folders[1][0]  # ...so the stage (and its prior) is another
 
 
+def test_prior_smoothing_is_the_stages_and_leaves_prepared_keys_alone(tmp_path):
+    """preprocess.prior_smoothing_mm: a broader prior reaches the far lesion's place (zero
+    at 4 mm), in another stage folder; preparation's keys do not change with it."""
+    from wmh.preprocess import config_hash
+
+    prepared = write_split_cohort(tmp_path / "prepared")
+    narrow = prior_config(tmp_path, prepared)
+    broad = prior_config(tmp_path, prepared, **{"preprocess.prior_smoothing_mm": 12.0})
+    assert config_hash(narrow.preprocess, False) == config_hash(broad.preprocess, False)
+    stages = [pipeline.ensure_prior(config, prepared, prepared) for config in (narrow, broad)]
+    assert stages[0].prepared != stages[1].prepared
+    assert [prior_stage.read_info(stage.prepared)["smoothing_mm"] for stage in stages] == \
+        [4.0, 12.0]
+    far = mni_of(FAR_VOXEL)[None]
+    priors = [location.load_prior(stage.prior) for stage in stages]
+    assert priors[0].sample(far)[0] == 0.0 < priors[1].sample(far)[0]
+    with pytest.raises(Exception, match="prior_smoothing_mm"):
+        prior_config(tmp_path, prepared, **{"preprocess.prior_smoothing_mm": 0})
+
+
 def test_other_prior_choices_skip_the_stage(tmp_path):
     prepared = write_split_cohort(tmp_path / "prepared")
     shipped = pipeline.ensure_prior(

@@ -60,6 +60,9 @@ class PreprocessConfig:
     # from the training split's labels only (leak-free; wmh.prior), "shipped" =
     # the synthetic prior in wmh/data (for cohorts too small to build one)
     prior: Literal["training", "shipped"] = "training"
+    # Gaussian sigma (mm) of the training split's prior (prior: training). Broader than the
+    # lesions' spread, it keeps the feature above zero where a cohort's lesions are rare.
+    prior_smoothing_mm: float = 4.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,6 +184,7 @@ _BOUNDS: dict[str, tuple[Optional[float], Optional[float], bool, bool]] = {
     "preprocess.registration_iterations": (0, None, False, False),
     "preprocess.deformable_iterations": (0, None, False, False),
     "preprocess.deformable_smoothing_mm": (0, None, False, False),
+    "preprocess.prior_smoothing_mm": (0, None, True, False),
     "preprocess.n4_iterations": (0, None, False, False),
     "preprocess.n4_shrink_mm": (0, None, True, False),
     "preprocess.min_similarity": (0, 1, False, False),

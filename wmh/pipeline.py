@@ -125,7 +125,8 @@ def ensure_prior(config: ExperimentConfig, cohort: Path, prepared: Path) -> Prio
     WMH prior of the training split's labels only and the prepared subjects' view with
     feature 8 recomputed from it (:mod:`wmh.prior`), under
     ``<cache>/prior/<prepared folder>-<key>``. The key hashes the prepared cohort, the
-    training split's subject ids, the preprocessing config and the stage's code
+    training split's subject ids, the preprocessing config (``prior_smoothing_mm`` too:
+    the prepared subjects' keys leave it out) and the stage's code
     (:data:`wmh.tracking.STAGE_CODE`), so another split builds another prior. Too few
     training lesions fall back to the shipped prior, with a warning (stderr, and the
     run's ``prior_warning`` tag)."""
@@ -140,7 +141,8 @@ def ensure_prior(config: ExperimentConfig, cohort: Path, prepared: Path) -> Prio
     records = splits.read_prepared_cohort(prepared)
     train_ids = splits.make_splits(records, config.sampling)["train"]
     key = _key(splits.cohort_hash(prepared, records), json.dumps(sorted(train_ids)),
-               preprocess.config_hash(config.preprocess, use_t1), stage_code_hash("prior"))
+               preprocess.config_hash(config.preprocess, use_t1), stage_code_hash("prior"),
+               f"smoothing {config.preprocess.prior_smoothing_mm}")
     out = Path(config.data.cache_dir) / "prior" / f"{Path(prepared).name}-{key}"
     info = prior_stage.read_info(out)
     if info is None:

@@ -51,15 +51,16 @@ MANIFEST_FILE = "manifest.json"
 ORIGIN_FILE = "origin.json"
 MIN_LESION_SUBJECTS = 3  # training subjects with WMH needed to build a prior
 PRIOR_SPACING_MM = 4.0  # the prior grid (as `wmh prior build`'s default)
-PRIOR_SMOOTHING_MM = 4.0
 
 
-def split_prior(files: Sequence[Path]) -> tuple[Optional[location.Prior], str]:
-    """The prior of the training subjects' prepared files, or (None, why) when fewer than
+def split_prior(files: Sequence[Path], smoothing_mm: float = 4.0,
+                ) -> tuple[Optional[location.Prior], str]:
+    """The prior of the training subjects' prepared files (Gaussian sigma ``smoothing_mm``,
+    ``preprocess.prior_smoothing_mm``), or (None, why) when fewer than
     :data:`MIN_LESION_SUBJECTS` of them hold WMH voxels."""
     if not any(_has_labels_and_mni(path) for path in files):
         return None, "no labelled training subject with MNI coordinates"
-    prior = build_prior_from_files(files, PRIOR_SPACING_MM, PRIOR_SMOOTHING_MM)
+    prior = build_prior_from_files(files, PRIOR_SPACING_MM, smoothing_mm)
     if (prior.lesion_subjects or 0) < MIN_LESION_SUBJECTS:
         return None, (f"{prior.lesion_subjects} of {prior.subjects} training subjects hold WMH"
                       f" (a prior needs {MIN_LESION_SUBJECTS})")
@@ -124,8 +125,9 @@ def write_prior_view(prepared_dir: Path, out: Path, train_ids: Sequence[str],
     prepared_dir, out = Path(prepared_dir), Path(out)
     by_id = {path.stem: path for path in prepared_files(prepared_dir)}
     train_files = [by_id[subject_id] for subject_id in train_ids if subject_id in by_id]
-    prior, why = split_prior(train_files)
-    info = {"train": sorted(train_ids), "prepared": str(prepared_dir.resolve())}
+    prior, why = split_prior(train_files, config.prior_smoothing_mm)
+    info = {"train": sorted(train_ids), "prepared": str(prepared_dir.resolve()),
+            "smoothing_mm": config.prior_smoothing_mm}
     temporary = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     temporary.mkdir(parents=True)
     try:

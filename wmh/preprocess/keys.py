@@ -15,7 +15,7 @@ from wmh.tracking import content_hash, hash_files
 _CACHE_IRRELEVANT = ("workers", "threads")  # change speed, not results
 # Chosen by the pipeline, not by preparation: a subject is prepared with prior_path (or the
 # shipped prior); the training-split prior replaces feature 8 afterwards (prior.py).
-_PIPELINE_ONLY = ("prior",)
+_PIPELINE_ONLY = ("prior", "prior_smoothing_mm")
 
 
 def code_version() -> str:
