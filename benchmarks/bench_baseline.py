@@ -33,7 +33,7 @@ import statistics
 import subprocess
 import time
 
-from machine import cpu_model  # benchmarks/machine.py
+from machine import cpu_model, vector_isa  # benchmarks/machine.py
 
 
 def make_case(seed: int, shape=(256, 256, 48), spacing=(1.0, 1.0, 3.0)):
@@ -183,7 +183,7 @@ def main() -> None:
                 "another",
         "load_average_1min_before_after": [round(load_before[0], 2),
                                            round(os.getloadavg()[0], 2)],
-        "machine": f"{cpu_model()}, {os.cpu_count()} cpus, "
+        "machine": f"{cpu_model()} ({vector_isa()}), {os.cpu_count()} cpus, "
                    f"{'GPU present (unused)' if _has_gpu() else 'no GPU'}",
         "versions": {"python": platform.python_version(), "numpy": np.__version__,
                      "scipy": __import__("scipy").__version__,

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_real import COLUMNS, _format, run as score_cases  # noqa: E402
-from machine import cpu_model  # noqa: E402
+from machine import cpu_model, vector_isa  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,7 +108,7 @@ def run(manifest: Path, init: str, config_path: Path, overrides: list[str]) -> d
                                           if f["start"]["status"] == "ok"])) if ok else None,
         "seconds_per_fold": float(np.mean([f["train_seconds"] for f in folds])),
         "folds": folds,
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "gpu": "none",
+        "machine": {"cpu": cpu_model(), "isa": vector_isa(), "cores": os.cpu_count(), "gpu": "none",
                     "python": platform.python_version()},
     }
 

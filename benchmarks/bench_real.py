@@ -41,7 +41,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from machine import cpu_model  # noqa: E402  benchmarks/machine.py
+from machine import cpu_model, vector_isa  # noqa: E402  benchmarks/machine.py
 
 FLOOR_THRESHOLDS = np.round(np.arange(1.0, 4.0 + 1e-9, 0.02), 3)
 
@@ -191,7 +191,7 @@ def summarise(rows: list[dict], model: Optional[str], floor_only: bool,
                          "mean_dice": float(curves.mean(axis=0)[shared]),
                          "dice": [float(v) for v in curves[:, shared]]},
         "rows": rows,
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "gpu": "none",
+        "machine": {"cpu": cpu_model(), "isa": vector_isa(), "cores": os.cpu_count(), "gpu": "none",
                     "python": platform.python_version()},
     }
 
