@@ -1,7 +1,11 @@
 """Shared test setup: deterministic, small, two TensorFlow threads, no GPU, no network."""
 
+import contextlib
 import os
 import random
+import shutil
+import sqlite3
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
@@ -77,10 +81,38 @@ def tf_seeded():
     return configure_tensorflow()
 
 
+@pytest.fixture(scope="session")
+def _empty_mlflow_store(tmp_path_factory):
+    """An empty SQLite MLflow store, created once: creating one runs every schema
+    migration (about 2 CPU s), copying it takes milliseconds."""
+    from mlflow.tracking import MlflowClient
+
+    folder = tmp_path_factory.mktemp("mlflow-template")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)  # the Default experiment's artifacts: ./mlruns/0
+        MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").search_experiments()
+    return folder
+
+
+def copy_empty_mlflow_store(template: Path, folder: Path) -> str:
+    """``folder/mlflow.db``, a copy of the empty store ``template/mlflow.db`` whose
+    Default experiment keeps its artifacts under ``folder/mlruns`` (as a store created
+    with ``folder`` as the working directory does); returns its URI."""
+    target = folder / "mlflow.db"
+    shutil.copyfile(template / "mlflow.db", target)
+    with contextlib.closing(sqlite3.connect(target)) as connection, connection:
+        moved = connection.execute(
+            "UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0 "
+            "AND artifact_location = ?",
+            (str(folder / "mlruns" / "0"), str(template / "mlruns" / "0"))).rowcount
+    assert moved == 1, "the MLflow template store's Default experiment changed form"
+    return f"sqlite:///{target}"
+
+
 @pytest.fixture
-def mlflow_tmp(tmp_path, monkeypatch):
-    """An MLflow tracking store private to the test."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def mlflow_tmp(tmp_path, monkeypatch, _empty_mlflow_store):
+    """An MLflow tracking store private to the test (a copy of an empty store)."""
+    uri = copy_empty_mlflow_store(_empty_mlflow_store, tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)
     return uri

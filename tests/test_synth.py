@@ -338,6 +338,35 @@ def test_cli_writes_cohort_and_refuses_other_arguments(tmp_path, capsys, monkeyp
     assert "holds a different synthetic cohort" in capsys.readouterr().err
 
 
+def test_anatomy_is_derived_once_per_process_whatever_the_cache_folder(tmp_path, anatomy,
+                                                                      monkeypatch):
+    """Two cache folders (and none) in one process: one derivation, written to each folder."""
+    from wmh.synth import anatomy as anatomy_module
+
+    calls = []
+
+    def derive():
+        calls.append(1)
+        return anatomy  # the real anatomy (already through float16: quantising keeps it)
+
+    monkeypatch.setattr(anatomy_module, "derive_anatomy", derive)
+    anatomy_module.get_anatomy.cache_clear()
+    anatomy_module._derived.cache_clear()
+    try:
+        first = get_anatomy(str(tmp_path / "a"))
+        second = get_anatomy(str(tmp_path / "b"))
+        third = get_anatomy(None)
+    finally:  # the next caller derives (or loads) for real
+        anatomy_module.get_anatomy.cache_clear()
+        anatomy_module._derived.cache_clear()
+    assert len(calls) == 1
+    assert first is second is third
+    np.testing.assert_array_equal(first.prior, anatomy.prior)
+    written = [anatomy_module._cache_path(tmp_path / name) for name in ("a", "b")]
+    assert all(path.is_file() for path in written)
+    np.testing.assert_array_equal(anatomy_module._load(written[1]).t1, anatomy.t1)
+
+
 def test_api_rejects_bad_arguments(tmp_path):
     with pytest.raises(WMHError, match="--subjects"):
         synthesize_cohort(tmp_path / "x", SynthConfig(subjects=0, seed=0))

@@ -338,19 +338,25 @@ def _quantised(anatomy: Anatomy) -> Anatomy:
         for name in _FLOAT_FIELDS})
 
 
+@functools.lru_cache(maxsize=1)
+def _derived() -> Anatomy:
+    """The derivation (about 12 CPU s), once per process whatever the cache folder."""
+    return _quantised(derive_anatomy())
+
+
 @functools.lru_cache(maxsize=2)
 def get_anatomy(cache_dir: str | None = "data_cache") -> Anatomy:
     """The reference anatomy: memoised per process, cached on disk under ``cache_dir``
     (None: no disk cache). A corrupt cache file is recomputed."""
     if cache_dir is None:
-        return _quantised(derive_anatomy())
+        return _derived()
     path = _cache_path(Path(cache_dir))
     if path.exists():
         try:
             return _load(path)
         except (OSError, ValueError, KeyError, EOFError):
             pass
-    anatomy = _quantised(derive_anatomy())
+    anatomy = _derived()
     try:
         _save(anatomy, path)
     except OSError:
