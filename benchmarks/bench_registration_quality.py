@@ -2,7 +2,7 @@
 one JSON object (last line).
 
 Usage: ``.venv/bin/python benchmarks/bench_registration_quality.py PREPARED_DIR COHORT_DIR
-[--misregistered-mm 5] [--out result.json] [--cache DIR]``
+[--misregistered-mm 4] [--out result.json] [--cache DIR]``
 
 ``PREPARED_DIR`` holds the ``<subject_id>.h5`` files ``wmh prepare`` wrote for the
 synthetic cohort ``COHORT_DIR`` (a ``wmh synth`` folder with its ``cohort.json``). All
@@ -26,11 +26,13 @@ figures are on **synthetic** data. Per subject (``subjects``):
 
 ``summary``: the errors of the doubtful subjects against the others, how well "doubtful"
 detects a misregistration (median error above 3, 4, 5 and 8 mm), Spearman
-correlations of the kept NMI with the error and with each numeric draw, and the same
-highest similarity of a misregistered subject (median error above ``--misregistered-mm``)
-and lowest of a well registered one for every similarity criterion: those recorded in the
-files' provenance (``atlas_*`` quality fields: a criterion added later is compared
-without changing this script) and the recomputed ones.
+correlations of the kept NMI with the error and with each numeric draw, and, for every
+similarity criterion, its correlations with the error and the SNR and the highest value of
+a misregistered subject (median error above ``--misregistered-mm``) against the lowest of
+a well registered one: the criteria recorded in the files' provenance (``atlas_*``
+quality fields, so that one added later, like ``atlas_retry_similarity``, is compared
+without changing this script) and the recomputed ones. ``--cache DIR`` keeps each
+subject's row (keyed by the prepared file's cache key and size) for the next run.
 """
 
 from __future__ import annotations
