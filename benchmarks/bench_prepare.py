@@ -41,10 +41,10 @@ import time
 from pathlib import Path
 
 from machine import cpu_model  # benchmarks/machine.py
+from synth_truth import dice, registration_error_mm, truth_on_working_grid
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 
 
@@ -53,35 +53,20 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def dice(first: np.ndarray, second: np.ndarray) -> float:
-    total = first.sum() + second.sum()
-    return float(2.0 * np.logical_and(first, second).sum() / total) if total else 1.0
-
-
 def evaluate(subject, use_t1: bool, config) -> dict:
     """Prepares one subject and compares it with its truth/ folder."""
-    from wmh.io import load_image
-    from wmh.preprocess import prepare_subject, to_working_grid
+    from wmh.preprocess import prepare_subject
 
     wall, cpu = time.perf_counter(), cpu_seconds()
     prepared = prepare_subject(subject, config, use_t1)
     wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
-    folder = Path(subject.flair).parent.parent
-    _, grid = load_image(subject.flair)
-
-    def truth(name, order=0):
-        data = np.asarray(nib.load(folder / "truth" / f"{name}.nii.gz").dataobj)
-        return to_working_grid(grid.to_working(data), grid, prepared.shape, prepared.affine,
-                               order)
-
     saved = prepared.save(Path(tempfile.mkdtemp(prefix="bench_prepared_")) / "subject.h5")
     disk_mb = saved.stat().st_size / 1e6
     saved.unlink()
-    brain = truth("brainmask") > 0
-    error = np.linalg.norm(truth("mni_coordinates", 1) - prepared.mni_coordinates, axis=-1)
-    ventricles = truth("ventricles")
+    error, brain = registration_error_mm(prepared, subject.flair)
+    ventricles = truth_on_working_grid(prepared, subject.flair, "ventricles")
     return {"seconds": wall, "cpu_seconds": cpu,
-            "registration_error_mm_median": float(np.median(error[brain])),
+            "registration_error_mm_median": float(np.median(error)),
             "brain_mask_dice": dice(brain, prepared.brain_mask),
             "ventricle_dice": float(np.mean([dice(ventricles == side,
                                                   prepared.ventricles == side)

@@ -24,7 +24,9 @@ in-plane resampled to ``PreprocessConfig.inplane_spacing_mm``:
    three head sizes and the principal axes, every start optimised coarsely and the best
    at full resolution, implausible brain volumes ranked last), then demons against the
    template re-contrasted with the subject's own tissue intensities; below
-   ``PreprocessConfig.min_similarity`` it falls back to the affine result and warns. It
+   ``PreprocessConfig.min_similarity`` it falls back to the affine result, then searches
+   again from more head sizes and heights ranked by that similarity whatever the brain
+   volume (a brain larger than ``brain_volume_ml`` allows), keeps the better and warns. It
    gives each working voxel its MNI coordinate (mm), the atlas brain mask and the
    lateral ventricles, which are then grown or shrunk to the subject's CSF
    (:func:`refine_ventricles`).

@@ -78,11 +78,16 @@ def _centroid(mask: sitk.Image) -> np.ndarray:
 
 ATLAS_START_SCALES = (0.88, 1.0, 1.12)  # head sizes (relative) the affine search starts from
 PRINCIPAL_AXES_MAX_DEGREES = 30.0  # a principal-axes start tilted further is not tried
+# The second search after a doubtful result (``retry``): more head sizes, the brain's
+# centre also moved down and up (LPS z: superior), every start judged by the similarity
+# the quality check uses whatever its brain volume.
+RETRY_START_SCALES = (0.8, 0.88, 1.0, 1.12, 1.24)
+RETRY_CENTRE_SHIFTS_MM = (-15.0, 0.0, 15.0)
 
 
 def register_atlas_affine(subject: sitk.Image, subject_brain_centre: np.ndarray,
                           atlas: Atlas, config, subject_mask: Optional[sitk.Image] = None,
-                          ) -> sitk.AffineTransform:
+                          retry: bool = False) -> sitk.AffineTransform:
     """Affine registration of the subject to the MNI template (template = fixed, its
     dilated brain mask restricts the metric so the subject's skull matters little).
 
@@ -99,10 +104,20 @@ def register_atlas_affine(subject: sitk.Image, subject_brain_centre: np.ndarray,
     optimising only the best was measured and rejected: the coarse, smoothed metric
     prefers the template stretched over the skull.)
 
+    With ``retry`` (the second search :func:`_atlas_registration` makes when the first
+    result's similarity is doubtful) the starts are the head sizes
+    ``RETRY_START_SCALES`` at the centre moved by each of ``RETRY_CENTRE_SHIFTS_MM``
+    along the superior axis, plus the principal axes, and they are ranked by the
+    normalised mutual information inside the warped brain (:func:`_atlas_similarity`),
+    whatever their brain volume: the volume rule rejects the true pose of a brain larger
+    than ``config.brain_volume_ml`` allows, and Mattes MI over the template's
+    surroundings can prefer the template stretched over the skull.
+
     Args:
         subject: the subject image (world = LPS mm).
         subject_brain_centre: world (LPS) point where the brain's centre probably is.
         subject_mask: the subject's head (or brain) for the principal axes, or None.
+        retry: the wider search, ranked by similarity.
 
     Returns:
         The transform mapping MNI world points to subject world points (LPS mm).
@@ -127,6 +142,8 @@ def register_atlas_affine(subject: sitk.Image, subject_brain_centre: np.ndarray,
     judge.SetInterpolator(sitk.sitkLinear)
 
     def rank(transform) -> tuple[bool, float]:
+        if retry:
+            return (False, -_atlas_similarity(moving, transform.GetInverse(), atlas))
         judge.SetInitialTransform(transform)
         try:
             value = float(judge.MetricEvaluate(template, moving))
@@ -135,11 +152,13 @@ def register_atlas_affine(subject: sitk.Image, subject_brain_centre: np.ndarray,
         volume = brain_ml * abs(float(np.linalg.det(np.reshape(transform.GetMatrix(), (3, 3)))))
         return (not low <= volume <= high, value)
 
-    starts = [scale * np.eye(3) for scale in ATLAS_START_SCALES]
+    scales, shifts = ((RETRY_START_SCALES, RETRY_CENTRE_SHIFTS_MM) if retry
+                      else (ATLAS_START_SCALES, (0.0,)))
+    starts = [(scale * np.eye(3), shift) for shift in shifts for scale in scales]
     if subject_mask is not None:
         rotation = principal_axes_rotation(subject_mask, brain)
         if rotation is not None and _rotation_degrees(rotation) > 2.0:
-            starts.append(rotation)
+            starts.append((rotation, 0.0))
 
     def optimise(transform, level: str) -> bool:
         method = _mutual_information(config, config.registration_iterations, (level,))
@@ -158,12 +177,12 @@ def register_atlas_affine(subject: sitk.Image, subject_brain_centre: np.ndarray,
 
     # every start through the coarse copies; the best one goes on to full resolution
     best, best_rank = None, (True, np.inf)
-    for matrix in starts:
+    for matrix, shift in starts:
         transform = sitk.AffineTransform(3)
         transform.SetCenter([float(v) for v in template_centre])
         transform.SetMatrix([float(v) for v in matrix.ravel()])
-        transform.SetTranslation([float(v) for v in
-                                  np.asarray(subject_brain_centre) - template_centre])
+        transform.SetTranslation([float(v) for v in np.asarray(subject_brain_centre)
+                                  + (0.0, 0.0, shift) - template_centre])
         if not optimise(transform, "coarse_copy"):
             continue
         candidate = rank(transform)
@@ -384,6 +403,33 @@ def _t1_registration(loaded, t1_native: sitk.Image, flair_native: sitk.Image, co
     return register_rigid(t1_coarse, flair_native, config).GetInverse()
 
 
+def atlas_subject_image(flair_native: sitk.Image, t1_native: Optional[sitk.Image],
+                        flair_to_t1: sitk.Transform, brain_mask: Optional[np.ndarray],
+                        affine: np.ndarray, config,
+                        ) -> tuple[sitk.Image, np.ndarray, sitk.Image]:
+    """The image the atlas is registered to, on the FLAIR's field of view at atlas
+    resolution: the T1 pulled onto it when there is one, else the FLAIR; a known brain
+    mask (working grid ``affine``) removes the skull, else the neck is cropped
+    (:func:`head_geometry`).
+
+    Returns:
+        The image, the world (LPS) point where the brain's centre probably is and the
+        subject's brain (or head) mask on the image's grid.
+    """
+    registration_grid = downsample(flair_native, config.atlas_spacing_mm)
+    if t1_native is not None:
+        subject_image = resample(_smoothed_for(t1_native, config.atlas_spacing_mm),
+                                 registration_grid, flair_to_t1)
+    else:
+        subject_image = registration_grid
+    if brain_mask is not None:
+        subject_mask = resample(to_sitk(brain_mask.astype(np.uint8), affine),
+                                registration_grid, linear=False)
+        return sitk.Mask(subject_image, subject_mask), _centroid(subject_mask), subject_mask
+    centre, cropped, head = head_geometry(subject_image)
+    return cropped, centre, head
+
+
 def _atlas_registration(flair_native: sitk.Image, t1_native: Optional[sitk.Image],
                         flair_to_t1: sitk.Transform, brain_mask: Optional[np.ndarray],
                         affine: np.ndarray, config, quality: dict,
@@ -394,8 +440,10 @@ def _atlas_registration(flair_native: sitk.Image, t1_native: Optional[sitk.Image
 
     Never fails: where the result's normalised mutual information with the template
     (``quality['atlas_similarity']``) is below ``config.min_similarity``, the affine
-    result is tried alone; the better one is kept and a warning appended to
-    ``warnings`` says which and how similar it is.
+    result is tried alone, then the wider affine search of
+    ``register_atlas_affine(retry=True)`` (and its demons); the most similar result is
+    kept and warnings appended to ``warnings`` say what was done and how similar the
+    result is (below the threshold still: "atlas registration doubtful").
 
     Args:
         slice_axis: the FLAIR's thick (acquired slice) axis in working orientation.
@@ -403,38 +451,41 @@ def _atlas_registration(flair_native: sitk.Image, t1_native: Optional[sitk.Image
     Returns:
         The transform mapping FLAIR world points to MNI world points (LPS).
     """
-    registration_grid = downsample(flair_native, config.atlas_spacing_mm)
-    if t1_native is not None:
-        subject_image = resample(_smoothed_for(t1_native, config.atlas_spacing_mm),
-                                 registration_grid, flair_to_t1)
-    else:
-        subject_image = registration_grid
+    subject_image, centre, subject_mask = atlas_subject_image(
+        flair_native, t1_native, flair_to_t1, brain_mask, affine, config)
     atlas = load_atlas(config.atlas_spacing_mm)
-    if brain_mask is not None:
-        subject_mask = resample(to_sitk(brain_mask.astype(np.uint8), affine),
-                                registration_grid, linear=False)
-        subject_image = sitk.Mask(subject_image, subject_mask)
-        centre = _centroid(subject_mask)
-    else:
-        centre, subject_image, subject_mask = head_geometry(subject_image)
-    affine_only = register_atlas_affine(subject_image, centre, atlas, config,
-                                        subject_mask).GetInverse()
     threshold = float(config.min_similarity)
-    affine_similarity = _atlas_similarity(subject_image, affine_only, atlas)
-    quality["atlas_affine_similarity"] = affine_similarity
-    mni_from_subject, similarity = affine_only, affine_similarity
-    if config.atlas_deformable:
-        slice_mm = 0.0 if t1_native is not None else float(
-            flair_native.GetSpacing()[slice_axis])
+    slice_mm = 0.0 if t1_native is not None else float(flair_native.GetSpacing()[slice_axis])
+
+    def attempt(retry: bool) -> tuple[sitk.Transform, float, dict, list[str]]:
+        figures, notes = {}, []
+        affine_only = register_atlas_affine(subject_image, centre, atlas, config,
+                                            subject_mask, retry=retry).GetInverse()
+        affine_similarity = _atlas_similarity(subject_image, affine_only, atlas)
+        figures["atlas_affine_similarity"] = affine_similarity
+        if not config.atlas_deformable:
+            return affine_only, affine_similarity, figures, notes
         deformed = register_atlas_deformable(subject_image, affine_only, atlas, config,
                                              slice_mm, slice_axis)
         deformed_similarity = _atlas_similarity(subject_image, deformed, atlas)
-        quality["atlas_deformable_similarity"] = deformed_similarity
+        figures["atlas_deformable_similarity"] = deformed_similarity
         if deformed_similarity >= threshold or deformed_similarity >= affine_similarity:
-            mni_from_subject, similarity = deformed, deformed_similarity
-        else:
-            warnings.append(f"atlas registration fell back to affine (NMI "
-                            f"{affine_similarity:.3f}; deformable {deformed_similarity:.3f})")
+            return deformed, deformed_similarity, figures, notes
+        notes.append(f"atlas registration fell back to affine (NMI {affine_similarity:.3f}; "
+                     f"deformable {deformed_similarity:.3f})")
+        return affine_only, affine_similarity, figures, notes
+
+    mni_from_subject, similarity, figures, notes = attempt(retry=False)
+    if similarity < threshold:
+        second = attempt(retry=True)
+        quality["atlas_first_similarity"] = similarity
+        quality["atlas_retry_similarity"] = second[1]
+        if second[1] > similarity:
+            notes = [f"atlas registration retried with the wider search (NMI "
+                     f"{similarity:.3f} -> {second[1]:.3f})"] + second[3]
+            mni_from_subject, similarity, figures = second[:3]
+    quality.update(figures)
+    warnings += notes
     quality["atlas_similarity"] = similarity
     if similarity < threshold:
         warnings.append(f"atlas registration doubtful (NMI {similarity:.3f} < "
@@ -451,3 +502,4 @@ def _atlas_similarity(subject_image: sitk.Image, mni_from_subject: sitk.Transfor
     if brain.sum() < 100:
         return 0.0
     return normalised_mutual_information(from_sitk(subject_image)[brain], template[brain])
+
