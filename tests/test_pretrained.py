@@ -68,6 +68,7 @@ def test_export_writes_files_hashes_record_and_card(tmp_path, root, mlflow_tmp):
     final = exporter.export(folder, "flair", [str(bench_json(tmp_path))], version="1.2")
     assert final == root / "flair"
     assert [p.name for p in root.iterdir()] == ["flair"]  # no staging folder left
+    assert final.stat().st_mode & 0o755 == 0o755  # readable by every user of an install
     names = {p.name for p in final.iterdir()}
     assert names == {"model.keras", "wmh_model.json", "plan.json", "prior.nii.gz",
                      "MODEL_CARD.md", "pretrained.json"}

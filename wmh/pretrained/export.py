@@ -93,6 +93,7 @@ def export(source: str | Path, name: str, figures: Sequence[str] = (), *,
     recipe_entry = recipe_record(recipe, training.get("config_name"))
     created = datetime.datetime.now(datetime.timezone.utc)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".export", dir=root))
+    staging.chmod(0o755)  # mkdtemp's 0700 would hide the installed model from other users
     try:
         for path in sorted(folder.iterdir()):
             if path.is_file() and path.name not in (RECORD_FILE, CARD_FILE):
