@@ -205,6 +205,24 @@ def test_prior_build_command_from_prepared_files(tmp_path, capsys):
     lesion, elsewhere = prior.sample(np.array([[12.0, 0.0, 0.0], [-12.0, 0.0, 0.0]]))
     assert lesion > 5 * elsewhere
 
+    # without --smoothing-mm the sigma is the config's (as the pipeline's prior stage)
+    from wmh.prior import build_prior_from_files
+
+    files = sorted((tmp_path / "prepared").glob("*.h5"))
+    for sigma, options in ((4.0, []), (8.0, ["--set", "preprocess.prior_smoothing_mm=8"]),
+                           (6.0, ["--set", "preprocess.prior_smoothing_mm=8",
+                                  "--smoothing-mm", "6"])):
+        built = tmp_path / f"built{len(options)}.nii.gz"  # load_prior caches by path
+        with pytest.raises(SystemExit) as exit_info:
+            cli_main(["prior", "build", str(tmp_path / "prepared"), "--out", str(built),
+                      "--set", f"data.cache_dir={tmp_path / 'cache'}", *options])
+        assert exit_info.value.code == 0
+        expected = load_prior(build_prior_from_files(files, 4.0, sigma).save(
+            tmp_path / f"expected{sigma}.nii.gz"))
+        np.testing.assert_array_equal(load_prior(built).probability, expected.probability)
+    broad, narrow = (load_prior(tmp_path / f"expected{sigma}.nii.gz") for sigma in (8.0, 4.0))
+    assert not np.array_equal(broad.probability, narrow.probability)
+
 
 def test_prior_build_command_takes_a_split(tmp_path, capsys):
     """--samples (its training split) or --subjects FILE choose the subjects; without

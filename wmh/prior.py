@@ -53,7 +53,7 @@ MIN_LESION_SUBJECTS = 3  # training subjects with WMH needed to build a prior
 PRIOR_SPACING_MM = 4.0  # the prior grid (as `wmh prior build`'s default)
 
 
-def split_prior(files: Sequence[Path], smoothing_mm: float = 4.0,
+def split_prior(files: Sequence[Path], smoothing_mm: float,
                 ) -> tuple[Optional[location.Prior], str]:
     """The prior of the training subjects' prepared files (Gaussian sigma ``smoothing_mm``,
     ``preprocess.prior_smoothing_mm``), or (None, why) when fewer than

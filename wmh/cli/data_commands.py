@@ -139,8 +139,8 @@ def prior_group():
               help="Prior NIfTI to write, e.g. wmh_prior_mni.nii.gz.")
 @click.option("--spacing-mm", type=float, default=4.0, show_default=True,
               help="Voxel size of the prior grid.")
-@click.option("--smoothing-mm", type=float, default=4.0, show_default=True,
-              help="Gaussian smoothing sigma.")
+@click.option("--smoothing-mm", type=float, default=None,
+              help="Gaussian smoothing sigma [default: preprocess.prior_smoothing_mm].")
 @click.option("--workers", type=int, default=None,
               help="Subjects prepared in parallel when DATA is a raw cohort.")
 @click.option("--samples", "samples_dir", type=click.Path(path_type=Path), default=None,
@@ -177,6 +177,8 @@ def prior_build_command(data, out_path, spacing_mm, smoothing_mm, workers, sampl
         click.echo("warning: the prior uses every labelled subject of DATA, test subjects "
                    "included; pass --samples SAMPLES_DIR (its training split) or --subjects "
                    "FILE for a prior without test labels", err=True)
+    if smoothing_mm is None:
+        smoothing_mm = config.preprocess.prior_smoothing_mm  # as the pipeline's prior stage
     prior = build_prior_from_cohort(data, config, spacing_mm, smoothing_mm, workers=workers,
                                     subject_ids=subject_ids, option=option)
     prior.save(out_path)
