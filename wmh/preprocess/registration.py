@@ -477,13 +477,14 @@ def _atlas_registration(flair_native: sitk.Image, t1_native: Optional[sitk.Image
 
     mni_from_subject, similarity, figures, notes = attempt(retry=False)
     if similarity < threshold:
-        second = attempt(retry=True)
+        retried, retried_similarity, retried_figures, retried_notes = attempt(retry=True)
         quality["atlas_first_similarity"] = similarity
-        quality["atlas_retry_similarity"] = second[1]
-        if second[1] > similarity:
+        quality["atlas_retry_similarity"] = retried_similarity
+        if retried_similarity > similarity:
             notes = [f"atlas registration retried with the wider search (NMI "
-                     f"{similarity:.3f} -> {second[1]:.3f})"] + second[3]
-            mni_from_subject, similarity, figures = second[:3]
+                     f"{similarity:.3f} -> {retried_similarity:.3f})"] + retried_notes
+            mni_from_subject, similarity, figures = (retried, retried_similarity,
+                                                     retried_figures)
     quality.update(figures)
     warnings += notes
     quality["atlas_similarity"] = similarity
