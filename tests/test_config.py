@@ -101,6 +101,8 @@ def test_cli_config_prints_resolved_yaml_and_rejects_bad_key(capsys):
      "'preprocess.normalise_percentiles[1]' (1.0)"),
     ("preprocess.workers=0", "config key 'preprocess.workers': 0 is out of range "
                              "(expected >= 1)"),
+    ("preprocess.normalise_ceiling=0.5", "config key 'preprocess.normalise_ceiling': 0.5 is "
+                                         "out of range (expected >= 1)"),
 ])
 def test_impossible_values_name_the_key(override, message):
     with pytest.raises(WMHError) as error:

@@ -212,7 +212,7 @@ import SimpleITK as sitk  # noqa: E402
 from wmh.cli import main as cli_main  # noqa: E402
 from wmh.config import PreprocessConfig  # noqa: E402
 from wmh.io import discover, load_labels  # noqa: E402
-from wmh.preprocess import (check_brain_mask, cache_key,  # noqa: E402
+from wmh.preprocess import (check_brain_mask, cache_key, normalise_intensities,  # noqa: E402
                             from_sitk, load_atlas, mni_coordinate_map, prepare_cohort,
                             prepare_subject, register_atlas_affine, skull_stripped_mask,
                             to_sitk)
@@ -364,7 +364,28 @@ def test_cache_key_follows_inputs_and_config(cohort):
     key = cache_key(subject, FAST, True)
     assert cache_key(subject, dataclasses.replace(FAST, workers=4, threads=1), True) == key
     assert cache_key(subject, dataclasses.replace(FAST, n4_iterations=11), True) != key
+    assert cache_key(subject, dataclasses.replace(FAST, normalise_ceiling=2.0), True) != key
     assert cache_key(subject, FAST, False) != key
+
+
+def test_normalise_ceiling_keeps_contrast_above_the_high_percentile():
+    """Ceiling 1 saturates every voxel above the 99th percentile (a x1.5 and a x3 lesion
+    read alike); a higher ceiling keeps them apart, up to the ceiling."""
+    rng = np.random.default_rng(0)
+    image = rng.normal(100.0, 5.0, size=(40, 40, 20)).astype(np.float32)
+    brain = np.zeros(image.shape, bool)
+    brain[2:38, 2:38, 2:18] = True
+    image[10:13, 10:13, 10] = 150.0  # 9 voxels: far fewer than the top 1 % of the brain
+    image[20:23, 20:23, 10] = 300.0
+    low, high = np.percentile(image[brain], (1.0, 99.0))
+    clipped = normalise_intensities(image, brain, (1.0, 99.0))
+    assert clipped[11, 11, 10] == clipped[21, 21, 10] == 1.0
+    kept = normalise_intensities(image, brain, (1.0, 99.0), ceiling=3.0)
+    assert kept[11, 11, 10] == pytest.approx((150.0 - low) / (high - low), rel=1e-5)
+    assert kept[21, 21, 10] == 3.0  # (300 - low) / (high - low) is about 9: clipped
+    below = image < high
+    np.testing.assert_array_equal(kept[brain & below], clipped[brain & below])
+    assert not kept[~brain].any()
 
 
 def test_atlas_registration_recovers_a_known_affine():

@@ -63,6 +63,9 @@ def test_drawn_parameters_stay_in_their_ranges(draws):
     # the ranges are used, not just respected
     contrast = [r.lesion_contrast for r in draws]
     assert min(contrast) < 1.15 and max(contrast) > 2.3
+    # weighted towards subtle lesions (version 6): the excess over WM is log-uniform, so
+    # ln(5) / ln(16) = 58 % lie below x1.5 (a log-uniform contrast would put 36 % there)
+    assert 0.5 < np.mean(np.array(contrast) < 1.5) < 0.66
     spacing = [min(r.acquisition.inplane_mm) for r in draws]
     assert min(spacing) < 0.5 and max(spacing) > 1.2
     thickness = [r.acquisition.thickness_mm for r in draws]

@@ -42,6 +42,11 @@ class PreprocessConfig:
     inplane_spacing_mm: float = 1.0  # working-grid in-plane spacing; slices are kept
     bias_correction: bool = True  # N4 bias-field correction
     normalise_percentiles: tuple[float, float] = (1.0, 99.0)  # robust [0, 1] range in brain
+    # Normalised intensities are clipped to [0, normalise_ceiling]. 1.0 clips at the high
+    # percentile: lesions brighter than it all read 1.0 (saturated), whatever their contrast.
+    # Above 1, hyperintensities keep their contrast over the percentile (see BENCHMARKS.md,
+    # issue 17: a model trained on saturated lesions misses unsaturated real ones).
+    normalise_ceiling: float = 1.0
     atlas_deformable: bool = True  # deformable stage after the affine MNI registration
     workers: int = 1  # subjects prepared in parallel processes
     threads: int = 2  # SimpleITK threads per subject (results depend on it only in rounding)
@@ -177,6 +182,7 @@ _BOUNDS: dict[str, tuple[Optional[float], Optional[float], bool, bool]] = {
     "preprocess.inplane_spacing_mm": (0, None, True, False),
     "preprocess.normalise_percentiles[0]": (0, 100, False, False),
     "preprocess.normalise_percentiles[1]": (0, 100, False, False),
+    "preprocess.normalise_ceiling": (1, None, False, False),
     "preprocess.workers": (1, None, False, False),
     "preprocess.threads": (1, None, False, False),
     "preprocess.atlas_spacing_mm": (0, None, True, False),

@@ -32,11 +32,11 @@ def bias_correct(image: np.ndarray, brain_mask: np.ndarray, affine: np.ndarray,
 
 
 def normalise_intensities(image: np.ndarray, brain_mask: np.ndarray,
-                          percentiles: tuple[float, float]) -> np.ndarray:
+                          percentiles: tuple[float, float], ceiling: float = 1.0) -> np.ndarray:
     """Robust per-subject scaling: the brain's low/high percentiles -> 0/1, clipped to
-    [0, 1]; 0 outside the brain (the patch padding convention)."""
+    [0, ``ceiling``]; 0 outside the brain (the patch padding convention)."""
     low, high = np.percentile(image[brain_mask], percentiles)
-    scaled = np.clip((image - low) / max(high - low, 1e-6), 0.0, 1.0)
+    scaled = np.clip((image - low) / max(high - low, 1e-6), 0.0, ceiling)
     return np.where(brain_mask, scaled, 0.0).astype(np.float32)
 
 

@@ -99,7 +99,8 @@ def _prepare(subject: Subject, config: PreprocessConfig, use_t1: bool) -> Prepar
     for _, image in channels:
         if config.bias_correction:
             image = bias_correct(image, brain_mask, affine, config)
-        images.append(normalise_intensities(image, brain_mask, config.normalise_percentiles))
+        images.append(normalise_intensities(image, brain_mask, config.normalise_percentiles,
+                                             config.normalise_ceiling))
     images = np.stack(images, axis=-1)
     if t1 is not None:
         quality["t1_similarity"] = normalised_mutual_information(
