@@ -83,3 +83,19 @@ def test_demo_runs_every_stage_and_labels_results_synthetic(tmp_path, mlflow_tmp
     assert exit_info.value.code == 2 and err.count("\n") == 1
     assert err.startswith("wmh: error: --model models:/wmh-demo@nope: cannot download (")
     assert not (tmp_path / "nope").exists()
+
+
+def test_synthetic_root_follows_the_profiles_generator_version(monkeypatch):
+    """A new randomised generator version gets its own cache folder (the old folder's
+    cohort.json would refuse it); the default profile's folder does not move with it."""
+    from wmh import config as config_module
+    from wmh.pipeline import synthetic_root
+    from wmh.synth import cohort
+
+    randomised = config_module.load_config(None, ["synth.profile=randomised"])
+    default = config_module.load_config(None, [])
+    before = synthetic_root(randomised), synthetic_root(default)
+    monkeypatch.setattr(cohort, "RANDOMISED_SYNTH_VERSION", cohort.RANDOMISED_SYNTH_VERSION + 1)
+    assert synthetic_root(randomised) != before[0]
+    assert synthetic_root(randomised).name.startswith("randomised-n")
+    assert synthetic_root(default) == before[1]

@@ -34,10 +34,12 @@ def _key(*parts: str) -> str:
 
 def synthetic_root(config: ExperimentConfig) -> Path:
     """Where the synthetic cohort described by ``config.synth`` lives in the cache."""
-    from wmh.synth import SYNTH_VERSION
+    from wmh.synth.cohort import synth_version
 
     synth = config.synth
-    key = _key(dump_yaml(synth), f"synth_version={SYNTH_VERSION}")
+    # the profile's own generator version: a randomised cohort of a new version gets a new
+    # folder instead of meeting the old one (which check_arguments refuses)
+    key = _key(dump_yaml(synth), f"synth_version={synth_version(synth.profile)}")
     return (Path(config.data.cache_dir) / "synth"
             / f"{synth.profile}-n{synth.subjects}-seed{synth.seed}-{key}")
 
