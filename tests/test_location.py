@@ -146,6 +146,22 @@ def test_build_prior_concentrates_where_lesions_are(tmp_path):
         build_prior([], spacing_mm=4.0)
 
 
+def test_a_prior_rewritten_in_place_is_read_anew(tmp_path):
+    """load_prior caches by file, not by path alone: the same path saved again (as the
+    pipeline's prior stage or `wmh prior build --out` do) gives the new map."""
+    shape, affine = mni_grid(8.0)
+    path = tmp_path / "prior.nii.gz"
+    first = np.zeros(shape, np.float32)
+    first[10, 10, 10] = 0.5
+    Prior(first, affine, "").save(path)
+    assert load_prior(path).probability[10, 10, 10] == pytest.approx(0.5)
+    second = np.zeros(shape, np.float32)
+    second[5, 5, 5] = 0.25
+    Prior(second, affine, "").save(path)
+    reloaded = load_prior(path).probability
+    assert reloaded[10, 10, 10] == 0.0 and reloaded[5, 5, 5] == pytest.approx(0.25)
+
+
 def test_prior_files_are_checked(tmp_path):
     bad = tmp_path / "bad_prior.nii.gz"
     nib.save(nib.Nifti1Image(np.full((4, 4, 4), 3.0, np.float32), np.eye(4)), bad)

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import importlib.resources
+import os
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -276,11 +277,17 @@ def load_prior(path: str | Path | None = None) -> Prior:
         path = default_prior_path()
         if path is None:
             return analytic_prior()
-    return _load_prior_file(str(path))
+    try:  # the file's identity in the cache key: a prior rewritten in place is read anew
+        stat = os.stat(path)
+        identity = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+    except OSError:
+        identity = None  # load_nifti names the missing file
+    return _load_prior_file(str(path), identity)
 
 
 @functools.lru_cache(maxsize=4)
-def _load_prior_file(path: str) -> Prior:
+def _load_prior_file(path: str, identity: Optional[tuple] = None) -> Prior:
+    """``identity`` (modification time, size, inode) only keys the cache."""
     from wmh.io import load_nifti
 
     data, image = load_nifti(path)
