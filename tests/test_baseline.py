@@ -233,6 +233,27 @@ def test_forest_learns_the_tiny_cohort(trained):
     assert result.best_epoch == 1
 
 
+def test_train_adapt_prevalence_reaches_the_contract_and_the_run(trained, monkeypatch):
+    """train.adapt_prevalence: the same Platt fit, each validation subject's map shifted
+    to its own prevalence before the threshold; recorded in the contract and the run."""
+    from wmh import pipeline
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{trained['root'] / 'mlflow.db'}")
+    monkeypatch.setattr(pipeline, "ensure_data", lambda _: pipeline.DataStages(
+        trained["root"] / "cohort", True, trained["prepared"], trained["samples"]))
+    config = rf_config(trained["root"], **{"train.adapt_prevalence": True})
+    result = pipeline.run_training(config)
+    _, contract = load_model_dir(result.model_dir)
+    _, plain = load_model_dir(trained["result"].model_dir)
+    calibration, before = contract.calibrator(), plain.calibrator()
+    assert calibration.adaptation == "prevalence" and before.adaptation == "none"
+    assert calibration.parameters == pytest.approx(before.parameters)  # same forest, same fit
+    run = mlflow.get_run(result.run_id)
+    assert run.data.params["calibration"] == "platt+prevalence"
+    assert run.data.metrics["val_ece"] == pytest.approx(calibration.validation_ece_after)
+    assert calibration.validation_ece_after != pytest.approx(before.validation_ece_after)
+
+
 def test_arch_rf_run_logs_like_the_cnns(trained):
     run, client, result = trained["run"], trained["client"], trained["result"]
     assert run.info.run_name == "rf"

@@ -1,5 +1,6 @@
 """Calibration of P(WMH): prior shift, Platt scaling, ECE, and the contract round trip."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -137,3 +138,77 @@ def test_config_rejects_an_unknown_method():
     with pytest.raises(WMHError, match="config key 'train.calibration': 'isotonic' is not "
                                        "one of 'platt', 'prior', 'none'"):
         load_config(None, ["train.calibration=isotonic"])
+
+
+def scan_voxels(prevalence, count=400_000, seed=0):
+    """A scan's scores from known class densities (WMH ~ N(2, 1), normal ~ N(-1, 1)) and
+    its labels at ``prevalence``; ``posterior(pi)`` is the exact P(WMH | score) at prior pi."""
+    rng = np.random.default_rng(seed)
+    labels = (rng.random(count) < prevalence).astype(np.uint8)
+    score = np.where(labels == 1, rng.normal(2.0, 1.0, count), rng.normal(-1.0, 1.0, count))
+    log_ratio = -0.5 * (score - 2.0) ** 2 + 0.5 * (score + 1.0) ** 2
+
+    def posterior(pi):
+        return calibration.sigmoid(log_ratio + np.log(pi / (1 - pi)))
+    return labels, posterior
+
+
+@pytest.mark.parametrize("prevalence", [0.002, 0.05])
+def test_prevalence_adaptation_finds_each_scans_own_prevalence(prevalence):
+    source = 0.01  # the model is calibrated at the validation subjects' prevalence
+    labels, posterior = scan_voxels(prevalence, seed=4)
+    calibrated = posterior(source)
+    adapted, estimate = calibration.adapt_prevalence(calibrated, source)
+    assert estimate == pytest.approx(labels.mean(), rel=0.1)
+    np.testing.assert_allclose(adapted, posterior(estimate), atol=1e-6)  # Bayes at pi
+    before = calibration.expected_calibration_error(calibrated, labels)
+    after = calibration.expected_calibration_error(adapted, labels)
+    assert after < 0.004 < before
+    # Within the scan the order of the voxels is kept: its ROC does not change.
+    order = np.argsort(calibrated, kind="stable")
+    assert np.all(np.diff(adapted[order]) >= 0)
+
+
+def test_prevalence_adaptation_of_a_scan_without_wmh_and_of_no_voxel():
+    labels, posterior = scan_voxels(0.0, seed=5)
+    adapted, estimate = calibration.adapt_prevalence(posterior(0.01), 0.01)
+    assert labels.sum() == 0 and estimate < 2e-4 and adapted.max() < posterior(0.01).max()
+    empty, estimate = calibration.adapt_prevalence(np.zeros(0), 0.01)
+    assert empty.size == 0 and estimate == 0.01
+    with pytest.raises(ValueError, match="source prevalence must lie in"):
+        calibration.adapt_prevalence(np.ones(3) / 2, 0.0)
+
+
+def test_adaptation_applies_over_the_brain_mask_only_and_round_trips():
+    labels, posterior = scan_voxels(0.05, count=20_000, seed=6)
+    volume = np.zeros((2, 20_000), np.float32)
+    volume[0] = posterior(0.01)
+    brain = np.zeros(volume.shape, bool)
+    brain[0] = True
+    plain = calibration.Calibration("platt", {"slope": 1.0, "intercept": 0.0},
+                                    validation_prevalence=0.01)
+    adapted = dataclasses.replace(plain, adaptation="prevalence")
+    assert plain.label() == "platt" and adapted.label() == "platt+prevalence"
+    # Without the scan's brain mask nothing is adapted (as for each Monte Carlo pass).
+    np.testing.assert_array_equal(adapted.apply(volume), plain.apply(volume))
+    result = adapted.apply(volume, brain)
+    _, estimate = calibration.adapt_prevalence(volume[0], 0.01)
+    np.testing.assert_allclose(result[0], posterior(estimate), atol=1e-5)
+    assert estimate == pytest.approx(labels.mean(), rel=0.15)
+    assert not result[1].any()  # outside the brain: 0
+    assert calibration.Calibration.from_dict(adapted.to_dict()) == adapted
+    with pytest.raises(ValueError, match="adaptation 'prevalence' needs a "
+                                         "validation_prevalence in \\(0, 1\\), got None"):
+        calibration.Calibration("none", adaptation="prevalence")
+    with pytest.raises(ValueError, match="adaptation 'scanner' is not one of none, prevalence"):
+        calibration.Calibration("none", adaptation="scanner")
+
+
+def test_config_adapt_prevalence_is_a_boolean_off_by_default():
+    from wmh.config import load_config
+    from wmh.errors import WMHError
+
+    assert load_config(None, []).train.adapt_prevalence is False
+    assert load_config(None, ["train.adapt_prevalence=true"]).train.adapt_prevalence is True
+    with pytest.raises(WMHError, match="train.adapt_prevalence"):
+        load_config(None, ["train.adapt_prevalence=often"])

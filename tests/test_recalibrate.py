@@ -163,3 +163,34 @@ def test_calibrate_bad_method_is_a_usage_error(labelled, tmp_path, capsys):
                         "--out", tmp_path / "out", "--method", "isotonic"], capsys)
     assert code == 2 and "Invalid value for '--method'" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_calibrate_adapt_prevalence_chooses_the_threshold_on_adapted_maps(labelled, tmp_path,
+                                                                          capsys, monkeypatch):
+    from wmh import train
+    from wmh.preprocess import PreparedSubject
+
+    prepare_from_files(monkeypatch, labelled / "prepared")
+    out = tmp_path / "adapted"
+    code, stdout, err = run(["calibrate", labelled / "model", "--data", labelled / "cohort",
+                             "--out", out, "--adapt-prevalence", "--quiet"], capsys)
+    assert code == 0, err
+    summary = json.loads(stdout.splitlines()[0])
+    contract = ModelContract.from_json((out / "wmh_model.json").read_text(), "x")
+    calibration = contract.calibrator()
+    assert summary["adaptation"] == calibration.adaptation == "prevalence"
+    assert calibration.label() == "platt+prevalence"
+
+    model, _ = load_model_dir(labelled / "model")
+    names = ["c1", "c2", "c3"]
+    subjects = [PreparedSubject.load(labelled / "prepared" / f"{n}.h5") for n in names]
+    volumes = [train.predict_volume(model, contract.model, s.images, s.location,
+                                    s.brain_mask) for s in subjects]
+    adapted = calibrated_threshold(subjects, volumes, names, "platt", adaptation="prevalence")
+    plain = calibrated_threshold(subjects, volumes, names, "platt")
+    assert contract.threshold == pytest.approx(adapted.threshold)
+    assert calibration.validation_ece_after == pytest.approx(
+        adapted.calibration.validation_ece_after)
+    # The same Platt fit; only each subject's prevalence shift differs.
+    assert adapted.calibration.parameters == pytest.approx(plain.calibration.parameters)
+    assert adapted.calibration.validation_ece_after != plain.calibration.validation_ece_after

@@ -1,6 +1,7 @@
 """Segmentation outputs: native grid, mask at the threshold, volumes, errors."""
 
 import csv
+import dataclasses
 import json
 
 import nibabel as nib
@@ -159,6 +160,33 @@ def test_segment_applies_the_model_calibration(tmp_path, model_and_subject, cali
     # A model from before calibration: as before (its threshold, no transform).
     assert old[2]["calibration"] == "none" and old[2]["threshold"] == 0.5
     np.testing.assert_array_equal(old[1], old[0] >= 0.5)
+
+
+def test_segment_adapts_each_scan_to_its_prevalence(tmp_path, model_and_subject,
+                                                   calibrated_models):
+    from wmh.calibration import adapt_prevalence
+
+    _, cohort, prepared_dir, prepared = model_and_subject
+    old_model, calibrated_model, calibration = calibrated_models
+    adapted = dataclasses.replace(calibration, validation_prevalence=0.002,
+                                  adaptation="prevalence")
+    contract = ModelContract.from_json((calibrated_model / "wmh_model.json").read_text(), "x")
+    (calibrated_model / "wmh_model.json").write_text(
+        dataclasses.replace(contract, calibration=adapted.to_dict()).to_json())
+    results = {}
+    for name, model_dir in (("old", old_model), ("adapted", calibrated_model)):
+        segment(model_dir, [cohort], tmp_path / name, SegmentOptions(), progress=False,
+                prepared_dir=prepared_dir)
+        results[name] = _outputs(tmp_path / name / "case1")
+    old, result = results["old"], results["adapted"]
+    brain = prepared.brain_mask
+    plain = calibration.apply(old[0], brain)
+    shifted, estimate = adapt_prevalence(plain[brain], 0.002)
+    np.testing.assert_allclose(result[0][brain], shifted, atol=1e-6)
+    assert not np.allclose(result[0][brain], plain[brain], atol=1e-3)
+    assert 0.0 < estimate <= 0.5  # the tiny untrained model reads most voxels as WMH
+    assert result[2]["calibration"] == "platt+prevalence"
+    np.testing.assert_array_equal(result[1], result[0] >= 0.3)
 
 
 def test_mc_dropout_calibrates_every_pass(model_and_subject):

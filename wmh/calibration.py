@@ -17,6 +17,15 @@ monotone (the ranking of voxels, hence the ROC, is unchanged):
   prior shift with ``b = log w``; the slope also corrects over- or under-confidence.
 * ``none``: the network's output as it is (the paper's).
 
+Both corrections assume every scan has the validation subjects' WMH prevalence, but WMH
+load varies a hundredfold between people (under 1 mL to over 100 mL): at the validation
+prevalence a heavy load reads too unlikely and a clean brain too likely. Prevalence
+adaptation (``adaptation="prevalence"``) estimates each scan's own prevalence from its
+calibrated probabilities by expectation-maximisation (Saerens, Latinne & Decaestecker,
+Neural Computation 14, 2002: the maximum-likelihood prior of the unlabelled voxels) and
+shifts the scan's probabilities to it. Monotone within a scan (its ROC is unchanged); it
+changes which voxels pass the one threshold, scan by scan.
+
 The expected calibration error (ECE: equal-width bins, |mean P - observed WMH fraction|
 weighted by the bin's share of voxels) and the reliability curve say how well a
 probability map is calibrated. Voxels labelled 2 (other pathology) are left out, as
@@ -32,6 +41,10 @@ from typing import Optional
 import numpy as np
 
 METHODS = ("platt", "prior", "none")
+ADAPTATIONS = ("none", "prevalence")
+ADAPTATION_ITERATIONS = 200  # EM steps at most (it converges in 10-50 on real scans)
+ADAPTATION_TOLERANCE = 1e-7  # stop when the prevalence moves less than this
+ADAPTATION_RANGE = (1e-6, 0.5)  # the estimated prevalence stays inside (no brain is half WMH)
 DEFAULT_BINS = 15
 MAX_FIT_VOXELS = 400_000  # Platt fit: every WMH voxel plus negatives up to this many voxels
 LOGIT_EPSILON = 1e-7  # probabilities are clipped to [eps, 1 - eps] before the log-odds
@@ -68,6 +81,45 @@ def prior_shift(probability, weight: float) -> np.ndarray:
     """``p w / (p w + 1 - p)`` in float64 (exact 0 -> 0 and 1 -> 1; w > 0)."""
     p = np.clip(np.asarray(probability, np.float64), 0.0, 1.0)
     return p * weight / (p * weight + (1.0 - p))
+
+
+def adapt_prevalence(probability, source_prevalence: float,
+                     max_iterations: int = ADAPTATION_ITERATIONS,
+                     tolerance: float = ADAPTATION_TOLERANCE) -> tuple[np.ndarray, float]:
+    """A scan's probabilities shifted to its own WMH prevalence, estimated by EM.
+
+    ``probability`` is calibrated at ``source_prevalence``. Each step shifts it to the
+    current estimate ``pi`` (:func:`prior_shift` with ``w = odds(pi) / odds(source)``) and
+    takes the shifted mean as the next ``pi`` (Saerens et al. 2002), until ``pi`` moves less
+    than ``tolerance``. ``pi`` stays within :data:`ADAPTATION_RANGE`.
+
+    Args:
+        probability: (N,) calibrated P(WMH) of one scan's brain voxels.
+        source_prevalence: the WMH prevalence the probabilities are calibrated to, in (0, 1).
+
+    Returns:
+        (the shifted probabilities, float64; the estimated prevalence). No voxel: the
+        input and ``source_prevalence``.
+
+    Raises:
+        ValueError: a source prevalence outside (0, 1).
+    """
+    if not 0.0 < source_prevalence < 1.0:
+        raise ValueError(f"source prevalence must lie in (0, 1), got {source_prevalence}")
+    p = np.clip(np.asarray(probability, np.float64), 0.0, 1.0)
+    if p.size == 0:
+        return p, float(source_prevalence)
+    source_odds = source_prevalence / (1.0 - source_prevalence)
+    low, high = ADAPTATION_RANGE
+    estimate, shifted = float(source_prevalence), p
+    for _ in range(max_iterations):
+        shifted = prior_shift(p, (estimate / (1.0 - estimate)) / source_odds)
+        updated = float(np.clip(shifted.mean(), low, high))
+        if abs(updated - estimate) < tolerance:
+            estimate = updated
+            break
+        estimate = updated
+    return prior_shift(p, (estimate / (1.0 - estimate)) / source_odds), estimate
 
 
 def fit_platt(probability, labels, weights=None, max_iterations: int = 50) -> tuple[float, float]:
@@ -199,7 +251,10 @@ class Calibration:
         validation_prevalence: WMH share of the brain voxels it was fitted on.
         sample_positive_share: WMH share of the training samples (None: unknown).
         validation_ece_before, validation_ece_after: ECE of the fitting voxels with the
-            network's output and with this calibration.
+            network's output and with this calibration (its adaptation included).
+        adaptation: "none", or "prevalence": each scan's probabilities shifted to its own
+            WMH prevalence (:func:`adapt_prevalence`, from ``validation_prevalence``)
+            wherever :meth:`apply` is given the scan's brain mask.
     """
 
     method: str = "none"
@@ -208,6 +263,7 @@ class Calibration:
     sample_positive_share: Optional[float] = None
     validation_ece_before: Optional[float] = None
     validation_ece_after: Optional[float] = None
+    adaptation: str = "none"
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -218,6 +274,18 @@ class Calibration:
         if missing:
             raise ValueError(f"calibration method {self.method!r} needs parameters "
                              f"{', '.join(missing)}")
+        if self.adaptation not in ADAPTATIONS:
+            raise ValueError(f"calibration adaptation {self.adaptation!r} is not one of "
+                             f"{', '.join(ADAPTATIONS)}")
+        prevalence = self.validation_prevalence
+        if self.adaptation == "prevalence" and not (prevalence is not None
+                                                     and 0.0 < prevalence < 1.0):
+            raise ValueError("calibration adaptation 'prevalence' needs a validation_prevalence "
+                             f"in (0, 1), got {prevalence}")
+
+    def label(self) -> str:
+        """The method, "+prevalence" when adapted (reports' ``calibration`` field)."""
+        return self.method if self.adaptation == "none" else f"{self.method}+{self.adaptation}"
 
     def transform(self, probability) -> np.ndarray:
         """The correction of P alone, float64 (no masking, no rounding)."""
@@ -231,12 +299,25 @@ class Calibration:
     def apply(self, probability, brain_mask=None) -> np.ndarray:
         """The calibrated probability map: float32 in [0, 1]; exact zeros (voxels outside
         the brain, never classified) stay 0, and so does everything outside
-        ``brain_mask`` when given."""
+        ``brain_mask`` when given. With ``brain_mask`` (one scan's) the map is then
+        :meth:`adapt`-ed to the scan's prevalence."""
         probability = np.asarray(probability)
         result = np.where(probability == 0, 0.0, self.transform(probability))
         if brain_mask is not None:
-            result = result * np.asarray(brain_mask, bool)
+            result = self.adapt(result * np.asarray(brain_mask, bool), brain_mask)
         return np.clip(result, 0.0, 1.0).astype(np.float32)
+
+    def adapt(self, probability, brain_mask) -> np.ndarray:
+        """One scan's calibrated map shifted to its own prevalence over ``brain_mask``
+        (adaptation "prevalence"; float32, 0 outside the mask), or as it is (float32)."""
+        probability = np.asarray(probability, np.float32)
+        if self.adaptation == "none":
+            return probability
+        inside = np.asarray(brain_mask, bool)
+        adapted, _ = adapt_prevalence(probability[inside], float(self.validation_prevalence))
+        result = np.zeros_like(probability)
+        result[inside] = adapted
+        return result
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -106,6 +106,9 @@ class TrainConfig:
     # P(WMH) corrected for the balanced sampling (wmh.calibration), fitted on the validation
     # subjects before the threshold is chosen: platt, prior (shift), or none (the paper's)
     calibration: Literal["platt", "prior", "none"] = "platt"
+    # Each scan's calibrated P(WMH) shifted to its own WMH prevalence, estimated by EM
+    # (wmh.calibration.adapt_prevalence); the threshold is chosen on adapted validation maps
+    adapt_prevalence: bool = False
     init_model: str = ""  # fine-tune from pretrained[:NAME], a model folder or URI; "" = none
 
 

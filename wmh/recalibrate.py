@@ -197,7 +197,8 @@ def write_model_copy(source: Path, out_dir: Path, contract) -> Path:
 
 def recalibrate(model_source: str | Path, data: str | Path, out_dir: str | Path,
                 method: str = "platt", subject_ids: Optional[Sequence[str]] = None,
-                progress: bool = True, precision: str = "auto") -> Recalibration:
+                progress: bool = True, precision: str = "auto",
+                adapt_prevalence: bool = False) -> Recalibration:
     """Refits a model's calibration and threshold on labelled scans into a new folder.
 
     Args:
@@ -208,6 +209,8 @@ def recalibrate(model_source: str | Path, data: str | Path, out_dir: str | Path,
         subject_ids: use only these subjects of ``data`` (None: all).
         progress: a progress bar over the scans.
         precision: inference precision of the whole-volume prediction.
+        adapt_prevalence: each scan's probabilities shifted to its own prevalence
+            (:func:`wmh.calibration.adapt_prevalence`), the threshold chosen on them.
 
     Raises:
         WMHError: a bad ``out_dir``, model or ``data`` (no labels, unknown ids), or
@@ -234,7 +237,8 @@ def recalibrate(model_source: str | Path, data: str | Path, out_dir: str | Path,
     model, contract = load_model_dir(folder)
     subjects, probabilities, ids = predict_labelled(folder, contract, model, records,
                                                     progress, precision)
-    choice = calibrated_threshold(subjects, probabilities, ids, method, share)
+    choice = calibrated_threshold(subjects, probabilities, ids, method, share,
+                                  "prevalence" if adapt_prevalence else "none")
     calibration = choice.calibration
     if share is not None and calibration.sample_positive_share is None:
         calibration = dataclasses.replace(calibration, sample_positive_share=share)
@@ -253,6 +257,7 @@ def summary(result: Recalibration) -> dict:
     return json.loads(json.dumps({
         "out": str(result.out_dir), "subjects": list(result.subject_ids),
         "method": calibration.method, "parameters": calibration.parameters,
+        "adaptation": calibration.adaptation,
         "ece_uncalibrated": calibration.validation_ece_before,
         "ece_calibrated": calibration.validation_ece_after,
         "prevalence": calibration.validation_prevalence,

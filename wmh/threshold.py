@@ -143,15 +143,18 @@ class ThresholdChoice:
 
 
 def calibrated_threshold(subjects, probabilities, subject_ids, method: str,
-                         sample_positive_share: Optional[float] = None) -> ThresholdChoice:
+                         sample_positive_share: Optional[float] = None,
+                         adaptation: str = "none") -> ThresholdChoice:
     """Fits the calibration on the validation subjects' native brain voxels (the arrays
     :func:`choose_threshold` scores, built once), then chooses the threshold on the
-    calibrated probabilities.
+    calibrated probabilities, each subject's adapted to its own prevalence when
+    ``adaptation`` is "prevalence" (as ``wmh segment`` will adapt every scan's).
 
     Args:
         subjects, probabilities, subject_ids: as :func:`choose_threshold`.
         method: "platt", "prior" or "none" (``train.calibration``).
         sample_positive_share: WMH share of the training samples (needed by "prior").
+        adaptation: "none" or "prevalence" (``train.adapt_prevalence``).
 
     Raises:
         WMHError: non-finite probabilities, or "prior" without a sample share.
@@ -167,12 +170,20 @@ def calibrated_threshold(subjects, probabilities, subject_ids, method: str,
                                                          sample_positive_share)
     except ValueError as error:
         raise WMHError(f"train.calibration {method}: {error}") from None
+    if adaptation != "none":
+        try:
+            calibration = dataclasses.replace(calibration, adaptation=adaptation)
+        except ValueError as error:
+            raise WMHError(f"train.adapt_prevalence: {error}") from None
     uncalibrated, _ = metrics.exact_best_threshold(scores, truths, brains)
     calibrated = [calibration.apply(score, brain) for score, brain in zip(scores, brains)]
     threshold, dice, curve = threshold_curve(calibrated, truths, brains, subject_ids)
+    corrected = np.concatenate([score[brain] for score, brain in zip(calibrated, brains)])
+    ece = calibration_module.expected_calibration_error(corrected, labels)
+    calibration = dataclasses.replace(calibration,
+                                      validation_ece_after=ece if math.isfinite(ece) else None)
     reliability = {"uncalibrated": calibration_module.reliability(inside, labels),
-                   "calibrated": calibration_module.reliability(calibration.apply(inside),
-                                                                labels)}
+                   "calibrated": calibration_module.reliability(corrected, labels)}
     return ThresholdChoice(threshold, dice, curve.auc(), uncalibrated, calibration, curve,
                            reliability)
 
@@ -186,7 +197,7 @@ def log_calibration(choice: ThresholdChoice, title: str) -> None:
     from wmh.evaluation.figures import reliability_figure
 
     calibration = choice.calibration
-    mlflow.log_param("calibration", calibration.method)
+    mlflow.log_param("calibration", calibration.label())
     values = {"val_ece": calibration.validation_ece_after,
               "val_ece_uncalibrated": calibration.validation_ece_before,
               "uncalibrated_threshold": choice.uncalibrated_threshold}
@@ -238,7 +249,7 @@ def predict_validation(predict, samples_dir: Path, prepared_dir: Path):
 
 
 def logged_choice(subjects, probabilities, subject_ids, method: str, samples_dir: Path,
-                  title: str) -> ThresholdChoice:
+                  title: str, adaptation: str = "none") -> ThresholdChoice:
     """:func:`calibrated_threshold` of the validation subjects (the prior shift reads the
     training samples' positive share), recorded in the active MLflow run: the ROC and
     Dice-vs-threshold figures (``figures/roc.png``, ``figures/dice_vs_threshold.png``)
@@ -249,7 +260,7 @@ def logged_choice(subjects, probabilities, subject_ids, method: str, samples_dir
     from wmh.evaluation.figures import validation_figures
 
     choice = calibrated_threshold(subjects, probabilities, subject_ids, method,
-                                  data.positive_share(samples_dir))
+                                  data.positive_share(samples_dir), adaptation)
     figures = validation_figures(choice.curve, choice.threshold, title=title)
     for name, figure in figures.items():
         mlflow.log_figure(figure, f"figures/{name}.png")

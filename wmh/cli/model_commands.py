@@ -215,8 +215,13 @@ def segment_command(model_source, inputs, out_dir, subject_id, quiet, options):
                    "uncorrected output (only the threshold is chosen again).")
 @click.option("--subjects", default="", metavar="ID,ID",
               help="Use only these subjects of --data (default: all).")
+@click.option("--adapt-prevalence", is_flag=True,
+              help="Shift each scan's probabilities to its own WMH prevalence, estimated "
+                   "by EM (a heavy load no longer reads as unlikely as a light one); the "
+                   "threshold is chosen on the adapted maps. Default: one prevalence, the "
+                   "scans' pooled.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def calibrate_command(model_source, data, out_dir, method, subjects, quiet):
+def calibrate_command(model_source, data, out_dir, method, subjects, adapt_prevalence, quiet):
     """Recalibrate MODEL (a folder or MLflow model URI) on labelled scans.
 
     The scans are prepared with the model's own preprocessing plan, the calibration of
@@ -230,7 +235,7 @@ def calibrate_command(model_source, data, out_dir, method, subjects, quiet):
 
     chosen = [name.strip() for name in subjects.split(",") if name.strip()]
     result = recalibrate(model_source, data, out_dir, method, chosen or None,
-                         progress=not quiet)
+                         progress=not quiet, adapt_prevalence=adapt_prevalence)
     click.echo(json.dumps(summary(result)))
     click.echo(f"model: {result.out_dir}")
 

@@ -162,9 +162,14 @@ def render_card(record: dict, contract: dict, plan: dict | None) -> str:
             f"{value_text(calibration.get('validation_ece_before'), 5)} uncorrected, "
             f"{value_text(calibration.get('validation_ece_after'), 5)} calibrated.",
             f"- **WMH prevalence of the validation brain voxels:** "
-            f"{value_text(calibration.get('validation_prevalence'), 4)} (the calibration "
-            "holds for scans with a similar lesion load; `wmh calibrate` refits it on "
-            "labelled scans of your own).",
+            f"{value_text(calibration.get('validation_prevalence'), 4)} "
+            + ("(each scan's probabilities are then shifted to the scan's own prevalence, "
+               "estimated by EM: `adaptation` prevalence, wmh.calibration; the validation "
+               "ECE and threshold are of the adapted maps; `wmh calibrate` refits it on "
+               "labelled scans of your own)."
+               if calibration.get("adaptation", "none") != "none" else
+               "(the calibration holds for scans with a similar lesion load; "
+               "`wmh calibrate` refits it on labelled scans of your own)."),
             f"- **Full record:** `{json.dumps(calibration)}`"]
         lines.append(f"- **Uncalibrated threshold:** "
                      f"{value_text(contract.get('uncalibrated_threshold'), 4)}")

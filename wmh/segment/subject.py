@@ -70,7 +70,7 @@ class SegmentOptions(SegmentConfig):
         for the model (:class:`wmh.contract.ModelContract`)."""
         values = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)
                   if field.metadata.get("result", True)}
-        values["calibration"] = self.calibration_for(contract).method
+        values["calibration"] = self.calibration_for(contract).label()
         if values["threshold"] is None:
             values["threshold"] = contract.threshold_for(calibrated=self.calibration is None)
         values["precision"] = resolve_precision(self.precision, "inference")  # as run
@@ -247,6 +247,8 @@ def segment_subject(model: SegmentModel, subject: io.Subject, out_dir: Path,
     probability = np.clip(prepared.to_native_working(probability, order=1), 0, 1) * brain
     if not options.mc_samples:  # on the native grid, where the calibration was fitted
         probability = calibration.apply(probability, brain)
+    else:  # the passes were calibrated one by one; their mean is adapted as one map
+        probability = calibration.adapt(probability, brain)
     mask = (probability >= threshold) & brain
     distance = measures.ventricle_distance(prepared.to_native_working(prepared.ventricles, 0),
                                            spacing)
