@@ -1,4 +1,5 @@
-"""Shared test setup: deterministic, small, two TensorFlow threads, no GPU, no network."""
+"""Shared test setup: deterministic, small, no GPU, no network; TensorFlow gets both cores
+of the 2-core CI machine, or one per worker when pytest-xdist runs two (``make test``)."""
 
 import contextlib
 import os
@@ -9,7 +10,15 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
-os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "2")
+# Under pytest-xdist (``-n 2``) each worker is one of two processes sharing the 2 cores:
+# one thread for TensorFlow's ops and for NumPy's BLAS in each, set before either loads
+# (the environment reaches the `wmh`/`mlflow` subprocesses that tests start as well).
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+THREADS = 1 if XDIST_WORKER else 2
+if XDIST_WORKER:
+    for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_name, "1")
+os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(THREADS))
 os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
@@ -21,12 +30,12 @@ _tf_configured = False
 
 
 def configure_tensorflow():
-    """Two intra-op threads (the CI machine has 2 cores) and fixed seeds, set once."""
+    """``THREADS`` intra-op threads (2, or 1 per xdist worker) and fixed seeds, set once."""
     global _tf_configured
     import tensorflow as tf
     if not _tf_configured:
         try:
-            tf.config.threading.set_intra_op_parallelism_threads(2)
+            tf.config.threading.set_intra_op_parallelism_threads(THREADS)
             tf.config.threading.set_inter_op_parallelism_threads(1)
         except RuntimeError:  # already initialised by an earlier import
             pass
@@ -124,3 +133,40 @@ def tiny_synthetic_cache(tmp_path_factory):
     (``synth.profile=test``, 6 subjects, ``preprocess.workers=2``): the cohort is
     synthesised and prepared once per session, each test still samples and trains itself."""
     return tmp_path_factory.mktemp("tiny-synthetic-cache")
+
+
+# --- pytest-xdist: what runs together, and what starts first --------------------------
+
+TINY_SYNTHETIC_GROUP = "tiny-synthetic-cache"
+# The longest work units (measured: bench_suite.py durations) start first, so that neither
+# worker is left running one of them alone at the end; the rest keep collection order.
+FIRST_GROUPS = (TINY_SYNTHETIC_GROUP, "tests/test_tune.py", "tests/test_mlproject.py",
+                "tests/test_train.py", "tests/test_baseline.py", "tests/test_finetune.py")
+
+
+def xdist_group(item) -> str:
+    """The xdist work unit of a test: its module (module-scoped fixtures are built once,
+    on one worker), or the tiny synthetic cohort's group for every test that uses
+    ``tiny_synthetic_cache`` (synthesised and prepared once, on the worker that runs them
+    all)."""
+    if "tiny_synthetic_cache" in getattr(item, "fixturenames", ()):
+        return TINY_SYNTHETIC_GROUP
+    return item.nodeid.split("::")[0]
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's worker appends the group to the node id
+def pytest_collection_modifyitems(config, items):
+    """On an xdist worker (``--dist loadgroup --no-loadscope-reorder``, as ``make test``
+    runs): every test in its ``xdist_group`` and the groups of ``FIRST_GROUPS`` first.
+    Without xdist nothing changes."""
+    if not XDIST_WORKER:
+        return
+    for item in items:
+        if not any(True for _ in item.iter_markers("xdist_group")):
+            item.add_marker(pytest.mark.xdist_group(xdist_group(item)))
+
+    def rank(item):
+        group = next(item.iter_markers("xdist_group")).args[0]
+        return FIRST_GROUPS.index(group) if group in FIRST_GROUPS else len(FIRST_GROUPS)
+
+    items.sort(key=rank)  # stable: collection order within and after the first groups
