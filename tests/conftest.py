@@ -12,12 +12,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 # Under pytest-xdist (``-n 2``) each worker is one of two processes sharing the 2 cores:
 # one thread for TensorFlow's ops and for NumPy's BLAS in each, set before either loads
-# (the environment reaches the `wmh`/`mlflow` subprocesses that tests start as well).
+# (the environment reaches the `wmh`/`mlflow` subprocesses that tests start as well). Set,
+# not defaulted: the workers inherit the environment of the controlling pytest process,
+# whose own import of this file defaulted TensorFlow to 2 threads.
 XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 THREADS = 1 if XDIST_WORKER else 2
 if XDIST_WORKER:
-    for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(_name, "1")
+    for _name in ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                  "MKL_NUM_THREADS"):
+        os.environ[_name] = "1"
 os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(THREADS))
 os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -135,38 +138,55 @@ def tiny_synthetic_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("tiny-synthetic-cache")
 
 
-# --- pytest-xdist: what runs together, and what starts first --------------------------
+# --- pytest-xdist (`make test`: -n 2 --dist loadfile): what runs together, and first ----
 
-TINY_SYNTHETIC_GROUP = "tiny-synthetic-cache"
-# The longest work units (measured: bench_suite.py durations) start first, so that neither
-# worker is left running one of them alone at the end; the rest keep collection order.
-FIRST_GROUPS = (TINY_SYNTHETIC_GROUP, "tests/test_tune.py", "tests/test_mlproject.py",
-                "tests/test_train.py", "tests/test_baseline.py", "tests/test_finetune.py")
+# The default suite's modules whose tests use ``tiny_synthetic_cache``: one work unit, so
+# the tiny cohort is synthesised and prepared once, on the worker that runs them all
+# (checked at collection: a module missing here fails the run with its name).
+SHARED_COHORT_MODULES = ("tests/test_pipeline.py", "tests/test_reproduce.py")
+SHARED_COHORT_UNIT = "tiny-synthetic-cohort"
+# The longest work units (bench_suite.py durations) start first, so that neither worker is
+# left running one of them alone at the end; the rest keep collection order.
+FIRST_UNITS = (SHARED_COHORT_UNIT, "tests/test_tune.py", "tests/test_mlproject.py",
+               "tests/test_train.py", "tests/test_baseline.py", "tests/test_finetune.py")
 
 
-def xdist_group(item) -> str:
+def work_unit(nodeid: str) -> str:
     """The xdist work unit of a test: its module (module-scoped fixtures are built once,
-    on one worker), or the tiny synthetic cohort's group for every test that uses
-    ``tiny_synthetic_cache`` (synthesised and prepared once, on the worker that runs them
-    all)."""
-    if "tiny_synthetic_cache" in getattr(item, "fixturenames", ()):
-        return TINY_SYNTHETIC_GROUP
-    return item.nodeid.split("::")[0]
+    on one worker), all of ``SHARED_COHORT_MODULES`` together."""
+    module = nodeid.split("::", 1)[0]
+    return SHARED_COHORT_UNIT if module in SHARED_COHORT_MODULES else module
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's worker appends the group to the node id
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: unknown without it
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadfile`` with :func:`work_unit`'s units, in collection order (the workers
+    collect ``FIRST_UNITS`` first); any other ``--dist`` is xdist's own."""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class WorkUnitScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    config.option.loadscopereorder = False  # not by test count: FIRST_UNITS lead
+    return WorkUnitScheduling(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
-    """On an xdist worker (``--dist loadgroup --no-loadscope-reorder``, as ``make test``
-    runs): every test in its ``xdist_group`` and the groups of ``FIRST_GROUPS`` first.
-    Without xdist nothing changes."""
-    if not XDIST_WORKER:
-        return
+    """Checks ``SHARED_COHORT_MODULES``; on an xdist worker, collects ``FIRST_UNITS``
+    first (the same order on every worker, as xdist requires)."""
     for item in items:
-        if not any(True for _ in item.iter_markers("xdist_group")):
-            item.add_marker(pytest.mark.xdist_group(xdist_group(item)))
+        module = item.nodeid.split("::", 1)[0]
+        if ("tiny_synthetic_cache" in getattr(item, "fixturenames", ())
+                and item.get_closest_marker("slow") is None
+                and module not in SHARED_COHORT_MODULES):
+            raise pytest.UsageError(f"{module} uses tiny_synthetic_cache: add it to "
+                                    "SHARED_COHORT_MODULES in tests/conftest.py")
+    if XDIST_WORKER:
+        def rank(item):
+            unit = work_unit(item.nodeid)
+            return FIRST_UNITS.index(unit) if unit in FIRST_UNITS else len(FIRST_UNITS)
 
-    def rank(item):
-        group = next(item.iter_markers("xdist_group")).args[0]
-        return FIRST_GROUPS.index(group) if group in FIRST_GROUPS else len(FIRST_GROUPS)
-
-    items.sort(key=rank)  # stable: collection order within and after the first groups
+        items.sort(key=rank)  # stable: collection order within and after FIRST_UNITS
