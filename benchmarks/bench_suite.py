@@ -23,6 +23,7 @@ deselect ``slow``).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -50,6 +51,10 @@ def make_test_workers(root: Path) -> list[str]:
         return []
     found = re.search(r"^XDIST \?=(.*)$", makefile, flags=re.M)
     return found.group(1).split() if found else []
+
+
+def has_xdist() -> bool:
+    return importlib.util.find_spec("xdist") is not None
 
 
 def run(root: Path, arguments: list[str], durations: int) -> dict:
@@ -95,6 +100,9 @@ def main() -> None:
     if not (options.root / "tests").is_dir():
         parser.exit(2, f"bench_suite: --root {options.root}: no tests/ folder\n")
     workers = [] if options.serial else make_test_workers(options.root)
+    if workers and not has_xdist():
+        parser.exit(2, "bench_suite: make test runs pytest-xdist (the Makefile's XDIST), "
+                       "which this Python lacks: make install, or --serial\n")
     result = {"label": options.label, "machine": describe(),
               "cpus_available": len(os.sched_getaffinity(0)), "root": str(options.root),
               "xdist": " ".join(workers) or "none",
