@@ -1,16 +1,18 @@
 """CPU and wall seconds of pytest runs (the default suite or chosen tests); prints JSON.
 
 Usage: ``.venv/bin/python benchmarks/bench_suite.py [--root CHECKOUT] [--label NAME]
-[-- PYTEST ARGS...]``
+[--serial] [-- PYTEST ARGS...]``
 
-Runs ``python -m pytest -q -p no:cacheprovider PYTEST ARGS`` in ``--root`` (default: this
-checkout; its ``wmh`` wins through PYTHONPATH, so an exported older commit can be measured
-with the same interpreter) and records:
+Runs ``python -m pytest -q -p no:cacheprovider XDIST PYTEST ARGS`` in ``--root`` (default:
+this checkout; its ``wmh`` wins through PYTHONPATH, so an exported older commit can be
+measured with the same interpreter), where XDIST is the Makefile's ``XDIST`` (the
+pytest-xdist workers ``make test`` runs; none with ``--serial`` or in a checkout whose
+Makefile has none), and records:
 
 * ``cpu_seconds``: user + system time of pytest and every process it waited for (the
-  ``wmh``/``mlflow`` subprocesses some tests start), which depends little on what else the
-  machine runs, unlike ``wall_seconds`` (``load_average_1min`` before and after say how
-  busy it was);
+  xdist workers, the ``wmh``/``mlflow`` subprocesses some tests start), which depends
+  little on what else the machine runs, unlike ``wall_seconds`` (``load_average_1min``
+  before and after say how busy it was);
 * ``summary``: pytest's last line (passed, failed, skipped, deselected counts);
 * ``durations``: pytest's slowest durations (``--durations`` rows, wall seconds).
 
@@ -21,8 +23,10 @@ deselect ``slow``).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -39,8 +43,24 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def make_test_workers(root: Path) -> list[str]:
+    """The pytest-xdist options of ``make test`` (the Makefile's ``XDIST ?= ...``), or none."""
+    try:
+        makefile = (root / "Makefile").read_text()
+    except OSError:
+        return []
+    found = re.search(r"^XDIST \?=(.*)$", makefile, flags=re.M)
+    return found.group(1).split() if found else []
+
+
+def has_xdist() -> bool:
+    return importlib.util.find_spec("xdist") is not None
+
+
 def run(root: Path, arguments: list[str], durations: int) -> dict:
-    environment = {**os.environ, "PYTHONPATH": str(root)}
+    inherited = os.environ.get("PYTHONPATH")  # kept after the root's (its wmh wins)
+    environment = {**os.environ,
+                   "PYTHONPATH": os.pathsep.join([str(root), *([inherited] if inherited else [])])}
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                f"--durations={durations}", *arguments]
     load_before = os.getloadavg()[0]
@@ -73,13 +93,21 @@ def main() -> None:
     parser.add_argument("--label", default="", help="a name for this measurement")
     parser.add_argument("--durations", type=int, default=15,
                         help="how many of the slowest durations to keep (0: all)")
+    parser.add_argument("--serial", action="store_true",
+                        help="one pytest process, without make test's xdist workers")
     parser.add_argument("pytest_args", nargs="*", help="after --: node ids and options")
     options = parser.parse_args()
     if not (options.root / "tests").is_dir():
         parser.exit(2, f"bench_suite: --root {options.root}: no tests/ folder\n")
+    workers = [] if options.serial else make_test_workers(options.root)
+    if workers and not has_xdist():
+        parser.exit(2, "bench_suite: make test runs pytest-xdist (the Makefile's XDIST), "
+                       "which this Python lacks: make install, or --serial\n")
     result = {"label": options.label, "machine": describe(),
               "cpus_available": len(os.sched_getaffinity(0)), "root": str(options.root),
-              **run(options.root.resolve(), options.pytest_args, options.durations)}
+              "xdist": " ".join(workers) or "none",
+              **run(options.root.resolve(), [*workers, *options.pytest_args],
+                    options.durations)}
     print(json.dumps(result, indent=2))
 
 
