@@ -97,3 +97,19 @@ def test_threshold_rejects_non_finite_probabilities(tmp_path):
     with pytest.raises(WMHError, match="validation subject val-0: the model's probabilities "
                                        "are not finite"):
         choose_threshold([subject], [probability], ["val-0"])
+
+
+def test_adaptation_without_validation_wmh_is_skipped_with_a_warning(tmp_path, capsys):
+    from wmh.threshold import calibrated_threshold
+
+    subject = native_subject(tmp_path)
+    subject = dataclasses.replace(subject, labels=np.zeros_like(subject.labels))
+    nib.save(nib.Nifti1Image(np.zeros(subject.native_shape, np.uint8), subject.native_affine),
+             subject.provenance["inputs"]["labels"]["path"])
+    probability = np.where(subject.brain_mask, 0.3, 0.0).astype(np.float32)
+    choice = calibrated_threshold([subject], [probability], ["val-0"], "platt",
+                                  adaptation="prevalence")
+    assert choice.calibration.adaptation == "none" and choice.calibration.method == "none"
+    assert capsys.readouterr().err.strip() == (
+        "warning: train.adapt_prevalence: the validation subjects' WMH prevalence is 0.0, "
+        "so scans are not adapted")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -171,10 +172,12 @@ def calibrated_threshold(subjects, probabilities, subject_ids, method: str,
     except ValueError as error:
         raise WMHError(f"train.calibration {method}: {error}") from None
     if adaptation != "none":
-        try:
+        prevalence = calibration.validation_prevalence
+        if prevalence is not None and 0.0 < prevalence < 1.0:
             calibration = dataclasses.replace(calibration, adaptation=adaptation)
-        except ValueError as error:
-            raise WMHError(f"train.adapt_prevalence: {error}") from None
+        else:  # nothing to adapt from: say so rather than fail after the training
+            print(f"warning: train.adapt_prevalence: the validation subjects' WMH prevalence "
+                  f"is {prevalence}, so scans are not adapted", file=sys.stderr)
     uncalibrated, _ = metrics.exact_best_threshold(scores, truths, brains)
     calibrated = [calibration.apply(score, brain) for score, brain in zip(scores, brains)]
     threshold, dice, curve = threshold_curve(calibrated, truths, brains, subject_ids)
