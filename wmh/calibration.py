@@ -89,9 +89,9 @@ def adapt_prevalence(probability, source_prevalence: float,
     """A scan's probabilities shifted to its own WMH prevalence, estimated by EM.
 
     ``probability`` is calibrated at ``source_prevalence``. Each step shifts it to the
-    current estimate ``pi`` (:func:`prior_shift` with ``w = odds(pi) / odds(source)``) and
-    takes the shifted mean as the next ``pi`` (Saerens et al. 2002), until ``pi`` moves less
-    than ``tolerance``. ``pi`` stays within :data:`ADAPTATION_RANGE`.
+    current estimate ``pi`` (:func:`prior_shift` by :func:`prior_weight`, the odds of ``pi``
+    over the source's) and takes the shifted mean as the next ``pi`` (Saerens et al. 2002),
+    until ``pi`` moves less than ``tolerance``. ``pi`` stays within :data:`ADAPTATION_RANGE`.
 
     Args:
         probability: (N,) calibrated P(WMH) of one scan's brain voxels.
@@ -109,17 +109,16 @@ def adapt_prevalence(probability, source_prevalence: float,
     p = np.clip(np.asarray(probability, np.float64), 0.0, 1.0)
     if p.size == 0:
         return p, float(source_prevalence)
-    source_odds = source_prevalence / (1.0 - source_prevalence)
     low, high = ADAPTATION_RANGE
-    estimate, shifted = float(source_prevalence), p
+    estimate = float(source_prevalence)
     for _ in range(max_iterations):
-        shifted = prior_shift(p, (estimate / (1.0 - estimate)) / source_odds)
+        shifted = prior_shift(p, prior_weight(estimate, source_prevalence))
         updated = float(np.clip(shifted.mean(), low, high))
-        if abs(updated - estimate) < tolerance:
-            estimate = updated
-            break
+        converged = abs(updated - estimate) < tolerance
         estimate = updated
-    return prior_shift(p, (estimate / (1.0 - estimate)) / source_odds), estimate
+        if converged:
+            break
+    return prior_shift(p, prior_weight(estimate, source_prevalence)), estimate
 
 
 def fit_platt(probability, labels, weights=None, max_iterations: int = 50) -> tuple[float, float]:

@@ -172,12 +172,12 @@ def calibrated_threshold(subjects, probabilities, subject_ids, method: str,
     except ValueError as error:
         raise WMHError(f"train.calibration {method}: {error}") from None
     if adaptation != "none":
-        prevalence = calibration.validation_prevalence
-        if prevalence is not None and 0.0 < prevalence < 1.0:
+        try:  # Calibration checks that it has a prevalence to adapt from
             calibration = dataclasses.replace(calibration, adaptation=adaptation)
-        else:  # nothing to adapt from: say so rather than fail after the training
+        except ValueError:  # none: say so rather than fail after the training
             print(f"warning: train.adapt_prevalence: the validation subjects' WMH prevalence "
-                  f"is {prevalence}, so scans are not adapted", file=sys.stderr)
+                  f"is {calibration.validation_prevalence}, so scans are not adapted",
+                  file=sys.stderr)
     uncalibrated, _ = metrics.exact_best_threshold(scores, truths, brains)
     calibrated = [calibration.apply(score, brain) for score, brain in zip(scores, brains)]
     threshold, dice, curve = threshold_curve(calibrated, truths, brains, subject_ids)
