@@ -631,3 +631,115 @@ def test_demons_stop_once_an_iteration_gains_little(monkeypatch):
     monkeypatch.setattr(registration, "DEMONS_MIN_GAIN", -np.inf)
     registration.register_atlas_deformable(subject, known, atlas, config)
     assert 1 < elapsed[0] < 30 and elapsed[1] == 30
+
+
+def skull_phantom(cut_mm: float = 0.0, seed: int = 0):
+    """An ellipsoidal head with skull on a 2 mm grid, made at 1 mm and block-averaged (the
+    partial volume of a real 2 mm grid) with magnitude noise: brain (white matter 1, a grey rim 1.15,
+    ventricles 0.1) inside CSF (0.1, 2 mm), inner table (0.05, 1.5 mm), marrow (0.5,
+    3 mm), outer table (0.05, 1 mm), fat (1.1, 4 mm) and skin (0.55, 1.5 mm); the
+    scalp is as bright as the brain. ``cut_mm`` removes the bottom of the head (the field
+    of view cuts it open). Returns (image, brain truth, head truth), 2 mm voxels."""
+    rng = np.random.default_rng(seed)
+    x, y, z = np.indices((160, 190, 160), dtype=np.float32) - np.array(
+        [80, 95, 80], np.float32)[:, None, None, None]
+    radius = np.sqrt((x / 66) ** 2 + (y / 82) ** 2 + (z / 62) ** 2)  # 1 at the brain edge
+    depth = (radius - 1) * 66  # mm outside the brain, roughly
+    image = np.full(radius.shape, 0.0, np.float32)
+    for level, outer in ((0.1, 2.0), (0.05, 3.5), (0.5, 6.5), (0.05, 7.5), (1.1, 11.5),
+                         (0.55, 13.0)):
+        image[(depth > 0) & (depth <= outer) & (image == 0)] = level
+    brain = depth <= 0
+    image[brain] = np.where(depth[brain] > -4, 1.15, 1.0)
+    ventricles = ((x + 12) / 8) ** 2 + (y / 25) ** 2 + ((z - 8) / 10) ** 2 < 1
+    ventricles |= ((x - 12) / 8) ** 2 + (y / 25) ** 2 + ((z - 8) / 10) ** 2 < 1
+    image[ventricles] = 0.1
+    if cut_mm:
+        image[:, :, :int(cut_mm)] = 0
+
+    def blocks(volume):
+        return volume.reshape(80, 2, 95, 2, 80, 2).mean(axis=(1, 3, 5))
+
+    image = np.abs(blocks(image) + rng.normal(0, 0.03, (80, 95, 80))).astype(np.float32)
+    return image, blocks(brain.astype(np.float32)) > 0.5, blocks(
+        (depth <= 13.0).astype(np.float32)) > 0.5
+
+
+@pytest.mark.parametrize("cut_mm", [0.0, 20.0])
+def test_brain_extraction_of_a_head_with_skull(cut_mm):
+    """The brain comes out of a head whose scalp is as bright as the brain, also when the
+    field of view cuts the head open at the bottom (no closed shell to fill)."""
+    from wmh.preprocess.brain_mask import extract_brain, head_mask
+
+    image, brain, head = skull_phantom(cut_mm)
+    assert dice(head_mask(image), head & (image > 0)) >= 0.95
+    extracted = extract_brain(image, (2.0, 2.0, 2.0))
+    assert extracted is not None
+    assert dice(extracted, brain) >= 0.95
+    assert dice(head, brain) < 0.8  # what the test would see if the scalp stayed in
+    # no voxel lies 25 mm inside a head this small: nothing to extract
+    assert extract_brain(image[30:50, 35:60, 30:50], (2.0, 2.0, 2.0)) is None
+
+
+def test_head_with_skull_registers_its_extracted_brain(cohort):
+    """The test subject has a skull: the atlas was registered to its extracted brain."""
+    folder, out, _ = cohort
+    prepared = PreparedSubject.load(out / "s000.h5")
+    quality = prepared.provenance["quality"]
+    assert quality["brain_mask"] == "atlas" and quality["brain_extraction"] == "used"
+    truth_ml = float((truth_on_working(prepared, folder, "brainmask") > 0).sum()
+                     * np.prod(prepared.spacing) / 1000)
+    assert quality["brain_extraction_ml"] == pytest.approx(truth_ml, rel=0.15)
+
+
+def test_doubtful_extracted_brain_falls_back_to_the_whole_head(monkeypatch, tmp_path):
+    """A wrong brain extraction (a box in a corner of the field of view) registers badly;
+    the whole head is then registered, kept as the more similar, and a warning says so."""
+    from wmh.config import SynthConfig
+    from wmh.preprocess import prepare_subject
+    from wmh.preprocess import registration
+    from wmh.io import discover
+    from wmh.synth import synthesize_cohort
+
+    def corner_box(image, spacing):
+        box = np.zeros(image.shape, bool)  # a plausible volume, 1/8 of the field of view
+        box[tuple(slice(0, size // 2) for size in image.shape)] = True
+        return box
+
+    monkeypatch.setattr(registration, "extract_brain", corner_box)
+    synthesize_cohort(tmp_path / "synth", SynthConfig(subjects=1, seed=3, profile="test",
+                                                      flair_only=True), cache_dir=None)
+    subject = discover(tmp_path / "synth")[0]
+    prepared = prepare_subject(subject, FAST, use_t1=False)
+    quality = prepared.provenance["quality"]
+    assert quality["brain_extraction"] == "used"
+    assert quality["atlas_extracted_brain_similarity"] < quality["atlas_similarity"]
+    assert quality["atlas_similarity"] >= FAST.min_similarity
+    assert any("used the whole head: its extracted brain registered less similarly" in w
+               for w in prepared.warnings)
+    brain = truth_on_working(prepared, subject.flair.parent.parent, "brainmask") > 0
+    assert dice(brain, prepared.brain_mask) >= 0.95
+
+
+def test_only_a_head_with_its_background_is_brain_extracted(monkeypatch):
+    """Extraction is for heads with skull: a zeroed background (skull-stripped input too
+    large to be recognised as a brain, or masked by a tool) is registered as it is."""
+    from wmh.preprocess import registration
+    from wmh.preprocess.brain_mask import zero_background
+
+    image, _, _ = skull_phantom()
+    stripped = np.where(image > 0.2, image, 0.0).astype(np.float32)
+    assert not zero_background(image) and zero_background(stripped)
+    calls = []
+    monkeypatch.setattr(registration, "extract_brain",
+                        lambda array, spacing: calls.append(array.shape))
+    monkeypatch.setattr(registration, "register_atlas_affine",
+                        lambda *args, **kwargs: sitk.AffineTransform(3))
+    config = dataclasses.replace(FAST, atlas_deformable=False)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    for array, expected_calls in ((stripped, 0), (image, 1)):
+        quality, warnings = {}, []
+        registration._atlas_registration(to_sitk(array, affine), None, None, None, affine,
+                                         config, quality, warnings)
+        assert len(calls) == expected_calls
+        assert ("brain_extraction" in quality) == bool(expected_calls)

@@ -49,8 +49,8 @@ The package, one module per job (each imports only modules above it in this list
 - :mod:`~wmh.preprocess.sitk_bridge`: arrays <-> SimpleITK images, resampling, threads;
 - :mod:`~wmh.preprocess.intensity`: N4, normalisation, Otsu;
 - :mod:`~wmh.preprocess.atlas`: the MNI152 atlas and sampling it;
+- :mod:`~wmh.preprocess.brain_mask`: brain masks, brain extraction, their checks;
 - :mod:`~wmh.preprocess.registration`: T1 -> FLAIR and atlas registrations;
-- :mod:`~wmh.preprocess.brain_mask`: brain masks and their checks;
 - :mod:`~wmh.preprocess.ventricles`: lateral ventricles;
 - :mod:`~wmh.preprocess.keys`: cache keys and provenance;
 - :mod:`~wmh.preprocess.plan`: the preprocessing plan a model folder carries;

@@ -1,5 +1,5 @@
-"""Brain masks known before registration (supplied, skull-stripped input) and their
-plausibility checks."""
+"""Brain masks known before registration (supplied, skull-stripped input), the brain
+extracted from a head with skull, and their plausibility checks."""
 
 from __future__ import annotations
 
@@ -9,12 +9,19 @@ import numpy as np
 from scipy import ndimage
 
 from wmh.preprocess.grid import slice_axis, to_working_grid
+from wmh.preprocess.intensity import _otsu
 
 
 SKULL_STRIPPED_MAX_ML = 2200.0  # a zero-background foreground smaller than this is a brain
 
 
 SKULL_STRIPPED_MIN_ZERO_SHARE = 0.2  # share of exact zeros in a skull-stripped image
+
+
+def zero_background(image: np.ndarray) -> bool:
+    """True when at least ``SKULL_STRIPPED_MIN_ZERO_SHARE`` of the image is exactly 0: a
+    background already removed (skull-stripped, or masked by the scanner or a tool)."""
+    return float(np.mean(image == 0)) >= SKULL_STRIPPED_MIN_ZERO_SHARE
 
 
 def skull_stripped_mask(image: np.ndarray, spacing: np.ndarray, slice_axis: int = 2,
@@ -25,8 +32,7 @@ def skull_stripped_mask(image: np.ndarray, spacing: np.ndarray, slice_axis: int 
     foreground (at most ``SKULL_STRIPPED_MAX_ML``); the mask is that foreground with
     holes filled slice by slice across ``slice_axis`` (dark CSF inside the brain stays in).
     """
-    zero_share = float(np.mean(image == 0))
-    if zero_share < SKULL_STRIPPED_MIN_ZERO_SHARE:
+    if not zero_background(image):
         return None
     foreground = image > 0
     volume_ml = foreground.sum() * float(np.prod(spacing)) / 1000.0
@@ -35,6 +41,60 @@ def skull_stripped_mask(image: np.ndarray, spacing: np.ndarray, slice_axis: int 
     filled = np.stack([ndimage.binary_fill_holes(plane)
                        for plane in np.moveaxis(foreground, slice_axis, 0)], axis=slice_axis)
     return ndimage.binary_fill_holes(filled)
+
+
+# Brain extraction of a head with skull (:func:`extract_brain`), on the 2 mm atlas grid.
+EXTRACTION_SEED_DEPTH_MM = 25.0  # deeper inside the head than scalp and skull: brain
+EXTRACTION_TISSUE_SHARE = 0.6  # brain tissue: above this share of the seed's median
+EXTRACTION_ERODE_MM = 4.5  # cuts tissue bridges across the dark CSF and inner-table band
+EXTRACTION_REGROW_MM = 1.0  # regrown past the erosion, inside the tissue
+EXTRACTION_CLOSE_MM = 4.0  # closing: sulcal CSF back inside the brain
+
+
+def head_mask(image: np.ndarray) -> np.ndarray:
+    """The head: the largest component above the Otsu threshold (closed twice), with the
+    holes of each plane along every axis filled, then those of the volume. Filling plane
+    by plane also fills a head the field of view cuts open (no closed 3D shell)."""
+    foreground = ndimage.binary_closing(image > _otsu(image), iterations=2)
+    foreground = _largest_component(foreground)
+    filled = foreground.copy()
+    for axis in range(3):
+        filled |= np.stack([ndimage.binary_fill_holes(plane)
+                            for plane in np.moveaxis(foreground, axis, 0)], axis=axis)
+    return ndimage.binary_fill_holes(filled)
+
+
+def extract_brain(image: np.ndarray, spacing) -> Optional[np.ndarray]:
+    """The brain of a head with skull (FLAIR or T1), without an atlas; None when there is
+    no head deep enough to hold one.
+
+    Voxels more than ``EXTRACTION_SEED_DEPTH_MM`` inside the head (:func:`head_mask`) are
+    brain in any adult head; tissue is what is brighter than ``EXTRACTION_TISSUE_SHARE``
+    of their median, which leaves out CSF and bone. Eroding the tissue by
+    ``EXTRACTION_ERODE_MM`` cuts its bridges to the scalp across the dark band of CSF and
+    inner table; the eroded component holding most of the seed, grown back inside the
+    tissue, holes filled and closed by ``EXTRACTION_CLOSE_MM``, is the brain.
+    """
+    spacing = np.asarray(spacing, float)
+    head = head_mask(image)
+    depth = ndimage.distance_transform_edt(head, sampling=spacing)
+    seed = depth > EXTRACTION_SEED_DEPTH_MM
+    if not seed.any():
+        return None
+    tissue = head & (image > EXTRACTION_TISSUE_SHARE * float(np.median(image[seed])))
+    core = ndimage.distance_transform_edt(tissue, sampling=spacing) > EXTRACTION_ERODE_MM
+    components, count = ndimage.label(core)
+    votes = np.bincount(components[seed], minlength=count + 1)
+    votes[0] = 0
+    if count == 0 or votes.max() == 0:
+        return None
+    core = components == int(np.argmax(votes))
+    reach = EXTRACTION_ERODE_MM + EXTRACTION_REGROW_MM
+    brain = ndimage.binary_fill_holes(
+        tissue & (ndimage.distance_transform_edt(~core, sampling=spacing) <= reach))
+    dilated = ndimage.distance_transform_edt(~brain, sampling=spacing) <= EXTRACTION_CLOSE_MM
+    closed = ndimage.distance_transform_edt(dilated, sampling=spacing) > EXTRACTION_CLOSE_MM
+    return ndimage.binary_fill_holes(closed | brain)
 
 
 def _known_brain_mask(loaded, shape, affine, quality: dict) -> Optional[np.ndarray]:
