@@ -692,6 +692,44 @@ def test_head_with_skull_registers_its_extracted_brain(cohort):
     assert quality["brain_extraction_ml"] == pytest.approx(truth_ml, rel=0.15)
 
 
+@pytest.mark.parametrize("brain_nmi, head_nmi, affine_searches, kept", [
+    (0.05, 0.06, 1, "brain"),  # confident on the brain: the whole head is not registered
+    (0.03, 0.02, 3, "brain"),  # both below 0.04: the more similar (the head's retried)
+    (0.01, 0.05, 2, "head"),
+])
+def test_extracted_brain_or_whole_head_kept_by_similarity(monkeypatch, brain_nmi, head_nmi,
+                                                          affine_searches, kept):
+    """Which registration _atlas_registration keeps (the registrations stubbed: the
+    similarity of a masked image is ``brain_nmi``, of the whole head ``head_nmi``)."""
+    from wmh.preprocess import registration
+
+    image, _, _ = skull_phantom()
+    box = np.zeros(image.shape, bool)
+    box[10:70, 10:85, 10:70] = True  # a plausible brain volume
+    monkeypatch.setattr(registration, "extract_brain", lambda array, spacing: box)
+    searches = []
+    monkeypatch.setattr(registration, "register_atlas_affine",
+                        lambda *args, **kwargs: searches.append(1) or sitk.AffineTransform(3))
+
+    def similarity(subject_image, transform, atlas):
+        masked = np.mean(sitk.GetArrayViewFromImage(subject_image) == 0) > 0.3
+        return brain_nmi if masked else head_nmi
+
+    monkeypatch.setattr(registration, "_atlas_similarity", similarity)
+    config = dataclasses.replace(FAST, atlas_deformable=False)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    quality, warnings = {}, []
+    registration._atlas_registration(to_sitk(image, affine), None, None, None, affine,
+                                     config, quality, warnings)
+    assert len(searches) == affine_searches
+    assert quality["atlas_extracted_brain_similarity"] == brain_nmi
+    assert quality["atlas_similarity"] == (brain_nmi if kept == "brain" else head_nmi)
+    whole_head = [w for w in warnings if "used the whole head" in w]
+    assert len(whole_head) == (kept == "head")
+    assert any("doubtful" in w for w in warnings) == (quality["atlas_similarity"] < 0.025)
+
+
+@pytest.mark.slow
 def test_doubtful_extracted_brain_falls_back_to_the_whole_head(monkeypatch, tmp_path):
     """A wrong brain extraction (a box in a corner of the field of view) registers badly;
     the whole head is then registered, kept as the more similar, and a warning says so."""
