@@ -9,7 +9,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from wmh.preprocess.atlas import Atlas, load_atlas
-from wmh.preprocess.brain_mask import _largest_component, extract_brain, zero_background
+from wmh.preprocess.brain_mask import extract_brain, zero_background
 from wmh.preprocess.intensity import _otsu
 from wmh.preprocess.sitk_bridge import (_LPS, _smoothed_for, downsample, from_sitk,
                                         grid_affine, resample, to_sitk)
@@ -373,7 +373,11 @@ def head_geometry(image: sitk.Image) -> tuple[np.ndarray, sitk.Image, sitk.Image
     head = ndimage.binary_opening(array > threshold, iterations=1)
     if not head.any():
         head = array > threshold
-    head = ndimage.binary_fill_holes(_largest_component(head))
+    components, count = ndimage.label(head)
+    if count > 1:
+        sizes = np.bincount(components.ravel())[1:]
+        head = components == int(np.argmax(sizes)) + 1
+    head = ndimage.binary_fill_holes(head)
     affine = grid_affine(image)
     if not head.any():
         centre = affine[:3, :3] @ ((np.array(array.shape) - 1) / 2.0) + affine[:3, 3]
@@ -483,7 +487,7 @@ def _atlas_registration(flair_native: sitk.Image, t1_native: Optional[sitk.Image
         return affine_only, affine_similarity, figures, notes
 
     extracted = None
-    if brain_mask is None and not zero_background(sitk.GetArrayViewFromImage(flair_native)):
+    if brain_mask is None and not zero_background(from_sitk(flair_native)):
         extracted = _extracted_brain(subject_image, config, quality)
     if extracted is not None:
         brain_result = attempt(sitk.Mask(subject_image, extracted), _centroid(extracted),
@@ -515,7 +519,7 @@ def _extracted_brain(subject_image: sitk.Image, config, quality: dict
                      ) -> Optional[sitk.Image]:
     """The brain extracted from a head with skull on the registration grid (uint8), or
     None when there is none of plausible volume (``config.brain_volume_ml``)."""
-    spacing = np.array(subject_image.GetSpacing())  # from_sitk's axes: x, y, z
+    spacing = np.sqrt((grid_affine(subject_image)[:3, :3] ** 2).sum(axis=0))
     brain = extract_brain(from_sitk(subject_image), spacing)
     if brain is None:
         quality["brain_extraction"] = "none"
