@@ -25,6 +25,14 @@ os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(THREADS))
 os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+# The atlas's disk cache (wmh.preprocess.atlas) goes to one throwaway folder per test run,
+# made by the controlling process (the xdist workers inherit it) and removed at its exit.
+if "WMH_CACHE_HOME" not in os.environ:
+    import atexit
+    import tempfile
+
+    os.environ["WMH_CACHE_HOME"] = tempfile.mkdtemp(prefix="wmh-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["WMH_CACHE_HOME"], True)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -1,6 +1,7 @@
 """`wmh demo` end to end on a tiny synthetic cohort: every stage runs for real."""
 
 import csv
+import json
 from pathlib import Path
 
 import mlflow
@@ -63,7 +64,10 @@ def test_demo_runs_every_stage_and_labels_results_synthetic(tmp_path, mlflow_tmp
     assert "registered wmh-demo version 1 (aliases newest, best)" in out
 
     # `wmh segment --model models:/wmh-demo@best` segments a synthetic subject as the
-    # demo did (same model, same threshold, same volume).
+    # demo did: same model, same threshold, and the same volume up to what preparing the
+    # raw files again moves (the demo segmented its cached preparation, made in worker
+    # processes; SimpleITK's threaded registration differs in the last digits between
+    # processes, which moved 0.05-0.07 mL of 260 near the threshold in some runs).
     found = [s for root in tiny_synthetic_cache.glob("synth/*") for s in io.discover(root)
              if s.subject_id == subject]
     files = [str(path) for path in (found[0].flair, found[0].t1) if path is not None]
@@ -74,7 +78,13 @@ def test_demo_runs_every_stage_and_labels_results_synthetic(tmp_path, mlflow_tmp
     with open(tmp_path / "by-alias" / "volumes.csv") as handle:
         again = list(csv.DictReader(handle))
     assert [row["status"] for row in again] == ["ok"]
-    assert float(again[0]["total_ml"]) == pytest.approx(float(rows[0]["total_ml"]), abs=1e-6)
+    assert float(again[0]["total_ml"]) == pytest.approx(float(rows[0]["total_ml"]), rel=2e-3)
+    demo_report, alias_report = (
+        json.loads((folder / subject / "report.json").read_text())
+        for folder in (tmp_path / "out" / "segment", tmp_path / "by-alias"))
+    assert alias_report["model_sha256"] == demo_report["model_sha256"]
+    assert alias_report["threshold"] == demo_report["threshold"] == pytest.approx(
+        run.data.metrics["threshold"])
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
         main(["segment", "--model", "models:/wmh-demo@nope", *files, "--out",

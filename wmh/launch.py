@@ -5,8 +5,8 @@ instructions, absl's "All log messages before absl::InitializeLog()"), some of t
 whatever ``TF_CPP_MIN_LOG_LEVEL`` says. Unless the global ``--verbose`` option is given,
 this launcher, before anything imports TensorFlow:
 
-* sets ``TF_CPP_MIN_LOG_LEVEL=3`` (``TF_ENABLE_ONEDNN_OPTS`` is left as it is: only its
-  message is dropped, not the optimisation);
+* sets ``TF_CPP_MIN_LOG_LEVEL=3`` (only oneDNN's message is dropped, not the
+  optimisation, which the package turns on: :mod:`wmh`);
 * wraps the first ``import tensorflow`` so that what it writes to stderr is read back
   and passed on without the known start-up lines (anything else, e.g. a real error, is
   still shown);
