@@ -665,6 +665,28 @@ def skull_phantom(cut_mm: float = 0.0, seed: int = 0):
         (depth <= 13.0).astype(np.float32)) > 0.5
 
 
+def test_holes_filled_plane_by_plane_in_one_pass():
+    """fill_holes_per_plane equals filling every plane on its own (2D, 4-connected), and
+    a hole open only through a neighbouring plane is still filled."""
+    from scipy import ndimage
+
+    from wmh.preprocess.brain_mask import fill_holes_per_plane
+
+    rng = np.random.default_rng(3)
+    for shape in ((9, 14, 11), (30, 7, 23)):
+        mask = rng.random(shape) < 0.6
+        for axis in range(3):
+            planes = [ndimage.binary_fill_holes(plane) for plane in np.moveaxis(mask, axis, 0)]
+            assert np.array_equal(fill_holes_per_plane(mask, axis),
+                                  np.stack(planes, axis=axis))
+    ring = np.zeros((3, 9, 9), bool)
+    ring[:, 2:7, 2:7] = True
+    ring[:, 4, 4] = False  # a tube through every plane: open in 3D, a hole in each plane
+    assert not ndimage.binary_fill_holes(ring)[1, 4, 4]
+    assert fill_holes_per_plane(ring, 0)[:, 4, 4].all()
+    assert not fill_holes_per_plane(ring, 1)[1, 4, 4]  # across axis 1 the tube is no hole
+
+
 @pytest.mark.parametrize("cut_mm", [0.0, 20.0])
 def test_brain_extraction_of_a_head_with_skull(cut_mm):
     """The brain comes out of a head whose scalp is as bright as the brain, also when the
