@@ -3,6 +3,8 @@
 import os
 import platform
 
+import wmh  # noqa: F401  TF_ENABLE_ONEDNN_OPTS=1 unless set, as for every wmh command
+
 
 def cpu_model() -> str:
     """The CPU's model name (as ``lscpu``'s "Model name" shows it), else what platform knows."""
@@ -18,8 +20,9 @@ def cpu_model() -> str:
 
 # The vector extensions TensorFlow's kernels and wmh's bf16 path use, widest first. Hosts
 # sold under one model name differ here (an "AMD EPYC" with AVX-512 BF16 in one session, AVX2
-# only in another), and dense inference costs 3-4x the CPU seconds without AVX-512: a figure
-# without its ISA cannot be compared with another.
+# only in another): a figure without its ISA cannot be compared with another. (The 3-4x
+# dearer dense inference once put down to the missing AVX-512 was mostly TensorFlow leaving
+# oneDNN off on such a CPU; wmh now turns it on, and describe() says whether it was on.)
 ISA_FLAGS = ("amx_bf16", "avx512_bf16", "avx512f", "avx2", "fma")
 
 
@@ -37,6 +40,8 @@ def vector_isa(cpuinfo: str = "/proc/cpuinfo") -> str:
 
 
 def describe() -> str:
-    """One line: CPU model, its vector extensions, core count, operating system, Python."""
+    """One line: CPU model, its vector extensions, core count, operating system, Python,
+    and whether TensorFlow's oneDNN kernels were asked for (``TF_ENABLE_ONEDNN_OPTS``)."""
+    onednn = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "")
     return (f"{cpu_model()} ({vector_isa()}), {os.cpu_count()} cores, {platform.system()}, "
-            f"Python {platform.python_version()}")
+            f"Python {platform.python_version()}, oneDNN {'off' if onednn == '0' else 'on'}")

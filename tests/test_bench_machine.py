@@ -28,3 +28,10 @@ def test_vector_isa_lists_the_extensions_widest_first(tmp_path):
     assert machine.vector_isa(zen3) == "avx2 fma"
     assert machine.vector_isa(old) == "no AVX2"
     assert machine.vector_isa(str(tmp_path / "missing")) == "unknown"
+
+
+def test_machine_line_says_whether_onednn_was_on(monkeypatch):
+    machine = load_machine()
+    assert machine.describe().endswith("oneDNN on")  # importing wmh set the default
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    assert machine.describe().endswith("oneDNN off")
