@@ -210,6 +210,9 @@ def main(argv=None) -> int:
                         help="what the manifest's scans are, as the JSON's 'data' says "
                              "(synthetic: e.g. a run's held-out SYNTHETIC test subjects)")
     args = parser.parse_args(argv)
+    from wmh.launch import quiet_tensorflow
+
+    quiet_tensorflow()  # as the wmh command does: no TensorFlow start-up lines on stderr
 
     from wmh import io
     from wmh.errors import WMHError
