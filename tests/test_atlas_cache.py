@@ -1,5 +1,7 @@
 """The atlas is built once and then read from its disk cache, bit for bit the same."""
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -43,6 +45,23 @@ def test_damaged_cache_is_rebuilt_and_an_unusable_one_skipped(fresh_atlas, monke
     monkeypatch.setattr(atlas_module, "_build_atlas", lambda: pytest.fail("1 mm rebuilt"))
     rebuilt = load_atlas(2.0)  # the 1 mm atlas is still read from its folder
     assert np.array_equal(rebuilt.t1, built.t1) and not isinstance(rebuilt.t1, np.memmap)
+
+    # a write that fails half-way leaves no partial folder behind
+    load_atlas.cache_clear()
+    shutil.rmtree(folder)
+    real_save = np.save
+
+    def failing_save(path, array):
+        if str(path).endswith("grey.npy"):
+            raise OSError("No space left on device")
+        real_save(path, array)
+
+    monkeypatch.setattr(atlas_module.np, "save", failing_save)
+    assert np.array_equal(load_atlas(2.0).t1, built.t1)
+    assert not folder.exists()
+    assert sorted(path.name for path in fresh_atlas.iterdir()) == [
+        atlas_cache_folder(1.0).name]
+    monkeypatch.setattr(atlas_module.np, "save", real_save)
 
     # a cache root that is a file: nothing kept, the atlas still built
     monkeypatch.undo()

@@ -116,14 +116,14 @@ def _write_cached_atlas(atlas: Atlas, folder: Path) -> None:
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-        for name in _ATLAS_ARRAYS:
-            np.save(staging / f"{name}.npy", np.asarray(getattr(atlas, name)))
-        try:
-            staging.rename(folder)
-        except OSError:  # another process wrote it first
-            shutil.rmtree(staging, ignore_errors=True)
     except OSError:
         return
+    try:
+        for name in _ATLAS_ARRAYS:
+            np.save(staging / f"{name}.npy", np.asarray(getattr(atlas, name)))
+        staging.rename(folder)
+    except OSError:  # a full disk, or another process wrote it first
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _build_atlas() -> Atlas:
