@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import importlib.util
 import os
 import shutil
@@ -20,6 +19,7 @@ from scipy import ndimage
 
 from wmh.preprocess.grid import resample_voxels
 from wmh.preprocess.sitk_bridge import from_sitk, grid_affine, to_sitk
+from wmh.tracking import hash_files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,14 +87,13 @@ def atlas_cache_folder(spacing_mm: float) -> Optional[Path]:
         return None
     if root is None:
         root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "wmh"
-    digest = hashlib.sha256(Path(__file__).read_bytes())
+    templates = []
     for kind in ("t1", "gm", "wm"):
         path = _template_path(kind)
         stat = path.stat() if path is not None else None
-        digest.update((f"{path}:{stat.st_size}:{stat.st_mtime_ns}" if stat
-                       else "nilearn").encode())
-    digest.update(repr(float(spacing_mm)).encode())
-    return Path(root) / f"atlas-{float(spacing_mm):g}mm-{digest.hexdigest()[:16]}"
+        templates.append(f"{path}:{stat.st_size}:{stat.st_mtime_ns}" if stat else "nilearn")
+    key = hash_files([__file__], extra=repr((templates, float(spacing_mm))))
+    return Path(root) / f"atlas-{float(spacing_mm):g}mm-{key}"
 
 
 _ATLAS_ARRAYS = tuple(field.name for field in dataclasses.fields(Atlas))
