@@ -8,9 +8,10 @@ rendering): the acquisition (2D or 3D; axial, coronal or sagittal slices; in-pla
 without the neck; matrix and voxel count capped), the contrast (FLAIR-plausible levels of
 WM, GM, deep GM, CSF, lesion, skull, marrow, scalp fat and skin, then a gamma), the
 artefacts (bias field strength, Rician SNR), the anatomy (head scale, warp strength,
-ventricle enlargement and sulcal widening) and the lesions (a heavy-tailed load of 0-150 mL
-split between SVD-like confluent caps and bands, punctate deep lesions and MS-like ovoid
-periventricular, juxtacortical and infratentorial lesions).
+ventricle enlargement and sulcal widening) and the lesions (a heavy-tailed load of 0-150 mL,
+a quarter of subjects heavy (30-120 mL) since version 7, split between SVD-like confluent
+caps and bands, punctate deep lesions and MS-like ovoid periventricular, juxtacortical and
+infratentorial lesions, with confluent ones too in heavy MS-pattern loads).
 
 Lesions are placed by :func:`place_randomised_wmh` from distances to the ventricles and to
 the cortex and white-matter depth around random seeds; it never reads the WMH prior
