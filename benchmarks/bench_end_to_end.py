@@ -4,10 +4,10 @@ Usage: ``.venv/bin/python benchmarks/bench_end_to_end.py [--model DIR] [--seed 1
 [--cases thick,3d] [--flair PATH [--t1 PATH]] [--repeats 1] [--wait-idle]``
 
 Each case runs the real command, ``wmh segment FLAIR [T1] --model M --out OUT``
-(:func:`wmh.launch.main`, as the console script does), in a fresh Python process, so
-that importing TensorFlow and loading the model count as they do for a user. Inside that
-process the benchmark only wraps functions of the code path with timers (wall and CPU
-seconds: the process's CPU time, all threads); nothing else changes. The cases:
+(:func:`wmh.launch.run` and then its exit, as the console script does), in a fresh Python
+process, so that importing TensorFlow and loading the model count as they do for a user.
+Inside that process the benchmark only wraps functions of the code path with timers (wall
+and CPU seconds: the process's CPU time, all threads); nothing else changes. The cases:
 
 * ``thick``: a SYNTHETIC clinical thick-slice 1.5 T axial FLAIR with skull, neck and
   shoulders (``wmh synth`` profile ``clinical-neck``: 256 x 256 x 36, 0.9 x 0.9 x 6.5 mm,
@@ -22,8 +22,9 @@ Without ``--model`` a random-weights model of the paper's shipped configuration
 Stages (``stages``: wall ``s`` and ``cpu_s``; ``calls`` when a function ran more than once):
 
 * ``python_start_and_exit``: what the parent measures of the child process beyond the
-  child's own clock (interpreter start-up, and the exit: freeing memory, TensorFlow's
-  threads); ``import_cli``: the child's first line to running the command;
+  child's own clock (interpreter start-up, and the exit, which ends as the console
+  script's does: :func:`wmh.launch.exit_now`); ``import_cli``: the child's first line to
+  running the command;
 * ``resolve_model``: finds the model and its contract;
 * ``model_load``: imports TensorFlow, loads the weights and builds the dense twin, up
   front (code before the background load); since then ``model_load_background``: the
@@ -315,12 +316,8 @@ def run_child(command: list[str]) -> dict:
     instrument(timers, prepare_stages)
     instrumented = time.perf_counter()
     captured = text_io.StringIO()
-    code = 0
     with contextlib.redirect_stderr(captured):
-        try:
-            launch.main(command)
-        except SystemExit as exit_:
-            code = exit_.code or 0
+        code = launch.run(command)
     total_wall = time.perf_counter() - start_wall
     total_cpu = time.process_time() - start_cpu
     main_end = thread_stats().get(threading.get_native_id(), main_start)
@@ -481,7 +478,10 @@ def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:  # the timed process: the rest is the wmh command line
         os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
-        print(json.dumps(run_child(argv[1:])))
+        print(json.dumps(run_child(argv[1:])), flush=True)
+        from wmh import launch
+
+        launch.exit_now(0)  # and the process ends as the console script's does
         return
     args = parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_end_to_end_"))

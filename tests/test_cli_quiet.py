@@ -74,3 +74,52 @@ def test_console_script_points_at_the_launcher():
 
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts == {"wmh": "wmh.launch:main"}
+
+
+def _exit_child(tmp_path, body: str):
+    """Runs ``body`` then ``launch.exit_now`` in a fresh interpreter with a stand-in
+    'tensorflow' module (the fast path, without TensorFlow's import cost)."""
+    script = tmp_path / "child.py"
+    script.write_text(
+        "import atexit, sys, threading, time, types\n"
+        "from pathlib import Path\n"
+        "sys.modules['tensorflow'] = types.ModuleType('tensorflow')\n"
+        "from wmh import launch\n"
+        f"out = Path({str(tmp_path)!r})\n" + body)
+    return subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def test_fast_exit_joins_threads_runs_atexit_and_keeps_the_status(tmp_path):
+    done = _exit_child(tmp_path, (
+        "def late():\n"
+        "    time.sleep(0.3)\n"
+        "    (out / 'thread.txt').write_text('written')\n"
+        "threading.Thread(target=late).start()\n"
+        "import concurrent.futures\n"
+        "pool = concurrent.futures.ThreadPoolExecutor(1)  # left open: must not hang the exit\n"
+        "pool.submit(lambda: (time.sleep(0.2), (out / 'pool.txt').write_text('pool')))\n"
+        "atexit.register(lambda: print('atexit handler ran'))\n"
+        "sys.stdout.write('buffered, no newline')\n"
+        "launch.exit_now(3)\n"
+        "print('not reached')\n"))
+    assert done.returncode == 3
+    assert (tmp_path / "thread.txt").read_text() == "written"  # the thread was joined
+    assert (tmp_path / "pool.txt").read_text() == "pool"  # the pool's work was finished
+    assert done.stdout == "buffered, no newlineatexit handler ran\n"  # flushed, in order
+
+
+def test_exit_status_follows_sys_exit():
+    assert launch.exit_status(None) == 0 and launch.exit_status(2) == 2
+    import contextlib
+    import io
+
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        assert launch.exit_status("wmh: error: bad") == 1
+    assert stderr.getvalue() == "wmh: error: bad\n"
+
+
+def test_run_returns_the_commands_status(tmp_path):
+    assert launch.run(["config", "--set", "model.arch=nope"]) == 2
+    assert launch.run(["config"]) == 0

@@ -14,6 +14,13 @@ this launcher, before anything imports TensorFlow:
 
 It imports nothing heavy itself, so ``wmh --help`` stays fast. ``python -m wmh`` runs it
 too (``wmh/__main__.py``).
+
+Once the command has returned and TensorFlow was imported, the launcher ends the process
+itself (:func:`exit_now`): it waits for any non-daemon thread, runs the ``atexit``
+handlers (logging, multiprocessing, temporary files, MLflow), flushes stdout and stderr,
+then leaves with ``os._exit``. That skips only the interpreter's teardown of TensorFlow's
+objects and modules, which cost 1.5-2 s per command on 2 cores (BENCHMARKS.md, issue 15).
+Every output is already written and closed by then.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import importlib.util
 import os
 import sys
 import tempfile
+import threading
 
 # Substrings of TensorFlow's start-up lines (not errors) that are dropped without --verbose.
 STARTUP_NOISE = (
@@ -120,14 +128,57 @@ def quiet_tensorflow(environ=os.environ) -> None:
         sys.meta_path.insert(0, _QuietTensorFlowImport())
 
 
-def main(argv: list[str] | None = None) -> None:
-    """The console entry point: ``wmh [--verbose] COMMAND ...``."""
-    argv = sys.argv[1:] if argv is None else list(argv)
+def run(argv: list[str]) -> int:
+    """Runs ``wmh [--verbose] COMMAND ...`` and returns its exit status."""
     if not wants_verbose(argv):
         quiet_tensorflow()
     from wmh.cli import main as cli_main
 
-    cli_main(argv)
+    try:
+        cli_main(argv)
+    except SystemExit as stop:
+        return exit_status(stop.code)
+    return 0
+
+
+def exit_status(code) -> int:
+    """The status ``sys.exit(code)`` gives: 0 for None, the int, else 1 (a message is
+    written to stderr, as Python does)."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    sys.stderr.write(f"{code}\n")
+    return 1
+
+
+def exit_now(status: int) -> None:
+    """Ends the process with ``status``: a plain ``sys.exit`` unless TensorFlow is loaded;
+    then non-daemon threads are joined, ``atexit`` handlers run and stdio is flushed
+    before ``os._exit``, skipping the interpreter's slow teardown of TensorFlow."""
+    if "tensorflow" not in sys.modules:
+        sys.exit(status)
+    # What the interpreter does first at exit: threading's own exit callbacks (open thread
+    # pools are shut down) and a join of every non-daemon thread.
+    shutdown = getattr(threading, "_shutdown", None)
+    if shutdown is not None:
+        shutdown()
+    else:  # pragma: no cover - CPython has had threading._shutdown since 3.0
+        for thread in threading.enumerate():
+            if thread is not threading.main_thread() and not thread.daemon:
+                thread.join()
+    import atexit
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(status)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The console entry point: ``wmh [--verbose] COMMAND ...``."""
+    exit_now(run(sys.argv[1:] if argv is None else list(argv)))
 
 
 if __name__ == "__main__":
