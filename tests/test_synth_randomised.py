@@ -99,27 +99,9 @@ def test_load_is_heavy_tailed_from_zero_to_150_ml():
     assert 0.03 < (loads == 0).mean() < 0.12
     positive = loads[loads > 0]
     median = np.median(positive)
-    assert 5.0 < median < 15.0
-    assert np.percentile(positive, 99) / median > 8  # heavy right tail
+    assert np.percentile(positive, 99) / median > 15  # heavy right tail
     assert positive.mean() > 1.8 * median
-    assert (loads >= 149.9).sum() >= 1
-    # version 7: a quarter heavy (30-120 mL log-uniform) on top of the lognormal's own tail
-    heavy = (loads >= rz.HEAVY_LOAD_ML[0]).mean()
-    assert rz.HEAVY_P < heavy < rz.HEAVY_P + 0.1
-    assert (loads >= 46).mean() > 0.15  # version 6: about 0.06
-    light = positive[positive < rz.HEAVY_LOAD_ML[0]]
-    assert 2.5 < np.median(light) < 6.0  # the light loads keep version 6's lognormal
-
-
-def test_heavy_ms_loads_get_a_confluent_share():
-    rng = np.random.default_rng(8)
-    light = rz._shares(rng, "ms", load_ml=10.0)
-    heavy = [rz._shares(rng, "ms", load_ml=60.0)["confluent"] for _ in range(200)]
-    assert light["confluent"] == 0.0
-    assert min(heavy) >= rz.MS_CONFLUENT_SHARE[0] - 1e-9
-    assert max(heavy) <= rz.MS_CONFLUENT_SHARE[1] + 1e-9
-    for pattern in rz.PATTERNS:
-        assert sum(rz._shares(rng, pattern, 60.0).values()) == pytest.approx(1.0)
+    assert (loads >= 50).mean() > 0.02 and (loads >= 149.9).sum() >= 1
 
 
 def test_sampler_is_reproducible_per_seed():

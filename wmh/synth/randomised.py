@@ -8,10 +8,9 @@ rendering): the acquisition (2D or 3D; axial, coronal or sagittal slices; in-pla
 without the neck; matrix and voxel count capped), the contrast (FLAIR-plausible levels of
 WM, GM, deep GM, CSF, lesion, skull, marrow, scalp fat and skin, then a gamma), the
 artefacts (bias field strength, Rician SNR), the anatomy (head scale, warp strength,
-ventricle enlargement and sulcal widening) and the lesions (a heavy-tailed load of 0-150 mL,
-a quarter of subjects heavy (30-120 mL) since version 7, split between SVD-like confluent
-caps and bands, punctate deep lesions and MS-like ovoid periventricular, juxtacortical and
-infratentorial lesions, with confluent ones too in heavy MS-pattern loads).
+ventricle enlargement and sulcal widening) and the lesions (a heavy-tailed load of 0-150 mL
+split between SVD-like confluent caps and bands, punctate deep lesions and MS-like ovoid
+periventricular, juxtacortical and infratentorial lesions).
 
 Lesions are placed by :func:`place_randomised_wmh` from distances to the ventricles and to
 the cortex and white-matter depth around random seeds; it never reads the WMH prior
@@ -33,7 +32,7 @@ from wmh.synth.pathology import (Contrast, Overlay, _ball_box, _blob, _choose_vo
                                  smooth_noise)
 from wmh.synth.profiles import RANDOMISED, AcquisitionProfile, profile_as_dict
 
-RANDOMISED_SYNTH_VERSION = 7  # the generator version of cohorts of this profile
+RANDOMISED_SYNTH_VERSION = 6  # the generator version of cohorts of this profile
 MAX_MATRIX = 512  # in-plane matrix cap (a 0.4 mm grid then spans 205 mm)
 MAX_VOXELS = 12_000_000  # FLAIR voxel cap: bounds memory (~1 GB peak) and time
 
@@ -79,15 +78,6 @@ LOAD_ZERO_P = 0.07
 LOAD_MEDIAN_ML = 5.0
 LOAD_LOG_SD = 1.4
 LOAD_RANGE_ML = (0.0, 150.0)
-# Version 7: a share of heavy loads (log-uniform) on top of the lognormal. Version 6's
-# lognormal alone gave no lesion component above 39 mL in 80 subjects (median largest
-# 0.8 mL), and its model missed a real 46 mL confluent lesion almost entirely (mean
-# probability 0.06; BENCHMARKS.md, "Why patient19 is missed"). At 45-90 mL of confluent
-# load :func:`_confluent` makes components of 20-50 mL (one per hemisphere, mostly).
-HEAVY_P = 0.25
-HEAVY_LOAD_ML = (30.0, 120.0)
-# Heavy MS-pattern loads also get a confluent share (late MS with confluent lesions).
-MS_CONFLUENT_SHARE = (0.3, 0.6)
 PATTERNS = ("svd", "ms", "mixed")
 
 
@@ -147,8 +137,8 @@ def generator_ranges() -> dict:
              "PLANE_P", "THREE_D_P", "NECK_P", "SKULL_P", "STRIP_MARGIN_MM", "FLAIR_LEVELS",
              "GAMMA", "LESION_CONTRAST", "LESION_EXCESS", "BIAS_AMPLITUDE", "SNR", "HEAD_SCALE",
              "POSE_ROTATION_DEG", "WARP_AMPLITUDE_MM", "ATROPHY", "SULCAL_WIDENING",
-             "LOAD_ZERO_P", "LOAD_MEDIAN_ML", "LOAD_LOG_SD", "LOAD_RANGE_ML", "HEAVY_P",
-             "HEAVY_LOAD_ML", "MS_CONFLUENT_SHARE", "MAX_MATRIX", "MAX_VOXELS")
+             "LOAD_ZERO_P", "LOAD_MEDIAN_ML", "LOAD_LOG_SD", "LOAD_RANGE_ML", "MAX_MATRIX",
+             "MAX_VOXELS")
     values = globals()
     return {name.lower(): (list(values[name]) if isinstance(values[name], tuple)
                            else values[name]) for name in names}
@@ -167,14 +157,10 @@ def _log_uniform(rng: np.random.Generator, low: float, high: float) -> float:
 
 
 def draw_load_ml(rng: np.random.Generator) -> float:
-    """A WMH load in 0-150 mL: none with probability LOAD_ZERO_P, heavy (log-uniform in
-    HEAVY_LOAD_ML) with probability HEAVY_P, else a lognormal (median 5 mL, heavy right
-    tail) clipped to the range."""
-    draw = rng.random()
-    if draw < LOAD_ZERO_P:
+    """A WMH load in 0-150 mL: none with probability LOAD_ZERO_P, else a lognormal (median
+    5 mL, heavy right tail) clipped to the range."""
+    if rng.random() < LOAD_ZERO_P:
         return 0.0
-    if draw < LOAD_ZERO_P + HEAVY_P:
-        return _log_uniform(rng, *HEAVY_LOAD_ML)
     load = LOAD_MEDIAN_ML * math.exp(LOAD_LOG_SD * rng.standard_normal())
     return float(np.clip(load, *LOAD_RANGE_ML))
 
@@ -244,7 +230,6 @@ def draw_randomisation(rng: np.random.Generator, max_voxels: int = MAX_VOXELS,
     lesion_contrast = 1.0 + _log_uniform(rng, LESION_CONTRAST[0] - 1, LESION_CONTRAST[1] - 1)
     skull = SKULL_STATES[int(rng.choice(3, p=SKULL_P))]
     pattern = PATTERNS[int(rng.integers(len(PATTERNS)))]
-    load_ml = draw_load_ml(rng)
     return Randomisation(
         acquisition=acquisition, flair=flair, gamma=gamma, lesion_contrast=lesion_contrast,
         bias_amplitude=float(rng.uniform(*BIAS_AMPLITUDE)), snr=_log_uniform(rng, *SNR),
@@ -253,21 +238,19 @@ def draw_randomisation(rng: np.random.Generator, max_voxels: int = MAX_VOXELS,
         warp_amplitude_mm=float(rng.uniform(*WARP_AMPLITUDE_MM)),
         atrophy=float(rng.uniform(*ATROPHY)),
         sulcal_widening=float(rng.uniform(*SULCAL_WIDENING)),
-        load_ml=load_ml, pattern=pattern, shares=_shares(rng, pattern, load_ml),
+        load_ml=draw_load_ml(rng), pattern=pattern, shares=_shares(rng, pattern),
         capped=capped)
 
 
-def _shares(rng: np.random.Generator, pattern: str, load_ml: float = 0.0) -> dict:
-    """Share of the load per lesion kind; a heavy (>= HEAVY_LOAD_ML[0]) MS-pattern load
-    gets a confluent share too."""
+def _shares(rng: np.random.Generator, pattern: str) -> dict:
+    """Share of the load per lesion kind."""
     svd = {"confluent": rng.uniform(0.6, 0.95), "punctate": rng.uniform(0.05, 0.3)}
     ms = {"ovoid": rng.uniform(0.5, 0.8), "juxtacortical": rng.uniform(0.08, 0.25),
           "infratentorial": rng.uniform(0.03, 0.15), "punctate": rng.uniform(0.02, 0.1)}
     if pattern == "svd":
         weights = {**{k: 0.0 for k in ms}, **svd}
     elif pattern == "ms":
-        share = rng.uniform(*MS_CONFLUENT_SHARE) if load_ml >= HEAVY_LOAD_ML[0] else 0.0
-        weights = {"confluent": share / (1 - share) * sum(ms.values()), **ms}
+        weights = {"confluent": 0.0, **ms}
     else:
         weights = {k: svd.get(k, 0.0) + ms.get(k, 0.0) for k in (*svd, *ms)}
     total = sum(weights.values())
