@@ -107,6 +107,7 @@ def test_fast_exit_joins_threads_runs_atexit_and_keeps_the_status(tmp_path):
     assert (tmp_path / "thread.txt").read_text() == "written"  # the thread was joined
     assert (tmp_path / "pool.txt").read_text() == "pool"  # the pool's work was finished
     assert done.stdout == "buffered, no newlineatexit handler ran\n"  # flushed, in order
+    assert done.stderr == ""
 
 
 def test_exit_status_follows_sys_exit():
@@ -120,6 +121,9 @@ def test_exit_status_follows_sys_exit():
     assert stderr.getvalue() == "wmh: error: bad\n"
 
 
-def test_run_returns_the_commands_status(tmp_path):
+def test_run_returns_the_commands_status(tmp_path, monkeypatch):
+    monkeypatch.setattr(launch, "quiet_tensorflow", lambda: None)  # no process-wide hook
+    monkeypatch.setenv("WMH_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
     assert launch.run(["config", "--set", "model.arch=nope"]) == 2
     assert launch.run(["config"]) == 0

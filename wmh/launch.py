@@ -155,18 +155,25 @@ def exit_status(code) -> int:
 def exit_now(status: int) -> None:
     """Ends the process with ``status``: a plain ``sys.exit`` unless TensorFlow is loaded;
     then non-daemon threads are joined, ``atexit`` handlers run and stdio is flushed
-    before ``os._exit``, skipping the interpreter's slow teardown of TensorFlow."""
+    before ``os._exit``, skipping the interpreter's slow teardown of TensorFlow. Files
+    still open for writing would lose their buffers: every writer in wmh closes its own."""
+    if threading.current_thread() is not threading.main_thread():
+        sys.exit(status)  # _shutdown would wait for this very thread
+    # What the interpreter does first at exit: threading's own exit callbacks (open thread
+    # pools are shut down) and a join of every non-daemon thread (the background model
+    # load may still be importing TensorFlow, so it is checked after).
+    shutdown = getattr(threading, "_shutdown", None)
+    try:
+        if shutdown is not None:
+            shutdown()
+        else:  # pragma: no cover - CPython has had threading._shutdown since 3.0
+            for thread in threading.enumerate():
+                if thread is not threading.main_thread() and not thread.daemon:
+                    thread.join()
+    except KeyboardInterrupt:  # as the interpreter does: carry on exiting
+        pass
     if "tensorflow" not in sys.modules:
         sys.exit(status)
-    # What the interpreter does first at exit: threading's own exit callbacks (open thread
-    # pools are shut down) and a join of every non-daemon thread.
-    shutdown = getattr(threading, "_shutdown", None)
-    if shutdown is not None:
-        shutdown()
-    else:  # pragma: no cover - CPython has had threading._shutdown since 3.0
-        for thread in threading.enumerate():
-            if thread is not threading.main_thread() and not thread.daemon:
-                thread.join()
     import atexit
 
     atexit._run_exitfuncs()
