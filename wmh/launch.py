@@ -25,6 +25,7 @@ Every output is already written and closed by then.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib.abc
 import importlib.util
@@ -162,20 +163,12 @@ def exit_now(status: int) -> None:
     # What the interpreter does first at exit: threading's own exit callbacks (open thread
     # pools are shut down) and a join of every non-daemon thread (the background model
     # load may still be importing TensorFlow, so it is checked after).
-    shutdown = getattr(threading, "_shutdown", None)
     try:
-        if shutdown is not None:
-            shutdown()
-        else:  # pragma: no cover - CPython has had threading._shutdown since 3.0
-            for thread in threading.enumerate():
-                if thread is not threading.main_thread() and not thread.daemon:
-                    thread.join()
+        threading._shutdown()
     except KeyboardInterrupt:  # as the interpreter does: carry on exiting
         pass
     if "tensorflow" not in sys.modules:
         sys.exit(status)
-    import atexit
-
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
