@@ -111,6 +111,29 @@ def test_sampling_is_seeded_and_ratio_configurable(subject):
     assert first[1].sum() == n_positive and (first[1] == 0).sum() == 2 * n_positive
 
 
+def test_positive_cap_bounds_a_heavy_subjects_samples_and_leaves_light_ones(subject):
+    n_wmh = int((subject.labels == 1).sum())
+    half = round(0.5 * n_wmh)
+    capped = SamplingConfig(max_positives_per_subject=half // 3)
+    coordinates, labels = sample_subject(subject.labels, subject.brain_mask, capped,
+                                         np.random.default_rng(0))
+    x, y, z = coordinates.T
+    assert labels.sum() == half // 3 and (labels == 0).sum() == half // 3
+    assert np.all(subject.labels[x, y, z][labels == 1] == 1)
+    loose = SamplingConfig(max_positives_per_subject=10 * n_wmh)  # above the half: no effect
+    _, labels = sample_subject(subject.labels, subject.brain_mask, loose,
+                               np.random.default_rng(0))
+    assert labels.sum() == half and (labels == 0).sum() == half
+
+
+def test_a_negative_positive_cap_is_refused_naming_the_option():
+    from wmh.config import ExperimentConfig, validate
+
+    bad = ExperimentConfig(sampling=SamplingConfig(max_positives_per_subject=-1))
+    with pytest.raises(WMHError, match=r"sampling\.max_positives_per_subject.*>= 0"):
+        validate(bad)
+
+
 def test_hard_negatives_come_from_bright_voxels_and_around_other_pathology(subject):
     config = SamplingConfig(hard_negative_fraction=1.0)
     flair = subject.images[..., 0]

@@ -82,6 +82,9 @@ class SamplingConfig:
     train_size_fraction: float = 1.0  # use only this share of training subjects (Table 6)
     hard_negative_percentile: float = 95.0  # 'bright' = FLAIR above this brain percentile
     hard_negative_margin_voxels: int = 2  # in-plane ring around other pathology (label 2)
+    # At most this many WMH samples per subject (0 = no cap, the paper's): a heavy load
+    # then adds no more samples, positive or negative, than a moderate one
+    max_positives_per_subject: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,6 +210,7 @@ _BOUNDS: dict[str, tuple[Optional[float], Optional[float], bool, bool]] = {
     "sampling.train_size_fraction": (0, 1, True, False),
     "sampling.hard_negative_percentile": (0, 100, False, False),
     "sampling.hard_negative_margin_voxels": (0, None, False, False),
+    "sampling.max_positives_per_subject": (0, None, False, False),
     "model.alpha": (0, None, False, False),
     "model.dropout_rate": (0, 1, False, True),
     "model.width": (0, None, True, False),

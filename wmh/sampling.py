@@ -6,8 +6,9 @@ writes and reads the sample set.
 
 Voxel samples (:func:`sample_subject`), per training and validation subject, seeded by
 (seed, subject id) so a subject's samples do not depend on which other subjects exist:
-a random ``positive_fraction`` (paper: 50%) of its WMH voxels (label 1) and
-``negative_ratio`` (paper: 1) times as many negatives from label-0 voxels inside the
+a random ``positive_fraction`` (paper: 50%) of its WMH voxels (label 1), at most
+``max_positives_per_subject`` of them when that is set (so that one heavy load does not
+outweigh many moderate ones), and ``negative_ratio`` (paper: 1) times as many negatives from label-0 voxels inside the
 brain mask; label 2 (other pathology) is never sampled. ``hard_negative_fraction`` of
 the negatives come from *hard* voxels: label-0 brain voxels brighter on FLAIR than the
 ``hard_negative_percentile`` of the brain, or within ``hard_negative_margin_voxels``
@@ -167,7 +168,8 @@ def sample_subject(labels: np.ndarray, brain_mask: np.ndarray, config: SamplingC
     Args:
         labels: (X, Y, Z) uint8 manual labels, 0 normal, 1 WMH, 2 other pathology.
         brain_mask: (X, Y, Z) bool.
-        config: ``positive_fraction``, ``negative_ratio``, ``hard_negative_*``.
+        config: ``positive_fraction``, ``max_positives_per_subject``, ``negative_ratio``,
+            ``hard_negative_*``.
         rng: the subject's generator (``np.random.default_rng(subject_seed(...))``).
         flair: (X, Y, Z) FLAIR, needed when ``hard_negative_fraction`` > 0.
 
@@ -187,6 +189,8 @@ def sample_subject(labels: np.ndarray, brain_mask: np.ndarray, config: SamplingC
         raise ValueError(f"labels {labels.shape} and brain mask {brain.shape} differ")
     positives = np.flatnonzero(labels.ravel() == WMH_LABEL)
     n_positive = share(config.positive_fraction, positives.size)
+    if config.max_positives_per_subject > 0:
+        n_positive = min(n_positive, int(config.max_positives_per_subject))
     chosen_positive = rng.choice(positives, n_positive, replace=False)
     normal = brain.ravel() & (labels.ravel() == 0)
     n_negative = min(int(round(config.negative_ratio * n_positive)), int(normal.sum()))
