@@ -31,10 +31,14 @@ Stages (``stages``: wall ``s`` and ``cpu_s``; ``calls`` when a function ran more
   same on its own thread while the first subject is prepared (wall, that thread's CPU
   seconds; inside ``prepare``'s process CPU, not added to the totals), and
   ``model_wait``: what the command then waited for it, if anything;
-* ``prepare``: :func:`wmh.preprocess.prepare_subject`, split into its own sub-stages
-  (``prepare_stages``: the stage clock it keeps in its provenance, here with CPU seconds
-  too: load, t1_registration, atlas_registration, masks, bias_and_normalisation,
-  ventricles_and_location);
+* ``prepare``: what the command waits for the subject's preparation
+  (:meth:`wmh.segment.ahead.Preparer.result`; :func:`wmh.preprocess.prepare_subject` runs
+  in the preparation worker process, or in the command's process without one), split
+  into its own sub-stages (``prepare_stages``: the stage clock it keeps in its
+  provenance: load, t1_registration, atlas_registration, masks, bias_and_normalisation,
+  ventricles_and_location; with CPU seconds when it ran in the command's process). Its
+  ``cpu_s`` includes the worker's CPU seconds (``prepare_worker_cpu_s``, the joined child
+  process's own);
 * ``infer``: :func:`wmh.train.predict_volume` (dense inference);
 * ``write`` (``segment_subject``'s own "write" stage line): back to the native grid
   (``to_native_working``), ventricle distance, lesion labels and volumes
@@ -257,11 +261,10 @@ def after_import(name: str, callback) -> None:
 
 def instrument(timers: Timers, prepare_stages: dict) -> None:
     """Timers around the functions of the ``wmh segment`` code path (nothing else)."""
-    import wmh.preprocess as preprocess_package
     from wmh import io
     from wmh.preprocess import format as prepared_format
     from wmh.preprocess import subject as prepare_module
-    from wmh.segment import cohort, measures, outputs
+    from wmh.segment import ahead, cohort, measures, outputs
     from wmh.segment import subject as segment_module
 
     class StageClock(prepare_module._StageClock):  # the same laps, CPU seconds beside
@@ -285,7 +288,20 @@ def instrument(timers: Timers, prepare_stages: dict) -> None:
                 if "segment_subject" in timers.active else "model_load")
     if hasattr(segment_module.SegmentModel, "_load"):
         timers.wrap_background(segment_module.SegmentModel, "_load", "model_load_background")
-    timers.wrap(preprocess_package, "prepare_subject", "prepare")
+    # prepare: what the command waits for the subject's preparation, in the worker process
+    # (wmh.segment.ahead) or, without one, in this process; its sub-stages are the stage
+    # clock above here, the worker's own clock (wall only) there
+    timers.wrap(ahead.Preparer, "result", "prepare")
+    result = ahead.Preparer.result
+
+    def stages_of(self, subject):
+        prepared = result(self, subject)
+        if not prepare_stages:
+            prepare_stages.update({stage: {"s": seconds} for stage, seconds in
+                                   prepared.provenance["quality"]["seconds"].items()})
+        return prepared
+
+    ahead.Preparer.result = stages_of
     after_import("wmh.train", lambda train: timers.wrap(train, "predict_volume", "infer"))
     timers.wrap(cohort, "segment_subject", "segment_subject")
     timers.wrap(prepared_format.PreparedSubject, "to_native_working", "to_native_working")
@@ -316,10 +332,15 @@ def run_child(command: list[str]) -> dict:
     instrument(timers, prepare_stages)
     instrumented = time.perf_counter()
     captured = text_io.StringIO()
+    children = os.times()
     with contextlib.redirect_stderr(captured):
         code = launch.run(command)
     total_wall = time.perf_counter() - start_wall
-    total_cpu = time.process_time() - start_cpu
+    # the preparation worker's CPU seconds (a child process, joined by now) count too
+    ended = os.times()
+    worker_cpu = (ended.children_user + ended.children_system
+                  - children.children_user - children.children_system)
+    total_cpu = time.process_time() - start_cpu + worker_cpu
     main_end = thread_stats().get(threading.get_native_id(), main_start)
     if code:
         raise SystemExit(f"wmh segment exited {code}: {captured.getvalue()[-2000:]}")
@@ -348,6 +369,8 @@ def run_child(command: list[str]) -> dict:
     for name in top:
         if name in timers.values or name not in ("model_wait",):
             stages[name] = timed(name)
+    # the worker's CPU ran beside the main process, mostly while it waited in prepare
+    stages["prepare"]["cpu_s"] = round(stages["prepare"]["cpu_s"] + worker_cpu, 2)
     # write = what segment_subject does after inference (and after waiting for the model)
     subject = timers.values.get("segment_subject", [0.0] * 5)
     inner_names = ("prepare", "model_wait", "infer")
@@ -389,6 +412,7 @@ def run_child(command: list[str]) -> dict:
     return {"stages": stages, "prepare_stages": prepare_stages, "write_stages": write_stages,
             "logged": logged, "child_wall_s": round(total_wall + start_wall - _CHILD_START, 2),
             "child_cpu_s": round(total_cpu + start_cpu, 2),
+            "prepare_worker_cpu_s": round(worker_cpu, 2),
             "child_idle_estimate_s": round(estimate, 2),
             "main_thread_run_queue_wait_s": round(main_end[1] - main_start[1], 2),
             "instrument_s": round(instrumented - start_wall, 2)}

@@ -23,8 +23,9 @@ from wmh.errors import WMHError
 from wmh.segment import outputs
 from wmh.segment.inputs import check_header, resolve_inputs
 from wmh.segment.layouts import REPORT_FILE, get_layout
+from wmh.segment.ahead import Preparer
 from wmh.segment.subject import (SegmentModel, SegmentOptions, input_provenance,
-                                 segment_subject, write_failure)
+                                 preparation, segment_subject, write_failure)
 from wmh.contract import MODEL_FILE, read_model_folder
 
 
@@ -208,17 +209,29 @@ class _Run:
         counts subjects done and failed and the mean seconds per subject."""
         if not todo:
             return
-        # The model loads (TensorFlow imported, dense twin built) while the first subject
-        # is prepared; segment_subject waits for it before inference. Weights that cannot
-        # load stop the command (exit 2) before anything is written, as they did when
-        # loaded up front, and win over any error of that first subject.
-        self.model.load_in_background()
-        try:
-            self._segment_each(todo)
-        finally:  # never leave with the load running (it holds stderr while importing)
-            self.model.load_error()
+        # Subjects without a prepared file are prepared ahead in a worker process
+        # (wmh.segment.ahead: forked now, before TensorFlow is imported), the first while
+        # the model loads (TensorFlow imported, dense twin built), each next one while the
+        # one before is inferred; segment_subject waits for both. Weights that cannot load
+        # stop the command (exit 2) before anything is written, as they did when loaded up
+        # front, and win over any error of that first subject.
+        config, use_t1, _ = preparation(self.model)
+        ahead = [subject for subject, _ in todo if self._cached(subject) is None]
+        with Preparer(config, use_t1, ahead) as preparer:
+            self.model.load_in_background()
+            try:
+                self._segment_each(todo, preparer)
+            finally:  # never leave with the load running (it holds stderr while importing)
+                self.model.load_error()
 
-    def _segment_each(self, todo: list) -> None:
+    def _cached(self, subject: io.Subject) -> Optional[Path]:
+        """The subject's file in ``prepared_dir``, or None."""
+        if not self.prepared_dir:
+            return None
+        path = Path(self.prepared_dir) / f"{subject.subject_id}.h5"
+        return path if path.exists() else None
+
+    def _segment_each(self, todo: list, preparer: Preparer) -> None:
         import contextlib
 
         from tqdm import tqdm
@@ -230,15 +243,13 @@ class _Run:
             bar = None  # drawn once the first subject is through (the model has loaded)
             for subject, details in todo:
                 try:
-                    cached = (Path(self.prepared_dir) / f"{subject.subject_id}.h5"
-                              if self.prepared_dir else None)
-                    prepared = PreparedSubject.load(cached) if cached and cached.exists() \
-                        else None
+                    cached = self._cached(subject)
+                    prepared = PreparedSubject.load(cached) if cached else None
                     inputs = {key: details[key] for key in ("flair", "flair_sha256", "t1",
                                                             "t1_sha256")}
                     self.reports[subject.subject_id] = segment_subject(
                         self.model, subject, self.out_dir, self.options, inputs,
-                        prepared=prepared, log=self.log)
+                        prepared=prepared, log=self.log, preparer=preparer)
                     self.segmented.append(subject.subject_id)
                 except Exception as error:  # one subject's failure never stops the cohort
                     model_error = self.model.load_error()

@@ -160,6 +160,18 @@ class SegmentModel:
                 else model.arch, "model_sha256": self.sha256, "wmh_version": __version__}
 
 
+def preparation(model: SegmentModel) -> tuple[PreprocessConfig, bool, Optional[dict]]:
+    """How subjects are prepared for ``model``: (the config of its preprocessing plan, or
+    the default config at its in-plane spacing for a model without one; whether the T1
+    channel is used; the plan or None)."""
+    from wmh.preprocess.plan import plan_config, read_plan
+
+    plan = read_plan(model.folder)
+    config = (plan_config(plan, model.folder) if plan
+              else PreprocessConfig(inplane_spacing_mm=model.contract.inplane_spacing_mm))
+    return config, "T1" in model.contract.channels, plan
+
+
 def utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
@@ -177,7 +189,7 @@ def input_provenance(subject: io.Subject, uses_t1: bool) -> dict:
 
 def segment_subject(model: SegmentModel, subject: io.Subject, out_dir: Path,
                     options: SegmentOptions, inputs: dict, prepared=None,
-                    log: Optional[Callable[[str], None]] = None) -> dict:
+                    log: Optional[Callable[[str], None]] = None, preparer=None) -> dict:
     """Segments one subject; writes its outputs into its unit of ``out_dir`` (replaced
     atomically; ``<subject_id>/`` in the folders layout) and rebuilds the cohort files.
 
@@ -191,13 +203,16 @@ def segment_subject(model: SegmentModel, subject: io.Subject, out_dir: Path,
         prepared: the subject's PreparedSubject when already prepared with the model's
             preprocessing (e.g. from the pipeline cache); None prepares it here.
         log: called with one line per stage (name and seconds), or None.
+        preparer: a :class:`wmh.segment.ahead.Preparer` with :func:`preparation`'s config
+            that prepares the subject (perhaps already has, in its worker process); None
+            prepares it here.
 
     Returns:
         The subject's report (the contents of report.json).
     """
     from wmh import preprocess
     from wmh.evaluation import metrics
-    from wmh.preprocess.plan import geometry_warnings, plan_config, read_plan
+    from wmh.preprocess.plan import geometry_warnings
 
     contract = model.contract
     settings = options.settings(contract)
@@ -212,15 +227,13 @@ def segment_subject(model: SegmentModel, subject: io.Subject, out_dir: Path,
             log(f"{subject.subject_id}: {name} {now - clock:.1f} s")
         clock = now
 
-    use_t1 = "T1" in contract.channels
-    plan = read_plan(model.folder)
-    config = (plan_config(plan, model.folder) if plan
-              else PreprocessConfig(inplane_spacing_mm=contract.inplane_spacing_mm))
+    config, use_t1, plan = preparation(model)
     if prepared is not None and plan and \
             prepared.cache_key != preprocess.cache_key(subject, config, use_t1):
         prepared = None  # prepared otherwise than the model's plan: prepare it again
     if prepared is None:
-        prepared = preprocess.prepare_subject(subject, config, use_t1=use_t1)
+        prepared = (preparer.result(subject) if preparer is not None
+                    else preprocess.prepare_subject(subject, config, use_t1=use_t1))
     if tuple(prepared.channels[:len(contract.channels)]) != tuple(contract.channels):
         raise WMHError(f"{subject.flair}: prepared channels {prepared.channels} do not match "
                        f"the model's {contract.channels}")
