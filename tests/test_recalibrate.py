@@ -165,6 +165,38 @@ def test_calibrate_bad_method_is_a_usage_error(labelled, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_calibrate_bad_threshold_objective_is_one_line(labelled, tmp_path, capsys):
+    code, _, err = run(["calibrate", labelled / "model", "--data", labelled / "cohort",
+                        "--out", tmp_path / "out", "--threshold-objective", "median",
+                        "--quiet"], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert err == "wmh: error: --threshold-objective median: must be one of pooled, mean\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_calibrate_mean_objective_records_the_mean_subject_dice_threshold(labelled, tmp_path,
+                                                                         capsys, monkeypatch):
+    from wmh import train
+    from wmh.preprocess import PreparedSubject
+
+    prepare_from_files(monkeypatch, labelled / "prepared")
+    out = tmp_path / "mean"
+    code, stdout, err = run(["calibrate", labelled / "model", "--data", labelled / "cohort",
+                             "--out", out, "--threshold-objective", "mean", "--quiet"], capsys)
+    assert code == 0, err
+    summary = json.loads(stdout.splitlines()[0])
+    contract = ModelContract.from_json((out / "wmh_model.json").read_text(), "x")
+    model, _ = load_model_dir(labelled / "model")
+    names = ["c1", "c2", "c3"]
+    subjects = [PreparedSubject.load(labelled / "prepared" / f"{n}.h5") for n in names]
+    volumes = [train.predict_volume(model, contract.model, s.images, s.location,
+                                    s.brain_mask) for s in subjects]
+    mean = calibrated_threshold(subjects, volumes, names, "platt", objective="mean")
+    assert summary["threshold_objective"] == "mean"
+    assert contract.threshold == pytest.approx(mean.threshold)
+    assert summary["dice"] == pytest.approx(mean.dice)
+
+
 def test_calibrate_adapt_prevalence_chooses_the_threshold_on_adapted_maps(labelled, tmp_path,
                                                                           capsys, monkeypatch):
     from wmh import train

@@ -113,3 +113,39 @@ def test_adaptation_without_validation_wmh_is_skipped_with_a_warning(tmp_path, c
     assert capsys.readouterr().err.strip() == (
         "warning: train.adapt_prevalence: the validation subjects' WMH prevalence is 0.0, "
         "so scans are not adapted")
+
+
+def test_mean_objective_maximises_the_mean_subject_dice_without_empty_subjects():
+    """A heavy subject whose lesion scores 0.3-0.5 and a light one whose lesion scores
+    0.6-0.7 among normal voxels up to 0.5: the pooled Dice prefers the low threshold that
+    takes the heavy load, the mean of the subjects' Dice the one that keeps the light
+    subject clean; a subject without WMH (Dice 0 or 1 by one voxel) does not count."""
+    from wmh.evaluation import metrics
+    from wmh.threshold import mean_dice_threshold
+
+    rng = np.random.default_rng(0)
+
+    def subject(lesion, low, high, normal_high):
+        truth = np.zeros(4000, np.uint8)
+        truth[:lesion] = 1
+        score = rng.uniform(0, normal_high, 4000).astype(np.float32)
+        score[:lesion] = rng.uniform(low, high, lesion)
+        return score, truth
+
+    heavy, light, empty = subject(1500, 0.3, 0.5, 0.45), subject(20, 0.6, 0.7, 0.5), \
+        subject(0, 0, 0, 0.9)
+    scores, truths = [heavy[0], light[0], empty[0]], [heavy[1], light[1], empty[1]]
+    brains = [None] * 3
+    pooled, _ = metrics.exact_best_threshold(scores, truths, brains)
+    threshold, mean = mean_dice_threshold(scores, truths, brains, ["h", "l", "e"])
+    grid = np.round(np.linspace(0, 1, 1001), 6)
+    curve = metrics.dice_threshold_curve(scores[:2], truths[:2], grid, brains[:2])
+    assert mean == pytest.approx(curve.mean_dice.max())
+    assert threshold == pytest.approx(grid[np.flatnonzero(
+        curve.mean_dice == curve.mean_dice.max())[-1]])
+    assert pooled < 0.45 < threshold  # the objectives disagree here
+    with_empty = metrics.dice_threshold_curve(scores, truths, grid, brains)
+    assert with_empty.mean_dice.max() != pytest.approx(mean)  # the empty one was left out
+    # no subject with WMH: the pooled optimum
+    assert mean_dice_threshold([empty[0]], [empty[1]], [None], ["e"]) == \
+        metrics.exact_best_threshold([empty[0]], [empty[1]], [None])

@@ -112,6 +112,9 @@ class TrainConfig:
     # Each scan's calibrated P(WMH) shifted to its own WMH prevalence, estimated by EM
     # (wmh.calibration.adapt_prevalence); the threshold is chosen on adapted validation maps
     adapt_prevalence: bool = False
+    # What the validation threshold maximises: the Dice of all validation voxels pooled
+    # (heavy loads dominate it), or the mean of the subjects' Dice (wmh.threshold)
+    threshold_objective: Literal["pooled", "mean"] = "pooled"
     init_model: str = ""  # fine-tune from pretrained[:NAME], a model folder or URI; "" = none
 
 

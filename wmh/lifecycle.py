@@ -319,7 +319,8 @@ def validate(learner: Learner, run: RunContext, fitted: Fitted
         choice = logged_choice(subjects, probabilities, subject_ids,
                                run.config.train.calibration, run.samples_dir,
                                f"{learner.name} (validation)",
-                               "prevalence" if run.config.train.adapt_prevalence else "none")
+                               "prevalence" if run.config.train.adapt_prevalence else "none",
+                               run.config.train.threshold_objective)
     else:
         choice = ThresholdChoice(0.5, math.nan, math.nan, 0.5, Calibration())
     metrics = {"best_epoch": fitted.best_epoch, "best_val_auc": samples["val_auc"],

@@ -43,6 +43,7 @@ class Recalibration:
         choice: the :class:`wmh.threshold.ThresholdChoice` (calibration, thresholds, Dice).
         previous_threshold: the source contract's threshold.
         previous_method: the source contract's calibration method.
+        objective: what the threshold maximised ("pooled" or "mean" Dice).
     """
 
     out_dir: Path
@@ -50,6 +51,7 @@ class Recalibration:
     choice: object
     previous_threshold: float
     previous_method: str
+    objective: str = "pooled"
 
 
 def check_new_folder(path: str | Path, option: str = "--out") -> Path:
@@ -198,7 +200,7 @@ def write_model_copy(source: Path, out_dir: Path, contract) -> Path:
 def recalibrate(model_source: str | Path, data: str | Path, out_dir: str | Path,
                 method: str = "platt", subject_ids: Optional[Sequence[str]] = None,
                 progress: bool = True, precision: str = "auto",
-                adapt_prevalence: bool = False) -> Recalibration:
+                adapt_prevalence: bool = False, objective: str = "pooled") -> Recalibration:
     """Refits a model's calibration and threshold on labelled scans into a new folder.
 
     Args:
@@ -211,6 +213,8 @@ def recalibrate(model_source: str | Path, data: str | Path, out_dir: str | Path,
         precision: inference precision of the whole-volume prediction.
         adapt_prevalence: each scan's probabilities shifted to its own prevalence
             (:func:`wmh.calibration.adapt_prevalence`), the threshold chosen on them.
+        objective: what the threshold maximises: "pooled" Dice of all scans' voxels, or
+            the "mean" of the scans' Dice (:data:`wmh.threshold.THRESHOLD_OBJECTIVES`).
 
     Raises:
         WMHError: a bad ``out_dir``, model or ``data`` (no labels, unknown ids), or
@@ -221,10 +225,13 @@ def recalibrate(model_source: str | Path, data: str | Path, out_dir: str | Path,
     from wmh.segment import resolve_model
     from wmh.contract import CONTRACT_FILE
     from wmh.loader import load_model_dir
-    from wmh.threshold import calibrated_threshold
+    from wmh.threshold import THRESHOLD_OBJECTIVES, calibrated_threshold
 
     if method not in METHODS:
         raise WMHError(f"--method {method}: must be one of {', '.join(METHODS)}")
+    if objective not in THRESHOLD_OBJECTIVES:
+        raise WMHError(f"--threshold-objective {objective}: must be one of "
+                       f"{', '.join(THRESHOLD_OBJECTIVES)}")
     out_dir = check_new_folder(out_dir)
     resolved = resolve_model(model_source)  # folder and contract checked, weights not read
     folder, contract = resolved.folder, resolved.contract
@@ -238,7 +245,7 @@ def recalibrate(model_source: str | Path, data: str | Path, out_dir: str | Path,
     subjects, probabilities, ids = predict_labelled(folder, contract, model, records,
                                                     progress, precision)
     choice = calibrated_threshold(subjects, probabilities, ids, method, share,
-                                  "prevalence" if adapt_prevalence else "none")
+                                  "prevalence" if adapt_prevalence else "none", objective)
     calibration = choice.calibration
     if share is not None and calibration.sample_positive_share is None:
         calibration = dataclasses.replace(calibration, sample_positive_share=share)
@@ -248,7 +255,7 @@ def recalibrate(model_source: str | Path, data: str | Path, out_dir: str | Path,
     write_model_copy(folder, out_dir, updated)
     return Recalibration(out_dir, tuple(ids), dataclasses.replace(choice,
                                                                    calibration=calibration),
-                         float(contract.threshold), contract.calibrator().method)
+                         float(contract.threshold), contract.calibrator().method, objective)
 
 
 def summary(result: Recalibration) -> dict:
@@ -262,6 +269,7 @@ def summary(result: Recalibration) -> dict:
         "ece_calibrated": calibration.validation_ece_after,
         "prevalence": calibration.validation_prevalence,
         "threshold": float(result.choice.threshold),
+        "threshold_objective": result.objective,
         "uncalibrated_threshold": float(result.choice.uncalibrated_threshold),
         "dice": float(result.choice.dice) if np.isfinite(result.choice.dice) else None,
         "previous_threshold": result.previous_threshold,

@@ -1,8 +1,9 @@
 """The validation verdict shared by the CNNs and the random forest: calibration and
 threshold on whole validation volumes, and the sample loss.
 
-The binarisation threshold is the one that maximises the overall Dice of the validation
-subjects as the test is scored: whole volumes resampled to their native FLAIR grids as
+The binarisation threshold is the one that maximises the overall (pooled) Dice of the
+validation subjects, or with ``train.threshold_objective: mean`` the mean of their Dice
+(:func:`mean_dice_threshold`), as the test is scored: whole volumes resampled to their native FLAIR grids as
 ``wmh segment`` does (:func:`native_validation`), searched exactly over every distinct
 probability (:func:`choose_threshold`). Before the threshold is chosen the probabilities
 are calibrated (``train.calibration``, :mod:`wmh.calibration`): the balanced training
@@ -25,6 +26,11 @@ import numpy as np
 from wmh.errors import WMHError
 
 VALIDATION_THRESHOLDS = np.round(np.linspace(0.0, 1.0, 201), 6)
+# What the validation threshold maximises (``train.threshold_objective``): the Dice of all
+# validation voxels pooled, or the mean of the subjects' Dice (as the MICCAI challenge
+# ranks), where one heavy load weighs no more than one light one.
+THRESHOLD_OBJECTIVES = ("pooled", "mean")
+MEAN_OBJECTIVE_THRESHOLDS = np.round(np.linspace(0.0, 1.0, 1001), 6)  # its search grid
 
 
 def sample_loss(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -143,9 +149,29 @@ class ThresholdChoice:
                 "uncalibrated_threshold": float(self.uncalibrated_threshold)}
 
 
+def mean_dice_threshold(scores, truths, brains, subject_ids) -> tuple[float, float]:
+    """The threshold (0.001 steps; the highest of tied optima) that maximises the mean of
+    the subjects' Dice, and that mean. Subjects without a WMH voxel are left out (their
+    Dice is 0 or 1, by a single false positive); with none left, the pooled optimum
+    (:func:`wmh.evaluation.metrics.exact_best_threshold`)."""
+    from wmh.evaluation import metrics
+
+    keep = [index for index, truth in enumerate(truths)
+            if np.any(metrics.split_truth(truth)[0])]
+    if not keep:
+        return metrics.exact_best_threshold(scores, truths, brains)
+    curve = metrics.dice_threshold_curve([scores[i] for i in keep], [truths[i] for i in keep],
+                                         MEAN_OBJECTIVE_THRESHOLDS, [brains[i] for i in keep],
+                                         [subject_ids[i] for i in keep])
+    mean = curve.mean_dice
+    best = int(np.flatnonzero(mean >= np.nanmax(mean))[-1])
+    return float(curve.thresholds[best]), float(mean[best])
+
+
 def calibrated_threshold(subjects, probabilities, subject_ids, method: str,
                          sample_positive_share: Optional[float] = None,
-                         adaptation: str = "none") -> ThresholdChoice:
+                         adaptation: str = "none",
+                         objective: str = "pooled") -> ThresholdChoice:
     """Fits the calibration on the validation subjects' native brain voxels (the arrays
     :func:`choose_threshold` scores, built once), then chooses the threshold on the
     calibrated probabilities, each subject's adapted to its own prevalence when
@@ -156,13 +182,20 @@ def calibrated_threshold(subjects, probabilities, subject_ids, method: str,
         method: "platt", "prior" or "none" (``train.calibration``).
         sample_positive_share: WMH share of the training samples (needed by "prior").
         adaptation: "none" or "prevalence" (``train.adapt_prevalence``).
+        objective: "pooled" (the Dice of all validation voxels) or "mean" (the mean of the
+            subjects' Dice, :func:`mean_dice_threshold`): what the threshold maximises
+            (``train.threshold_objective``); ``dice`` is then that figure.
 
     Raises:
-        WMHError: non-finite probabilities, or "prior" without a sample share.
+        WMHError: non-finite probabilities, "prior" without a sample share, or an unknown
+            objective.
     """
     from wmh import calibration as calibration_module
     from wmh.evaluation import metrics
 
+    if objective not in THRESHOLD_OBJECTIVES:
+        raise WMHError(f"train.threshold_objective {objective!r}: must be one of "
+                       f"{', '.join(THRESHOLD_OBJECTIVES)}")
     scores, truths, brains = native_validations(subjects, probabilities, subject_ids)
     inside = np.concatenate([score[brain] for score, brain in zip(scores, brains)])
     labels = np.concatenate([truth[brain] for truth, brain in zip(truths, brains)])
@@ -181,6 +214,8 @@ def calibrated_threshold(subjects, probabilities, subject_ids, method: str,
     uncalibrated, _ = metrics.exact_best_threshold(scores, truths, brains)
     calibrated = [calibration.apply(score, brain) for score, brain in zip(scores, brains)]
     threshold, dice, curve = threshold_curve(calibrated, truths, brains, subject_ids)
+    if objective == "mean":
+        threshold, dice = mean_dice_threshold(calibrated, truths, brains, subject_ids)
     corrected = np.concatenate([score[brain] for score, brain in zip(calibrated, brains)])
     ece = calibration_module.expected_calibration_error(corrected, labels)
     calibration = dataclasses.replace(calibration,
@@ -252,7 +287,8 @@ def predict_validation(predict, samples_dir: Path, prepared_dir: Path):
 
 
 def logged_choice(subjects, probabilities, subject_ids, method: str, samples_dir: Path,
-                  title: str, adaptation: str = "none") -> ThresholdChoice:
+                  title: str, adaptation: str = "none",
+                  objective: str = "pooled") -> ThresholdChoice:
     """:func:`calibrated_threshold` of the validation subjects (the prior shift reads the
     training samples' positive share), recorded in the active MLflow run: the ROC and
     Dice-vs-threshold figures (``figures/roc.png``, ``figures/dice_vs_threshold.png``)
@@ -263,7 +299,7 @@ def logged_choice(subjects, probabilities, subject_ids, method: str, samples_dir
     from wmh.evaluation.figures import validation_figures
 
     choice = calibrated_threshold(subjects, probabilities, subject_ids, method,
-                                  data.positive_share(samples_dir), adaptation)
+                                  data.positive_share(samples_dir), adaptation, objective)
     figures = validation_figures(choice.curve, choice.threshold, title=title)
     for name, figure in figures.items():
         mlflow.log_figure(figure, f"figures/{name}.png")

@@ -220,8 +220,13 @@ def segment_command(model_source, inputs, out_dir, subject_id, quiet, options):
                    "by EM (a heavy load no longer reads as unlikely as a light one); the "
                    "threshold is chosen on the adapted maps. Default: one prevalence, the "
                    "scans' pooled.")
+@click.option("--threshold-objective", "objective", default="pooled", show_default=True,
+              help="What the threshold maximises: 'pooled', the Dice of all scans' voxels "
+                   "(heavy loads dominate it), or 'mean', the mean of the scans' Dice "
+                   "(scans without WMH left out).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def calibrate_command(model_source, data, out_dir, method, subjects, adapt_prevalence, quiet):
+def calibrate_command(model_source, data, out_dir, method, subjects, adapt_prevalence,
+                      objective, quiet):
     """Recalibrate MODEL (a folder or MLflow model URI) on labelled scans.
 
     The scans are prepared with the model's own preprocessing plan, the calibration of
@@ -235,7 +240,8 @@ def calibrate_command(model_source, data, out_dir, method, subjects, adapt_preva
 
     chosen = [name.strip() for name in subjects.split(",") if name.strip()]
     result = recalibrate(model_source, data, out_dir, method, chosen or None,
-                         progress=not quiet, adapt_prevalence=adapt_prevalence)
+                         progress=not quiet, adapt_prevalence=adapt_prevalence,
+                         objective=objective)
     click.echo(json.dumps(summary(result)))
     click.echo(f"model: {result.out_dir}")
 
