@@ -4,6 +4,7 @@ never touched; bad input is one line with exit 2 and leaves nothing behind."""
 import dataclasses
 import hashlib
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -114,6 +115,54 @@ def test_calibrate_accepts_a_prepared_folder_made_with_the_plan(labelled, tmp_pa
     assert code == 2 and err.count("\n") == 1
     assert "prepared with other preprocessing than the model's plan" in err
     assert not (tmp_path / "out2").exists()
+
+
+def test_calibrate_refuses_prepared_files_whose_feature_8_used_another_prior(labelled,
+                                                                            tmp_path, capsys):
+    """A training run's prepared folder holds feature 8 from the shipped prior, while its
+    model was trained (and segments) with the training split's prior: calibrating on
+    those files would fit the calibration to probabilities no segmentation gives."""
+    import nibabel as nib
+
+    from wmh import location
+    from wmh.preprocess import PreparedSubject
+    from wmh.preprocess.keys import config_hash
+    from wmh.preprocess.plan import plan_config, write_plan
+    from wmh.config import PreprocessConfig
+    from wmh.tracking import content_hash
+
+    model = tmp_path / "model"
+    shutil.copytree(labelled / "model", model)
+    shipped = location.default_prior_path()
+    image = nib.load(shipped)
+    trained = tmp_path / "training_prior.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(image.dataobj, np.float32) * 0.5, image.affine),
+             trained)
+    names = ("c1", "c2")
+    plan = write_plan(model, PreprocessConfig(prior_path=str(trained)), True,
+                      [labelled / "prepared" / f"{n}.h5" for n in names])
+    assert plan["prior_sha256"] == content_hash(trained) != content_hash(shipped)
+    planned = config_hash(plan_config(plan, model), True)
+    for folder, prior in (("as_prepared", {"prior": str(shipped)}),
+                          ("prior_view", {"prior": "/gone/prior.nii.gz",
+                                          "prior_sha256": plan["prior_sha256"]})):
+        (tmp_path / folder).mkdir()
+        for name in names:
+            subject = PreparedSubject.load(labelled / "prepared" / f"{name}.h5")
+            dataclasses.replace(subject, provenance={"config_hash": planned, **prior}).save(
+                tmp_path / folder / f"{name}.h5")
+    code, _, err = run(["calibrate", model, "--data", tmp_path / "as_prepared", "--out",
+                        tmp_path / "out", "--quiet"], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"wmh: error: --data {tmp_path / 'as_prepared'}/c1.h5: location "
+                          f"feature 8 was computed with another WMH prior "
+                          f"({content_hash(shipped)}) than the model's "
+                          f"({plan['prior_sha256']})"), err
+    assert not (tmp_path / "out").exists()
+    code, stdout, err = run(["calibrate", model, "--data", tmp_path / "prior_view", "--out",
+                             tmp_path / "out", "--quiet"], capsys)
+    assert code == 0, err
+    assert json.loads(stdout.splitlines()[0])["subjects"] == ["c1", "c2"]
 
 
 def _errors(labelled, tmp_path):

@@ -121,17 +121,39 @@ def prepared_with(provenance: dict, config, use_t1: bool) -> bool:
                if key in recorded and key not in ignored)
 
 
-def _prepare(record, config, use_t1: bool):
+def prior_of(provenance: dict) -> Optional[str]:
+    """The content hash (:func:`wmh.tracking.content_hash`) of the WMH prior a prepared
+    file's location feature 8 was computed with: as recorded, else of the prior file it
+    names while that file exists; None when neither is known."""
+    from wmh.tracking import content_hash
+
+    if provenance.get("prior_sha256"):
+        return str(provenance["prior_sha256"])
+    path = provenance.get("prior")
+    return content_hash(path) if path and Path(path).is_file() else None
+
+
+def _prepare(record, config, use_t1: bool, prior_sha256: str = ""):
     """One scan as the model expects it: prepared with the plan's config, or a prepared
-    file checked to have been made with it."""
+    file checked to have been made with it, its location feature 8 from the plan's WMH
+    prior (``prior_sha256``; "" = not checked)."""
     from wmh import preprocess
     from wmh.splits import PreparedRecord
 
     if isinstance(record, PreparedRecord):
         prepared = preprocess.PreparedSubject.load(record.path)
-        if not prepared_with(prepared.provenance or {}, config, use_t1):
+        provenance = prepared.provenance or {}
+        if not prepared_with(provenance, config, use_t1):
             raise WMHError(f"--data {record.path}: prepared with other preprocessing than the "
                            "model's plan; pass the cohort folder (the scans) instead")
+        found = prior_of(provenance)
+        if prior_sha256 and found != prior_sha256:
+            # e.g. a training run's prepared folder, whose feature 8 used the shipped prior,
+            # where the model was trained on its prior view (<cache>/prior/...)
+            raise WMHError(f"--data {record.path}: location feature 8 was computed with "
+                           f"another WMH prior ({found or 'unknown'}) than the model's "
+                           f"({prior_sha256}); pass the cohort folder (the scans), or the "
+                           "training run's prior view of the prepared folder")
         return prepared
     return preprocess.prepare_subject(record, config, use_t1=use_t1)
 
@@ -159,7 +181,7 @@ def predict_labelled(folder: Path, contract, model, records: Sequence,
         build_dense_model(model, contract.model, len(channels))
     subjects, probabilities, ids = [], [], []
     for record in tqdm(records, desc="calibrate", unit="subject", disable=not progress):
-        prepared = _prepare(record, config, use_t1)
+        prepared = _prepare(record, config, use_t1, (plan or {}).get("prior_sha256", ""))
         if tuple(prepared.channels[:len(channels)]) != channels:
             raise WMHError(f"--data {prepared.subject_id}: prepared channels "
                            f"{prepared.channels} do not match the model's {channels}")
