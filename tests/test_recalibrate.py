@@ -223,11 +223,21 @@ def test_calibrate_bad_threshold_objective_is_one_line(labelled, tmp_path, capsy
     assert not (tmp_path / "out").exists()
 
 
-def test_calibrate_mean_objective_records_the_mean_subject_dice_threshold(labelled, tmp_path,
-                                                                         capsys, monkeypatch):
+def _predicted(labelled, contract):
+    """The three labelled subjects, the tiny model's P(WMH) volumes and their ids."""
     from wmh import train
     from wmh.preprocess import PreparedSubject
 
+    model, _ = load_model_dir(labelled / "model")
+    names = ["c1", "c2", "c3"]
+    subjects = [PreparedSubject.load(labelled / "prepared" / f"{n}.h5") for n in names]
+    volumes = [train.predict_volume(model, contract.model, s.images, s.location,
+                                    s.brain_mask) for s in subjects]
+    return subjects, volumes, names
+
+
+def test_calibrate_mean_objective_records_the_mean_subject_dice_threshold(labelled, tmp_path,
+                                                                         capsys, monkeypatch):
     prepare_from_files(monkeypatch, labelled / "prepared")
     out = tmp_path / "mean"
     code, stdout, err = run(["calibrate", labelled / "model", "--data", labelled / "cohort",
@@ -235,11 +245,7 @@ def test_calibrate_mean_objective_records_the_mean_subject_dice_threshold(labell
     assert code == 0, err
     summary = json.loads(stdout.splitlines()[0])
     contract = ModelContract.from_json((out / "wmh_model.json").read_text(), "x")
-    model, _ = load_model_dir(labelled / "model")
-    names = ["c1", "c2", "c3"]
-    subjects = [PreparedSubject.load(labelled / "prepared" / f"{n}.h5") for n in names]
-    volumes = [train.predict_volume(model, contract.model, s.images, s.location,
-                                    s.brain_mask) for s in subjects]
+    subjects, volumes, names = _predicted(labelled, contract)
     mean = calibrated_threshold(subjects, volumes, names, "platt", objective="mean")
     assert summary["threshold_objective"] == "mean"
     assert contract.threshold == pytest.approx(mean.threshold)
@@ -248,9 +254,6 @@ def test_calibrate_mean_objective_records_the_mean_subject_dice_threshold(labell
 
 def test_calibrate_adapt_prevalence_chooses_the_threshold_on_adapted_maps(labelled, tmp_path,
                                                                           capsys, monkeypatch):
-    from wmh import train
-    from wmh.preprocess import PreparedSubject
-
     prepare_from_files(monkeypatch, labelled / "prepared")
     out = tmp_path / "adapted"
     code, stdout, err = run(["calibrate", labelled / "model", "--data", labelled / "cohort",
@@ -262,11 +265,7 @@ def test_calibrate_adapt_prevalence_chooses_the_threshold_on_adapted_maps(labell
     assert summary["adaptation"] == calibration.adaptation == "prevalence"
     assert calibration.label() == "platt+prevalence"
 
-    model, _ = load_model_dir(labelled / "model")
-    names = ["c1", "c2", "c3"]
-    subjects = [PreparedSubject.load(labelled / "prepared" / f"{n}.h5") for n in names]
-    volumes = [train.predict_volume(model, contract.model, s.images, s.location,
-                                    s.brain_mask) for s in subjects]
+    subjects, volumes, names = _predicted(labelled, contract)
     adapted = calibrated_threshold(subjects, volumes, names, "platt", adaptation="prevalence")
     plain = calibrated_threshold(subjects, volumes, names, "platt")
     assert contract.threshold == pytest.approx(adapted.threshold)
