@@ -188,6 +188,38 @@ def test_lesion_level_keeps_the_excess_positive():
     assert levels[2] == pytest.approx(1.0375) and levels[3] == pytest.approx(1.0575)
 
 
+def test_a_share_of_subjects_gets_a_heavy_confluent_load_on_top(draws):
+    heavy = np.array([r.heavy_confluent_ml for r in draws])
+    drawn = heavy[heavy > 0]
+    assert 0.08 < drawn.size / len(draws) < 0.23  # HEAVY_CONFLUENT_P = 0.15
+    assert drawn.min() >= rz.HEAVY_CONFLUENT_ML[0] - 1e-6
+    assert drawn.max() <= rz.HEAVY_CONFLUENT_ML[1] + 1e-6
+    assert np.median(drawn) < 70  # log-uniform: more towards the low end
+    # the extra draw comes last: every other parameter is the one version 6 drew
+    rng = np.random.default_rng(7)
+    first = rz.draw_randomisation(rng)
+    assert first.load_ml == draws[0].load_ml and first.shares == draws[0].shares
+
+
+def test_heavy_confluent_load_is_one_large_periventricular_lesion(anatomy):
+    from scipy import ndimage
+
+    rng = np.random.default_rng(5)
+    r = dataclasses.replace(rz.draw_randomisation(rng), load_ml=2.0, pattern="ms",
+                            shares=rz._shares(rng, "ms"), heavy_confluent_ml=60.0)
+    overlay = Overlay.empty(anatomy.shape)
+    summary = rz.place_randomised_wmh(rng, anatomy, overlay, r,
+                                      randomised_contrast(rng, r).lesion)
+    lesion = overlay.wmh >= 0.5
+    assert 40.0 < summary["heavy_confluent_ml"] < 80.0, summary
+    assert summary["target_ml"] == pytest.approx(62.0)
+    components, count = ndimage.label(lesion)
+    largest = np.bincount(components.ravel())[1:].max() / 1000  # mL at 1 mm
+    assert largest > 15.0, (largest, count)
+    near = lesion & (anatomy.d_ventricles <= 12)
+    assert near.sum() > 0.6 * lesion.sum()
+
+
 def test_placement_never_reads_the_wmh_prior(anatomy, monkeypatch):
     from wmh import location
 
@@ -210,7 +242,7 @@ def test_placement_never_reads_the_wmh_prior(anatomy, monkeypatch):
     rng = np.random.default_rng(2)
     for pattern in rz.PATTERNS:
         r = dataclasses.replace(rz.draw_randomisation(rng), load_ml=20.0, pattern=pattern,
-                                shares=rz._shares(rng, pattern))
+                                shares=rz._shares(rng, pattern), heavy_confluent_ml=0.0)
         overlay = Overlay.empty(anatomy.shape)
         summary = rz.place_randomised_wmh(rng, blind, overlay, r,
                                           randomised_contrast(rng, r).lesion)
@@ -222,7 +254,7 @@ def test_placement_never_reads_the_wmh_prior(anatomy, monkeypatch):
 def test_ms_pattern_places_infratentorial_and_juxtacortical_lesions(anatomy):
     rng = np.random.default_rng(4)
     r = dataclasses.replace(rz.draw_randomisation(rng), load_ml=30.0, pattern="ms",
-                            shares=rz._shares(rng, "ms"))
+                            shares=rz._shares(rng, "ms"), heavy_confluent_ml=0.0)
     overlay = Overlay.empty(anatomy.shape)
     rz.place_randomised_wmh(rng, anatomy, overlay, r, randomised_contrast(rng, r).lesion)
     lesion = overlay.wmh >= 0.5
@@ -256,6 +288,8 @@ def test_coverage_summarises_draws():
     assert summary["subjects"] == 300
     assert sum(summary["thickness_mm"]["histogram"]["counts"]) == 300
     assert sum(summary["load_ml"]["histogram"]["counts"]) == 300
+    heavy = summary["heavy_confluent_ml"]["histogram"]["counts"]
+    assert sum(heavy) == 300 and 0.08 < sum(heavy[1:]) / 300 < 0.23  # 15 % get one
     assert set(summary["plane"]) == {"axial", "coronal", "sagittal"}
     assert abs(sum(summary["skull"].values()) - 1) < 0.01
     assert 0.15 < summary["three_d_fraction"] < 0.45 and 0.2 < summary["neck_fraction"] < 0.5
