@@ -54,6 +54,16 @@ def test_bad_yaml_file_names_the_file(tmp_path):
         config.load_config(tmp_path / "nope.yaml")
 
 
+def test_a_bad_override_of_a_good_file_does_not_blame_the_file(tmp_path):
+    path = tmp_path / "good.yaml"
+    path.write_text("model:\n  alpha: 1\n")
+    with pytest.raises(WMHError) as error:
+        config.load_config(path, ["train.threshold_objective=median"])
+    assert str(error.value) == ("config key 'train.threshold_objective': 'median' is not "
+                                "one of 'pooled', 'mean'")
+    assert config.load_config(path, ["model.alpha=2"]).model.alpha == 2.0
+
+
 def test_replace_with_dotted_keys():
     base = config.ExperimentConfig()
     changed = config.replace(base, **{"model.alpha": 3.0, "train.epochs": 1})

@@ -406,8 +406,8 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
             raise WMHError(f"{path}: invalid YAML{where}") from None
         if not isinstance(values, dict):
             raise WMHError(f"{path}: expected a mapping of config sections at the top level")
-        try:
-            return _apply(values, overrides)
+        try:  # the file alone first: an error there names the file, one in --set does not
+            from_dict(values)
         except WMHError as error:
             raise WMHError(f"{path}: {error}") from None
     return _apply(values, overrides)
