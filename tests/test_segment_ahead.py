@@ -155,3 +155,47 @@ def test_subjects_already_prepared_are_not_sent_to_the_worker(tmp_path, tiny_mod
                         progress=False, prepared_dir=prepared)
     assert queued == [["b2"]]  # a1 is read from its prepared file
     assert result.segmented == ["a1"] and result.failed == ["b2"]
+
+
+_CLI_SCRIPT = """
+import sys
+from pathlib import Path
+
+from wmh import launch, preprocess
+from wmh.segment import ahead
+
+prepared = Path(sys.argv[1])
+preprocess.prepare_subject = lambda subject, config, use_t1=True: \\
+    preprocess.PreparedSubject.load(prepared / f"{subject.subject_id}.h5")
+seen = []
+init = ahead.Preparer.__init__
+
+
+def record(self, *args, **kwargs):
+    init(self, *args, **kwargs)
+    seen.append((self.in_worker, "tensorflow" in sys.modules))
+
+
+ahead.Preparer.__init__ = record
+status = launch.run(["segment", sys.argv[2], "--model", sys.argv[3], "--out", sys.argv[4],
+                     "--quiet"])
+print("RESULT", seen, status)
+"""
+
+
+def test_the_console_command_prepares_in_the_worker(tmp_path, tiny_model):
+    """In a fresh process the command reaches the preparation worker before anything has
+    imported TensorFlow (an import moved earlier would silently turn the worker off)."""
+    import subprocess
+
+    cohort, prepared = tmp_path / "cohort", tmp_path / "prepared"
+    for index, name in enumerate(("a1", "b2")):
+        write_subject(cohort, prepared, name, seed=index)
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-c", _CLI_SCRIPT, str(prepared), str(cohort),
+                           str(tiny_model), str(out)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "RESULT [(True, False)] 0" in done.stdout, done.stdout + done.stderr[-2000:]
+    assert {row["subject_id"]: row["status"] for row in _table(out).values()} == {
+        "a1": "ok", "b2": "ok"}
