@@ -167,16 +167,12 @@ def predict_labelled(folder: Path, contract, model, records: Sequence,
     """
     from tqdm import tqdm
 
-    from wmh.config import PreprocessConfig
     from wmh.models import build_dense_model
-    from wmh.preprocess.plan import plan_config, read_plan
+    from wmh.segment.subject import preparation
     from wmh.train import predict_volume
 
-    plan = read_plan(folder)
-    config = (plan_config(plan, folder) if plan
-              else PreprocessConfig(inplane_spacing_mm=contract.inplane_spacing_mm))
+    config, use_t1, plan = preparation(folder, contract)
     channels = tuple(contract.channels)
-    use_t1 = "T1" in channels
     network = model if contract.model.arch in ("msef", "rf") else \
         build_dense_model(model, contract.model, len(channels))
     subjects, probabilities, ids = [], [], []

@@ -5,15 +5,15 @@ written here as ``splits.json``); this module draws each sampled subject's voxel
 writes and reads the sample set.
 
 Voxel samples (:func:`sample_subject`), per training and validation subject, seeded by
-(seed, subject id) so a subject's samples do not depend on which other subjects exist:
-a random ``positive_fraction`` (paper: 50%) of its WMH voxels (label 1), at most
+(seed, subject id) so a subject's samples do not depend on which other subjects exist: a
+random ``positive_fraction`` (paper: 50%) of its WMH voxels (label 1), at most
 ``max_positives_per_subject`` of them when that is set (so that one heavy load does not
-outweigh many moderate ones), and ``negative_ratio`` (paper: 1) times as many negatives from label-0 voxels inside the
-brain mask; label 2 (other pathology) is never sampled. ``hard_negative_fraction`` of
-the negatives come from *hard* voxels: label-0 brain voxels brighter on FLAIR than the
-``hard_negative_percentile`` of the brain, or within ``hard_negative_margin_voxels``
-in-plane of other pathology (e.g. around lacunes, the paper's false positives). Test
-subjects are not sampled: they are segmented whole.
+outweigh many moderate ones), and ``negative_ratio`` (paper: 1) times as many negatives
+from label-0 voxels inside the brain mask; label 2 (other pathology) is never sampled.
+``hard_negative_fraction`` of the negatives come from *hard* voxels: label-0 brain voxels
+brighter on FLAIR than the ``hard_negative_percentile`` of the brain, or within
+``hard_negative_margin_voxels`` in-plane of other pathology (e.g. around lacunes, the
+paper's false positives). Test subjects are not sampled: they are segmented whole.
 
 The sample set (:func:`build_samples`) is the folder ``<out_dir>/<key>/`` where key
 hashes the prepared cohort (``manifest.json`` and each subject's cache key), the sampling

@@ -3,14 +3,15 @@ threshold on whole validation volumes, and the sample loss.
 
 The binarisation threshold is the one that maximises the overall (pooled) Dice of the
 validation subjects, or with ``train.threshold_objective: mean`` the mean of their Dice
-(:func:`mean_dice_threshold`), as the test is scored: whole volumes resampled to their native FLAIR grids as
-``wmh segment`` does (:func:`native_validation`), searched exactly over every distinct
-probability (:func:`choose_threshold`). Before the threshold is chosen the probabilities
-are calibrated (``train.calibration``, :mod:`wmh.calibration`): the balanced training
-samples push every bright voxel towards P = 1; the correction is fitted on the same
-native validation voxels and the threshold is chosen on the calibrated probabilities
-(:func:`calibrated_threshold`). :func:`log_calibration` records the verdict in the active
-MLflow run. :func:`sample_loss` is the validation loss both report per epoch.
+(:func:`mean_dice_threshold`), as the test is scored: whole volumes resampled to their
+native FLAIR grids as ``wmh segment`` does (:func:`native_validation`), the pooled Dice
+searched exactly over every distinct probability (:func:`choose_threshold`). Before the
+threshold is chosen the probabilities are calibrated (``train.calibration``,
+:mod:`wmh.calibration`): the balanced training samples push every bright voxel towards
+P = 1; the correction is fitted on the same native validation voxels and the threshold is
+chosen on the calibrated probabilities (:func:`calibrated_threshold`).
+:func:`log_calibration` records the verdict in the active MLflow run. :func:`sample_loss`
+is the validation loss both report per epoch.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ The worker is one process forked before TensorFlow is imported, and only then: a
 process with TensorFlow's (or any other) threads running could inherit locks held by
 threads that do not exist in the child. Where that cannot be guaranteed (TensorFlow already
 imported, other threads alive, no ``fork`` on the platform) subjects are prepared in the
-calling process when asked for, exactly as before; ``WMH_PREPARE_WORKER=0`` does so too. Results are the same either way: the
-same function runs on the same inputs (tested).
+calling process when asked for, exactly as before; ``WMH_PREPARE_WORKER=0`` does so too.
+Results are the same either way: the same function runs on the same inputs (tested).
 """
 
 from __future__ import annotations

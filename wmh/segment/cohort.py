@@ -215,7 +215,7 @@ class _Run:
         # one before is inferred; segment_subject waits for both. Weights that cannot load
         # stop the command (exit 2) before anything is written, as they did when loaded up
         # front, and win over any error of that first subject.
-        config, use_t1, _ = preparation(self.model)
+        config, use_t1, _ = preparation(self.model.folder, self.model.contract)
         ahead = [subject for subject, _ in todo if self._cached(subject) is None]
         with Preparer(config, use_t1, ahead) as preparer:
             self.model.load_in_background()

@@ -160,16 +160,16 @@ class SegmentModel:
                 else model.arch, "model_sha256": self.sha256, "wmh_version": __version__}
 
 
-def preparation(model: SegmentModel) -> tuple[PreprocessConfig, bool, Optional[dict]]:
-    """How subjects are prepared for ``model``: (the config of its preprocessing plan, or
-    the default config at its in-plane spacing for a model without one; whether the T1
-    channel is used; the plan or None)."""
+def preparation(folder: Path, contract) -> tuple[PreprocessConfig, bool, Optional[dict]]:
+    """How subjects are prepared for the model in ``folder`` with ``contract``: (the config
+    of its preprocessing plan, or the default config at its in-plane spacing for a model
+    without one; whether the T1 channel is used; the plan or None)."""
     from wmh.preprocess.plan import plan_config, read_plan
 
-    plan = read_plan(model.folder)
-    config = (plan_config(plan, model.folder) if plan
-              else PreprocessConfig(inplane_spacing_mm=model.contract.inplane_spacing_mm))
-    return config, "T1" in model.contract.channels, plan
+    plan = read_plan(folder)
+    config = (plan_config(plan, folder) if plan
+              else PreprocessConfig(inplane_spacing_mm=contract.inplane_spacing_mm))
+    return config, "T1" in contract.channels, plan
 
 
 def utc_now() -> str:
@@ -227,7 +227,7 @@ def segment_subject(model: SegmentModel, subject: io.Subject, out_dir: Path,
             log(f"{subject.subject_id}: {name} {now - clock:.1f} s")
         clock = now
 
-    config, use_t1, plan = preparation(model)
+    config, use_t1, plan = preparation(model.folder, contract)
     if prepared is not None and plan and \
             prepared.cache_key != preprocess.cache_key(subject, config, use_t1):
         prepared = None  # prepared otherwise than the model's plan: prepare it again
